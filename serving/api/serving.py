@@ -1,0 +1,310 @@
+"""OpenAI completions and chat completions over an Engine. No web framework in here.
+
+Each endpoint turns its request into tokenized prompts and sampling parameters, checks them, runs
+one engine request per prompt, and shapes the deltas into OpenAI responses or SSE chunks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+from pydantic import BaseModel
+
+from ..engines import Delta, Engine, EngineRequest, Sampling
+from ..metrics import Metrics
+from .errors import EngineFailure, InvalidRequestError, ModelNotFoundError
+from .protocol import (
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatDelta,
+    ChatResponseMessage,
+    CompletionChoice,
+    CompletionRequest,
+    CompletionResponse,
+    ErrorInfo,
+    ErrorResponse,
+    ModelCard,
+    ModelList,
+    SamplingFields,
+    Usage,
+    new_id,
+)
+
+DONE = "data: [DONE]\n\n"
+log = logging.getLogger("lethe.api")
+
+
+@dataclass
+class _Choice:
+    text: str = ""
+    tokens: int = 0
+    finish_reason: str | None = None
+
+
+class OpenAIServing:
+    def __init__(
+        self,
+        engine: Engine,
+        tokenizer,
+        *,
+        model_name: str,
+        max_model_len: int,
+        default_max_tokens: int | None,
+        metrics: Metrics,
+    ):
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.model_name = model_name
+        self.max_model_len = max_model_len
+        self.default_max_tokens = default_max_tokens
+        self.metrics = metrics
+
+    def models(self) -> ModelList:
+        return ModelList(data=[ModelCard(id=self.model_name, max_model_len=self.max_model_len)])
+
+    # --- endpoints ---------------------------------------------------------------------------
+
+    async def completion(self, req: CompletionRequest) -> CompletionResponse | AsyncIterator[str]:
+        self._check_common(req)
+        if req.echo:
+            raise InvalidRequestError("echo is not supported", param="echo")
+        prompts = self._completion_prompts(req.prompt)
+        run = self._start(req, prompts, req.max_tokens, param="prompt")
+        rid = new_id("cmpl")
+        if req.stream:
+            return self._stream_completion(rid, req, run)
+        choices = await run.collect()
+        return CompletionResponse(
+            id=rid,
+            model=self.model_name,
+            choices=[
+                CompletionChoice(index=i, text=c.text, finish_reason=c.finish_reason)
+                for i, c in enumerate(choices)
+            ],
+            usage=run.usage(choices),
+        )
+
+    async def chat(self, req: ChatCompletionRequest) -> ChatCompletionResponse | AsyncIterator[str]:
+        self._check_common(req)
+        prompt = self._chat_prompt(req)
+        run = self._start(req, [prompt], req.max_completion_tokens or req.max_tokens, param="messages")
+        rid = new_id("chatcmpl")
+        if req.stream:
+            return self._stream_chat(rid, req, run)
+        choices = await run.collect()
+        return ChatCompletionResponse(
+            id=rid,
+            model=self.model_name,
+            choices=[
+                ChatChoice(
+                    index=i,
+                    message=ChatResponseMessage(content=c.text),
+                    finish_reason=c.finish_reason,
+                )
+                for i, c in enumerate(choices)
+            ],
+            usage=run.usage(choices),
+        )
+
+    # --- request checks ----------------------------------------------------------------------
+
+    def _check_common(self, req: SamplingFields) -> None:
+        if req.model != self.model_name:
+            raise ModelNotFoundError(
+                f"The model `{req.model}` does not exist. Available: {self.model_name}",
+                param="model",
+            )
+        for name in ("logprobs", "tools"):
+            if getattr(req, name):
+                raise InvalidRequestError(f"{name} is not supported", param=name)
+        if req.n > 1 and req.temperature == 0:
+            raise InvalidRequestError("n must be 1 when temperature is 0 (greedy decoding)",
+                                      param="n")
+        if req.stream_options is not None and not req.stream:
+            raise InvalidRequestError("stream_options is only allowed with stream: true",
+                                      param="stream_options")
+
+    def _completion_prompts(self, prompt) -> list[list[int]]:
+        if isinstance(prompt, str):
+            prompt = [prompt]
+        if not prompt:
+            raise InvalidRequestError("prompt must not be empty", param="prompt")
+        if isinstance(prompt[0], int):
+            prompt = [prompt]
+        prompts = []
+        for p in prompt:
+            ids = self.tokenizer.encode(p, add_special_tokens=False) if isinstance(p, str) else p
+            if not ids:
+                raise InvalidRequestError("prompt must not be empty", param="prompt")
+            if any(not 0 <= t < len(self.tokenizer) for t in ids):
+                raise InvalidRequestError(
+                    f"prompt token ids must be in [0, {len(self.tokenizer)})", param="prompt"
+                )
+            prompts.append(list(ids))
+        return prompts
+
+    def _chat_prompt(self, req: ChatCompletionRequest) -> list[int]:
+        messages = []
+        for i, m in enumerate(req.messages):
+            content = m.content
+            if isinstance(content, list):  # content parts: only text is served
+                if any(part.get("type") != "text" for part in content):
+                    raise InvalidRequestError(
+                        "only text content parts are supported", param=f"messages[{i}].content"
+                    )
+                content = "".join(str(part.get("text", "")) for part in content)
+            messages.append({"role": "system" if m.role == "developer" else m.role,
+                             "content": content})
+        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                                  tokenize=False)
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def _start(self, req: SamplingFields, prompts: list[list[int]], max_tokens: int | None,
+               param: str) -> "_Run":
+        longest = max(len(p) for p in prompts)
+        if max_tokens is None:
+            max_tokens = self.max_model_len - longest
+            if self.default_max_tokens is not None:
+                max_tokens = min(max_tokens, self.default_max_tokens)
+        if longest + max(max_tokens, 1) > self.max_model_len:
+            raise InvalidRequestError(
+                f"This model's maximum context length is {self.max_model_len} tokens. However, "
+                f"you requested {longest + max_tokens} tokens ({longest} in the {param}, "
+                f"{max_tokens} in the completion). Please reduce the length of the {param} or "
+                "completion.",
+                param=param,
+                code="context_length_exceeded",
+            )
+        sampling = Sampling(
+            max_tokens=max_tokens,
+            temperature=req.temperature,
+            top_p=req.top_p,
+            stop=req.stop_list(),
+            seed=req.seed,
+            n=req.n,
+        )
+        return _Run(self.engine, self.metrics, prompts, sampling)
+
+    # --- streaming ---------------------------------------------------------------------------
+
+    async def _stream_completion(self, rid: str, req: CompletionRequest, run: "_Run"):
+        async for index, delta in run.deltas():
+            chunk = CompletionResponse(
+                id=rid, model=self.model_name,
+                choices=[CompletionChoice(index=index, text=delta.text,
+                                          finish_reason=delta.finish_reason)],
+            )
+            yield _sse(chunk)
+        if run.error is not None:
+            yield _sse(run.error)
+        elif req.stream_options and req.stream_options.include_usage:
+            yield _sse(CompletionResponse(id=rid, model=self.model_name, choices=[],
+                                          usage=run.usage(run.choices)))
+        yield DONE
+
+    async def _stream_chat(self, rid: str, req: ChatCompletionRequest, run: "_Run"):
+        def chunk(choices, usage=None):
+            return _sse(ChatCompletionChunk(id=rid, model=self.model_name, choices=choices,
+                                            usage=usage))
+
+        for i in range(run.n_choices):
+            yield chunk([ChatChunkChoice(index=i, delta=ChatDelta(role="assistant", content=""))])
+        async for index, delta in run.deltas():
+            yield chunk([ChatChunkChoice(index=index, delta=ChatDelta(content=delta.text),
+                                         finish_reason=delta.finish_reason)])
+        if run.error is not None:
+            yield _sse(run.error)
+        elif req.stream_options and req.stream_options.include_usage:
+            yield chunk([], usage=run.usage(run.choices))
+        yield DONE
+
+
+class _Run:
+    """One API request in flight: an engine request per prompt, merged, with metrics."""
+
+    def __init__(self, engine: Engine, metrics: Metrics, prompts: list[list[int]],
+                 sampling: Sampling):
+        self.engine, self.metrics = engine, metrics
+        self.prompts, self.sampling = prompts, sampling
+        self.n_choices = len(prompts) * sampling.n
+        self.choices = [_Choice() for _ in range(self.n_choices)]
+        self.error: ErrorResponse | None = None
+        self._started = time.monotonic()
+        self._first_token_at: float | None = None
+
+    def usage(self, choices: list[_Choice]) -> Usage:
+        prompt = sum(len(p) for p in self.prompts)
+        completion = sum(c.tokens for c in choices)
+        return Usage(prompt_tokens=prompt, completion_tokens=completion,
+                     total_tokens=prompt + completion)
+
+    async def collect(self) -> list[_Choice]:
+        async for _ in self.deltas():
+            pass
+        if self.error is not None:
+            raise EngineFailure(self.error.error.message)
+        return self.choices
+
+    async def deltas(self) -> AsyncIterator[tuple[int, Delta]]:
+        """(choice index, delta) from all prompts as they come; sets self.error on failure."""
+        merged: asyncio.Queue = asyncio.Queue()
+        request_id = new_id("req")
+
+        async def pump(p: int, ids: list[int]) -> None:
+            request = EngineRequest(f"{request_id}-{p}", ids, self.sampling)
+            try:
+                async for deltas in self.engine.generate(request):
+                    await merged.put((p, deltas))
+            except Exception as e:  # any engine failure ends this request, never the server
+                log.exception("engine failed on %s", request.request_id)
+                await merged.put((p, e))
+            finally:
+                await merged.put((p, None))
+
+        tasks = [asyncio.create_task(pump(p, ids)) for p, ids in enumerate(self.prompts)]
+        try:
+            running = len(tasks)
+            while running:
+                p, item = await merged.get()
+                if item is None:
+                    running -= 1
+                elif isinstance(item, Exception):
+                    self.error = ErrorResponse(error=ErrorInfo(
+                        message=f"generation failed ({type(item).__name__}); see the server log",
+                        type="internal_server_error"))
+                else:
+                    for delta in item:
+                        yield p * self.sampling.n + delta.index, self._record(p, delta)
+        finally:
+            for t in tasks:
+                t.cancel()
+            self._finish()
+
+    def _record(self, p: int, delta: Delta) -> Delta:
+        if self._first_token_at is None and delta.token_ids:
+            self._first_token_at = time.monotonic()
+        choice = self.choices[p * self.sampling.n + delta.index]
+        choice.text += delta.text
+        choice.tokens += len(delta.token_ids)
+        choice.finish_reason = delta.finish_reason or choice.finish_reason
+        return delta
+
+    def _finish(self) -> None:
+        now = time.monotonic()
+        if self._first_token_at is not None:
+            self.metrics.time_to_first_token.observe(self._first_token_at - self._started)
+        self.metrics.e2e_latency.observe(now - self._started)
+        self.metrics.prompt_tokens.inc(sum(len(p) for p in self.prompts))
+        self.metrics.generation_tokens.inc(sum(c.tokens for c in self.choices))
+
+
+def _sse(payload: BaseModel) -> str:
+    return f"data: {json.dumps(payload.model_dump(exclude_none=False))}\n\n"

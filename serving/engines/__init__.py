@@ -1,0 +1,22 @@
+"""Inference engines behind one contract (base.py), chosen by name from config."""
+
+from .base import Delta, Engine, EngineError, EngineRequest, LoRA, Sampling
+from .hf import HFEngine
+from .registry import UnknownEngineError, engine_class, engine_names, register_engine
+from .vllm import VLLMEngine
+
+register_engine(name="hf", impl_cls=HFEngine)
+register_engine(name="vllm", impl_cls=VLLMEngine)
+
+__all__ = [
+    "Delta",
+    "Engine",
+    "EngineError",
+    "EngineRequest",
+    "LoRA",
+    "Sampling",
+    "UnknownEngineError",
+    "engine_class",
+    "engine_names",
+    "register_engine",
+]

@@ -1,0 +1,96 @@
+"""The engine contract: what the server hands an engine per request, and what it gets back.
+
+An engine takes a tokenized prompt (or the prompt's token embeddings, possibly corrupted by the
+guard) with an optional LoRA adapter, and streams back per-choice deltas. Tokenization, chat
+templates, context checks and the OpenAI wire format live in the server, so both engines see the
+same inputs and can be tested against each other.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, AsyncIterator, Literal
+
+if TYPE_CHECKING:
+    import torch
+
+FinishReason = Literal["stop", "length"]
+
+
+class EngineError(RuntimeError):
+    """The engine failed to start or to serve a request."""
+
+
+@dataclass(frozen=True)
+class Sampling:
+    max_tokens: int
+    temperature: float = 1.0  # 0: greedy
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()  # generation ends before the first of these strings
+    seed: int | None = None  # same seed, same request: same output
+    n: int = 1  # choices per prompt
+
+
+@dataclass(frozen=True)
+class LoRA:
+    """A peft-format adapter folder. Names are content-addressed: one name, one set of weights."""
+
+    name: str
+    path: Path
+
+
+@dataclass
+class EngineRequest:
+    request_id: str
+    prompt_token_ids: list[int]
+    sampling: Sampling
+    # [T, hidden] float tensor; when set it replaces the embeddings of prompt_token_ids.
+    prompt_embeds: torch.Tensor | None = None
+    lora: LoRA | None = None
+
+
+@dataclass(frozen=True)
+class Delta:
+    """New output of one choice since its previous delta."""
+
+    index: int
+    text: str
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: FinishReason | None = None
+
+
+class Engine(ABC):
+    """Base class of engines. Subclasses register with `register_engine` (see registry.py)."""
+
+    def __init__(
+        self,
+        model_path: Path,
+        *,
+        dtype: str,
+        max_model_len: int,
+        max_num_seqs: int,
+        max_loras: int,
+        max_lora_rank: int,
+        kv_cache_gib: int,
+    ):
+        self.model_path = Path(model_path)
+        self.dtype = dtype
+        self.max_model_len = max_model_len
+        self.max_num_seqs = max_num_seqs
+        self.max_loras = max_loras
+        self.max_lora_rank = max_lora_rank
+        self.kv_cache_gib = kv_cache_gib
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Load the model; called once inside the server's event loop."""
+
+    @abstractmethod
+    def generate(self, request: EngineRequest) -> AsyncIterator[list[Delta]]:
+        """Stream deltas until every choice has a finish_reason. Closing the iterator aborts."""
+
+    @abstractmethod
+    async def shutdown(self) -> None:
+        """Release the model and any engine processes."""

@@ -1,0 +1,42 @@
+"""Prometheus metrics, named in vLLM's style with a `lethe:` prefix."""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+
+disable_created_metrics()  # the *_created series only add noise to scrapes
+
+# Seconds; the low end is first-token latency on a GPU, the high end long CPU generations.
+_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "lethe:requests", "HTTP requests by endpoint and status code.",
+            ["endpoint", "status"], registry=self.registry,
+        )
+        self.time_to_first_token = Histogram(
+            "lethe:time_to_first_token_seconds", "Time from request to first generated token.",
+            buckets=_LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.e2e_latency = Histogram(
+            "lethe:e2e_request_latency_seconds", "Time from request to last generated token.",
+            buckets=_LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.prompt_tokens = Counter(
+            "lethe:prompt_tokens", "Prompt tokens processed.", registry=self.registry,
+        )
+        self.generation_tokens = Counter(
+            "lethe:generation_tokens", "Tokens generated.", registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

