@@ -10,12 +10,26 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import shutil
+import tempfile
+from pathlib import Path
 from typing import AsyncIterator
 
-from .base import Delta, Engine, EngineError, EngineRequest
+from .base import Delta, Engine, EngineError, EngineRequest, LoRA
+
+# LoRA is served on attention and MLP projections only. Wrapping the embedding layer too (vLLM's
+# default) kills vLLM 0.32's CPU engine when one batch mixes token prompts and prompt_embeds
+# under LoRAs (`einsum(): subscript b has size ...`); Lethe's adapters never train embeddings.
+LORA_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 class VLLMEngine(Engine):
+    """vLLM with a workaround for a vLLM 0.32 CPU bug: in a batch that mixes requests with and
+    without a LoRA, the ones without get the LoRA in the engine's last slot (the CPU punica ops
+    index the adapter stack with -1). Requests without an adapter therefore run under an
+    all-zero "identity" adapter, whose delta is exactly 0, in a slot of its own.
+    """
+
     async def start(self) -> None:
         try:
             from vllm import AsyncEngineArgs
@@ -27,14 +41,18 @@ class VLLMEngine(Engine):
             ) from e
         # vLLM on CPU reads its KV cache size (GiB) from the environment.
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.kv_cache_gib))
+        self._identity = write_identity_lora(
+            self.model_path, Path(tempfile.mkdtemp(prefix="lethe-identity-lora-"))
+        )
         args = AsyncEngineArgs(
             model=str(self.model_path),
             dtype=self.dtype,
             max_model_len=self.max_model_len,
             max_num_seqs=self.max_num_seqs,
             enable_lora=True,
-            max_loras=self.max_loras,
+            max_loras=self.max_loras + 1,  # + the identity adapter
             max_lora_rank=self.max_lora_rank,
+            lora_target_modules=LORA_TARGET_MODULES,
             enable_prompt_embeds=True,
         )
         try:
@@ -64,12 +82,10 @@ class VLLMEngine(Engine):
             prompt = EmbedsPrompt(prompt_embeds=request.prompt_embeds)
         else:
             prompt = TokensPrompt(prompt_token_ids=request.prompt_token_ids)
-        lora = None
-        if request.lora is not None:
-            name = request.lora.name
-            if name not in self._lora_ids:
-                self._lora_ids[name] = next(self._next_lora_id)
-            lora = LoRARequest(name, self._lora_ids[name], str(request.lora.path))
+        adapter = request.lora or self._identity
+        if adapter.name not in self._lora_ids:
+            self._lora_ids[adapter.name] = next(self._next_lora_id)
+        lora = LoRARequest(adapter.name, self._lora_ids[adapter.name], str(adapter.path))
         # Closing the vLLM stream early (client gone) makes vLLM abort the request.
         stream = self._llm.generate(prompt, params, request.request_id, lora_request=lora)
         async with contextlib.aclosing(stream):
@@ -84,3 +100,20 @@ class VLLMEngine(Engine):
         if llm is not None:
             llm.shutdown()
             self._llm = None
+            shutil.rmtree(self._identity.path, ignore_errors=True)
+
+
+def write_identity_lora(model_path: Path, out: Path, rank: int = 8) -> LoRA:
+    """An adapter with A = B = 0 on LORA_TARGET_MODULES: applying it changes nothing, exactly."""
+    import torch
+    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
+    from safetensors.torch import save_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):  # shapes only: no weights are loaded
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_path))
+    config = LoraConfig(r=rank, lora_alpha=rank, target_modules=LORA_TARGET_MODULES)
+    state = get_peft_model_state_dict(get_peft_model(model, config))
+    save_file({k: torch.zeros(v.shape) for k, v in state.items()}, out / "adapter_model.safetensors")
+    config.save_pretrained(out)
+    return LoRA(name="lethe-identity", path=out)

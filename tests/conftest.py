@@ -1,0 +1,29 @@
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: see DESIGN.md
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from tests.tiny_model import build_tiny_model  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def lethe_home(tmp_path_factory) -> Path:
+    """Data directory for the session. LETHE_TEST_HOME reuses a prepared model across runs."""
+    reuse = os.environ.get("LETHE_TEST_HOME")
+    return Path(reuse) if reuse else tmp_path_factory.mktemp("lethe-home")
+
+
+@pytest.fixture(scope="session")
+def real_model_dir(lethe_home) -> Path:
+    from serving.model import prepare_smollm2
+
+    return prepare_smollm2(lethe_home)

@@ -1,0 +1,177 @@
+"""The engine contract, run against every registered engine on the tiny model.
+
+The reference for every expectation is transformers (+ peft) called directly, not an engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+import pytest
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from serving.engines import EngineRequest, LoRA, Sampling, engine_class, engine_names
+
+PROMPTS = ["Where does Kalo Venmi live?", "What pet does Dar Torsel have?"]
+_ids = itertools.count()
+
+
+class Harness:
+    """Runs one engine in its own event loop, so tests can call it synchronously."""
+
+    def __init__(self, name: str, model_dir, max_model_len: int = 512):
+        self.loop = asyncio.new_event_loop()
+        self.engine = engine_class(name)(
+            model_dir, dtype="float32", max_model_len=max_model_len, max_num_seqs=8,
+            max_loras=2, max_lora_rank=16, kv_cache_gib=1,
+        )
+        self.loop.run_until_complete(self.engine.start())
+
+    async def _one(self, request: EngineRequest):
+        tokens = {i: [] for i in range(request.sampling.n)}
+        text = {i: "" for i in range(request.sampling.n)}
+        finish = {}
+        async for deltas in self.engine.generate(request):
+            for d in deltas:
+                tokens[d.index] += d.token_ids
+                text[d.index] += d.text
+                if d.finish_reason:
+                    finish[d.index] = d.finish_reason
+        return [(tokens[i], text[i], finish.get(i)) for i in range(request.sampling.n)]
+
+    def request(self, ids, sampling, embeds=None, lora=None) -> EngineRequest:
+        return EngineRequest(f"t{next(_ids)}", list(ids), sampling, embeds, lora)
+
+    def generate(self, *requests: EngineRequest):
+        """All requests concurrently; each result is [(token_ids, text, finish_reason)] per choice."""
+        async def all_():
+            return await asyncio.gather(*(self._one(r) for r in requests))
+        return self.loop.run_until_complete(all_())
+
+    def close(self):
+        self.loop.run_until_complete(self.engine.shutdown())
+        self.loop.close()
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    return tokenizer, model
+
+
+@pytest.fixture(scope="module")
+def loras(tiny_model_dir, tmp_path_factory):
+    """Two random adapters on attention and MLP projections (never the embedding layer)."""
+    out = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+        config = LoraConfig(r=8, lora_alpha=32, init_lora_weights=False,
+                            target_modules=["q_proj", "v_proj", "up_proj", "down_proj"])
+        path = tmp_path_factory.mktemp(f"lora{seed}")
+        get_peft_model(base, config).save_pretrained(path)
+        out.append(LoRA(name=f"lora-{seed}", path=path))
+    return out
+
+
+@pytest.fixture(scope="module", params=engine_names())
+def engine(request, tiny_model_dir):
+    harness = Harness(request.param, tiny_model_dir)
+    yield harness
+    harness.close()
+
+
+def greedy(max_tokens=12, **kw) -> Sampling:
+    return Sampling(max_tokens=max_tokens, temperature=0.0, **kw)
+
+
+def reference_greedy(model, ids, max_tokens=12, lora=None) -> list[int]:
+    if lora is not None:
+        model = PeftModel.from_pretrained(model, lora.path)
+    out = model.generate(torch.tensor([ids]), max_new_tokens=max_tokens, do_sample=False,
+                         attention_mask=torch.ones(1, len(ids), dtype=torch.long))
+    if lora is not None:
+        model.unload()  # restores the base modules for the next test
+    return out[0, len(ids):].tolist()
+
+
+def encode(tokenizer, text) -> list[int]:
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+def test_greedy_tokens_equal_transformers(engine, reference):
+    tokenizer, model = reference
+    for prompt in PROMPTS:
+        ids = encode(tokenizer, prompt)
+        [[(tokens, text, finish)]] = engine.generate(engine.request(ids, greedy()))
+        expected = reference_greedy(model, ids)
+        assert tokens == expected
+        assert text == tokenizer.decode(expected, skip_special_tokens=True)
+        assert finish == ("stop" if expected[-1] == tokenizer.eos_token_id else "length")
+
+
+def test_prompt_embeds_give_the_same_output_as_their_token_ids(engine, reference):
+    tokenizer, model = reference
+    ids = encode(tokenizer, PROMPTS[0])
+    embeds = model.get_input_embeddings()(torch.tensor(ids)).detach()  # [T, d]
+    [from_ids], [from_embeds] = engine.generate(
+        engine.request(ids, greedy()), engine.request(ids, greedy(), embeds=embeds))
+    assert from_embeds[0] == from_ids[0]
+
+
+def test_lora_output_equals_peft_reference_and_differs_from_base(engine, reference, loras):
+    tokenizer, model = reference
+    ids = encode(tokenizer, PROMPTS[1])
+    [[(tokens, _, _)]] = engine.generate(engine.request(ids, greedy(), lora=loras[0]))
+    assert tokens == reference_greedy(model, ids, lora=loras[0])
+    assert tokens != reference_greedy(model, ids)
+
+
+def test_concurrent_mix_of_token_and_embedding_prompts_under_different_loras(
+        engine, reference, loras):
+    # DESIGN.md: one vLLM 0.32 CPU batch mixing token prompts and prompt_embeds under different
+    # LoRAs could kill the engine. Each request must get what it gets alone.
+    tokenizer, model = reference
+    ids = encode(tokenizer, PROMPTS[0])
+    embeds = model.get_input_embeddings()(torch.tensor(ids)).detach()
+    requests = [
+        dict(), dict(embeds=embeds), dict(lora=loras[0]), dict(embeds=embeds, lora=loras[1]),
+        dict(lora=loras[1]), dict(embeds=embeds, lora=loras[0]),
+    ]
+    together = engine.generate(*(engine.request(ids, greedy(), **r) for r in requests))
+    alone = [engine.generate(engine.request(ids, greedy(), **r))[0] for r in requests]
+    assert [t[0][0] for t in together] == [a[0][0] for a in alone]
+    assert together[0][0][0] != together[2][0][0]  # the adapters really were applied
+
+
+def test_stop_string_ends_output_before_it(engine, reference):
+    tokenizer, model = reference
+    ids = encode(tokenizer, PROMPTS[0])
+    full = tokenizer.decode(reference_greedy(model, ids, max_tokens=20), skip_special_tokens=True)
+    stop = full[len(full) // 2: len(full) // 2 + 2]
+    assert stop.strip(), f"reference output too short to pick a stop string: {full!r}"
+    [[(_, text, finish)]] = engine.generate(engine.request(ids, greedy(20, stop=(stop,))))
+    assert text == full[: full.index(stop)]
+    assert finish == "stop"
+
+
+def test_max_tokens_bounds_the_output(engine, reference):
+    tokenizer, _ = reference
+    ids = encode(tokenizer, PROMPTS[1])
+    sampling = Sampling(max_tokens=5, temperature=1.0, seed=3)
+    [[(tokens, _, finish)]] = engine.generate(engine.request(ids, sampling))
+    assert len(tokens) <= 5
+    assert finish == ("length" if len(tokens) == 5 else "stop")
+
+
+def test_sampling_with_a_seed_is_reproducible_and_n_gives_n_choices(engine, reference):
+    tokenizer, _ = reference
+    ids = encode(tokenizer, PROMPTS[0])
+    sampling = Sampling(max_tokens=10, temperature=1.0, seed=7, n=3)
+    first, second = engine.generate(engine.request(ids, sampling), engine.request(ids, sampling))
+    assert len(first) == 3 and all(choice[2] in ("stop", "length") for choice in first)
+    assert [c[0] for c in first] == [c[0] for c in second]
