@@ -1,0 +1,61 @@
+import subprocess
+import sys
+
+import pytest
+
+from serving.config import Config, ConfigError, load_config
+
+
+def test_defaults_come_from_the_embedded_yaml_and_match_the_typed_defaults():
+    config = load_config(environ={})
+    assert config == Config()
+    assert config.engine.name == "vllm" and config.server.port == 8000
+    assert config.server.host == "127.0.0.1"
+
+
+def test_file_then_environment_then_overrides_win_in_that_order(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("server:\n  port: 9000\n  api_keys: [a]\nengine:\n  name: hf\n")
+    env = {"LETHE_SERVER__PORT": "9100", "LETHE_HOME": str(tmp_path / "h")}
+    config = load_config(path, overrides={"server.port": 9200, "server.host": None}, environ=env)
+    assert config.server.port == 9200
+    assert config.server.api_keys == ["a"]
+    assert config.engine.name == "hf"
+    assert config.home_dir == tmp_path / "h"
+    assert load_config(path, environ=env).server.port == 9100
+
+
+def test_environment_values_are_parsed_as_yaml():
+    config = load_config(environ={"LETHE_SERVER__API_KEYS": "[k1, k2]"})
+    assert config.server.api_keys == ["k1", "k2"]
+
+
+def test_unknown_key_is_named_with_the_known_keys(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("engine:\n  nmae: hf\n")
+    with pytest.raises(ConfigError, match=r"unknown config key 'engine.nmae' \(known keys here: name,"):
+        load_config(path, environ={})
+
+
+def test_bad_choice_names_the_key_and_the_allowed_values():
+    with pytest.raises(ConfigError, match=r"engine.name.*'vllm' or 'hf'.*'tgi'"):
+        load_config(overrides={"engine.name": "tgi"}, environ={})
+
+
+def test_bad_environment_value_is_named():
+    with pytest.raises(ConfigError, match="server.port"):
+        load_config(environ={"LETHE_SERVER__PORT": "eighty"})
+
+
+def test_missing_config_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path / "absent.yaml", environ={})
+
+
+def test_cli_exits_2_with_the_message_on_a_bad_config(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  dtype: float8\n")
+    result = subprocess.run([sys.executable, "-m", "serving.cli", "serve", "--config", str(path)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "config key 'model.dtype'" in result.stderr and "float32" in result.stderr
