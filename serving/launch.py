@@ -1,0 +1,68 @@
+"""Run `lethe serve` as a child process: for tests, benchmarks and scripts."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import yaml
+
+
+class ServerProcess:
+    """`lethe serve` with `config` (a dict of config keys) on a free local port.
+
+    Blocks until GET /health answers; its output goes to `<workdir>/server.log`.
+    """
+
+    def __init__(self, config: dict, workdir: Path, ready_timeout: float = 300.0):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        config_file = workdir / "config.yaml"
+        config_file.write_text(yaml.safe_dump(config))
+        self.log = workdir / "server.log"
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "serving.cli", "serve", "--config", str(config_file),
+                 "--port", str(self.port)],
+                stdout=log, stderr=subprocess.STDOUT,
+            )
+        self._wait_ready(ready_timeout)
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.tail()}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"server not ready in {timeout:.0f}s:\n{self.tail()}")
+
+    def tail(self, chars: int = 3000) -> str:
+        return self.log.read_text()[-chars:]
+
+    def client(self, api_key: str = "none", asynchronous: bool = False):
+        import openai
+
+        cls = openai.AsyncOpenAI if asynchronous else openai.OpenAI
+        return cls(base_url=f"{self.url}/v1", api_key=api_key, max_retries=0, timeout=300)
+
+    def stop(self) -> None:
+        if self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
