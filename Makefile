@@ -36,4 +36,4 @@ test-fast: setup
 	$(BIN)/pytest -q -m "not slow"
 
 bench: setup
-	$(BIN)/python bench/serving.py
+	$(BIN)/python bench/bench_serving.py

@@ -47,7 +47,8 @@ class EngineConfig(_Section):
     # LoRA adapters held in the engine at once (LRU beyond that).
     max_loras: int = Field(default=4, gt=0)
     # A per-request mixture concatenates shard adapters: rank sum(r_k), e.g. 4 shards x r=8 = 32.
-    max_lora_rank: Literal[8, 16, 32, 64, 128, 256] = 64
+    # vLLM on CPU pads every adapter to this rank, and its LoRA cost grows with it (bench/).
+    max_lora_rank: Literal[8, 16, 32, 64, 128, 256] = 32
     # vLLM CPU KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE); small models need little.
     kv_cache_gib: int = Field(default=2, gt=0)
 

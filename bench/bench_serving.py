@@ -1,6 +1,6 @@
 """Server throughput and latency per engine and concurrency, through the OpenAI API.
 
-    .venv/bin/python bench/serving.py [--engines hf vllm] [--concurrency 1 8] [--requests 16]
+    .venv/bin/python bench/bench_serving.py [--engines hf vllm] [--concurrency 1 8] [--requests 16]
 
 Starts `lethe serve` on the default model (SmolLM2-135M-Instruct, fp32) once per engine, sends
 streamed chat requests with the official openai client at each concurrency, and reports
@@ -56,10 +56,11 @@ async def run_level(server: ServerProcess, concurrency: int, n_requests: int,
         async with gate:
             return await one_request(client, i, max_tokens)
 
-    await asyncio.gather(*(one_request(client, i, 8) for i in range(2)))  # warm-up
-    started = time.perf_counter()
-    results = await asyncio.gather(*(gated(i) for i in range(n_requests)))
-    wall = time.perf_counter() - started
+    async with client:
+        await asyncio.gather(*(one_request(client, i, 8) for i in range(2)))  # warm-up
+        started = time.perf_counter()
+        results = await asyncio.gather(*(gated(i) for i in range(n_requests)))
+        wall = time.perf_counter() - started
     ttft = sorted(r["ttft"] for r in results)
     tokens = sum(r["tokens"] for r in results)
     return {
