@@ -89,7 +89,7 @@ class OpenAIServing:
                 CompletionChoice(index=i, text=c.text, finish_reason=c.finish_reason)
                 for i, c in enumerate(choices)
             ],
-            usage=run.usage(choices),
+            usage=run.usage(),
         )
 
     async def chat(self, req: ChatCompletionRequest) -> ChatCompletionResponse | AsyncIterator[str]:
@@ -111,7 +111,7 @@ class OpenAIServing:
                 )
                 for i, c in enumerate(choices)
             ],
-            usage=run.usage(choices),
+            usage=run.usage(),
         )
 
     # --- request checks ----------------------------------------------------------------------
@@ -207,7 +207,7 @@ class OpenAIServing:
             yield _sse(run.error)
         elif req.stream_options and req.stream_options.include_usage:
             yield _sse(CompletionResponse(id=rid, model=self.model_name, choices=[],
-                                          usage=run.usage(run.choices)))
+                                          usage=run.usage()))
         yield DONE
 
     async def _stream_chat(self, rid: str, req: ChatCompletionRequest, run: "_Run"):
@@ -223,7 +223,7 @@ class OpenAIServing:
         if run.error is not None:
             yield _sse(run.error)
         elif req.stream_options and req.stream_options.include_usage:
-            yield chunk([], usage=run.usage(run.choices))
+            yield chunk([], usage=run.usage())
         yield DONE
 
 
@@ -240,9 +240,9 @@ class _Run:
         self._started = time.monotonic()
         self._first_token_at: float | None = None
 
-    def usage(self, choices: list[_Choice]) -> Usage:
+    def usage(self) -> Usage:
         prompt = sum(len(p) for p in self.prompts)
-        completion = sum(c.tokens for c in choices)
+        completion = sum(c.tokens for c in self.choices)
         return Usage(prompt_tokens=prompt, completion_tokens=completion,
                      total_tokens=prompt + completion)
 

@@ -41,9 +41,6 @@ class VLLMEngine(Engine):
             ) from e
         # vLLM on CPU reads its KV cache size (GiB) from the environment.
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.kv_cache_gib))
-        self._identity = write_identity_lora(
-            self.model_path, Path(tempfile.mkdtemp(prefix="lethe-identity-lora-"))
-        )
         args = AsyncEngineArgs(
             model=str(self.model_path),
             dtype=self.dtype,
@@ -59,6 +56,10 @@ class VLLMEngine(Engine):
             self._llm = AsyncLLM.from_engine_args(args)
         except Exception as e:  # vLLM raises many types on start-up; name the engine
             raise EngineError(f"vLLM failed to start on {self.model_path}: {e}") from e
+        # Written once vLLM is up, so a failed start leaves no folder behind.
+        self._identity = write_identity_lora(
+            self.model_path, Path(tempfile.mkdtemp(prefix="lethe-identity-lora-"))
+        )
         self._lora_ids: dict[str, int] = {}
         self._next_lora_id = itertools.count(1)
 
