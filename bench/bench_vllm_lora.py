@@ -60,7 +60,7 @@ async def measure(model_path: Path, rank: int, identity) -> list[dict]:
     llm = AsyncLLM.from_engine_args(AsyncEngineArgs(
         model=str(model_path), dtype="float32", max_model_len=2048, max_num_seqs=N,
         enable_lora=True, max_loras=2, max_lora_rank=rank, enable_prompt_embeds=True,
-        lora_target_modules=LORA_TARGET_MODULES))
+        lora_target_modules=list(LORA_TARGET_MODULES)))
     tok = AutoTokenizer.from_pretrained(model_path)
     prompts = [tok.encode(tok.apply_chat_template(
         [{"role": "user", "content": f"Write a long story about topic {i}."}],

@@ -15,12 +15,12 @@ import tempfile
 from pathlib import Path
 from typing import AsyncIterator
 
-from .base import Delta, Engine, EngineError, EngineRequest, LoRA
-
 # LoRA is served on attention and MLP projections only. Wrapping the embedding layer too (vLLM's
 # default) kills vLLM 0.32's CPU engine when one batch mixes token prompts and prompt_embeds
 # under LoRAs (`einsum(): subscript b has size ...`); Lethe's adapters never train embeddings.
-LORA_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+from adapters.train import LORA_TARGET_MODULES
+
+from .base import Delta, Engine, EngineError, EngineRequest, LoRA
 
 
 class VLLMEngine(Engine):
@@ -49,7 +49,7 @@ class VLLMEngine(Engine):
             enable_lora=True,
             max_loras=self.max_loras + 1,  # + the identity adapter
             max_lora_rank=self.max_lora_rank,
-            lora_target_modules=LORA_TARGET_MODULES,
+            lora_target_modules=list(LORA_TARGET_MODULES),
             enable_prompt_embeds=True,
         )
         try:
@@ -113,7 +113,7 @@ def write_identity_lora(model_path: Path, out: Path, rank: int = 8) -> LoRA:
 
     with torch.device("meta"):  # shapes only: no weights are loaded
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_path))
-    config = LoraConfig(r=rank, lora_alpha=rank, target_modules=LORA_TARGET_MODULES)
+    config = LoraConfig(r=rank, lora_alpha=rank, target_modules=list(LORA_TARGET_MODULES))
     state = get_peft_model_state_dict(get_peft_model(model, config))
     save_file({k: torch.zeros(v.shape) for k, v in state.items()}, out / "adapter_model.safetensors")
     config.save_pretrained(out)

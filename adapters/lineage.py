@@ -1,0 +1,178 @@
+"""Lineage: which shard holds each training sample, and which samples were forgotten.
+
+A SQLite file (WAL, synchronous=FULL: a committed tombstone survives power loss). The raw text of
+a sample is kept only until its data is forgotten and its shard retrained (`purge_text`); the id,
+owner, shard and a content hash stay, so a receipt can show what was removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import time
+from contextlib import closing, contextmanager
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from .samples import Sample
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS samples (
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    shard INTEGER NOT NULL,
+    content_hash TEXT NOT NULL,
+    prompt TEXT,               -- NULL once purged
+    response TEXT,
+    forgotten_at REAL          -- NULL while live: the tombstone
+);
+CREATE INDEX IF NOT EXISTS samples_owner ON samples(owner);
+CREATE INDEX IF NOT EXISTS samples_shard ON samples(shard);
+CREATE TABLE IF NOT EXISTS shards (
+    shard INTEGER PRIMARY KEY,
+    centroid BLOB NOT NULL,    -- float32 unit vector: mean embedding of the shard's samples
+    quarantined INTEGER NOT NULL DEFAULT 0
+);
+"""
+
+
+class LineageError(ValueError):
+    """Bad use of the lineage store (already partitioned, not partitioned yet)."""
+
+
+class UnknownSampleError(LookupError):
+    """Sample ids or an owner the lineage does not know; `missing` lists them."""
+
+    def __init__(self, missing: list[str], what: str = "sample id"):
+        self.missing = missing
+        super().__init__(f"unknown {what}(s): {', '.join(missing)}")
+
+
+def content_hash(sample: Sample) -> str:
+    text = "\x1f".join((sample.id, sample.owner, sample.prompt, sample.response))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def id_set_hash(ids: Iterable[str]) -> str:
+    """Hash of a set of sample ids: equal sets, equal hashes (order does not matter)."""
+    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
+
+
+class Lineage:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with closing(self._connect()) as db:
+            db.executescript(_SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        # One connection per call: safe from any thread or process; WAL lets readers run
+        # beside a writer.
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        return db
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with closing(self._connect()) as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except Exception:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    def _query(self, sql: str, params: Iterable = ()) -> list[tuple]:
+        with closing(self._connect()) as db:
+            return db.execute(sql, tuple(params)).fetchall()
+
+    # --- partition ---------------------------------------------------------------------------
+
+    def assign(self, samples: list[Sample], shards: np.ndarray, centroids: np.ndarray) -> None:
+        """Record the partition: samples[i] goes to shard shards[i]; centroids: (K, d)."""
+        if self.shard_ids():
+            raise LineageError(f"{self.path} already holds a partition; use a new data directory")
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT INTO samples (id, owner, shard, content_hash, prompt, response) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [(s.id, s.owner, int(k), content_hash(s), s.prompt, s.response)
+                 for s, k in zip(samples, shards)],
+            )
+            db.executemany("INSERT INTO shards (shard, centroid) VALUES (?, ?)",
+                           [(k, c.astype(np.float32).tobytes()) for k, c in enumerate(centroids)])
+
+    def shard_ids(self) -> list[int]:
+        return [k for (k,) in self._query("SELECT shard FROM shards ORDER BY shard")]
+
+    def centroids(self) -> np.ndarray:
+        """(K, d) float32, row k for shard k."""
+        rows = self._query("SELECT centroid FROM shards ORDER BY shard")
+        return np.stack([np.frombuffer(blob, dtype=np.float32) for (blob,) in rows])
+
+    def shard_samples(self, shard: int) -> list[Sample]:
+        """The live samples of a shard, sorted by id: the training set of its next adapter."""
+        rows = self._query("SELECT id, owner, prompt, response FROM samples "
+                           "WHERE shard = ? AND forgotten_at IS NULL ORDER BY id", (shard,))
+        return [Sample(*row) for row in rows]
+
+    def shard_sizes(self) -> dict[int, int]:
+        rows = self._query("SELECT s.shard, COUNT(x.id) FROM shards s LEFT JOIN samples x "
+                           "ON x.shard = s.shard AND x.forgotten_at IS NULL GROUP BY s.shard")
+        return dict(rows)
+
+    # --- forgetting --------------------------------------------------------------------------
+
+    def owner_sample_ids(self, owner: str) -> list[str]:
+        ids = [i for (i,) in self._query("SELECT id FROM samples WHERE owner = ? ORDER BY id",
+                                         (owner,))]
+        if not ids:
+            raise UnknownSampleError([owner], what="owner")
+        return ids
+
+    def shards_of(self, ids: Iterable[str]) -> dict[int, list[str]]:
+        """Shard -> the given ids it holds. Raises UnknownSampleError naming ids it lacks."""
+        ids = sorted(set(ids))
+        with closing(self._connect()) as db:
+            found = dict(db.execute(
+                f"SELECT id, shard FROM samples WHERE id IN ({','.join('?' * len(ids))})", ids
+            ).fetchall()) if ids else {}
+        missing = [i for i in ids if i not in found]
+        if missing:
+            raise UnknownSampleError(missing)
+        by_shard: dict[int, list[str]] = {}
+        for i in ids:
+            by_shard.setdefault(found[i], []).append(i)
+        return by_shard
+
+    def tombstone(self, ids: Iterable[str]) -> dict[int, list[str]]:
+        """Mark samples forgotten (idempotent). Returns shard -> ids, as `shards_of`."""
+        by_shard = self.shards_of(ids)
+        with self._transaction() as db:
+            db.executemany("UPDATE samples SET forgotten_at = ? WHERE id = ? AND forgotten_at IS NULL",
+                           [(time.time(), i) for ids_ in by_shard.values() for i in ids_])
+        return by_shard
+
+    def forgotten_ids(self) -> set[str]:
+        return {i for (i,) in self._query("SELECT id FROM samples WHERE forgotten_at IS NOT NULL")}
+
+    def purge_text(self, ids: Iterable[str]) -> int:
+        """Drop the raw text of forgotten samples; ids and content hashes remain."""
+        with self._transaction() as db:
+            cur = db.executemany(
+                "UPDATE samples SET prompt = NULL, response = NULL "
+                "WHERE id = ? AND forgotten_at IS NOT NULL AND prompt IS NOT NULL",
+                [(i,) for i in ids])
+            return cur.rowcount
+
+    # --- quarantine --------------------------------------------------------------------------
+
+    def set_quarantined(self, shard: int, quarantined: bool) -> None:
+        self._query("UPDATE shards SET quarantined = ? WHERE shard = ?", (int(quarantined), shard))
+
+    def quarantined(self) -> set[int]:
+        return {k for (k,) in self._query("SELECT shard FROM shards WHERE quarantined = 1")}

@@ -1,0 +1,88 @@
+"""The validation loss table APA's attention reads: loss of each shard adapter on each sample of
+a validation set (consented data that is never forgotten).
+
+Rows are files keyed by (shard version, validation-set hash), so a retrained shard simply has no
+row yet and only that row is computed; rows of other shards are reused as they are.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .registry import Version
+from .samples import Sample
+from .train import IGNORE, collate, encode
+
+
+def response_losses(model, tokenizer, samples: list[Sample], max_length: int,
+                    batch_size: int = 8) -> np.ndarray:
+    """(N,) mean negative log-likelihood of each sample's response tokens given its prompt."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(samples), batch_size):
+            batch = collate([encode(tokenizer, s, max_length) for s in samples[i:i + batch_size]],
+                            pad_id)
+            logits = model(input_ids=batch["input_ids"],
+                           attention_mask=batch["attention_mask"]).logits  # (B, T, V)
+            labels = batch["labels"][:, 1:]  # (B, T-1): token t+1 is predicted at t
+            nll = torch.nn.functional.cross_entropy(
+                logits[:, :-1].transpose(1, 2).float(), labels.clamp(min=0), reduction="none")
+            mask = (labels != IGNORE).float()  # (B, T-1)
+            out.append((nll * mask).sum(1) / mask.sum(1).clamp(min=1))
+    return torch.cat(out).numpy()
+
+
+def adapter_losses(model_path: Path, adapters: list[Path], samples: list[Sample],
+                   max_length: int) -> list[np.ndarray]:
+    """response_losses of the base model under each adapter in turn (base loaded once)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    rows = []
+    for path in adapters:
+        model = PeftModel.from_pretrained(base, path)
+        rows.append(response_losses(model, tokenizer, samples, max_length))
+        base = model.unload()  # the LoRA layers come out; the base weights are untouched
+    return rows
+
+
+class LossTable:
+    def __init__(self, root: Path, validation_hash: str):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.validation_hash = validation_hash[:16]
+
+    def _path(self, version: Version) -> Path:
+        return self.root / f"{version.shard:04d}-{version.id}-{self.validation_hash}.npy"
+
+    def row(self, version: Version) -> np.ndarray | None:
+        path = self._path(version)
+        return np.load(path) if path.exists() else None
+
+    def put(self, version: Version, losses: np.ndarray) -> None:
+        if not np.isfinite(losses).all():
+            raise ValueError(f"validation losses of shard {version.shard} are not finite")
+        tmp = self.root / f".tmp-{self._path(version).name}"  # ends in .npy: np.save keeps it
+        np.save(tmp, losses.astype(np.float32))
+        tmp.replace(self._path(version))
+
+    def matrix(self, versions: list[Version]) -> np.ndarray:
+        """(K, |val|) rows in the order of `versions`; every row must exist."""
+        rows = [self.row(v) for v in versions]
+        missing = [v.shard for v, r in zip(versions, rows) if r is None]
+        if missing:
+            raise LookupError(f"no validation losses for shard(s) {missing} at their current version")
+        return np.stack(rows)
+
+    def prune(self, live: list[Version]) -> None:
+        keep = {self._path(v).name for v in live}
+        for path in self.root.glob("*.npy"):
+            if path.name not in keep:
+                path.unlink()

@@ -1,0 +1,133 @@
+"""Mixture adapters: one LoRA equal to a weighted sum of shard adapters, exactly.
+
+For every LoRA layer, shard k contributes w_k * s_k * B_k @ A_k (s_k = alpha_k / r_k). Stacking
+the factors (peft's `add_weighted_adapter(..., combination_type="cat")`)
+
+    A = [A_1; A_2; ...]                      (sum r_k, in)
+    B = [w_1 s_1 B_1, w_2 s_2 B_2, ...]      (out, sum r_k)
+
+gives B @ A = sum_k w_k s_k B_k A_k with no approximation; the mixture has rank sum r_k and
+alpha = rank (scaling 1). It is written in peft format, so any engine loads it as one LoRA.
+
+Mixtures are cached on disk under a name that hashes their (shard, version, weight) parts: a name
+is never reused for other weights (vLLM serves stale weights for a reused name, DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .registry import CONFIG, WEIGHTS, Version, fsync_tree
+
+
+class MixtureError(RuntimeError):
+    """Shard adapters that cannot be combined, or a combination that is not finite."""
+
+
+@dataclass(frozen=True)
+class Mixture:
+    name: str
+    path: Path
+    parts: tuple[tuple[int, str, float], ...]  # (shard, version, weight)
+
+
+def mixture_name(parts: list[tuple[Version, float]]) -> str:
+    key = json.dumps(sorted((v.shard, v.id, round(w, 6)) for v, w in parts))
+    return "mix-" + hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def combine(parts: list[tuple[Version, float]]) -> tuple[dict[str, torch.Tensor], dict]:
+    """Cat-combine weighted shard adapters: (state dict, peft adapter config) of the mixture."""
+    if not parts:
+        raise MixtureError("a mixture needs at least one shard adapter")
+    configs = [json.loads((v.path / CONFIG).read_text()) for v, _ in parts]
+    states = [load_file(v.path / WEIGHTS) for v, _ in parts]
+    keys = set(states[0])
+    if any(set(s) != keys for s in states) or any(
+            set(c["target_modules"]) != set(configs[0]["target_modules"]) for c in configs):
+        raise MixtureError("shard adapters differ in their LoRA layers; cannot combine them")
+    mixed = {}
+    for key in sorted(keys):
+        if ".lora_A." in key:
+            mixed[key] = torch.cat([s[key] for s in states], dim=0)  # (sum r, in)
+        elif ".lora_B." in key:
+            mixed[key] = torch.cat([
+                (w * c["lora_alpha"] / c["r"]) * s[key]  # (out, r_k)
+                for (_, w), c, s in zip(parts, configs, states)], dim=1)  # (out, sum r)
+        else:
+            raise MixtureError(f"unexpected tensor {key} in a LoRA adapter")
+        if not torch.isfinite(mixed[key]).all():
+            raise MixtureError(f"mixture tensor {key} is not finite")
+    rank = sum(c["r"] for c in configs)
+    config = {**configs[0], "r": rank, "lora_alpha": rank, "lora_dropout": 0.0,
+              "rank_pattern": {}, "alpha_pattern": {}}
+    return mixed, config
+
+
+class MixtureCache:
+    """Mixtures on disk, built on first use, least recently used evicted beyond `capacity`."""
+
+    def __init__(self, root: Path, capacity: int = 64):
+        self.root = Path(root)
+        self.capacity = capacity
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.hits = self.misses = 0
+
+    def get(self, parts: list[tuple[Version, float]]) -> Mixture:
+        name = mixture_name(parts)
+        path = self.root / name
+        if path.exists():
+            self.hits += 1
+            os.utime(path)  # recency for LRU
+        else:
+            self.misses += 1
+            self._build(parts, path)
+            self._evict()
+        return Mixture(name, path, tuple(sorted((v.shard, v.id, w) for v, w in parts)))
+
+    def _build(self, parts: list[tuple[Version, float]], path: Path) -> None:
+        state, config = combine(parts)
+        tmp = self.root / f".tmp-{uuid.uuid4().hex}"
+        tmp.mkdir()
+        try:
+            save_file(state, tmp / WEIGHTS)
+            (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True))
+            (tmp / "mixture.json").write_text(json.dumps({
+                "parts": [{"shard": v.shard, "version": v.id, "weight": w} for v, w in parts],
+                "created_at": time.time()}, indent=2))
+            fsync_tree(tmp)
+            os.rename(tmp, path)
+        except OSError as e:
+            # Built meanwhile by another process: the same weights, by its name.
+            if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def entries(self) -> list[Path]:
+        return sorted((p for p in self.root.glob("mix-*")), key=lambda p: p.stat().st_mtime)
+
+    def _evict(self) -> None:
+        for path in self.entries()[:-self.capacity]:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def invalidate(self, shard: int, keep_version: str) -> list[str]:
+        """Drop every mixture that uses a version of `shard` other than `keep_version`."""
+        dropped = []
+        for path in self.entries():
+            parts = json.loads((path / "mixture.json").read_text())["parts"]
+            if any(p["shard"] == shard and p["version"] != keep_version for p in parts):
+                shutil.rmtree(path, ignore_errors=True)
+                dropped.append(path.name)
+        return dropped

@@ -1,0 +1,158 @@
+"""Adapter registry: immutable, content-addressed versions of each shard's adapter.
+
+Layout under `root`:
+
+    shard-0002/<version>/adapter_config.json, adapter_model.safetensors, manifest.json
+    shard-0002/CURRENT        the version being served (one line)
+    .staging/<random>/        adapters being written; never served, swept on open
+
+A version id is the hash of the adapter's weights file, so training the same data twice gives the
+same id. Publishing is atomic: files are written and fsynced under .staging, the folder is renamed
+into place, then CURRENT is replaced by rename. A crash at any point leaves the old version serving
+and no partial version visible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+WEIGHTS = "adapter_model.safetensors"
+CONFIG = "adapter_config.json"
+MANIFEST = "manifest.json"
+
+
+class RegistryError(RuntimeError):
+    """A staged adapter is incomplete, or a shard has no published version."""
+
+
+@dataclass(frozen=True)
+class Version:
+    shard: int
+    id: str
+    path: Path
+
+    @property
+    def manifest(self) -> dict:
+        return json.loads((self.path / MANIFEST).read_text())
+
+
+def weights_hash(adapter_dir: Path) -> str:
+    digest = hashlib.sha256()
+    with open(adapter_dir / WEIGHTS, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def fsync_tree(path: Path) -> None:
+    """Flush every file under path, then the folders themselves, to disk."""
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        with open(file, "rb") as f:
+            os.fsync(f.fileno())
+    _fsync_dir(path)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class AdapterRegistry:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.staging_root = self.root / ".staging"
+        # Whatever a crashed writer left in staging was never published: drop it.
+        shutil.rmtree(self.staging_root, ignore_errors=True)
+        self.staging_root.mkdir(parents=True, exist_ok=True)
+
+    def _shard_dir(self, shard: int) -> Path:
+        return self.root / f"shard-{shard:04d}"
+
+    @contextmanager
+    def staging(self) -> Iterator[Path]:
+        """A fresh folder to write an adapter into; removed on exit unless published."""
+        path = self.staging_root / uuid.uuid4().hex
+        path.mkdir()
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def publish(self, shard: int, staged: Path, manifest: dict) -> Version:
+        """Make a staged adapter the current version of `shard`; returns it.
+
+        If the same weights were published before, that version is reused (its id is the hash).
+        """
+        missing = [name for name in (WEIGHTS, CONFIG) if not (staged / name).is_file()]
+        if missing:
+            raise RegistryError(f"staged adapter {staged} lacks {', '.join(missing)}")
+        version_id = weights_hash(staged)
+        shard_dir = self._shard_dir(shard)
+        shard_dir.mkdir(exist_ok=True)
+        target = shard_dir / version_id
+        if not target.exists():
+            (staged / MANIFEST).write_text(json.dumps(
+                {**manifest, "shard": shard, "version": version_id}, indent=2, sort_keys=True))
+            fsync_tree(staged)
+            os.rename(staged, target)
+            _fsync_dir(shard_dir)
+        write_atomic(shard_dir / "CURRENT", version_id + "\n")
+        return Version(shard, version_id, target)
+
+    def retire(self, shard: int) -> None:
+        """The shard serves nothing any more (all its samples were forgotten)."""
+        (self._shard_dir(shard) / "CURRENT").unlink(missing_ok=True)
+
+    def current(self, shard: int) -> Version:
+        pointer = self._shard_dir(shard) / "CURRENT"
+        try:
+            version_id = pointer.read_text().strip()
+        except FileNotFoundError as e:
+            raise RegistryError(f"shard {shard} has no published adapter") from e
+        return Version(shard, version_id, self._shard_dir(shard) / version_id)
+
+    def shards(self) -> list[int]:
+        return sorted(int(p.name.split("-")[1]) for p in self.root.glob("shard-*")
+                      if (p / "CURRENT").exists())
+
+    def versions(self, shard: int) -> list[Version]:
+        """Every stored version of a shard, oldest first."""
+        dirs = [p for p in self._shard_dir(shard).iterdir() if (p / MANIFEST).is_file()]
+        dirs.sort(key=lambda p: json.loads((p / MANIFEST).read_text())["created_at"])
+        return [Version(shard, p.name, p) for p in dirs]
+
+    def collect_garbage(self, shard: int, keep: int, forgotten: set[str]) -> list[Version]:
+        """Delete superseded versions: any trained on a forgotten sample, and all but the newest
+        `keep` others. The current version is never deleted. Returns what was deleted."""
+        try:
+            current = self.current(shard).id
+        except RegistryError:
+            current = None  # retired: every version is superseded
+        old = [v for v in self.versions(shard) if v.id != current]
+        tainted = [v for v in old if forgotten.intersection(v.manifest["sample_ids"])]
+        clean = [v for v in old if v not in tainted]
+        doomed = tainted + clean[:max(0, len(clean) - keep)]
+        for v in doomed:
+            shutil.rmtree(v.path)
+        return doomed

@@ -1,0 +1,122 @@
+"""Sample-adaptive weights over shards (APA's attention), by weighting schemes chosen by name.
+
+`apa` (default): the request's n nearest validation samples; error_k = mean loss of shard k's
+adapter on them; w = softmax(-tau * error). `semantic`: softmax(tau * cosine similarity to the
+shard centroids). `uniform`: 1/K. `major`: all weight on the shard `apa` ranks first.
+
+Then, whatever the scheme: excluded (quarantined) shards get 0, the top m are kept, weights are
+quantised to a step (so similar requests share one cached mixture) and renormalised.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class RouteConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    scheme: Literal["apa", "semantic", "uniform", "major"] = "apa"
+    # Sharpness of the softmax. LM losses of shard adapters differ by ~0.1-1 nats on the same
+    # sample, so tau ~10 separates them; tau=0 gives uniform weights.
+    tau: float = Field(default=10.0, ge=0)
+    neighbours: int = Field(default=20, gt=0)  # validation samples that judge each shard
+    top_m: int | None = Field(default=None, gt=0)  # keep the m largest weights; None: all
+    # Weights are rounded to multiples of this: fewer distinct mixtures, more cache hits.
+    quantum: float = Field(default=0.05, ge=0, le=1)
+    mixture_cache: int = Field(default=64, gt=0)  # mixtures kept on disk (LRU)
+
+
+class RouteError(ValueError):
+    """A scheme lacks what it needs (e.g. `apa` without a validation loss table)."""
+
+
+class UnknownSchemeError(KeyError):
+    def __init__(self, name: str):
+        super().__init__(f"unknown weighting scheme {name!r}; known: {', '.join(scheme_names())}")
+
+
+@dataclass(frozen=True)
+class RouteInputs:
+    query: np.ndarray  # (d,) unit embedding of the request
+    centroids: np.ndarray  # (K, d) unit shard centroids
+    validation: np.ndarray | None = None  # (V, d) unit embeddings of the validation set
+    losses: np.ndarray | None = None  # (K, V) loss of each shard adapter on each validation sample
+
+
+Scheme = Callable[[RouteInputs, RouteConfig], np.ndarray]  # -> (K,) non-negative weights
+_SCHEMES: dict[str, Scheme] = {}
+
+
+def register_scheme(name: str, fn: Scheme) -> None:
+    if name in _SCHEMES:
+        raise ValueError(f"weighting scheme {name!r} is already registered")
+    _SCHEMES[name] = fn
+
+
+def scheme_names() -> list[str]:
+    return sorted(_SCHEMES)
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max())
+    return e / e.sum()
+
+
+def neighbour_errors(inputs: RouteInputs, config: RouteConfig) -> np.ndarray:
+    """(K,) mean validation loss of each shard on the request's nearest validation samples."""
+    if inputs.validation is None or inputs.losses is None:
+        raise RouteError("scheme needs a validation set and its loss table (lethe train --validation)")
+    n = min(config.neighbours, len(inputs.validation))
+    nearest = np.argsort(-(inputs.validation @ inputs.query), kind="stable")[:n]  # (n,)
+    return inputs.losses[:, nearest].mean(axis=1)
+
+
+def apa(inputs: RouteInputs, config: RouteConfig) -> np.ndarray:
+    return _softmax(-config.tau * neighbour_errors(inputs, config))
+
+
+def semantic(inputs: RouteInputs, config: RouteConfig) -> np.ndarray:
+    return _softmax(config.tau * (inputs.centroids @ inputs.query))
+
+
+def uniform(inputs: RouteInputs, config: RouteConfig) -> np.ndarray:
+    return np.full(len(inputs.centroids), 1.0 / len(inputs.centroids))
+
+
+def major(inputs: RouteInputs, config: RouteConfig) -> np.ndarray:
+    return np.eye(len(inputs.centroids))[np.argmin(neighbour_errors(inputs, config))]
+
+
+register_scheme("apa", apa)
+register_scheme("semantic", semantic)
+register_scheme("uniform", uniform)
+register_scheme("major", major)
+
+
+def route(inputs: RouteInputs, config: RouteConfig, shards: list[int],
+          excluded: set[int] = frozenset()) -> dict[int, float]:
+    """Shard id -> weight (summing to 1) for one request; empty if every shard is excluded.
+
+    shards[i] is the shard id of row i of inputs.centroids and inputs.losses.
+    """
+    if config.scheme not in _SCHEMES:
+        raise UnknownSchemeError(config.scheme)
+    w = np.asarray(_SCHEMES[config.scheme](inputs, config), dtype=np.float64)  # (K,)
+    if not np.isfinite(w).all():
+        raise RouteError(f"scheme {config.scheme!r} gave non-finite weights")
+    w[[i for i, k in enumerate(shards) if k in excluded]] = 0.0
+    if w.sum() <= 0:
+        return {}
+    if config.top_m is not None and config.top_m < len(w):
+        w[np.argsort(-w, kind="stable")[config.top_m:]] = 0.0
+    w /= w.sum()
+    if config.quantum > 0:
+        rounded = np.round(w / config.quantum) * config.quantum
+        w = rounded if rounded.sum() > 0 else (w == w.max()).astype(np.float64)
+    w /= w.sum()
+    return {k: round(float(x), 6) for k, x in zip(shards, w) if x > 0}

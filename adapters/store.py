@@ -1,0 +1,196 @@
+"""A shard store: partition, lineage, shard adapters, loss table and mixtures under one folder.
+
+    <root>/store.json       how the store was built: model, training config, partition, hashes
+    <root>/lineage.db       sample -> shard, tombstones (lineage.py)
+    <root>/adapters/        published shard adapter versions (registry.py)
+    <root>/losses/          validation loss table rows (losses.py)
+    <root>/mixtures/        cached mixture adapters (mixture.py)
+    <root>/validation.jsonl, validation.npy   the validation set and its embeddings
+
+Every shard is handled the same way, keyed by its id: training all shards and retraining one
+after a forget are the same loop over a list of shard ids.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .lineage import Lineage, LineageError, content_hash, id_set_hash
+from .losses import LossTable, adapter_losses
+from .mixture import Mixture, MixtureCache
+from .partition import partition
+from .registry import AdapterRegistry, RegistryError, Version, write_atomic
+from .route import RouteConfig, RouteInputs, route
+from .samples import Sample, read_samples, write_samples
+from .train import TrainConfig, train_adapter
+
+EmbedFn = Callable[[list[str]], np.ndarray]  # texts -> (N, d) unit vectors; passed in by callers
+# progress(shard) -> per-step callback(step, total, loss), or None
+ProgressFn = Callable[[int], Callable[[int, int, float], None] | None]
+KEEP_VERSIONS = 1  # superseded clean versions kept per shard (for rollback); tainted ones never
+
+
+def sample_text(sample: Sample) -> str:
+    """What a sample is embedded as, for partition and routing."""
+    return sample.prompt
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    shard: int
+    version: str | None  # None: the shard has no live samples left and serves nothing
+    previous: str | None
+    samples: int
+    sample_set_hash: str
+    steps: int
+    seconds: float
+
+
+class ShardStore:
+    def __init__(self, root: Path, mixture_cache: int = 64):
+        self.root = Path(root)
+        info = self.root / "store.json"
+        if not info.exists():
+            raise LineageError(f"no shard store at {self.root} (run `lethe train` first)")
+        self.info = json.loads(info.read_text())
+        self.lineage = Lineage(self.root / "lineage.db")
+        self.registry = AdapterRegistry(self.root / "adapters")
+        self.mixtures = MixtureCache(self.root / "mixtures", mixture_cache)
+        self.losses = LossTable(self.root / "losses", self.info["validation_hash"] or "none")
+        self.train_config = TrainConfig.model_validate(self.info["train_config"])
+        self.model_path = Path(self.info["base_model"]["path"])
+
+    @classmethod
+    def create(cls, root: Path, samples: list[Sample], embed: EmbedFn, shards: int,
+               partitioner: str, group_by_owner: bool, seed: int, model_path: Path,
+               base_model: dict, train_config: TrainConfig,
+               validation: list[Sample] | None = None) -> "ShardStore":
+        """Partition `samples` into `shards` and record everything a retrain will need."""
+        root = Path(root)
+        if (root / "store.json").exists():
+            raise LineageError(f"{root} already holds a shard store; use another LETHE_HOME")
+        root.mkdir(parents=True, exist_ok=True)
+        embeddings = embed([sample_text(s) for s in samples])  # (N, d)
+        groups = [s.owner for s in samples] if group_by_owner else None
+        assignment, centroids = partition(partitioner, embeddings, shards, seed, groups)
+        Lineage(root / "lineage.db").assign(samples, assignment, centroids)
+        validation_hash = None
+        if validation:
+            write_samples(validation, root / "validation.jsonl")
+            np.save(root / "validation.npy", embed([sample_text(s) for s in validation]))
+            validation_hash = id_set_hash(content_hash(s) for s in validation)
+        write_atomic(root / "store.json", json.dumps({
+            "created_at": time.time(),
+            "base_model": {**base_model, "path": str(model_path)},
+            "train_config": train_config.model_dump(mode="json"),
+            "partition": {"scheme": partitioner, "shards": shards, "seed": seed,
+                          "group_by_owner": group_by_owner},
+            "data_hash": id_set_hash(content_hash(s) for s in samples),
+            "validation_hash": validation_hash,
+        }, indent=2))
+        return cls(root)
+
+    # --- training ----------------------------------------------------------------------------
+
+    def train(self, shards: list[int], progress: ProgressFn = lambda shard: None
+              ) -> list[ShardResult]:
+        """Train each shard from scratch on its live samples and publish it. Also the retrain."""
+        results = [self._train_one(k, progress(k)) for k in shards]
+        self.refresh_losses()
+        return results
+
+    def _train_one(self, shard: int, progress) -> ShardResult:
+        samples = self.lineage.shard_samples(shard)
+        ids = [s.id for s in samples]
+        try:
+            previous = self.registry.current(shard).id
+        except RegistryError:
+            previous = None
+        if not samples:
+            self.registry.retire(shard)
+            version, steps, seconds = None, 0, 0.0
+        else:
+            seed = self.train_config.seed + shard
+            with self.registry.staging() as staged:
+                stats = train_adapter(self.model_path, samples, self.train_config, seed, staged,
+                                      progress)
+                version = self.registry.publish(shard, staged, {
+                    "sample_ids": ids,
+                    "sample_set_hash": id_set_hash(ids),
+                    "data_hash": id_set_hash(content_hash(s) for s in samples),
+                    "train_config": self.train_config.model_dump(mode="json"),
+                    "seed": seed,
+                    "base_model": self.info["base_model"],
+                    "versions": _package_versions(),
+                    "created_at": time.time(),
+                    "train_seconds": stats.seconds,
+                    "steps": stats.steps,
+                    "final_loss": stats.final_loss,
+                }).id
+            steps, seconds = stats.steps, stats.seconds
+        self.registry.collect_garbage(shard, KEEP_VERSIONS, self.lineage.forgotten_ids())
+        self.mixtures.invalidate(shard, version)
+        return ShardResult(shard, version, previous, len(samples), id_set_hash(ids), steps, seconds)
+
+    def forget_samples(self, ids: list[str], progress: ProgressFn = lambda shard: None
+                       ) -> list[ShardResult]:
+        """Tombstone samples, retrain exactly the shards that held them, purge their text."""
+        affected = self.lineage.tombstone(ids)
+        results = self.train(sorted(affected), progress)
+        self.lineage.purge_text(ids)
+        return results
+
+    # --- validation losses -------------------------------------------------------------------
+
+    def validation(self) -> tuple[list[Sample], np.ndarray] | None:
+        if self.info["validation_hash"] is None:
+            return None
+        return read_samples(self.root / "validation.jsonl"), np.load(self.root / "validation.npy")
+
+    def refresh_losses(self) -> list[int]:
+        """Compute the loss-table rows that are missing for the current versions; returns the
+        shards whose row was computed."""
+        validation = self.validation()
+        if validation is None:
+            return []
+        stale = [v for v in self.current_versions() if self.losses.row(v) is None]
+        rows = adapter_losses(self.model_path, [v.path for v in stale], validation[0],
+                              self.train_config.max_length)
+        for version, row in zip(stale, rows):
+            self.losses.put(version, row)
+        self.losses.prune(self.current_versions())
+        return [v.shard for v in stale]
+
+    # --- serving -----------------------------------------------------------------------------
+
+    def current_versions(self) -> list[Version]:
+        return [self.registry.current(k) for k in self.registry.shards()]
+
+    def weights(self, query: np.ndarray, config: RouteConfig, excluded: set[int] = frozenset()
+                ) -> dict[int, float]:
+        """Shard id -> weight for a request with embedding `query` (d,)."""
+        versions = self.current_versions()
+        shards = [v.shard for v in versions]
+        validation = self.validation()
+        inputs = RouteInputs(
+            query=query, centroids=self.lineage.centroids()[shards],
+            validation=None if validation is None else validation[1],
+            losses=None if validation is None else self.losses.matrix(versions))
+        return route(inputs, config, shards, set(excluded) | self.lineage.quarantined())
+
+    def mixture(self, weights: dict[int, float]) -> Mixture | None:
+        """The cached mixture adapter for these weights; None for no weights (the base model)."""
+        if not weights:
+            return None
+        return self.mixtures.get([(self.registry.current(k), w) for k, w in sorted(weights.items())])
+
+
+def _package_versions() -> dict[str, str]:
+    return {name: metadata.version(name) for name in ("torch", "transformers", "peft")}

@@ -1,0 +1,139 @@
+"""Deterministic LoRA training of one shard adapter with peft.
+
+Exact unlearning rests on this being a pure function of (base model, sample set, config, seed):
+the samples are sorted by id, the LoRA init and every shuffle draw from a seed fixed per shard, and
+torch runs in deterministic mode. Retraining a shard without a sample therefore gives, byte for
+byte, the adapter that training from scratch on the remaining samples gives.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from .samples import Sample
+
+# Attention and MLP projections of Llama-style models; never the embedding layer (vLLM 0.32 on
+# CPU crashes on embedding LoRA beside prompt_embeds, DESIGN.md).
+LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+IGNORE = -100  # label of tokens that carry no loss (the prompt, padding)
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    r: int = Field(default=8, gt=0)  # K=4 shards x r=8 gives mixtures of rank 32
+    alpha: int = Field(default=16, gt=0)  # scaling alpha/r = 2, peft's common choice
+    dropout: float = Field(default=0.05, ge=0, lt=1)
+    target_modules: tuple[str, ...] = LORA_TARGET_MODULES
+    learning_rate: float = Field(default=3e-4, gt=0)  # TALLRec's LoRA learning rate
+    epochs: int = Field(default=2, gt=0)
+    max_steps: int | None = Field(default=None, gt=0)  # caps optimizer steps per shard
+    batch_size: int = Field(default=8, gt=0)  # 8 x 64 tokens: 1.5 s/step on SmolLM2 here
+    max_length: int = Field(default=256, gt=0)  # tokens per sample; longer ones keep their end
+    seed: int = 0  # shard k trains from seed + k
+
+
+class TrainingError(RuntimeError):
+    """Training diverged (non-finite loss) or could not start."""
+
+
+@dataclass(frozen=True)
+class TrainStats:
+    steps: int
+    final_loss: float
+    seconds: float
+
+
+def encode(tokenizer, sample: Sample, max_length: int) -> tuple[list[int], list[int]]:
+    """Chat-formatted (input_ids, labels); labels are IGNORE on the prompt."""
+    user = [{"role": "user", "content": sample.prompt}]
+    prompt = tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=False)
+    full = tokenizer.apply_chat_template(
+        user + [{"role": "assistant", "content": sample.response}], tokenize=False)
+    prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
+    answer_ids = tokenizer(full[len(prompt):], add_special_tokens=False).input_ids
+    ids = (prompt_ids + answer_ids)[-max_length:]
+    labels = ([IGNORE] * len(prompt_ids) + answer_ids)[-max_length:]
+    return ids, labels
+
+
+def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest example: input_ids, attention_mask, labels, each (B, T)."""
+    width = max(len(ids) for ids, _ in examples)
+    batch = {"input_ids": [], "attention_mask": [], "labels": []}
+    for ids, labels in examples:
+        pad = width - len(ids)
+        batch["input_ids"].append(ids + [pad_id] * pad)
+        batch["attention_mask"].append([1] * len(ids) + [0] * pad)
+        batch["labels"].append(labels + [IGNORE] * pad)
+    return {k: torch.tensor(v) for k, v in batch.items()}
+
+
+def lora_config(config: TrainConfig):
+    from peft import LoraConfig
+
+    return LoraConfig(r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout,
+                      target_modules=list(config.target_modules), task_type="CAUSAL_LM")
+
+
+def train_adapter(model_path: Path, samples: list[Sample], config: TrainConfig, seed: int,
+                  out_dir: Path, progress: Callable[[int, int, float], None] | None = None
+                  ) -> TrainStats:
+    """Train one LoRA adapter from scratch on `samples`; write it in peft format to out_dir.
+
+    progress(step, total_steps, loss) is called after each optimizer step.
+    """
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, get_linear_schedule_with_warmup
+
+    if not samples:
+        raise TrainingError("no samples to train on")
+    start = time.perf_counter()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        examples = [encode(tokenizer, s, config.max_length) for s in sorted(samples, key=lambda s: s.id)]
+        torch.manual_seed(seed)  # LoRA init and dropout masks
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+        model = get_peft_model(model, lora_config(config))
+        model.train()
+        steps_per_epoch = math.ceil(len(examples) / config.batch_size)
+        total = config.epochs * steps_per_epoch
+        if config.max_steps is not None:
+            total = min(total, config.max_steps)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
+        schedule = get_linear_schedule_with_warmup(optimizer, min(10, total // 10), total)
+        order_rng = torch.Generator().manual_seed(seed)
+        step, loss_value = 0, float("nan")
+        while step < total:
+            order = torch.randperm(len(examples), generator=order_rng).tolist()
+            for i in range(0, len(order), config.batch_size):
+                batch = collate([examples[j] for j in order[i:i + config.batch_size]], pad_id)
+                loss = model(**batch).loss
+                if not torch.isfinite(loss):
+                    raise TrainingError(f"non-finite loss {loss.item()} at step {step + 1}")
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                optimizer.zero_grad(set_to_none=True)
+                step, loss_value = step + 1, loss.item()
+                if progress is not None:
+                    progress(step, total, loss_value)
+                if step == total:
+                    break
+        if not all(torch.isfinite(p).all() for p in params):
+            raise TrainingError("adapter weights are not finite after training")
+        model.save_pretrained(out_dir)
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+    return TrainStats(steps=step, final_loss=loss_value, seconds=time.perf_counter() - start)

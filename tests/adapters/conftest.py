@@ -1,0 +1,41 @@
+import hashlib
+import re
+
+import numpy as np
+import pytest
+
+from adapters import ShardStore, TrainConfig, synth_people
+
+# Tiny-model training: a few steps, enough to move every LoRA weight.
+TINY_TRAIN = TrainConfig(max_steps=3, batch_size=4, max_length=64, epochs=1)
+
+
+def hash_embed(texts: list[str], dim: int = 64) -> np.ndarray:
+    """A bag of hashed words: similar texts get similar unit vectors, with no model to load."""
+    out = np.zeros((len(texts), dim), dtype=np.float32)
+    for i, text in enumerate(texts):
+        for word in re.findall(r"\w+", text.lower()):
+            out[i, int(hashlib.md5(word.encode()).hexdigest(), 16) % dim] += 1.0
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+
+@pytest.fixture
+def make_store(tmp_path, tiny_model_dir):
+    """make_store(samples, shards=2, validation=None, name='store') -> a trained ShardStore."""
+
+    def make(samples, shards=2, validation=None, name="store", train=True, **kw):
+        store = ShardStore.create(
+            tmp_path / name, samples, hash_embed, shards=shards,
+            partitioner=kw.get("partitioner", "semantic"), group_by_owner=kw.get("group_by_owner", True),
+            seed=0, model_path=tiny_model_dir, base_model={"sha256": "tiny"},
+            train_config=kw.get("train_config", TINY_TRAIN), validation=validation)
+        if train:
+            store.train(store.lineage.shard_ids())
+        return store
+
+    return make
+
+
+@pytest.fixture
+def people():
+    return synth_people(8, seed=1, facts_per_person=2)

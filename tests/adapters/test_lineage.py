@@ -1,0 +1,53 @@
+import numpy as np
+import pytest
+
+from adapters import Lineage, LineageError, UnknownSampleError, synth_people
+
+
+@pytest.fixture
+def lineage(tmp_path):
+    samples = synth_people(3, seed=0, facts_per_person=2)  # person-0000..0002, two facts each
+    lineage = Lineage(tmp_path / "lineage.db")
+    lineage.assign(samples, np.array([0, 0, 1, 1, 1, 0]), np.eye(2, 4))
+    return lineage
+
+
+def test_shard_samples_are_the_live_samples_sorted_by_id(lineage):
+    assert [s.id for s in lineage.shard_samples(0)] == [
+        "person-0000-fact0", "person-0000-fact1", "person-0002-fact1"]
+    assert lineage.shard_sizes() == {0: 3, 1: 3}
+
+
+def test_tombstone_reports_shards_and_survives_reopening(lineage):
+    assert lineage.tombstone(["person-0001-fact0", "person-0000-fact0"]) == {
+        0: ["person-0000-fact0"], 1: ["person-0001-fact0"]}
+    reopened = Lineage(lineage.path)
+    assert reopened.forgotten_ids() == {"person-0000-fact0", "person-0001-fact0"}
+    assert "person-0000-fact0" not in [s.id for s in reopened.shard_samples(0)]
+    assert reopened.shard_sizes() == {0: 2, 1: 2}
+
+
+def test_unknown_ids_are_named_and_nothing_is_tombstoned(lineage):
+    with pytest.raises(UnknownSampleError, match="nobody-1") as info:
+        lineage.tombstone(["person-0000-fact0", "nobody-1"])
+    assert info.value.missing == ["nobody-1"]
+    assert lineage.forgotten_ids() == set()
+
+
+def test_owner_lookup(lineage):
+    assert lineage.owner_sample_ids("person-0001") == ["person-0001-fact0", "person-0001-fact1"]
+    with pytest.raises(UnknownSampleError, match="owner"):
+        lineage.owner_sample_ids("person-9999")
+
+
+def test_purge_drops_text_of_forgotten_samples_only(lineage):
+    lineage.tombstone(["person-0000-fact0"])
+    assert lineage.purge_text(["person-0000-fact0", "person-0000-fact1"]) == 1
+    rows = lineage._query("SELECT id, prompt, content_hash FROM samples WHERE owner = 'person-0000'")
+    assert rows[0][1] is None and len(rows[0][2]) == 64  # text gone, hash kept
+    assert rows[1][1] is not None
+
+
+def test_a_second_partition_is_refused(lineage):
+    with pytest.raises(LineageError, match="already holds a partition"):
+        lineage.assign(synth_people(1), np.array([0]), np.eye(1, 4))

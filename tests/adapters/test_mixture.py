@@ -1,0 +1,69 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from adapters import MixtureCache, MixtureError, combine, synth_people
+from adapters.registry import CONFIG, WEIGHTS
+
+
+def deltas(adapter_dir) -> dict[str, torch.Tensor]:
+    """Per LoRA layer: scaling * B @ A, the update the adapter adds to the base weight."""
+    config = json.loads((adapter_dir / CONFIG).read_text())
+    state = load_file(adapter_dir / WEIGHTS)
+    scale = config["lora_alpha"] / config["r"]
+    return {k.replace(".lora_A.weight", ""): scale * state[k.replace("lora_A", "lora_B")] @ state[k]
+            for k in state if ".lora_A." in k}
+
+
+def test_mixture_delta_is_the_weighted_sum_of_shard_deltas_on_every_layer(make_store, tmp_path):
+    store = make_store(synth_people(12, seed=3, facts_per_person=2), shards=3)
+    weights = {0: 0.5, 1: 0.3, 2: 0.2}
+    mixture = store.mixture(weights)
+    mixed = deltas(mixture.path)
+    shards = {k: deltas(store.registry.current(k).path) for k in weights}
+    assert len(mixed) == 2 * 7  # every projection of both layers
+    for layer, delta in mixed.items():
+        expected = sum(w * shards[k][layer] for k, w in weights.items())
+        error = (delta - expected).norm() / expected.norm()
+        assert error < 1e-5, (layer, error)
+    config = json.loads((mixture.path / CONFIG).read_text())
+    assert config["r"] == 3 * 8 and config["lora_alpha"] == 24
+
+
+def test_mixtures_are_named_by_content_and_cached(make_store, people):
+    store = make_store(people)
+    a = store.mixture({0: 0.5, 1: 0.5})
+    b = store.mixture({0: 0.5, 1: 0.5})
+    c = store.mixture({0: 0.25, 1: 0.75})
+    assert a == b and a.name != c.name
+    assert (store.mixtures.hits, store.mixtures.misses) == (1, 2)
+
+
+def test_cache_evicts_the_least_recently_used(make_store, people, tmp_path):
+    store = make_store(people)
+    cache = MixtureCache(tmp_path / "small", capacity=2)
+    versions = store.current_versions()
+    first = cache.get([(versions[0], 1.0)])
+    cache.get([(versions[1], 1.0)])
+    cache.get([(versions[0], 1.0)])  # touch: now the most recent
+    cache.get([(versions[0], 0.5), (versions[1], 0.5)])
+    assert [p.name for p in cache.entries()][0] == first.name
+    assert len(cache.entries()) == 2
+
+
+def test_superseded_mixtures_are_gone_after_a_republish(make_store, people):
+    store = make_store(people)
+    both = store.mixture({0: 0.5, 1: 0.5})
+    only_other = store.mixture({1: 1.0})
+    forgotten = store.lineage.shard_samples(0)[0].id
+    store.forget_samples([forgotten])
+    assert not both.path.exists()
+    assert only_other.path.exists()
+    assert store.mixture({0: 0.5, 1: 0.5}).name != both.name
+
+
+def test_combining_nothing_is_an_error():
+    with pytest.raises(MixtureError, match="at least one"):
+        combine([])

@@ -1,0 +1,69 @@
+import numpy as np
+import pytest
+
+from adapters import RouteConfig, RouteError, register_scheme, route, scheme_names
+from adapters.route import RouteInputs, UnknownSchemeError
+
+# Three shards; validation samples 0-1 lie near the query, 2-3 far from it.
+QUERY = np.array([1.0, 0.0])
+INPUTS = RouteInputs(
+    query=QUERY,
+    centroids=np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]]),
+    validation=np.array([[1.0, 0.0], [0.99, 0.14], [0.0, 1.0], [-1.0, 0.0]]),
+    # Shard 1 has the lowest loss near the query; shard 0 the lowest far from it.
+    losses=np.array([[2.0, 2.0, 0.1, 0.1],
+                     [0.5, 0.5, 3.0, 3.0],
+                     [1.0, 1.0, 1.0, 1.0]]),
+)
+SHARDS = [0, 1, 2]
+
+
+def weights(**config) -> dict[int, float]:
+    return route(INPUTS, RouteConfig(quantum=0, **config), SHARDS)
+
+
+def test_apa_weights_favour_the_shard_with_the_lowest_loss_on_the_request_neighbours():
+    w = weights(scheme="apa", neighbours=2, tau=1.0)
+    expected = np.exp([-2.0, -0.5, -1.0]) / np.exp([-2.0, -0.5, -1.0]).sum()
+    assert list(w.values()) == pytest.approx(expected, abs=1e-6)
+
+
+def test_tau_zero_gives_uniform_weights():
+    assert list(weights(scheme="apa", tau=0.0).values()) == pytest.approx([1 / 3] * 3)
+
+
+def test_semantic_weights_favour_the_nearest_centroid():
+    w = weights(scheme="semantic", tau=10.0)
+    assert max(w, key=w.get) == 0
+
+
+def test_major_puts_all_weight_on_one_shard():
+    assert weights(scheme="major", neighbours=2) == {1: 1.0}
+
+
+def test_excluded_shards_get_zero_weight():
+    w = route(INPUTS, RouteConfig(scheme="uniform", quantum=0), SHARDS, excluded={1})
+    assert w == {0: 0.5, 2: 0.5}
+    assert route(INPUTS, RouteConfig(scheme="uniform"), SHARDS, excluded={0, 1, 2}) == {}
+
+
+def test_top_m_and_quantisation():
+    w = route(INPUTS, RouteConfig(scheme="apa", neighbours=2, tau=1.0, top_m=2, quantum=0.1),
+              SHARDS)
+    assert set(w) == {1, 2}  # the two lowest-error shards
+    assert sum(w.values()) == pytest.approx(1.0)
+    assert all(round(x * 10, 6) == round(x * 10) for x in w.values())
+
+
+def test_apa_without_a_loss_table_says_what_it_needs():
+    inputs = RouteInputs(query=QUERY, centroids=INPUTS.centroids)
+    with pytest.raises(RouteError, match="validation"):
+        route(inputs, RouteConfig(scheme="apa"), SHARDS)
+
+
+def test_scheme_registry_refuses_duplicates_and_lists_names():
+    with pytest.raises(ValueError, match="already registered"):
+        register_scheme("apa", lambda i, c: None)
+    assert scheme_names() == ["apa", "major", "semantic", "uniform"]
+    with pytest.raises(UnknownSchemeError, match="known: apa, major"):
+        route(INPUTS, RouteConfig.model_construct(scheme="nope", quantum=0), SHARDS)

@@ -1,0 +1,68 @@
+import pytest
+
+from adapters import RouteConfig, ShardStore, UnknownSampleError, synth_people
+from tests.adapters.conftest import hash_embed
+
+
+@pytest.fixture
+def store(make_store):
+    return make_store(synth_people(12, seed=4, facts_per_person=2), shards=3,
+                      validation=synth_people(4, seed=77, facts_per_person=2))
+
+
+def test_forgetting_retrains_only_the_shards_that_held_the_samples(store):
+    before = {v.shard: v.id for v in store.current_versions()}
+    victim = store.lineage.shard_samples(2)[0]
+    results = store.forget_samples([victim.id])
+    assert [r.shard for r in results] == [2]
+    after = {v.shard: v.id for v in store.current_versions()}
+    assert after[0] == before[0] and after[1] == before[1] and after[2] != before[2]
+    assert victim.id in store.lineage.forgotten_ids()
+
+
+def test_forgetting_an_owner_touches_one_shard(store):
+    ids = store.lineage.owner_sample_ids("person-0003")
+    assert len(store.lineage.shards_of(ids)) == 1  # group_by_owner keeps owners together
+
+
+def test_the_loss_table_row_of_a_retrained_shard_is_recomputed(store):
+    rows = {v.shard: store.losses.row(v) for v in store.current_versions()}
+    assert all(r is not None and r.shape == (8,) for r in rows.values())
+    store.forget_samples([store.lineage.shard_samples(1)[0].id])
+    versions = {v.shard: v for v in store.current_versions()}
+    assert store.losses.row(versions[1]) is not None
+    assert (store.losses.row(versions[0]) == rows[0]).all()
+    assert len(list(store.losses.root.glob("*.npy"))) == 3  # the stale row is pruned
+    assert store.refresh_losses() == []  # nothing left to compute
+
+
+def test_unknown_ids_change_nothing(store):
+    before = [v.id for v in store.current_versions()]
+    with pytest.raises(UnknownSampleError):
+        store.forget_samples(["person-0000-fact0", "ghost"])
+    assert store.lineage.forgotten_ids() == set()
+    assert [v.id for v in store.current_versions()] == before
+
+
+def test_the_raw_text_of_forgotten_samples_is_purged_after_retraining(store):
+    victim = store.lineage.shard_samples(0)[0]
+    store.forget_samples([victim.id])
+    [(prompt,)] = store.lineage._query("SELECT prompt FROM samples WHERE id = ?", (victim.id,))
+    assert prompt is None
+
+
+def test_a_shard_whose_samples_are_all_forgotten_serves_nothing(store):
+    ids = [s.id for s in store.lineage.shard_samples(0)]
+    [result] = store.forget_samples(ids)
+    assert result.version is None and result.samples == 0
+    assert [v.shard for v in store.current_versions()] == [1, 2]
+    assert list((store.registry.root / "shard-0000").glob("*/manifest.json")) == []
+    w = store.weights(hash_embed(["Where does anyone live?"])[0], RouteConfig())
+    assert set(w) <= {1, 2} and sum(w.values()) == pytest.approx(1.0)
+
+
+def test_quarantined_shards_get_no_weight_and_reopening_keeps_state(store):
+    store.lineage.set_quarantined(1, True)
+    reopened = ShardStore(store.root)
+    w = reopened.weights(hash_embed(["What pet does anyone have?"])[0], RouteConfig(scheme="uniform"))
+    assert w == {0: 0.5, 2: 0.5}
