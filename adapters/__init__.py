@@ -5,7 +5,7 @@ is made of, each usable alone.
 """
 
 from .lineage import Lineage, LineageError, UnknownSampleError
-from .mixture import Mixture, MixtureCache, MixtureError, combine
+from .mixture import Mixture, MixtureCache, MixtureError, combine, mixture_name
 from .partition import partition, partitioner_names, register_partitioner
 from .registry import AdapterRegistry, RegistryError, Version
 from .route import RouteConfig, RouteError, register_scheme, route, scheme_names
@@ -18,7 +18,7 @@ __all__ = [
     "AdapterRegistry", "EmbedFn", "LORA_TARGET_MODULES", "Lineage", "LineageError", "Mixture",
     "MixtureCache", "MixtureError", "RegistryError", "RouteConfig", "RouteError", "Sample",
     "SampleFormatError", "ShardResult", "ShardStore", "TrainConfig", "TrainingError",
-    "UnknownSampleError", "Version", "combine", "partition", "partitioner_names", "read_samples",
+    "UnknownSampleError", "Version", "combine", "mixture_name", "partition", "partitioner_names", "read_samples",
     "register_partitioner", "register_scheme", "route", "scheme_names", "synth_people",
     "train_adapter", "write_samples",
 ]

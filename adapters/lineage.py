@@ -125,6 +125,15 @@ class Lineage:
                            "ON x.shard = s.shard AND x.forgotten_at IS NULL GROUP BY s.shard")
         return dict(rows)
 
+    def shard_table(self) -> list[dict]:
+        """Per shard: live and forgotten sample counts and quarantine state."""
+        rows = self._query(
+            "SELECT s.shard, SUM(x.forgotten_at IS NULL), SUM(x.forgotten_at IS NOT NULL), "
+            "s.quarantined FROM shards s JOIN samples x ON x.shard = s.shard GROUP BY s.shard "
+            "ORDER BY s.shard")
+        return [{"shard": k, "samples": live, "forgotten": gone, "quarantined": bool(q)}
+                for k, live, gone, q in rows]
+
     # --- forgetting --------------------------------------------------------------------------
 
     def owner_sample_ids(self, owner: str) -> list[str]:

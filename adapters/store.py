@@ -173,9 +173,17 @@ class ShardStore:
     def current_versions(self) -> list[Version]:
         return [self.registry.current(k) for k in self.registry.shards()]
 
+    def effective_route(self, config: RouteConfig) -> RouteConfig:
+        """`config`, except that schemes that read the loss table fall back to `semantic` in a
+        store trained without a validation set."""
+        if config.scheme in ("apa", "major") and self.info["validation_hash"] is None:
+            return config.model_copy(update={"scheme": "semantic"})
+        return config
+
     def weights(self, query: np.ndarray, config: RouteConfig, excluded: set[int] = frozenset()
                 ) -> dict[int, float]:
         """Shard id -> weight for a request with embedding `query` (d,)."""
+        config = self.effective_route(config)
         versions = self.current_versions()
         shards = [v.shard for v in versions]
         validation = self.validation()

@@ -17,6 +17,8 @@ from typing import Any, Literal, Mapping
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from adapters import RouteConfig, TrainConfig
+
 ENV_PREFIX = "LETHE_"
 
 
@@ -62,16 +64,37 @@ class ServerConfig(_Section):
     default_max_tokens: int | None = Field(default=None, gt=0)
 
 
+class ShardsConfig(_Section):
+    # Training samples (JSONL: id, owner, prompt, response; or TALLRec instruction/input/output).
+    data: Path | None = None
+    # Validation samples for APA's attention: consented data that is never forgotten.
+    validation: Path | None = None
+    # K: APA's paper uses 4; a forget then costs ~1/K of a full retrain.
+    count: int = Field(default=4, gt=0)
+    partitioner: Literal["semantic", "random"] = "semantic"  # semantic: APA; random: SISA
+    # Keep an owner's samples in one shard: forgetting an owner then retrains one shard.
+    group_by_owner: bool = True
+    seed: int = 0  # k-means / random partition seed
+
+
 class Config(_Section):
     # Data directory: prepared models, adapters, queues. None: $LETHE_HOME or ~/.cache/lethe.
     home: Path | None = None
     model: ModelConfig = ModelConfig()
     engine: EngineConfig = EngineConfig()
     server: ServerConfig = ServerConfig()
+    shards: ShardsConfig = ShardsConfig()
+    train: TrainConfig = TrainConfig()
+    route: RouteConfig = RouteConfig()
 
     @property
     def home_dir(self) -> Path:
         return Path(self.home).expanduser() if self.home else default_home()
+
+    @property
+    def store_dir(self) -> Path:
+        """The shard store: partition, lineage, adapters, mixtures."""
+        return self.home_dir / "apa"
 
 
 def default_home() -> Path:

@@ -100,6 +100,19 @@ def model_record(path: Path) -> dict:
     return json.loads(record.read_text()) if record.is_file() else {}
 
 
+def base_model_record(path: Path) -> dict:
+    """Provenance of a base model for adapter manifests: the prepared record, or for a
+    user-supplied folder the checksum of its weights computed now."""
+    record = model_record(path)
+    if "weights_sha256" not in record:
+        weights = sorted(path.glob("*.safetensors"))
+        if not weights:
+            raise ModelError(f"model folder {path} has no .safetensors weights")
+        digests = "".join(f"{w.name} {sha256_file(w)}\n" for w in weights)
+        record["weights_sha256"] = hashlib.sha256(digests.encode()).hexdigest()
+    return record
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
