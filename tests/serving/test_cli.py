@@ -10,11 +10,10 @@ import sys
 import pytest
 
 
-@pytest.fixture(scope="module")
-def lethe(tmp_path_factory, tiny_model_dir):
-    """lethe(*args) -> CompletedProcess, against one data directory for the module."""
-    home = tmp_path_factory.mktemp("cli-home")
-    env = {**os.environ, "LETHE_HOME": str(home), "LETHE_MODEL__SOURCE": str(tiny_model_dir)}
+def cli(home, model_dir, **env_overrides):
+    """run(*args) -> CompletedProcess: `lethe` against `home`, with synthetic data in run.data."""
+    env = {**os.environ, "LETHE_HOME": str(home), "LETHE_MODEL__SOURCE": str(model_dir),
+           **env_overrides}
 
     def run(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "serving.cli", *args], capture_output=True,
@@ -27,6 +26,11 @@ def lethe(tmp_path_factory, tiny_model_dir):
                    "--out", str(data / f"{name}.jsonl")).returncode == 0
     run.data = data
     return run
+
+
+@pytest.fixture(scope="module")
+def lethe(tmp_path_factory, tiny_model_dir):
+    return cli(tmp_path_factory.mktemp("cli-home"), tiny_model_dir)
 
 
 def output(result: subprocess.CompletedProcess) -> dict:
@@ -69,3 +73,24 @@ def test_bad_requests_exit_nonzero_and_say_why(lethe):
     assert ghost.returncode == 1 and "unknown sample id(s): no-such-sample" in ghost.stderr
     missing = lethe("train")
     assert missing.returncode == 2 and "--data" in missing.stderr
+
+
+@pytest.mark.slow
+def test_train_and_forget_an_owner_on_the_default_model(tmp_path, real_model_dir):
+    lethe = cli(tmp_path, real_model_dir, LETHE_TRAIN__BATCH_SIZE="4")
+    trained = output(lethe("train", "--data", str(lethe.data / "train.jsonl"), "--validation",
+                           str(lethe.data / "validation.jsonl"), "--shards", "2",
+                           "--max-steps", "2", "--json"))
+    versions = {s["shard"]: s["version"] for s in trained["shards"]}
+    sizes = {s["shard"]: s["samples"] for s in trained["shards"]}
+    assert len(versions) == 2 and all(versions.values())
+
+    owner = [json.loads(line)["id"] for line in (lethe.data / "train.jsonl").read_text().splitlines()
+             if json.loads(line)["owner"] == "person-0005"]
+    [shard] = output(lethe("forget-samples", "--id", *owner, "--json"))["shards"]
+    assert shard["previous"] == versions[shard["shard"]] != shard["version"]
+    assert len(owner) == 2 and shard["samples"] == sizes[shard["shard"]] - 2
+    manifest = json.loads((tmp_path / "apa" / "adapters" / f"shard-{shard['shard']:04d}"
+                           / shard["version"] / "manifest.json").read_text())
+    assert not set(owner) & set(manifest["sample_ids"])
+    assert manifest["base_model"]["weights_sha256"]
