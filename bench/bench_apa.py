@@ -33,6 +33,7 @@ import torch  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
 from adapters import RouteConfig, Sample, ShardStore, TrainConfig, combine, route, train_adapter  # noqa: E402
+from adapters.registry import Version  # noqa: E402
 from adapters.route import RouteInputs  # noqa: E402
 from adapters.train import lora_config  # noqa: E402
 from guard import SentenceEmbedder  # noqa: E402
@@ -179,10 +180,6 @@ def main() -> None:
     versions = store.current_versions()
     rank = config.r * len(versions)
     scorer = Scorer(model_path, rank, config)
-    from safetensors.torch import load_file
-
-    from adapters.registry import Version
-
     scores: dict[str, np.ndarray] = {}
     start = time.perf_counter()
     ref_version = Version(-1, "reference", with_ref)
