@@ -4,7 +4,7 @@ Layout under `root`:
 
     shard-0002/<version>/adapter_config.json, adapter_model.safetensors, manifest.json
     shard-0002/CURRENT        the version being served (one line)
-    .staging/<random>/        adapters being written; never served, swept on open
+    .staging/<pid>-<random>/  adapters being written; never served; a dead writer's are swept
 
 A version id is the hash of the adapter's weights file, so training the same data twice gives the
 same id. Publishing is atomic: files are written and fsynced under .staging, the folder is renamed
@@ -74,6 +74,16 @@ def write_atomic(path: Path, text: str) -> None:
     _fsync_dir(path.parent)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by another user
+    return True
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -86,9 +96,12 @@ class AdapterRegistry:
     def __init__(self, root: Path):
         self.root = Path(root)
         self.staging_root = self.root / ".staging"
-        # Whatever a crashed writer left in staging was never published: drop it.
-        shutil.rmtree(self.staging_root, ignore_errors=True)
         self.staging_root.mkdir(parents=True, exist_ok=True)
+        # What a dead writer left in staging was never published: drop it. Folders of live
+        # processes (a server and a worker may share the registry) are theirs.
+        for path in self.staging_root.iterdir():
+            if not _alive(int(path.name.split("-")[0])):
+                shutil.rmtree(path, ignore_errors=True)
 
     def _shard_dir(self, shard: int) -> Path:
         return self.root / f"shard-{shard:04d}"
@@ -96,7 +109,7 @@ class AdapterRegistry:
     @contextmanager
     def staging(self) -> Iterator[Path]:
         """A fresh folder to write an adapter into; removed on exit unless published."""
-        path = self.staging_root / uuid.uuid4().hex
+        path = self.staging_root / f"{os.getpid()}-{uuid.uuid4().hex}"
         path.mkdir()
         try:
             yield path

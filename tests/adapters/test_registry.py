@@ -91,3 +91,12 @@ def test_garbage_collection_deletes_versions_trained_on_forgotten_data(tmp_path)
     assert {v.id for v in deleted} == {tainted.id, clean_old.id}
     assert [v.id for v in registry.versions(0)] == [clean.id, current.id]
     assert not tainted.path.exists()
+
+
+def test_opening_the_registry_keeps_a_live_writers_staging(tmp_path):
+    registry = AdapterRegistry(tmp_path)
+    with registry.staging() as staged:
+        stage(registry, staged, 1.0)
+        AdapterRegistry(tmp_path)  # another process opening the same registry meanwhile
+        assert staged.exists()
+        assert registry.publish(0, staged, {"sample_ids": [], "created_at": 0.0}).path.exists()
