@@ -120,11 +120,6 @@ class Lineage:
                            "WHERE shard = ? AND forgotten_at IS NULL ORDER BY id", (shard,))
         return [Sample(*row) for row in rows]
 
-    def shard_sizes(self) -> dict[int, int]:
-        rows = self._query("SELECT s.shard, COUNT(x.id) FROM shards s LEFT JOIN samples x "
-                           "ON x.shard = s.shard AND x.forgotten_at IS NULL GROUP BY s.shard")
-        return dict(rows)
-
     def shard_table(self) -> list[dict]:
         """Per shard: live and forgotten sample counts and quarantine state."""
         rows = self._query(

@@ -58,13 +58,16 @@ class LossTable:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.validation_hash = validation_hash[:16]
+        self._rows: dict[str, np.ndarray] = {}  # file name -> row; rows never change once written
 
     def _path(self, version: Version) -> Path:
         return self.root / f"{version.shard:04d}-{version.id}-{self.validation_hash}.npy"
 
     def row(self, version: Version) -> np.ndarray | None:
         path = self._path(version)
-        return np.load(path) if path.exists() else None
+        if path.name not in self._rows and path.exists():
+            self._rows[path.name] = np.load(path)
+        return self._rows.get(path.name)
 
     def put(self, version: Version, losses: np.ndarray) -> None:
         if not np.isfinite(losses).all():
@@ -86,3 +89,4 @@ class LossTable:
         for path in self.root.glob("*.npy"):
             if path.name not in keep:
                 path.unlink()
+                self._rows.pop(path.name, None)

@@ -66,6 +66,10 @@ class ShardStore:
         self.losses = LossTable(self.root / "losses", self.info["validation_hash"] or "none")
         self.train_config = TrainConfig.model_validate(self.info["train_config"])
         self.model_path = Path(self.info["base_model"]["path"])
+        # Fixed when the store is created: read once, not per request.
+        self.centroids = self.lineage.centroids()  # (K, d)
+        self.validation_embeddings = (np.load(self.root / "validation.npy")
+                                      if self.info["validation_hash"] else None)  # (V, d)
 
     @classmethod
     def create(cls, root: Path, samples: list[Sample], embed: EmbedFn, shards: int,
@@ -149,19 +153,14 @@ class ShardStore:
 
     # --- validation losses -------------------------------------------------------------------
 
-    def validation(self) -> tuple[list[Sample], np.ndarray] | None:
-        if self.info["validation_hash"] is None:
-            return None
-        return read_samples(self.root / "validation.jsonl"), np.load(self.root / "validation.npy")
-
     def refresh_losses(self) -> list[int]:
         """Compute the loss-table rows that are missing for the current versions; returns the
         shards whose row was computed."""
-        validation = self.validation()
-        if validation is None:
+        if self.validation_embeddings is None:
             return []
         stale = [v for v in self.current_versions() if self.losses.row(v) is None]
-        rows = adapter_losses(self.model_path, [v.path for v in stale], validation[0],
+        rows = adapter_losses(self.model_path, [v.path for v in stale],
+                              read_samples(self.root / "validation.jsonl"),
                               self.train_config.max_length)
         for version, row in zip(stale, rows):
             self.losses.put(version, row)
@@ -176,7 +175,7 @@ class ShardStore:
     def effective_route(self, config: RouteConfig) -> RouteConfig:
         """`config`, except that schemes that read the loss table fall back to `semantic` in a
         store trained without a validation set."""
-        if config.scheme in ("apa", "major") and self.info["validation_hash"] is None:
+        if config.scheme in ("apa", "major") and self.validation_embeddings is None:
             return config.model_copy(update={"scheme": "semantic"})
         return config
 
@@ -186,11 +185,9 @@ class ShardStore:
         config = self.effective_route(config)
         versions = self.current_versions()
         shards = [v.shard for v in versions]
-        validation = self.validation()
         inputs = RouteInputs(
-            query=query, centroids=self.lineage.centroids()[shards],
-            validation=None if validation is None else validation[1],
-            losses=None if validation is None else self.losses.matrix(versions))
+            query=query, centroids=self.centroids[shards], validation=self.validation_embeddings,
+            losses=None if self.validation_embeddings is None else self.losses.matrix(versions))
         return route(inputs, config, shards, set(excluded) | self.lineage.quarantined())
 
     def mixture(self, weights: dict[int, float]) -> Mixture | None:

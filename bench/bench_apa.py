@@ -194,7 +194,7 @@ def main() -> None:
     scores["uniform"] = scorer.p_yes(test)
 
     query = embed([s.prompt for s in test])  # (N, d)
-    inputs = dict(centroids=store.lineage.centroids(), validation=store.validation()[1],
+    inputs = dict(centroids=store.centroids, validation=store.validation_embeddings,
                   losses=store.losses.matrix(versions))
     shards = [v.shard for v in versions]
     apa_cfg = RouteConfig(scheme="apa", tau=args.tau)
