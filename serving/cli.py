@@ -19,9 +19,12 @@ from dataclasses import asdict  # noqa: E402
 from adapters import (  # noqa: E402
     LineageError, MixtureError, RegistryError, RouteError, SampleFormatError, TrainingError,
     UnknownSampleError)
+from guard import CorruptionError, GuardError, PromptFileError  # noqa: E402
 
+from .argtypes import positive_int  # noqa: E402
 from .config import ConfigError, load_config  # noqa: E402
 from .engines.base import EngineError  # noqa: E402
+from .guard_cli import add_guard_commands, config_overrides as guard_overrides  # noqa: E402
 from .model import ModelError  # noqa: E402
 
 EXIT_USAGE = 2  # bad flags, bad config: the user must change the command
@@ -168,11 +171,12 @@ def cmd_route(args) -> None:
           + [f"mixture {name or '(none: base model)'}"])
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+def _with_config(func, overrides):
+    """Adapt func(args, config, emit) to the func(args) the parser calls."""
+    def run(args) -> None:
+        func(args, _config(args, **overrides(args)),
+             lambda payload, lines: _emit(args, payload, lines))
+    return run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -196,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="data tools").add_subparsers(dest="data_command",
                                                                      required=True)
     synth = data.add_parser("synth", help="write synthetic fictitious people as samples JSONL")
-    synth.add_argument("--people", type=_positive_int, required=True)
+    synth.add_argument("--people", type=positive_int, required=True)
     synth.add_argument("--out", type=Path, required=True)
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--facts", type=int, choices=range(1, 6), default=5,
@@ -204,29 +208,31 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--json", action="store_true")
     synth.set_defaults(func=cmd_data_synth)
 
-    def command(name: str, func, help: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help)
+    def command(subparsers, name: str, func, help: str) -> argparse.ArgumentParser:
+        p = subparsers.add_parser(name, help=help)
         p.add_argument("--config", type=Path, help="YAML config (keys of configs/default.yaml)")
         p.add_argument("--json", action="store_true", help="machine-readable output")
         p.set_defaults(func=func)
         return p
 
-    train = command("train", cmd_train, "partition the data into shards, train and publish "
+    train = command(sub, "train", cmd_train, "partition the data into shards, train and publish "
                     "every shard adapter (APA)")
     train.add_argument("--data", type=Path, help="samples JSONL (overrides shards.data)")
     train.add_argument("--validation", type=Path,
                        help="validation samples for APA's weights (overrides shards.validation)")
-    train.add_argument("--shards", type=_positive_int, help="overrides shards.count")
-    train.add_argument("--max-steps", type=_positive_int, help="overrides train.max_steps")
-    command("shards", cmd_shards, "list shards: current version, sizes, quarantine")
-    retrain = command("retrain", cmd_retrain, "retrain shards from scratch and publish them")
+    train.add_argument("--shards", type=positive_int, help="overrides shards.count")
+    train.add_argument("--max-steps", type=positive_int, help="overrides train.max_steps")
+    command(sub, "shards", cmd_shards, "list shards: current version, sizes, quarantine")
+    retrain = command(sub, "retrain", cmd_retrain, "retrain shards from scratch and publish them")
     retrain.add_argument("--shard", type=int, action="append", required=True,
                          help="shard id (repeatable)")
-    forget = command("forget-samples", cmd_forget_samples,
+    forget = command(sub, "forget-samples", cmd_forget_samples,
                      "forget samples now: tombstone them and retrain the shards that held them")
     forget.add_argument("--id", nargs="+", required=True, help="sample ids")
-    route = command("route", cmd_route, "the shard weights and mixture a prompt would get")
+    route = command(sub, "route", cmd_route, "the shard weights and mixture a prompt would get")
     route.add_argument("prompt")
+    add_guard_commands(sub, lambda subparsers, name, func, help: command(
+        subparsers, name, _with_config(func, guard_overrides), help))
     return parser
 
 
@@ -238,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lethe: config error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except (ModelError, EngineError, OSError, LineageError, UnknownSampleError, RegistryError,
-            TrainingError, SampleFormatError, RouteError, MixtureError) as e:
+            TrainingError, SampleFormatError, RouteError, MixtureError, GuardError,
+            PromptFileError, CorruptionError) as e:
         print(f"lethe: error: {e}", file=sys.stderr)
         return EXIT_FAILURE
     return 0

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from adapters import RouteConfig, TrainConfig
+from guard import GuardConfig
 
 ENV_PREFIX = "LETHE_"
 
@@ -86,6 +87,7 @@ class Config(_Section):
     shards: ShardsConfig = ShardsConfig()
     train: TrainConfig = TrainConfig()
     route: RouteConfig = RouteConfig()
+    guard: GuardConfig = GuardConfig()
 
     @property
     def home_dir(self) -> Path:
@@ -95,6 +97,11 @@ class Config(_Section):
     def store_dir(self) -> Path:
         """The shard store: partition, lineage, adapters, mixtures."""
         return self.home_dir / "apa"
+
+    @property
+    def guard_dir(self) -> Path:
+        """The trained guard: classifier versions, tuned corruption."""
+        return self.home_dir / "guard"
 
 
 def default_home() -> Path:

@@ -1,22 +1,10 @@
-import hashlib
-import re
-
-import numpy as np
 import pytest
 
 from adapters import ShardStore, TrainConfig, synth_people
+from tests.embeddings import hash_embed
 
 # Tiny-model training: a few steps, enough to move every LoRA weight.
 TINY_TRAIN = TrainConfig(max_steps=3, batch_size=4, max_length=64, epochs=1)
-
-
-def hash_embed(texts: list[str], dim: int = 64) -> np.ndarray:
-    """A bag of hashed words: similar texts get similar unit vectors, with no model to load."""
-    out = np.zeros((len(texts), dim), dtype=np.float32)
-    for i, text in enumerate(texts):
-        for word in re.findall(r"\w+", text.lower()):
-            out[i, int(hashlib.md5(word.encode()).hexdigest(), 16) % dim] += 1.0
-    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
 
 @pytest.fixture

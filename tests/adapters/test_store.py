@@ -1,7 +1,7 @@
 import pytest
 
 from adapters import RouteConfig, ShardStore, UnknownSampleError, synth_people
-from tests.adapters.conftest import hash_embed
+from tests.embeddings import hash_embed
 
 
 @pytest.fixture

@@ -1,0 +1,58 @@
+"""The guard's typed configuration (the `guard` section of Lethe's config)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .classifier import classifier_names
+from .corrupt import Corruption, corruption_names
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CorruptionConfig(_Section):
+    """The corruption used until `lethe guard tune` has saved a tuned one."""
+
+    name: str = "rand_noise_first_n"  # ECO's default
+    # SmolLM2's token embeddings have std 0.14 per dimension: sigma 1 drowns the prompt.
+    sigma: float = Field(default=1.0, ge=0)
+    k: int | None = Field(default=None, gt=0)  # dimensions per token; None: all
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        if name not in corruption_names():
+            raise ValueError(f"unknown corruption {name!r}; registered: {', '.join(corruption_names())}")
+        return name
+
+    def build(self) -> Corruption:
+        return Corruption(self.name, self.sigma, self.k)
+
+
+class TuneConfig(_Section):
+    budget: int = Field(default=30, gt=0)  # evaluations; ~2 s each for 40 TOFU items on SmolLM2
+    score: Literal["probability", "truth_ratio"] = "probability"
+    penalty: float = Field(default=0.1, ge=0)  # weight of retain damage in the objective
+    sigma_min: float = Field(default=0.01, gt=0)
+    sigma_max: float = Field(default=10.0, gt=0)
+    retain_items: int = Field(default=8, ge=0)  # "a few retain prompts" for the damage term
+
+
+class GuardConfig(_Section):
+    classifier: str = "mlp"  # mlp beat logreg on TOFU by measurement (bench/bench_guard.py)
+    target_fpr: float = Field(default=0.01, gt=0, lt=0.5)  # on held-out negatives
+    holdout: float = Field(default=0.2, gt=0, lt=1)  # share held out: half calibrates, half tests
+    seed: int = 0
+    corruption: CorruptionConfig = CorruptionConfig()
+    tune: TuneConfig = TuneConfig()
+
+    @field_validator("classifier")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        if name not in classifier_names():
+            raise ValueError(f"unknown classifier {name!r}; registered: {', '.join(classifier_names())}")
+        return name

@@ -1,0 +1,128 @@
+"""Corruptions of a flagged prompt's token embeddings (ECO), chosen by name.
+
+A corruption is a function (embeds (T, D), mask (T,) bool, sigma, k, rng) -> (T, D) that changes
+only the rows where mask is True: the tokens the user wrote, never the chat template's. Noise is
+drawn from `rng`, seeded per request, so a response is reproducible. Add one with
+`register_corruption`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+CorruptFn = Callable[[torch.Tensor, torch.Tensor, float, int, torch.Generator], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class _Entry:
+    fn: CorruptFn
+    uses_sigma: bool  # False: the strength is k alone (top-k zero-out and sign flip)
+
+
+_CORRUPTIONS: dict[str, _Entry] = {}
+
+
+class CorruptionError(ValueError):
+    """An unknown corruption or bad parameters; the message lists what exists."""
+
+
+def register_corruption(name: str, fn: CorruptFn, *, uses_sigma: bool) -> None:
+    if name in _CORRUPTIONS:
+        raise CorruptionError(f"corruption {name!r} is already registered")
+    _CORRUPTIONS[name] = _Entry(fn, uses_sigma)
+
+
+def corruption_names() -> list[str]:
+    return sorted(_CORRUPTIONS)
+
+
+def uses_sigma(name: str) -> bool:
+    return _entry(name).uses_sigma
+
+
+def _entry(name: str) -> _Entry:
+    if name not in _CORRUPTIONS:
+        raise CorruptionError(f"unknown corruption {name!r}; registered: {', '.join(corruption_names())}")
+    return _CORRUPTIONS[name]
+
+
+def rand_noise_first_n(embeds, mask, sigma, k, rng):
+    """ECO's default: Gaussian noise of std sigma on the first k dimensions of masked tokens."""
+    out = embeds.clone()
+    noise = torch.randn((int(mask.sum()), k), generator=rng, dtype=torch.float32) * sigma  # (M, k)
+    out[mask, :k] = embeds[mask, :k] + noise.to(embeds.dtype)
+    return out
+
+
+def rand_noise_rand_n(embeds, mask, sigma, k, rng):
+    """Gaussian noise of std sigma on k dimensions drawn at random (the same for every token)."""
+    dims = torch.randperm(embeds.shape[1], generator=rng)[:k]  # (k,)
+    rows = mask.nonzero().squeeze(1)  # (M,)
+    noise = torch.randn((len(rows), k), generator=rng, dtype=torch.float32) * sigma  # (M, k)
+    out = embeds.clone()
+    out[rows[:, None], dims[None, :]] = embeds[rows[:, None], dims[None, :]] + noise.to(embeds.dtype)
+    return out
+
+
+def _top_k(embeds, mask, k):
+    """(M,) masked row indices and (M, k) their k largest-magnitude dimensions."""
+    rows = mask.nonzero().squeeze(1)
+    return rows, embeds[rows].abs().topk(k, dim=1).indices
+
+
+def zero_out_top_k(embeds, mask, sigma, k, rng):
+    """The k largest-magnitude dimensions of each masked token set to zero."""
+    rows, dims = _top_k(embeds, mask, k)
+    out = embeds.clone()
+    out[rows[:, None], dims] = 0
+    return out
+
+
+def flip_sign_top_k(embeds, mask, sigma, k, rng):
+    """The k largest-magnitude dimensions of each masked token negated."""
+    rows, dims = _top_k(embeds, mask, k)
+    out = embeds.clone()
+    out[rows[:, None], dims] = -embeds[rows[:, None], dims]
+    return out
+
+
+register_corruption("rand_noise_first_n", rand_noise_first_n, uses_sigma=True)
+register_corruption("rand_noise_rand_n", rand_noise_rand_n, uses_sigma=True)
+register_corruption("zero_out_top_k", zero_out_top_k, uses_sigma=False)
+register_corruption("flip_sign_top_k", flip_sign_top_k, uses_sigma=False)
+
+
+def request_seed(text: str, seed: int | None = None) -> int:
+    """The request's own seed if it has one, else one derived from its text: same prompt, same
+    corruption, same response."""
+    if seed is not None:
+        return seed
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & (2**63 - 1)
+
+
+@dataclass(frozen=True)
+class Corruption:
+    name: str = "rand_noise_first_n"
+    sigma: float = 1.0
+    k: int | None = None  # dimensions touched per token; None: all of them
+
+    def __post_init__(self):
+        _entry(self.name)
+        if self.sigma < 0 or (self.k is not None and self.k < 1):
+            raise CorruptionError(f"corruption needs sigma >= 0 and k >= 1, got sigma={self.sigma}, "
+                                  f"k={self.k}")
+
+    def __call__(self, embeds: torch.Tensor, mask: torch.Tensor, seed: int) -> torch.Tensor:
+        """Corrupted copy of embeds (T, D); rows outside mask (T,) are returned unchanged."""
+        if embeds.ndim != 2 or mask.shape != embeds.shape[:1] or mask.dtype != torch.bool:
+            raise CorruptionError(f"expected embeds (T, D) and a bool mask (T,), got "
+                                  f"{tuple(embeds.shape)} and {tuple(mask.shape)} {mask.dtype}")
+        k = min(self.k or embeds.shape[1], embeds.shape[1])
+        out = _entry(self.name).fn(embeds, mask, self.sigma, k, torch.Generator().manual_seed(seed))
+        if not torch.isfinite(out).all():
+            raise CorruptionError(f"{self.name} (sigma={self.sigma}, k={k}) gave non-finite embeddings")
+        return out

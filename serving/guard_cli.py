@@ -1,0 +1,188 @@
+"""`lethe guard ...`: train, check, evaluate and tune the prompt guard (ECO)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .argtypes import positive_int, rate
+
+
+def _guard_dir(args, config) -> Path:
+    return Path(args.guard) if getattr(args, "guard", None) else config.guard_dir
+
+
+def _load_guard(args, config):
+    from guard import Guard, SentenceEmbedder
+
+    return Guard.load(_guard_dir(args, config), SentenceEmbedder())
+
+
+def cmd_train(args, config, emit) -> None:
+    from guard import SentenceEmbedder, read_items, save_model, train_guard
+
+    start = time.perf_counter()
+    forget = read_items(args.forget)
+    negatives = [item for path in [args.retain, *args.general] for item in read_items(path)]
+    model, report = train_guard(
+        forget, negatives, SentenceEmbedder(), kind=config.guard.classifier,
+        target_fpr=config.guard.target_fpr, holdout=config.guard.holdout, seed=config.guard.seed,
+        embedder="all-MiniLM-L6-v2")
+    out = Path(args.out) if args.out else config.guard_dir
+    version = save_model(model, out)
+    test, cal = report["test"], report["calibration"]
+    emit({"out": str(out), "version": version, "classifier": model.kind,
+          "target_fpr": model.target_fpr, "tpr": test["tpr"], "fpr": test["fpr"], **report,
+          "seconds": round(time.perf_counter() - start, 2)},
+         [f"guard {version} ({model.kind}) saved to {out}",
+          f"held-out test: TPR {test['tpr']:.3f} on {test['n_positives']} forget prompts, "
+          f"FPR {test['fpr']:.3f} on {test['n_negatives']} negatives",
+          f"calibration (target FPR {model.target_fpr}): TPR {cal['tpr']:.3f}, FPR {cal['fpr']:.3f}"])
+
+
+def cmd_check(args, config, emit) -> None:
+    guard = _load_guard(args, config)
+    verdict = guard.check([args.prompt])
+    model = guard.model
+    emit({"flagged": verdict.flagged, "rule": verdict.rule, "score": verdict.score,
+          "threshold": model.threshold, "similarity": verdict.similarity,
+          "exemplar_threshold": model.exemplar_threshold, "guard": model.manifest["version"]},
+         [f"{'FLAGGED' if verdict.flagged else 'not flagged'}"
+          + (f" by the {verdict.rule} rule" if verdict.rule else "")
+          + f": score {verdict.score:.4f} (threshold {model.threshold:.4f})"])
+
+
+def cmd_eval(args, config, emit) -> None:
+    from guard import read_items
+
+    guard = _load_guard(args, config)
+    guard.check(["warm-up"])  # first call pays one-off costs (thread pools), not a request's
+    outcome = {}
+    latencies = []
+    for name, path in (("positives", args.positives), ("negatives", args.negatives)):
+        flags = []
+        for item in read_items(path):
+            start = time.perf_counter()
+            flags.append(guard.check([item.prompt]).flagged)
+            latencies.append((time.perf_counter() - start) * 1000)
+        outcome[name] = np.array(flags)
+    p50, p99 = np.percentile(latencies, [50, 99])
+    payload = {"tpr": float(outcome["positives"].mean()), "fpr": float(outcome["negatives"].mean()),
+               "latency_ms_p50": round(float(p50), 3), "latency_ms_p99": round(float(p99), 3),
+               "n_positives": len(outcome["positives"]), "n_negatives": len(outcome["negatives"])}
+    emit(payload, [f"TPR {payload['tpr']:.3f} on {payload['n_positives']} positives, "
+                   f"FPR {payload['fpr']:.3f} on {payload['n_negatives']} negatives",
+                   f"latency per check: p50 {p50:.1f} ms, p99 {p99:.1f} ms"])
+
+
+def _model(model_path: Path, adapter: Path | None):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter)
+    return model.eval()
+
+
+def cmd_tune(args, config, emit) -> None:
+    from transformers import AutoTokenizer
+
+    from guard import corruption_names, forget_score, read_items, save_corruption, tune
+
+    from .model import resolve_model
+
+    settings = config.guard.tune
+    kind = args.score or settings.score
+    forget = read_items(args.forget)[:args.forget_items]
+    retain = read_items(args.retain)[:settings.retain_items]
+    model_path = resolve_model(config.model.source, config.home_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    try:
+        target = float(args.reference)
+        reference = {"target": target}
+    except ValueError:
+        reference_model = _model(model_path, Path(args.reference))
+        target = forget_score(kind, reference_model, tokenizer, forget, None)
+        reference = {"reference_adapter": str(args.reference), "target": target}
+        del reference_model
+    model = _model(model_path, args.adapter)
+
+    def log(record: dict) -> None:
+        print(f"eval {record['step']:>3}: {record['name']} sigma={record['sigma']:.4g} "
+              f"k={record['k']} score={record['score']:.4f} objective={record['objective']:.4f}",
+              file=sys.stderr)
+
+    result = tune(lambda c: forget_score(kind, model, tokenizer, forget, c), target,
+                  retain=(lambda c: forget_score("probability", model, tokenizer, retain, c))
+                  if retain else None,
+                  penalty=settings.penalty, names=corruption_names(),
+                  dim=model.get_input_embeddings().weight.shape[1],
+                  sigma_range=(settings.sigma_min, settings.sigma_max),
+                  budget=args.budget or settings.budget, seed=config.guard.seed, log=log)
+    out = save_corruption(_guard_dir(args, config), result, {
+        "score": kind, "adapter": str(args.adapter) if args.adapter else None, **reference,
+        "forget_items": len(forget), "retain_items": len(retain)})
+    c = result.corruption
+    emit({"corruption": {"name": c.name, "sigma": c.sigma, "k": c.k}, "target": target,
+          "score": kind, "score_before": result.score_before, "score_after": result.score_after,
+          "objective_before": result.objective_before, "objective_after": result.objective_after,
+          "evaluations": len(result.evaluations), "log": result.evaluations, "out": str(out)},
+         [f"{c.name} sigma={c.sigma:.4g} k={c.k}: {kind} {result.score_before:.4f} -> "
+          f"{result.score_after:.4f} (target {target:.4f})",
+          f"objective {result.objective_before:.4f} -> {result.objective_after:.4f} in "
+          f"{len(result.evaluations)} evaluations; saved to {out}"])
+
+
+def add_guard_commands(sub, command) -> None:
+    """Register `lethe guard <train|check|eval|tune>` under the subparsers `sub`.
+
+    command(subparsers, name, func, help) adds a command with the common --config/--json flags;
+    the functions here take (args, config, emit) (see serving/cli.py).
+    """
+    group = sub.add_parser("guard", help="the prompt guard (ECO): train, check, eval, tune")
+    guard = group.add_subparsers(dest="guard_command", required=True)
+
+    train = command(guard, "train", cmd_train, "train and calibrate the guard's classifier")
+    train.add_argument("--forget", type=Path, required=True,
+                       help="forget prompts: JSONL or JSON with question/prompt (and answer)")
+    train.add_argument("--retain", type=Path, required=True, help="retain prompts (negatives)")
+    train.add_argument("--general", type=Path, action="append", default=[],
+                       help="general prompts (negatives; repeatable)")
+    train.add_argument("--target-fpr", type=rate, help="overrides guard.target_fpr")
+    train.add_argument("--classifier", help="overrides guard.classifier")
+    train.add_argument("--out", type=Path, help="guard folder (default <home>/guard)")
+
+    check = command(guard, "check", cmd_check, "is a prompt flagged, and by which rule")
+    check.add_argument("prompt")
+    check.add_argument("--guard", type=Path, help="guard folder (default <home>/guard)")
+
+    evaluate = command(guard, "eval", cmd_eval, "TPR, FPR and latency on prompt files")
+    evaluate.add_argument("--guard", type=Path, help="guard folder (default <home>/guard)")
+    evaluate.add_argument("--positives", type=Path, required=True)
+    evaluate.add_argument("--negatives", type=Path, required=True)
+
+    tune = command(guard, "tune", cmd_tune, "tune the corruption against a reference (nevergrad)")
+    tune.add_argument("--forget", type=Path, required=True, help="forget items with answers")
+    tune.add_argument("--retain", type=Path, required=True, help="retain items with answers")
+    tune.add_argument("--reference", required=True,
+                      help="adapter folder of a model that never saw the forget data, or the "
+                           "target score itself (a number)")
+    tune.add_argument("--adapter", type=Path, help="adapter of the model under test (default: "
+                                                   "the base model)")
+    tune.add_argument("--budget", type=positive_int, help="evaluations (overrides guard.tune.budget)")
+    tune.add_argument("--score", choices=["probability", "truth_ratio"],
+                      help="overrides guard.tune.score")
+    tune.add_argument("--forget-items", type=positive_int, help="use the first N forget items")
+    tune.add_argument("--guard", type=Path, help="guard folder (default <home>/guard)")
+
+
+def config_overrides(args) -> dict:
+    """Config keys set by `lethe guard` flags."""
+    return {"guard.target_fpr": getattr(args, "target_fpr", None),
+            "guard.classifier": getattr(args, "classifier", None)}
