@@ -199,6 +199,11 @@ def save_model(model: GuardModel, root: Path) -> str:
     with open(pointer, "rb") as f:
         os.fsync(f.fileno())
     os.replace(pointer, root / "CURRENT")
+    directory = os.open(root, os.O_RDONLY)  # the renames themselves survive a power loss
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
     return version
 
 
