@@ -7,7 +7,13 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .classifier import classifier_names
-from .corrupt import Corruption, corruption_names
+from .corrupt import corruption_names
+
+
+def _registered(name: str, names: list[str], what: str) -> str:
+    if name not in names:
+        raise ValueError(f"unknown {what} {name!r}; registered: {', '.join(names)}")
+    return name
 
 
 class _Section(BaseModel):
@@ -22,15 +28,7 @@ class CorruptionConfig(_Section):
     sigma: float = Field(default=1.0, ge=0)
     k: int | None = Field(default=None, gt=0)  # dimensions per token; None: all
 
-    @field_validator("name")
-    @classmethod
-    def _known(cls, name: str) -> str:
-        if name not in corruption_names():
-            raise ValueError(f"unknown corruption {name!r}; registered: {', '.join(corruption_names())}")
-        return name
-
-    def build(self) -> Corruption:
-        return Corruption(self.name, self.sigma, self.k)
+    _known = field_validator("name")(lambda name: _registered(name, corruption_names(), "corruption"))
 
 
 class TuneConfig(_Section):
@@ -50,9 +48,5 @@ class GuardConfig(_Section):
     corruption: CorruptionConfig = CorruptionConfig()
     tune: TuneConfig = TuneConfig()
 
-    @field_validator("classifier")
-    @classmethod
-    def _registered(cls, name: str) -> str:
-        if name not in classifier_names():
-            raise ValueError(f"unknown classifier {name!r}; registered: {', '.join(classifier_names())}")
-        return name
+    _known = field_validator("classifier")(
+        lambda name: _registered(name, classifier_names(), "classifier"))
