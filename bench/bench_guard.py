@@ -69,7 +69,8 @@ def guard_part(work: Path, embed: SentenceEmbedder) -> dict:
                  **{f"fpr_{name}": _flag_rate(guard, [i.prompt for i in items])
                     for name, items in extra.items()},
                  "fit_seconds": round(fit_seconds, 1)}
-        embed._cache.clear()  # latency of a prompt never seen: embedding + classifier + gate
+        # Latency of a prompt never seen (an empty embedding cache): embedding + classifier + gate.
+        guard = Guard.load(work / f"guard-{kind}", SentenceEmbedder())
         guard.check(["warm-up"])
         latencies = []
         for item in retain[:200]:
