@@ -161,6 +161,13 @@ class Lineage:
                            [(time.time(), i) for ids_ in by_shard.values() for i in ids_])
         return by_shard
 
+    def sample_texts(self, ids: Iterable[str]) -> list[str]:
+        """The prompts and responses of these samples that are not purged yet."""
+        ids = sorted(set(ids))
+        rows = self._query(f"SELECT prompt, response FROM samples WHERE prompt IS NOT NULL AND "
+                           f"id IN ({','.join('?' * len(ids))})", ids) if ids else []
+        return [text for row in rows for text in row]
+
     def forgotten_ids(self) -> set[str]:
         return {i for (i,) in self._query("SELECT id FROM samples WHERE forgotten_at IS NOT NULL")}
 

@@ -26,7 +26,7 @@ from .lineage import Lineage, LineageError, content_hash, id_set_hash
 from .losses import LossTable, adapter_losses
 from .mixture import Mixture, MixtureCache
 from .partition import partition
-from .registry import AdapterRegistry, RegistryError, Version, write_atomic
+from .registry import AdapterRegistry, RegistryError, Version, weights_hash, write_atomic
 from .route import RouteConfig, RouteInputs, route
 from .samples import Sample, read_samples, write_samples
 from .train import TrainConfig, train_adapter
@@ -125,6 +125,9 @@ class ShardStore:
             with self.registry.staging() as staged:
                 stats = train_adapter(self.model_path, samples, self.train_config, seed, staged,
                                       progress)
+                # The loss-table row exists before the version is published: a server routing
+                # meanwhile never finds a current version without its row.
+                self._put_losses(Version(shard, weights_hash(staged), staged))
                 version = self.registry.publish(shard, staged, {
                     "sample_ids": ids,
                     "sample_set_hash": id_set_hash(ids),
@@ -154,18 +157,23 @@ class ShardStore:
     # --- validation losses -------------------------------------------------------------------
 
     def refresh_losses(self) -> list[int]:
-        """Compute the loss-table rows that are missing for the current versions; returns the
-        shards whose row was computed."""
+        """Compute the loss-table rows that are missing for the current versions and drop the
+        rows of superseded ones; returns the shards whose row was computed."""
         if self.validation_embeddings is None:
             return []
         stale = [v for v in self.current_versions() if self.losses.row(v) is None]
-        rows = adapter_losses(self.model_path, [v.path for v in stale],
-                              read_samples(self.root / "validation.jsonl"),
-                              self.train_config.max_length)
-        for version, row in zip(stale, rows):
-            self.losses.put(version, row)
+        self._put_losses(*stale)
         self.losses.prune(self.current_versions())
         return [v.shard for v in stale]
+
+    def _put_losses(self, *versions: Version) -> None:
+        if self.validation_embeddings is None or not versions:
+            return
+        rows = adapter_losses(self.model_path, [v.path for v in versions],
+                              read_samples(self.root / "validation.jsonl"),
+                              self.train_config.max_length)
+        for version, row in zip(versions, rows):
+            self.losses.put(version, row)
 
     # --- serving -----------------------------------------------------------------------------
 

@@ -45,6 +45,10 @@ class GuardConfig(_Section):
     target_fpr: float = Field(default=0.01, gt=0, lt=0.5)  # on held-out negatives
     holdout: float = Field(default=0.2, gt=0, lt=1)  # share held out: half calibrates, half tests
     seed: int = 0
+    # Similarity to a pending forget request's exemplar above which a prompt is flagged, while
+    # no classifier is trained (a trained one carries its calibrated threshold). MiniLM on
+    # synthetic people: rewordings of a forgotten question >= 0.84, other people's <= 0.79.
+    exemplar_threshold: float = Field(default=0.8, gt=-1, lt=1)
     corruption: CorruptionConfig = CorruptionConfig()
     tune: TuneConfig = TuneConfig()
 

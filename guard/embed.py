@@ -6,6 +6,7 @@ and the APA router (adapters/) routes with the same vector, through a small LRU 
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from pathlib import Path
 
@@ -27,9 +28,14 @@ class SentenceEmbedder:
         self.batch_size = batch_size  # ~700 sentences/s on 2 vCPUs (DESIGN.md)
         self.cache_size = cache_size
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()  # the server embeds from several threads
 
     def __call__(self, texts: list[str]) -> np.ndarray:
         """(N, dim) float32 unit vectors."""
+        with self._lock:
+            return self._embed(texts)
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
         todo = list(dict.fromkeys(t for t in texts if t not in self._cache))
         if todo:
             vectors = self.model.encode(todo, batch_size=self.batch_size,

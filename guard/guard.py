@@ -2,7 +2,8 @@
 
 check() flags a prompt when it is near a pending forget item's exemplar (instant, exemplars.py)
 or when the calibrated classifier flags it (classifier.py). Exemplars folded into the classifier
-by a refit stay covered by it after the exemplars themselves are retired.
+by a refit stay covered by it after the exemplars themselves are retired. A guard without a
+trained classifier (`Guard.exemplars_only`) flags by exemplars alone.
 """
 
 from __future__ import annotations
@@ -31,13 +32,17 @@ class Verdict:
 
 
 class Guard:
-    def __init__(self, model: GuardModel, embed: EmbedFn, root: Path | None = None):
-        dim = model.support.shape[1]
-        probe = embed(["dimension probe"])
-        if probe.shape != (1, dim):
-            raise GuardError(f"the embedder gives {probe.shape[1]}-dim vectors; this guard was "
-                             f"trained on {dim}-dim ones ({model.manifest.get('embedder')})")
+    def __init__(self, model: GuardModel | None, embed: EmbedFn, root: Path | None = None,
+                 exemplar_threshold: float | None = None):
+        dim = embed(["dimension probe"]).shape[1]
+        if model is not None and dim != model.support.shape[1]:
+            raise GuardError(f"the embedder gives {dim}-dim vectors; this guard was trained on "
+                             f"{model.support.shape[1]}-dim ones ({model.manifest.get('embedder')})")
+        if model is None and exemplar_threshold is None:
+            raise GuardError("a guard without a classifier needs an exemplar threshold")
         self.model = model
+        self.dim = dim
+        self.exemplar_threshold = exemplar_threshold  # used while there is no classifier
         self.embed = embed
         self.root = Path(root) if root else None
         self.exemplars = ExemplarIndex(dim)
@@ -48,17 +53,25 @@ class Guard:
     def load(cls, root: Path, embed: EmbedFn) -> Guard:
         return cls(load_model(root), embed, root)
 
+    @classmethod
+    def exemplars_only(cls, embed: EmbedFn, exemplar_threshold: float) -> Guard:
+        """A guard with no classifier yet: it flags prompts near pending forget items only."""
+        return cls(None, embed, exemplar_threshold=exemplar_threshold)
+
     def check(self, texts: list[str]) -> Verdict:
         """Flag the request if any of its texts (e.g. user messages) is about forgotten content."""
         texts = [t for t in (strip_markup(t) for t in texts) if t]
         if not texts:
-            return Verdict(False, None, 0.0, -1.0, None, np.zeros((0, self.model.support.shape[1])))
+            return Verdict(False, None, 0.0, -1.0, None, np.zeros((0, self.dim), np.float32))
         vectors = self.embed(texts)  # (N, D)
         model = self.model  # one model for the whole check, even if a refit swaps it meanwhile
-        flags, scores = model.flags(vectors)
+        if model is None:
+            flags, scores = np.zeros(len(texts), bool), np.zeros(len(texts))
+        else:
+            flags, scores = model.flags(vectors)
         sims, keys = self.exemplars.nearest(vectors)
         best = int(np.argmax(sims))
-        if sims[best] > model.exemplar_threshold:
+        if sims[best] > (model.exemplar_threshold if model else self.exemplar_threshold):
             rule, key = "exemplar", keys[best]
         else:
             rule, key = ("classifier" if flags.any() else None), None
@@ -77,6 +90,9 @@ class Guard:
     def refit(self) -> GuardModel:
         """Fit the classifier again with every exemplar not yet folded in; swap it in atomically
         (and save it as the new current version when the guard has a folder)."""
+        if self.model is None:
+            raise GuardError("this guard has no classifier to refit (train one with "
+                             "`lethe guard train`)")
         with self._refit_lock:
             keys = [k for k in self.exemplars.keys() if k not in self.folded]
             entries = [e for e in (self.exemplars.get(k) for k in keys) if e is not None]

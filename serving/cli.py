@@ -24,8 +24,10 @@ from guard import CorruptionError, GuardError, PromptFileError  # noqa: E402
 from .argtypes import positive_int  # noqa: E402
 from .config import ConfigError, load_config  # noqa: E402
 from .engines.base import EngineError  # noqa: E402
+from .forget_cli import ForgetClientError, add_forget_commands  # noqa: E402
 from .guard_cli import add_guard_commands, config_overrides as guard_overrides  # noqa: E402
 from .model import ModelError  # noqa: E402
+from .queue import QueueError  # noqa: E402
 
 EXIT_USAGE = 2  # bad flags, bad config: the user must change the command
 EXIT_FAILURE = 1  # the command ran and failed
@@ -233,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     route.add_argument("prompt")
     add_guard_commands(sub, lambda subparsers, name, func, help: command(
         subparsers, name, _with_config(func, guard_overrides), help))
+    add_forget_commands(sub, lambda subparsers, name, func, help: command(
+        subparsers, name, _with_config(func, lambda args: {}), help))
     return parser
 
 
@@ -245,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except (ModelError, EngineError, OSError, LineageError, UnknownSampleError, RegistryError,
             TrainingError, SampleFormatError, RouteError, MixtureError, GuardError,
-            PromptFileError, CorruptionError) as e:
+            PromptFileError, CorruptionError, ForgetClientError, QueueError) as e:
         print(f"lethe: error: {e}", file=sys.stderr)
         return EXIT_FAILURE
     return 0

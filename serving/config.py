@@ -61,6 +61,9 @@ class ServerConfig(_Section):
     port: int = Field(default=8000, ge=0, le=65535)
     # Bearer keys accepted on /v1/*. Empty: no authentication.
     api_keys: list[str] = Field(default_factory=list)
+    # Keys for the forget endpoints (/v1/forget*), also accepted on every /v1 endpoint. With any
+    # key configured (here or in api_keys), forget requests need one of these.
+    admin_keys: list[str] = Field(default_factory=list)
     # Longest completion a request gets when it sets no max_tokens (None: the rest of the context).
     default_max_tokens: int | None = Field(default=None, gt=0)
 
@@ -78,6 +81,31 @@ class ShardsConfig(_Section):
     seed: int = 0  # k-means / random partition seed
 
 
+class ForgetConfig(_Section):
+    # What a request the guard flags gets. corrupt (ECO): an answer from corrupted prompt
+    # embeddings, indistinguishable in form from any other; refuse: HTTP 400 `content_filter`,
+    # which tells the client that the guard fired.
+    on_flag: Literal["corrupt", "refuse"] = "corrupt"
+    # Give the shards of pending requests weight 0 until retrained: exact from the first second,
+    # at some utility cost.
+    quarantine: bool = False
+    # When a request is exact: fold (refit the classifier on its exemplars, then drop them;
+    # without a trained classifier the same as drop) | drop (drop the exemplars only).
+    retire: Literal["fold", "drop"] = "fold"
+    # FULL: a committed request survives power loss. NORMAL can lose the last commits.
+    synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    # `lethe serve` starts a worker process beside the server.
+    worker: bool = True
+    # A worker's lease on the requests it retrains; heartbeats renew it every third of it, so a
+    # dead worker's requests are taken again after at most this long.
+    lease_seconds: float = Field(default=60.0, gt=0)
+    # Attempts per request before it stays failed, and the wait between them.
+    max_attempts: int = Field(default=3, gt=0)
+    retry_after_seconds: float = Field(default=30.0, ge=0)
+    # How often the worker looks for requests and the server syncs its guard with the queue.
+    poll_seconds: float = Field(default=1.0, gt=0)
+
+
 class Config(_Section):
     # Data directory: prepared models, adapters, queues. None: $LETHE_HOME or ~/.cache/lethe.
     home: Path | None = None
@@ -88,6 +116,7 @@ class Config(_Section):
     train: TrainConfig = TrainConfig()
     route: RouteConfig = RouteConfig()
     guard: GuardConfig = GuardConfig()
+    forget: ForgetConfig = ForgetConfig()
 
     @property
     def home_dir(self) -> Path:
@@ -102,6 +131,11 @@ class Config(_Section):
     def guard_dir(self) -> Path:
         """The trained guard: classifier versions, tuned corruption."""
         return self.home_dir / "guard"
+
+    @property
+    def queue_path(self) -> Path:
+        """The forget-request queue (SQLite)."""
+        return self.home_dir / "forget.db"
 
 
 def default_home() -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     disable_created_metrics,
     generate_latest,
@@ -36,6 +37,28 @@ class Metrics:
         )
         self.generation_tokens = Counter(
             "lethe:generation_tokens", "Tokens generated.", registry=self.registry,
+        )
+
+        # Counted, never shown to the client: the response does not say that the guard fired.
+        self.guard_flagged = Counter(
+            "lethe:guard_flagged", "Requests the guard flagged, by the rule that fired.",
+            ["rule"], registry=self.registry,
+        )
+        self.mixture_hits = Counter(
+            "lethe:mixture_cache_hits", "Requests whose shard mixture was already built.",
+            registry=self.registry,
+        )
+        self.mixture_misses = Counter(
+            "lethe:mixture_cache_misses", "Requests whose shard mixture was built for them.",
+            registry=self.registry,
+        )
+        self.guard_exemplars = Gauge(
+            "lethe:guard_exemplars", "Forget requests the guard holds exemplars for (pending).",
+            registry=self.registry,
+        )
+        self.forget_requests = Counter(
+            "lethe:forget_requests", "Forget requests accepted (duplicates not counted).",
+            registry=self.registry,
         )
 
     def render(self) -> bytes:

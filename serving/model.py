@@ -113,3 +113,21 @@ def base_model_record(path: Path) -> dict:
         digests = "".join(f"{w.name} {sha256_file(w)}\n" for w in weights)
         record["weights_sha256"] = hashlib.sha256(digests.encode()).hexdigest()
     return record
+
+
+def input_embeddings(path: Path):
+    """The model's input embedding matrix (V, D), read from its safetensors alone: the server
+    builds the (corrupted) prompt embeddings of flagged requests with it."""
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):  # parameter names only, no weights
+        skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))
+    weight = skeleton.get_input_embeddings().weight
+    name = next(n for n, p in skeleton.named_parameters() if p is weight)
+    for file in sorted(Path(path).glob("*.safetensors")):
+        with safe_open(file, framework="pt") as f:
+            if name in f.keys():
+                return f.get_tensor(name)
+    raise ModelError(f"model folder {path} has no tensor {name} (the input embeddings)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import uuid
@@ -12,8 +13,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .errors import APIError, AuthenticationError
-from .protocol import ChatCompletionRequest, CompletionRequest, ErrorInfo, ErrorResponse
+from adapters import UnknownSampleError
+
+from ..forget import ForgetService
+from ..pipeline import GuardRefusal
+from ..queue import ForgetRequest, UnknownRequestError
+from .errors import APIError, AuthenticationError, ConflictError, InvalidRequestError, NotFoundError
+from .protocol import (ChatCompletionRequest, CompletionRequest, ErrorInfo, ErrorResponse,
+                       ForgetBody, ForgetStatus)
 from .serving import OpenAIServing
 
 log = logging.getLogger("lethe.api")
@@ -21,6 +28,10 @@ log = logging.getLogger("lethe.api")
 
 def error_response(exc: Exception) -> JSONResponse:
     """The one place exceptions become HTTP errors in OpenAI's shape."""
+    if isinstance(exc, GuardRefusal):  # policy `refuse`: the convention of hosted APIs
+        exc = InvalidRequestError(str(exc), code="content_filter")
+    elif isinstance(exc, (UnknownSampleError, UnknownRequestError)):
+        exc = NotFoundError(str(exc))
     if isinstance(exc, APIError):
         status, info = exc.status_code, ErrorInfo(message=exc.message, type=exc.type,
                                                   param=exc.param, code=exc.code)
@@ -50,7 +61,8 @@ def _validation_info(exc: RequestValidationError) -> ErrorInfo:
     return ErrorInfo(message=message, type="invalid_request_error", param=param)
 
 
-def build_app(serving: OpenAIServing, *, api_keys: list[str], lifespan=None) -> FastAPI:
+def build_app(serving: OpenAIServing, forget: ForgetService | None, *, api_keys: list[str],
+              admin_keys: list[str], lifespan=None) -> FastAPI:
     app = FastAPI(title="Lethe", lifespan=lifespan)
     metrics = serving.metrics
 
@@ -60,7 +72,13 @@ def build_app(serving: OpenAIServing, *, api_keys: list[str], lifespan=None) -> 
     @app.middleware("http")
     async def request_context(request: Request, call_next):
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        if api_keys and request.url.path.startswith("/v1/") and not _authorized(request, api_keys):
+        path = request.url.path
+        if path.startswith("/v1/forget") and (api_keys or admin_keys) and not _authorized(
+                request, admin_keys):
+            response = error_response(AuthenticationError(
+                "forget requests need an admin key (server.admin_keys)"))
+        elif api_keys and path.startswith("/v1/") and not _authorized(request,
+                                                                      api_keys + admin_keys):
             response = error_response(AuthenticationError("Invalid or missing API key"))
         else:
             try:
@@ -92,7 +110,35 @@ def build_app(serving: OpenAIServing, *, api_keys: list[str], lifespan=None) -> 
     async def chat_completions(body: ChatCompletionRequest):
         return _respond(await serving.chat(body))
 
+    def forget_service() -> ForgetService:
+        if forget is None:
+            raise ConflictError("this server has no shard store to forget from: train one with "
+                                "`lethe train`, then restart the server", code="no_shard_store")
+        return forget
+
+    @app.post("/v1/forget", status_code=202)
+    async def submit_forget(body: ForgetBody) -> ForgetStatus:
+        request, _ = await asyncio.to_thread(forget_service().submit, body.owner,
+                                             body.sample_ids, body.prompts)
+        return _status(request)
+
+    @app.get("/v1/forget/{request_id}")
+    async def forget_status(request_id: str) -> ForgetStatus:
+        return _status(forget_service().queue.get(request_id))
+
+    @app.get("/v1/forget/{request_id}/receipt")
+    async def forget_receipt(request_id: str) -> dict:
+        request = forget_service().queue.get(request_id)
+        if request.receipt is None:
+            raise ConflictError(f"forget request {request_id} has no receipt until it is "
+                                f"completed (state: {request.state})", code="not_completed")
+        return request.receipt
+
     return app
+
+
+def _status(request: ForgetRequest) -> ForgetStatus:
+    return ForgetStatus(**request.public())
 
 
 def _respond(result):

@@ -25,6 +25,17 @@ class ModelNotFoundError(APIError):
     code = "model_not_found"
 
 
+class NotFoundError(APIError):
+    status_code = 404
+    code = "not_found"
+
+
+class ConflictError(APIError):
+    """The request is valid but the server's state does not allow it (yet)."""
+
+    status_code = 409
+
+
 class AuthenticationError(APIError):
     status_code = 401
     type = "authentication_error"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 def _now() -> int:
@@ -165,3 +165,32 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+# --- forget requests (Lethe's own endpoints) --------------------------------------------------
+
+
+class ForgetBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt key must not forget the wrong thing
+
+    owner: str | None = Field(default=None, min_length=1)
+    sample_ids: list[Annotated[str, Field(min_length=1)]] | None = Field(default=None, min_length=1)
+    # Content to guard beyond the samples themselves (e.g. how users ask about them).
+    prompts: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_target(self):
+        if (self.owner is None) == (self.sample_ids is None):
+            raise ValueError("give exactly one of owner or sample_ids")
+        return self
+
+
+class ForgetStatus(BaseModel):
+    id: str
+    object: Literal["forget.request"] = "forget.request"
+    state: str
+    owner: str | None
+    samples: int
+    attempts: int
+    reason: str | None
+    times: dict[str, float]  # state -> unix time it was entered

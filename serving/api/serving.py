@@ -17,6 +17,7 @@ from pydantic import BaseModel
 
 from ..engines import Delta, Engine, EngineRequest, Sampling
 from ..metrics import Metrics
+from ..pipeline import Pipeline, Prompt
 from .errors import EngineFailure, InvalidRequestError, ModelNotFoundError
 from .protocol import (
     ChatChoice,
@@ -54,6 +55,7 @@ class OpenAIServing:
         self,
         engine: Engine,
         tokenizer,
+        pipeline: Pipeline,
         *,
         model_name: str,
         max_model_len: int,
@@ -62,6 +64,7 @@ class OpenAIServing:
     ):
         self.engine = engine
         self.tokenizer = tokenizer
+        self.pipeline = pipeline
         self.model_name = model_name
         self.max_model_len = max_model_len
         self.default_max_tokens = default_max_tokens
@@ -76,7 +79,8 @@ class OpenAIServing:
         self._check_common(req)
         if req.echo:
             raise InvalidRequestError("echo is not supported", param="echo")
-        prompts = self._completion_prompts(req.prompt)
+        prompts = [await asyncio.to_thread(self.pipeline.completion, ids, req.seed)
+                   for ids in self._completion_prompts(req.prompt)]
         run = self._start(req, prompts, req.max_tokens, param="prompt")
         rid = new_id("cmpl")
         if req.stream:
@@ -94,7 +98,7 @@ class OpenAIServing:
 
     async def chat(self, req: ChatCompletionRequest) -> ChatCompletionResponse | AsyncIterator[str]:
         self._check_common(req)
-        prompt = self._chat_prompt(req)
+        prompt = await asyncio.to_thread(self.pipeline.chat, self._chat_messages(req), req.seed)
         run = self._start(req, [prompt], req.max_completion_tokens or req.max_tokens, param="messages")
         rid = new_id("chatcmpl")
         if req.stream:
@@ -151,7 +155,7 @@ class OpenAIServing:
             prompts.append(list(ids))
         return prompts
 
-    def _chat_prompt(self, req: ChatCompletionRequest) -> list[int]:
+    def _chat_messages(self, req: ChatCompletionRequest) -> list[dict]:
         messages = []
         for i, m in enumerate(req.messages):
             content = m.content
@@ -163,13 +167,11 @@ class OpenAIServing:
                 content = "".join(str(part.get("text", "")) for part in content)
             messages.append({"role": "system" if m.role == "developer" else m.role,
                              "content": content})
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
-                                                  tokenize=False)
-        return self.tokenizer.encode(text, add_special_tokens=False)
+        return messages
 
-    def _start(self, req: SamplingFields, prompts: list[list[int]], max_tokens: int | None,
+    def _start(self, req: SamplingFields, prompts: list[Prompt], max_tokens: int | None,
                param: str) -> "_Run":
-        longest = max(len(p) for p in prompts)
+        longest = max(len(p.token_ids) for p in prompts)
         if max_tokens is None:
             max_tokens = self.max_model_len - longest
             if self.default_max_tokens is not None:
@@ -230,7 +232,7 @@ class OpenAIServing:
 class _Run:
     """One API request in flight: an engine request per prompt, merged, with metrics."""
 
-    def __init__(self, engine: Engine, metrics: Metrics, prompts: list[list[int]],
+    def __init__(self, engine: Engine, metrics: Metrics, prompts: list[Prompt],
                  sampling: Sampling):
         self.engine, self.metrics = engine, metrics
         self.prompts, self.sampling = prompts, sampling
@@ -241,7 +243,7 @@ class _Run:
         self._first_token_at: float | None = None
 
     def usage(self) -> Usage:
-        prompt = sum(len(p) for p in self.prompts)
+        prompt = sum(len(p.token_ids) for p in self.prompts)
         completion = sum(c.tokens for c in self.choices)
         return Usage(prompt_tokens=prompt, completion_tokens=completion,
                      total_tokens=prompt + completion)
@@ -258,8 +260,9 @@ class _Run:
         merged: asyncio.Queue = asyncio.Queue()
         request_id = new_id("req")
 
-        async def pump(p: int, ids: list[int]) -> None:
-            request = EngineRequest(f"{request_id}-{p}", ids, self.sampling)
+        async def pump(p: int, prompt: Prompt) -> None:
+            request = EngineRequest(f"{request_id}-{p}", prompt.token_ids, self.sampling,
+                                    prompt.embeds, prompt.lora)
             try:
                 async for deltas in self.engine.generate(request):
                     await merged.put((p, deltas))
@@ -269,7 +272,7 @@ class _Run:
             finally:
                 await merged.put((p, None))
 
-        tasks = [asyncio.create_task(pump(p, ids)) for p, ids in enumerate(self.prompts)]
+        tasks = [asyncio.create_task(pump(p, prompt)) for p, prompt in enumerate(self.prompts)]
         try:
             running = len(tasks)
             while running:
@@ -302,7 +305,7 @@ class _Run:
         if self._first_token_at is not None:
             self.metrics.time_to_first_token.observe(self._first_token_at - self._started)
         self.metrics.e2e_latency.observe(now - self._started)
-        self.metrics.prompt_tokens.inc(sum(len(p) for p in self.prompts))
+        self.metrics.prompt_tokens.inc(sum(len(p.token_ids) for p in self.prompts))
         self.metrics.generation_tokens.inc(sum(c.tokens for c in self.choices))
 
 

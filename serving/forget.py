@@ -1,0 +1,77 @@
+"""The server's half of a forget request: make it durable, then make the guard enforce it.
+
+submit():  resolve the owner or sample ids in the lineage (unknown ones change nothing) ->
+           commit to the queue (durable) -> guard exemplars of the samples' text and the
+           request's prompts, shards quarantined by policy -> `guarded`. The API answers 202
+           only after all of this, so the guard is active before the client hears back.
+sync():    keep the guard in step with the queue, every `forget.poll_seconds`: exemplars for
+           active requests it has none for (accepted before a restart, or by another replica),
+           and retirement of the exemplars of completed ones (the worker made them exact).
+
+The retraining itself is the worker's (worker.py), in another process.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Literal
+
+from adapters import Lineage
+from guard import Guard, GuardError
+
+from .metrics import Metrics
+from .queue import ACTIVE, ForgetQueue, ForgetRequest
+
+log = logging.getLogger("lethe.forget")
+
+
+class ForgetService:
+    def __init__(self, queue: ForgetQueue, lineage: Lineage, guard: Guard, *, quarantine: bool,
+                 retire: Literal["fold", "drop"], metrics: Metrics):
+        self.queue, self.lineage, self.guard = queue, lineage, guard
+        self.quarantine, self.retire = quarantine, retire
+        self.metrics = metrics
+        self._lock = threading.Lock()  # submit and sync never interleave their guard updates
+
+    def submit(self, owner: str | None, sample_ids: list[str] | None, prompts: list[str]
+               ) -> tuple[ForgetRequest, bool]:
+        """(request, created). Raises UnknownSampleError (nothing is stored) for an unknown
+        owner or sample id."""
+        ids = self.lineage.owner_sample_ids(owner) if owner is not None else sorted(set(sample_ids))
+        self.lineage.shards_of(ids)  # every id must exist
+        with self._lock:
+            request, created = self.queue.submit(owner, ids, prompts)
+            if request.state in ACTIVE and request.id not in self.guard.exemplars.keys():
+                self._activate(request)
+                self.metrics.guard_exemplars.set(len(self.guard.exemplars))
+            if created:
+                self.metrics.forget_requests.inc()
+                log.info("forget request %s accepted: %d sample(s)", request.id, len(ids))
+        return self.queue.get(request.id), created
+
+    def sync(self) -> None:
+        with self._lock:
+            active = {r.id: r for r in self.queue.list(ACTIVE)}
+            for request in active.values():
+                if request.id not in self.guard.exemplars.keys():
+                    self._activate(request)
+            done = [key for key in self.guard.exemplars.keys() if key not in active]
+            if done and self.retire == "fold" and self.guard.model is not None:
+                self.guard.refit()  # the classifier keeps covering them
+            for key in done:
+                self.guard.retire_exemplar(key)
+                log.info("forget request %s is exact: its exemplars are retired (%s)", key,
+                         self.retire)
+            self.metrics.guard_exemplars.set(len(self.guard.exemplars))
+
+    def _activate(self, request: ForgetRequest) -> None:
+        texts = self.lineage.sample_texts(request.sample_ids) + (request.prompts or [])
+        try:
+            self.guard.add_exemplar(request.id, texts)
+        except GuardError:  # the text is purged already: the worker has published the retrain
+            log.info("forget request %s has no text left to guard", request.id)
+        if self.quarantine:
+            for shard in self.lineage.shards_of(request.sample_ids):
+                self.lineage.set_quarantined(shard, True)
+        self.queue.mark_guarded(request.id)

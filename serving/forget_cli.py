@@ -1,0 +1,127 @@
+"""`lethe forget`, `lethe queue`, `lethe worker`: forget requests from the command line.
+
+`lethe forget` goes through the running server's API, like any client, so the guard is active
+when it returns. `lethe queue` reads the queue store; `lethe worker` runs a worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+
+from .queue import ForgetRequest
+
+
+class ForgetClientError(RuntimeError):
+    """The server refused or could not take a forget request; the message says why."""
+
+
+def _client(args, config):
+    import httpx
+
+    key = args.api_key or os.environ.get("LETHE_ADMIN_KEY") or next(
+        iter(config.server.admin_keys), None)
+    url = args.url or f"http://{config.server.host}:{config.server.port}"
+    return httpx.Client(base_url=url, timeout=60,
+                        headers={"Authorization": f"Bearer {key}"} if key else {})
+
+
+def _call(client, method: str, path: str, **kw) -> dict:
+    import httpx
+
+    try:
+        response = client.request(method, path, **kw)
+    except httpx.HTTPError as e:
+        raise ForgetClientError(f"cannot reach the server at {client.base_url} ({e}); is "
+                                "`lethe serve` running?") from e
+    if response.status_code >= 400:
+        try:
+            message = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = response.text
+        raise ForgetClientError(f"{response.status_code}: {message}")
+    return response.json()
+
+
+def _line(status: dict) -> str:
+    return (f"{status['id']}: {status['state']}, {status['samples']} sample(s)"
+            + (f", owner {status['owner']}" if status.get("owner") else "")
+            + (f", attempts {status['attempts']}" if status.get("attempts") else "")
+            + (f", last error: {status['reason']}" if status.get("reason") else ""))
+
+
+def cmd_forget(args, config, emit) -> None:
+    body = {"owner": args.owner} if args.owner else {"sample_ids": args.sample_id}
+    if args.prompt:
+        body["prompts"] = args.prompt
+    with _client(args, config) as client:
+        start = time.perf_counter()
+        status = _call(client, "POST", "/v1/forget", json=body)
+        accepted = time.perf_counter() - start
+        while args.wait and not _finished(status, config.forget.max_attempts):
+            time.sleep(0.5)
+            status = _call(client, "GET", f"/v1/forget/{status['id']}")
+        receipt = (_call(client, "GET", f"/v1/forget/{status['id']}/receipt")
+                   if status["state"] == "completed" else None)
+    emit({**status, "accepted_seconds": round(accepted, 3), "receipt": receipt},
+         [_line(status)] + [
+             f"shard {s['shard']}: {s['old_version']} -> {s['new_version'] or '(none: empty)'}"
+             for s in (receipt or {}).get("shards", [])])
+    if status["state"] == "failed":
+        raise ForgetClientError(f"forget request {status['id']} failed: {status['reason']}")
+
+
+def _finished(status: dict, max_attempts: int) -> bool:
+    return status["state"] == "completed" or (status["state"] == "failed"
+                                              and status["attempts"] >= max_attempts)
+
+
+def cmd_queue(args, config, emit) -> None:
+    from .server import open_queue
+
+    requests: list[ForgetRequest] = open_queue(config).list()
+    if args.state:
+        requests = [r for r in requests if r.state == args.state]
+    rows = [r.public() for r in requests]
+    emit({"requests": rows}, [_line(row) for row in rows] or ["(no forget requests)"])
+
+
+def cmd_worker(args, config, emit) -> None:
+    from .server import open_queue
+    from .worker import Worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    f = config.forget
+    worker = Worker(open_queue(config), config.store_dir, lease_seconds=f.lease_seconds,
+                    max_attempts=f.max_attempts, retry_after=f.retry_after_seconds,
+                    poll_seconds=f.poll_seconds)
+    if args.once:
+        done = worker.run_once()
+        emit({"completed": done}, [f"completed {len(done)} request(s)"])
+    else:
+        worker.run(threading.Event())
+
+
+def add_forget_commands(sub, command) -> None:
+    """Register `lethe forget`, `lethe queue`, `lethe worker` (command: see serving/cli.py)."""
+    from .queue import STATES
+
+    forget = command(sub, "forget", cmd_forget, "ask the running server to forget an owner's "
+                     "data or samples (guarded at once, retrained in the background)")
+    target = forget.add_mutually_exclusive_group(required=True)
+    target.add_argument("--owner", help="forget every sample of this owner")
+    target.add_argument("--sample-id", nargs="+", help="forget these sample ids")
+    forget.add_argument("--prompt", action="append",
+                        help="more content to guard, e.g. how users ask about it (repeatable)")
+    forget.add_argument("--wait", action="store_true",
+                        help="wait until the request is exact (completed) or failed")
+    forget.add_argument("--url", help="server URL (default http://server.host:server.port)")
+    forget.add_argument("--api-key", help="admin key (default $LETHE_ADMIN_KEY or the first of "
+                                          "server.admin_keys)")
+    queue = command(sub, "queue", cmd_queue, "list forget requests and their states")
+    queue.add_argument("--state", choices=STATES, help="only requests in this state")
+    worker = command(sub, "worker", cmd_worker, "run the forget worker (`lethe serve` starts one)")
+    worker.add_argument("--once", action="store_true",
+                        help="one round: take the waiting requests, retrain, complete, exit")
