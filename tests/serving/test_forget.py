@@ -1,0 +1,156 @@
+"""Forget requests end to end on the tiny model, through `lethe serve` and the openai client:
+instant (the guard), exact (the worker's retrain), with receipts, on both engines."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import re
+import sqlite3
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from serving.queue import SQLiteQueue
+from tests.serving.conftest import ADMIN, KEY, fact, merge
+
+MODEL = "tiny"
+
+
+def ask(server, question: str) -> str:
+    response = server.client(KEY).chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": question}], max_tokens=16,
+        temperature=0)
+    return response.choices[0].message.content
+
+
+def api(server, method: str, path: str, key: str = ADMIN, **kw) -> httpx.Response:
+    return httpx.request(method, server.url + path, headers={"Authorization": f"Bearer {key}"},
+                         timeout=60, **kw)
+
+
+def metric(server, name: str) -> float:
+    text = httpx.get(server.url + "/metrics").text
+    return sum(float(v) for v in re.findall(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text,
+                                            re.M))
+
+
+def wait_for(server, request_id: str, state: str, timeout: float = 180) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = api(server, "GET", f"/v1/forget/{request_id}").json()
+        if status["state"] == state:
+            return status
+        time.sleep(0.2)
+    raise AssertionError(f"{request_id} not {state} in {timeout}s: {status}\n{server.tail()}")
+
+
+@pytest.fixture(scope="module", params=["vllm", "hf"])
+def world(request, tiny_world, start_server):
+    config = tiny_world(request.param)
+    return start_server(config), Path(config["home"])
+
+
+def test_a_forgotten_owner_is_guarded_at_once_and_exactly_retrained_later(world):
+    server, home = world
+    question, city = fact("person-0000")
+    reworded = "Tell me where Quivos Rinvenzor lives."
+    others = [fact("person-0001"), fact("person-0003", 1)]
+    assert city in ask(server, question)  # only person-0000's data teaches this
+    assert all(answer in ask(server, q) for q, answer in others)
+
+    flagged = metric(server, "lethe:guard_flagged_total")
+    start = time.perf_counter()
+    accepted = api(server, "POST", "/v1/forget", json={
+        "owner": "person-0000", "prompts": ["Which town is home to Quivos Rinvenzor?"]})
+    assert accepted.status_code == 202, accepted.text
+    assert time.perf_counter() - start < 1.0
+    request = accepted.json()
+    assert request["state"] == "guarded" and request["samples"] == 2
+
+    # Instant: a batch mixing corrupted prompt embeddings (the guarded questions) and token
+    # prompts under different shard mixtures, all at once (DESIGN.md's vLLM CPU bug).
+    prompts = [question, reworded] + [q for q, _ in others] + ["Write a haiku about rain."]
+    with concurrent.futures.ThreadPoolExecutor(len(prompts)) as pool:
+        answers = list(pool.map(lambda q: ask(server, q), prompts))
+    assert city not in answers[0] and city not in answers[1]
+    assert all(answer in text for (_, answer), text in zip(others, answers[2:4]))
+    assert metric(server, "lethe:guard_flagged_total") == flagged + 2  # counted, never told
+
+    # Exact: the worker retrains the owner's shard without the samples and publishes it.
+    done = wait_for(server, request["id"], "completed")
+    assert list(done["times"]) == ["received", "guarded", "retraining", "completed"]
+    receipt = api(server, "GET", f"/v1/forget/{request['id']}/receipt").json()
+    [shard] = receipt["shards"]
+    assert shard["new_version"] != shard["old_version"] and shard["forgotten_ids_absent"]
+    assert receipt["request"]["sample_ids"] == ["person-0000-fact0", "person-0000-fact1"]
+    current = home / "apa" / "adapters" / f"shard-{shard['shard']:04d}" / "CURRENT"
+    assert current.read_text().strip() == shard["new_version"]
+
+    time.sleep(1)  # the server's guard syncs with the queue every 0.2 s
+    assert metric(server, "lethe:guard_exemplars") == 0  # retired: the weights are exact now
+    assert city not in ask(server, question) and city not in ask(server, reworded)
+    assert all(answer in ask(server, q) for q, answer in others)
+
+    # The raw text is gone: the samples' from the lineage, the request's prompts from the queue.
+    lineage = sqlite3.connect(home / "apa" / "lineage.db")
+    assert lineage.execute("SELECT prompt, response FROM samples WHERE owner = 'person-0000'"
+                           ).fetchall() == [(None, None)] * 2
+    assert SQLiteQueue(home / "forget.db").get(request["id"]).prompts is None
+
+
+def test_forgetting_the_unknown_is_a_404_that_changes_nothing(world):
+    server, home = world
+    before = SQLiteQueue(home / "forget.db").list()
+    for body, missing in (({"owner": "nobody"}, "unknown owner(s): nobody"),
+                          ({"sample_ids": ["person-0001-fact0", "ghost"]},
+                           "unknown sample id(s): ghost")):
+        response = api(server, "POST", "/v1/forget", json=body)
+        assert response.status_code == 404
+        assert response.json()["error"]["message"] == missing
+    assert SQLiteQueue(home / "forget.db").list() == before
+    assert api(server, "GET", "/v1/forget/fgt-nope").status_code == 404
+
+
+def test_a_duplicate_request_is_the_same_request(world):
+    server, _ = world
+    body = {"sample_ids": ["person-0002-fact1"]}
+    first = api(server, "POST", "/v1/forget", json=body).json()
+    again = api(server, "POST", "/v1/forget", json=body)
+    assert again.status_code == 202 and again.json()["id"] == first["id"]
+    assert metric(server, "lethe:forget_requests_total") == 2  # this one and the owner above
+
+
+def test_bad_forget_requests_are_refused_with_the_field_named(world):
+    server, _ = world
+    for body, param in (({}, None), ({"owner": "a", "sample_ids": ["b"]}, None),
+                        ({"sample_ids": []}, "sample_ids"), ({"owner": "a", "ownr": "b"}, "ownr")):
+        response = api(server, "POST", "/v1/forget", json=body)
+        assert response.status_code == 400, body
+        assert response.json()["error"]["param"] == param
+
+
+def test_forget_requests_need_an_admin_key(world):
+    server, _ = world
+    for key in (KEY, "wrong"):
+        response = api(server, "POST", "/v1/forget", key=key, json={"owner": "person-0001"})
+        assert response.status_code == 401
+        assert "admin key" in response.json()["error"]["message"]
+    assert ask(server, "Hello")  # ... which a user key still does not need elsewhere
+
+
+def test_policy_refuse_answers_400_content_filter(tiny_world, start_server):
+    config = tiny_world("hf")
+    server = start_server(merge(config, forget={"on_flag": "refuse", "worker": False}))
+    question, _ = fact("person-0001")
+    request = api(server, "POST", "/v1/forget", json={"owner": "person-0001"}).json()
+    with pytest.raises(openai.BadRequestError) as refused:
+        server.client(KEY).chat.completions.create(
+            model=MODEL, max_tokens=4, messages=[{"role": "user", "content": question}])
+    assert refused.value.code == "content_filter"
+    assert ask(server, "Write a haiku about rain.")  # others are served
+    pending = api(server, "GET", f"/v1/forget/{request['id']}/receipt")  # no worker here
+    assert pending.status_code == 409 and pending.json()["error"]["code"] == "not_completed"
+    server.stop()
