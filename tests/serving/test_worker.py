@@ -1,0 +1,128 @@
+"""The forget worker: coalesced retrains, and crashes (SIGKILL) of the worker and the server
+that lose no request and never publish a half-trained adapter."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from adapters import ShardStore
+from serving.queue import SQLiteQueue
+from serving.worker import Worker
+from tests.serving.conftest import ADMIN, fact, merge, write_config
+
+
+def worker_for(home: Path, lease_seconds: float = 5.0) -> Worker:
+    return Worker(SQLiteQueue(home / "forget.db"), home / "apa", lease_seconds=lease_seconds,
+                  max_attempts=3, retry_after=0.0, poll_seconds=0.1)
+
+
+def owner_ids(home: Path, owner: str) -> list[str]:
+    return ShardStore(home / "apa").lineage.owner_sample_ids(owner)
+
+
+def test_pending_requests_are_coalesced_into_one_retrain_per_shard(tiny_world):
+    home = Path(tiny_world()["home"])
+    store, queue = ShardStore(home / "apa"), SQLiteQueue(home / "forget.db")
+    shard_of = {o: set(store.lineage.shards_of(owner_ids(home, o)))
+                for o in ("person-0000", "person-0001", "person-0002", "person-0003")}
+    requests = [queue.submit(o, owner_ids(home, o), [])[0] for o in shard_of]
+
+    done = worker_for(home).run_once()
+
+    assert done == [r.id for r in requests]
+    for request, owner in zip(requests, shard_of):
+        receipt = queue.get(request.id).receipt
+        assert {s["shard"] for s in receipt["shards"]} == shard_of[owner]
+        assert len(receipt["coalesced_with"]) == 3
+        assert all(s["new_version"] is None for s in receipt["shards"])  # everyone is forgotten
+    assert store.current_versions() == []
+
+
+def test_a_worker_killed_mid_retrain_loses_nothing_and_publishes_nothing(tiny_world, tmp_path):
+    config = merge(tiny_world(), train={"epochs": 400},  # a retrain of several seconds
+                   forget={"lease_seconds": 1.0})
+    home = Path(config["home"])
+    queue = SQLiteQueue(home / "forget.db")
+    request, _ = queue.submit("person-0001", owner_ids(home, "person-0001"), [])
+    [shard] = ShardStore(home / "apa").lineage.shards_of(request.sample_ids)
+    current = home / "apa" / "adapters" / f"shard-{shard:04d}" / "CURRENT"
+    before = current.read_text()
+
+    worker = subprocess.Popen([sys.executable, "-m", "serving.cli", "worker", "--config",
+                               str(write_config(config, tmp_path / "config.yaml"))])
+    staging = home / "apa" / "adapters" / ".staging"
+    deadline = time.monotonic() + 120
+    while not any(staging.iterdir()) and time.monotonic() < deadline:  # training has begun
+        time.sleep(0.05)
+    time.sleep(0.5)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+
+    assert queue.get(request.id).state == "retraining"  # not lost: leased to a dead worker
+    assert current.read_text() == before  # nothing published
+
+    time.sleep(1.0)  # the dead worker's lease runs out
+    assert worker_for(home, lease_seconds=1.0).run_once() == [request.id]
+    done = queue.get(request.id)
+    assert done.state == "completed" and done.attempts == 2
+    [receipt] = done.receipt["shards"]
+    assert receipt["old_version"] == before.strip() and receipt["forgotten_ids_absent"]
+    assert not any(staging.iterdir())  # the dead worker's half-trained adapter is gone
+    versions = [p.name for p in current.parent.iterdir() if p.is_dir()]
+    assert versions == [receipt["new_version"]]  # the tainted old version is deleted too
+
+
+def test_a_server_killed_after_the_202_loses_no_request(tiny_world, start_server):
+    config = merge(tiny_world(), forget={"lease_seconds": 2.0})
+    server = start_server(config)
+    question, city = fact("person-0002")
+    accepted = httpx.post(f"{server.url}/v1/forget", json={"owner": "person-0002"},
+                          headers={"Authorization": f"Bearer {ADMIN}"}, timeout=30)
+    assert accepted.status_code == 202
+    server.proc.send_signal(signal.SIGKILL)  # its worker dies with it
+    server.proc.wait()
+    request_id = accepted.json()["id"]
+    assert SQLiteQueue(Path(config["home"]) / "forget.db").get(request_id).state in (
+        "guarded", "retraining")
+
+    restarted = start_server(config)
+    status = None
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        status = httpx.get(f"{restarted.url}/v1/forget/{request_id}",
+                           headers={"Authorization": f"Bearer {ADMIN}"}).json()
+        if status["state"] == "completed":
+            break
+        time.sleep(0.2)
+    assert status["state"] == "completed", restarted.tail()
+    answer = restarted.client("user-key").chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": question}], max_tokens=16,
+        temperature=0).choices[0].message.content
+    assert city not in answer
+    restarted.stop()
+
+
+def test_the_worker_dies_with_its_server(tiny_world, start_server):
+    server = start_server(tiny_world())
+    children = subprocess.run(["pgrep", "-P", str(server.proc.pid)], capture_output=True,
+                              text=True).stdout.split()
+    [worker] = [p for p in children if b"worker" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    server.proc.send_signal(signal.SIGKILL)
+    server.proc.wait()
+    deadline = time.monotonic() + 10
+    while not dead(worker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert dead(worker)
+
+
+def dead(pid: str) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"  # exited, not yet reaped
+    except FileNotFoundError:
+        return True
