@@ -254,15 +254,18 @@ def guard_active(server: ServerProcess, info: dict, args) -> dict:
         if response.status_code != 202:
             raise RuntimeError(f"POST /v1/forget: {response.status_code} {response.text}")
         state = response.json()["state"]
-        attempts, t_flag = 0, None
+        attempts, t_flag, t_chat = 0, None, None
         while attempts < 50:
             attempts += 1
+            c0 = time.perf_counter()
             chat(client, question)
+            t_chat = time.perf_counter() - c0
             if scrape(server.url).get("lethe:guard_flagged_total", 0) > flagged_before:
-                t_flag = time.perf_counter() - t0
+                t_flag = c0 + t_chat - t0  # the POST, then the chat(s) until one was flagged
                 break
         rows.append({"owner": owner, "post_to_202_ms": round(1000 * t_202, 1),
                      "post_to_flagged_ms": None if t_flag is None else round(1000 * t_flag, 1),
+                     "flagged_chat_ms": round(1000 * t_chat, 1),
                      "chats_until_flagged": attempts, "state_at_202": state})
     # Control: what else the guard flags while these requests are pending.
     forgotten = set(owners)
@@ -289,6 +292,7 @@ def guard_active(server: ServerProcess, info: dict, args) -> dict:
         "post_to_202_ms": {"p50": round(statistics.median(t202), 1), "p99": pct(t202, 0.99)},
         "post_to_flagged_ms": ({"p50": round(statistics.median(tflag), 1),
                                 "p99": pct(tflag, 0.99)} if tflag else None),
+        "flagged_chat_ms_p50": round(statistics.median(r["flagged_chat_ms"] for r in rows), 1),
         "flagged_on_first_chat": sum(r["chats_until_flagged"] == 1 and
                                      r["post_to_flagged_ms"] is not None for r in rows),
         "never_flagged": sum(r["post_to_flagged_ms"] is None for r in rows),
@@ -394,10 +398,16 @@ async def throughput(server: ServerProcess, owners: list[str], args) -> dict:
         submitted = await asyncio.gather(*(http.post("/v1/forget", json={"owner": o})
                                            for o in owners))
         ids = [r.json()["id"] for r in submitted]
-        busy = []
+        busy, serving = [], True
         started = time.perf_counter()
         while True:
-            busy.append(await load_round(client, c, n, 0))
+            if serving:
+                busy.append(await load_round(client, c, n, 0))
+                # A round in which every request failed: the engine is down; stop the load (no
+                # hot loop of instant 500s) and just wait for the retrain to finish.
+                serving = len(busy[-1]["errors"]) < c
+            else:
+                await asyncio.sleep(0.5)
             states = [(await http.get(f"/v1/forget/{i}")).json()["state"] for i in ids]
             if all(s == "completed" for s in states):
                 break
@@ -406,10 +416,13 @@ async def throughput(server: ServerProcess, owners: list[str], args) -> dict:
         after_metrics = scrape(server.url)
         receipts = [(await http.get(f"/v1/forget/{i}/receipt")).json() for i in ids]
         after = [await load_round(client, c, n, 0) for _ in range(args.idle_rounds)]
+        health = (await http.get("/health")).status_code
     window = (min(r["times"]["retraining"] for r in receipts),
               max(r["times"]["completed"] for r in receipts))
     inside = [r for r in busy if r["start"] >= window[0] and r["end"] <= window[1]]
-    idle_rate, busy_rate = rate(idle), rate(inside)
+    clean = [r for r in inside if not r["errors"]]
+    idle_rate, busy_rate = rate(idle), rate(clean)
+    errors = [e for r in idle + busy + after for e in r["errors"]]
     return {
         "concurrency": c, "max_tokens": n, "forget_requests": len(owners),
         "shards_retrained": sorted({s["shard"] for r in receipts for s in r["shards"]}),
@@ -417,14 +430,20 @@ async def throughput(server: ServerProcess, owners: list[str], args) -> dict:
         "idle_tokens_per_s": idle_rate, "idle_after_tokens_per_s": rate(after),
         "retrain_tokens_per_s": busy_rate,
         "ratio": round(busy_rate / idle_rate, 2) if busy_rate and idle_rate else None,
-        "rounds_idle": len(idle), "rounds_inside_window": len(inside),
+        "rounds_idle": len(idle), "rounds_inside_window": len(clean),
+        "rounds_inside_window_with_errors": len(inside) - len(clean),
         "rounds_during_retrain_total": len(busy),
         "mixture_misses_during_retrain": int(
             after_metrics.get("lethe:mixture_cache_misses_total", 0)
             - before.get("lethe:mixture_cache_misses_total", 0)),
-        "errors": [e for r in idle + busy + after for e in r["errors"]],
+        "failed_requests": {"idle": sum(len(r["errors"]) for r in idle),
+                            "during_retrain": sum(len(r["errors"]) for r in busy),
+                            "after": sum(len(r["errors"]) for r in after)},
+        "error_messages": sorted(set(errors))[:5],
+        "engine_down_after": bool(after) and all(len(r["errors"]) == c for r in after),
+        "health_after": health,
         "round_walls_s": {"idle": [round(r["wall_s"], 2) for r in idle],
-                          "inside": [round(r["wall_s"], 2) for r in inside]},
+                          "inside": [round(r["wall_s"], 2) for r in clean]},
     }
 
 
@@ -571,9 +590,10 @@ def report(r: dict) -> None:
         print(f"| guard-active (worker off, {g['requests']} sequential) | POST -> 202 p50 / p99 "
               f"| {g['post_to_202_ms']['p50']} / {g['post_to_202_ms']['p99']} ms |")
         f = g["post_to_flagged_ms"]
-        print(f"| guard-active | POST -> owner's question flagged p50 / p99 | "
+        print("| guard-active | POST -> owner's question flagged p50 / p99 | "
               + (f"{f['p50']} / {f['p99']} ms" if f else "never") +
-              f" ({g['flagged_on_first_chat']}/{g['requests']} on the first chat) |")
+              f" ({g['flagged_on_first_chat']}/{g['requests']} on the first chat, which took "
+              f"{g['flagged_chat_ms_p50']} ms p50) |")
         c = g["control"]
         print(f"| guard-active | also flagged: other owners' questions / reworded forgotten "
               f"questions / general prompts | {c['other_owners_questions']['flagged']}/"
@@ -594,9 +614,13 @@ def report(r: dict) -> None:
               f"{t['retrain_tokens_per_s']} tok/s (ratio {t['ratio']}; "
               f"{t['rounds_inside_window']} rounds in a {t['retrain_window_s']} s window; "
               f"idle after {t['idle_after_tokens_per_s']}) |")
-        if t["errors"]:
-            print(f"| throughput | failed chat requests | {len(t['errors'])}: "
-                  f"{t['errors'][0][:120]} |")
+        f = t["failed_requests"]
+        if sum(f.values()):
+            print(f"| throughput | failed chat requests idle / during / after the retrain | "
+                  f"{f['idle']} / {f['during_retrain']} / {f['after']}"
+                  + ("; engine down after it, yet /health answered "
+                     f"{t['health_after']}" if t["engine_down_after"] else "")
+                  + f": {t['error_messages'][0][:100]} |")
     x = r.get("mixture_cache")
     if x:
         print(f"| mixture cache ({x['requests']} chats, Zipf {x['zipf_s']}, "

@@ -1,7 +1,7 @@
 """What one prompt becomes before the engine sees it: guard, corruption, route, mixture.
 
     guard check of the user's text (embedded once; the vector is reused for routing)
-      flagged: the prompt's token embeddings, corrupted on the user's tokens (ECO), or a refusal
+      flagged: the prompt's token embeddings, corrupted on every user token (ECO), or a refusal
     route: weights over the current shard adapters (APA), quarantined shards excluded
     mixture: the weighted shard adapters as one cached, content-addressed LoRA
 
@@ -62,12 +62,11 @@ class Pipeline:
                                                       tokenize=False)
             return Prompt(self.tokenizer.encode(text, add_special_tokens=False), None,
                           self._lora(verdict))
-        # Corrupt the tokens of the forgotten item's salient words if the prompt has any,
-        # else all of the user's tokens.
-        entry = self.guard.exemplars.get(verdict.exemplar) if verdict.exemplar else None
-        ids, mask = chat_prompt(self.tokenizer, messages, entry.terms if entry else None)
-        if entry and not mask.any():
-            ids, mask = chat_prompt(self.tokenizer, messages)
+        # Every token the user wrote is corrupted: the mask the corruption was tuned with
+        # (guard/tune.py). Corrupting only the item's salient words (names) is not enough: an
+        # adapter that holds the item still answers "Where does ... live?" with its fact
+        # (measured on SmolLM2, tests/serving/test_forget_real.py).
+        ids, mask = chat_prompt(self.tokenizer, messages)
         return self._flagged(ids, mask, "\n".join(user), seed, verdict)
 
     def completion(self, token_ids: list[int], seed: int | None) -> Prompt:

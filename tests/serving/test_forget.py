@@ -19,9 +19,9 @@ from tests.serving.conftest import ADMIN, KEY, fact, merge
 MODEL = "tiny"
 
 
-def ask(server, question: str) -> str:
+def ask(server, question: str, model: str = MODEL) -> str:
     response = server.client(KEY).chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": question}], max_tokens=16,
+        model=model, messages=[{"role": "user", "content": question}], max_tokens=16,
         temperature=0)
     return response.choices[0].message.content
 
