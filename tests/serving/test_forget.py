@@ -4,8 +4,11 @@ instant (the guard), exact (the worker's retrain), with receipts, on both engine
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import re
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -13,8 +16,11 @@ import httpx
 import openai
 import pytest
 
+from adapters import RouteConfig, ShardStore
+from guard import SentenceEmbedder
 from serving.queue import SQLiteQueue
-from tests.serving.conftest import ADMIN, KEY, fact, merge
+from serving.worker import Worker
+from tests.serving.conftest import ADMIN, KEY, fact, merge, write_config
 
 MODEL = "tiny"
 
@@ -153,4 +159,50 @@ def test_policy_refuse_answers_400_content_filter(tiny_world, start_server):
     assert ask(server, "Write a haiku about rain.")  # others are served
     pending = api(server, "GET", f"/v1/forget/{request['id']}/receipt")  # no worker here
     assert pending.status_code == 409 and pending.json()["error"]["code"] == "not_completed"
+    server.stop()
+
+
+def lethe(server, config: dict, *args: str) -> subprocess.CompletedProcess:
+    """`lethe` as a user runs it beside the server, with the server's config file."""
+    config_file = Path(config["home"]).parent / "cli-config.yaml"
+    write_config(merge(config, server={"port": int(server.url.rsplit(":", 1)[1])}), config_file)
+    return subprocess.run([sys.executable, "-m", "serving.cli", *args, "--config",
+                           str(config_file)], capture_output=True, text=True, timeout=300)
+
+
+def test_the_cli_forgets_waits_for_the_receipt_and_lists_the_queue(tiny_world, start_server):
+    config = tiny_world("hf")
+    server = start_server(config)
+    result = lethe(server, config, "forget", "--sample-id", "person-0003-fact1", "--wait",
+                   "--json")
+    assert result.returncode == 0, result.stderr
+    done = json.loads(result.stdout)
+    assert done["state"] == "completed" and done["accepted_seconds"] < 1.0
+    assert done["receipt"]["request"]["sample_ids"] == ["person-0003-fact1"]
+
+    listed = json.loads(lethe(server, config, "queue", "--json").stdout)["requests"]
+    assert [(r["id"], r["state"]) for r in listed] == [(done["id"], "completed")]
+
+    unknown = lethe(server, config, "forget", "--owner", "nobody")
+    assert unknown.returncode == 1
+    assert unknown.stderr.strip() == "lethe: error: 404: unknown owner(s): nobody"
+    server.stop()
+    offline = lethe(server, config, "forget", "--owner", "person-0001")
+    assert offline.returncode == 1 and "is `lethe serve` running?" in offline.stderr
+
+
+def test_quarantine_gives_pending_shards_weight_zero_until_retrained(tiny_world, start_server):
+    config = merge(tiny_world("hf"), forget={"quarantine": True, "worker": False})
+    server = start_server(config)
+    home = Path(config["home"])
+    api(server, "POST", "/v1/forget", json={"owner": "person-0001"})
+    store = ShardStore(home / "apa")
+    [shard] = store.lineage.shards_of(store.lineage.owner_sample_ids("person-0001"))
+    assert store.lineage.quarantined() == {shard}
+    query = SentenceEmbedder()([fact("person-0001")[0]])[0]
+    assert shard not in store.weights(query, RouteConfig(scheme="semantic", top_m=1))
+
+    Worker(SQLiteQueue(home / "forget.db"), home / "apa", lease_seconds=5, max_attempts=1,
+           retry_after=0, poll_seconds=0.1).run_once()
+    assert store.lineage.quarantined() == set()
     server.stop()
