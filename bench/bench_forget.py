@@ -230,7 +230,8 @@ async def mixture_cache(server: ServerProcess, info: dict, home: Path, args) -> 
         "hit_rate": round(hits / max(1, hits + misses), 3),
         "distinct_mixtures": int(misses),  # each miss built a new mixture (none evicted: below)
         "mixtures_on_disk": on_disk,
-        "best_possible_hit_rate": round(1 - len(set(prompts)) / len(prompts), 3),
+        # Share of requests that repeat an earlier prompt: what an exact-prompt cache would hit.
+        "prompt_repeat_rate": round(1 - len(set(prompts)) / len(prompts), 3),
         "wall_s": round(wall, 1), "latency_p50_ms": round(1000 * statistics.median(latencies)),
         "latency_p99_ms": round(1000 * pct(latencies, 0.99)),
     }
@@ -384,6 +385,8 @@ async def load_round(client, concurrency: int, max_tokens: int, offset: int) -> 
 
 
 def rate(rounds: list[dict]) -> float | None:
+    """Generated tokens/s over the rounds in which no request failed."""
+    rounds = [r for r in rounds if not r["errors"]]
     wall = sum(r["wall_s"] for r in rounds)
     return round(sum(r["tokens"] for r in rounds) / wall, 2) if wall else None
 
@@ -423,6 +426,7 @@ async def throughput(server: ServerProcess, owners: list[str], args) -> dict:
     clean = [r for r in inside if not r["errors"]]
     idle_rate, busy_rate = rate(idle), rate(clean)
     errors = [e for r in idle + busy + after for e in r["errors"]]
+    first_failure = next((r["start"] for r in busy if r["errors"]), None)
     return {
         "concurrency": c, "max_tokens": n, "forget_requests": len(owners),
         "shards_retrained": sorted({s["shard"] for r in receipts for s in r["shards"]}),
@@ -441,6 +445,9 @@ async def throughput(server: ServerProcess, owners: list[str], args) -> dict:
                             "after": sum(len(r["errors"]) for r in after)},
         "error_messages": sorted(set(errors))[:5],
         "engine_down_after": bool(after) and all(len(r["errors"]) == c for r in after),
+        # When the first load round with a failed request began, from the retrain's start.
+        "first_failure_s_into_retrain": (None if first_failure is None
+                                         else round(first_failure - window[0], 1)),
         "health_after": health,
         "round_walls_s": {"idle": [round(r["wall_s"], 2) for r in idle],
                           "inside": [round(r["wall_s"], 2) for r in clean]},
@@ -519,7 +526,7 @@ def main() -> None:
             per_shard.setdefault(info["shard_of"][o], o)
         load_owners = [per_shard[k] for k in sorted(per_shard)]
         pool = [o for o in info["owners"] if o not in load_owners]
-        need = sum(args.levels) if "complete" not in args.skip else 0
+        need = 1 + sum(args.levels) if "complete" not in args.skip else 0
         if need > len(pool):
             raise SystemExit(f"--people {args.people} is too few: levels {args.levels} need "
                              f"{need} owners besides the {len(load_owners)} for part 4")
@@ -550,6 +557,12 @@ def main() -> None:
             print(f"server (worker on) up in {start_s:.0f} s", flush=True)
             try:
                 if "complete" not in args.skip:
+                    # One forget first, not counted: the worker process may still be starting
+                    # (imports) when /health answers, and this warms its page cache.
+                    warm, pool = pool[:1], pool[1:]
+                    row = asyncio.run(complete_level(server, warm, args.timeout))
+                    result["worker_warmup_forget_s"] = row["total_s"]
+                    print(f"warm-up forget: {row['total_s']} s", flush=True)
                     result["completion"] = []
                     for level in args.levels:
                         owners, pool = pool[:level], pool[level:]
@@ -612,21 +625,23 @@ def report(r: dict) -> None:
         print(f"| throughput ({t['concurrency']} chats x {t['max_tokens']} tokens) | idle / "
               f"during retrain of shards {t['shards_retrained']} | {t['idle_tokens_per_s']} / "
               f"{t['retrain_tokens_per_s']} tok/s (ratio {t['ratio']}; "
-              f"{t['rounds_inside_window']} rounds in a {t['retrain_window_s']} s window; "
-              f"idle after {t['idle_after_tokens_per_s']}) |")
+              f"{t['rounds_inside_window']} clean rounds in a {t['retrain_window_s']} s window; "
+              f"idle after: {t['idle_after_tokens_per_s'] or 'n/a'}) |")
         f = t["failed_requests"]
         if sum(f.values()):
             print(f"| throughput | failed chat requests idle / during / after the retrain | "
                   f"{f['idle']} / {f['during_retrain']} / {f['after']}"
                   + ("; engine down after it, yet /health answered "
                      f"{t['health_after']}" if t["engine_down_after"] else "")
+                  + f"; first failure {t['first_failure_s_into_retrain']} s into the retrain"
                   + f": {t['error_messages'][0][:100]} |")
     x = r.get("mixture_cache")
     if x:
         print(f"| mixture cache ({x['requests']} chats, Zipf {x['zipf_s']}, "
               f"{int(100 * x['general_share'])}% general) | hit rate (hits/misses); distinct "
               f"mixtures / distinct prompts | {x['hit_rate']} ({x['hits']}/{x['misses']}); "
-              f"{x['distinct_mixtures']} / {x['distinct_prompts']} |")
+              f"{x['distinct_mixtures']} / {x['distinct_prompts']} (prompt repeat rate "
+              f"{x['prompt_repeat_rate']}) |")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ class ForgetService:
         self.quarantine, self.retire = quarantine, retire
         self.metrics = metrics
         self._lock = threading.Lock()  # submit and sync never interleave their guard updates
+        self._active: set[str] = set()  # requests this server has guarded, until exact
 
     def submit(self, owner: str | None, sample_ids: list[str] | None, prompts: list[str]
                ) -> tuple[ForgetRequest, bool]:
@@ -42,9 +43,8 @@ class ForgetService:
         self.lineage.shards_of(ids)  # every id must exist
         with self._lock:
             request, created = self.queue.submit(owner, ids, prompts)
-            if request.state in ACTIVE and request.id not in self.guard.exemplars.keys():
+            if request.state in ACTIVE and request.id not in self._active:
                 self._activate(request)
-                self.metrics.guard_exemplars.set(len(self.guard.exemplars))
             if created:
                 self.metrics.forget_requests.inc()
                 log.info("forget request %s accepted: %d sample(s)", request.id, len(ids))
@@ -54,13 +54,14 @@ class ForgetService:
         with self._lock:
             active = {r.id: r for r in self.queue.list(ACTIVE)}
             for request in active.values():
-                if request.id not in self.guard.exemplars.keys():
+                if request.id not in self._active:
                     self._activate(request)
-            done = [key for key in self.guard.exemplars.keys() if key not in active]
+            done = sorted(self._active - set(active))
             if done and self.retire == "fold" and self.guard.model is not None:
                 self.guard.refit()  # the classifier keeps covering them
             for key in done:
                 self.guard.retire_exemplar(key)
+                self._active.discard(key)
                 log.info("forget request %s is exact: its exemplars are retired (%s)", key,
                          self.retire)
             self.metrics.guard_exemplars.set(len(self.guard.exemplars))
@@ -75,3 +76,5 @@ class ForgetService:
             for shard in self.lineage.shards_of(request.sample_ids):
                 self.lineage.set_quarantined(shard, True)
         self.queue.mark_guarded(request.id)
+        self._active.add(request.id)
+        self.metrics.guard_exemplars.set(len(self.guard.exemplars))

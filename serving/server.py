@@ -126,6 +126,8 @@ def start_worker(config: Config) -> subprocess.Popen:
     """`lethe worker` on this config, in a process that dies with the server (Linux)."""
     config_file = config.home_dir / "run" / "worker-config.yaml"
     config_file.parent.mkdir(parents=True, exist_ok=True)
+    config_file.touch(mode=0o600)  # it holds the API keys
+    config_file.chmod(0o600)
     config_file.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     log.info("starting the forget worker")
     return subprocess.Popen([sys.executable, "-m", "serving.cli", "worker", "--config",
