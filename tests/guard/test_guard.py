@@ -86,3 +86,14 @@ def test_chat_markup_is_stripped_before_classifying(guard, people_items):
 def test_a_guard_refuses_an_embedder_of_another_dimension(tmp_path, guard):
     with pytest.raises(GuardError, match="384-dim"):
         Guard.load(tmp_path / "guard", lambda texts: np.zeros((len(texts), 64), np.float32))
+
+
+def test_a_guard_without_a_classifier_flags_by_exemplars_alone(minilm):
+    guard = Guard.exemplars_only(minilm, exemplar_threshold=0.8)
+    prompt = "Where does Torvel Quimarra live?"
+    assert not guard.check([prompt]).flagged
+    guard.add_exemplar("request-1", [prompt, "Torvel Quimarra lives in Brinnick."])
+    assert guard.check(["Tell me where Torvel Quimarra lives."]).rule == "exemplar"
+    assert not guard.check(["Where does Ada Lovelace live?"]).flagged
+    with pytest.raises(GuardError, match="no classifier"):
+        guard.refit()
