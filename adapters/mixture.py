@@ -11,6 +11,8 @@ alpha = rank (scaling 1). It is written in peft format, so any engine loads it a
 
 Mixtures are cached on disk under a name that hashes their (shard, version, weight) parts: a name
 is never reused for other weights (vLLM serves stale weights for a reused name, DESIGN.md).
+Engines read a mixture's files when they schedule the request, so the process that hands a
+mixture to an engine pins it until the request ends: eviction and `sweep` skip pinned mixtures.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,6 +87,22 @@ class MixtureCache:
         self.capacity = capacity
         self.root.mkdir(parents=True, exist_ok=True)
         self.hits = self.misses = 0
+        self._pins: Counter[str] = Counter()  # mixture name -> requests in flight using it
+        self._pins_lock = threading.Lock()
+
+    def pin(self, name: str) -> None:
+        with self._pins_lock:
+            self._pins[name] += 1
+
+    def unpin(self, name: str) -> None:
+        with self._pins_lock:
+            self._pins[name] -= 1
+            if self._pins[name] <= 0:
+                del self._pins[name]
+
+    def _pinned(self) -> set[str]:
+        with self._pins_lock:
+            return set(self._pins)
 
     def get(self, parts: list[tuple[Version, float]]) -> Mixture:
         name = mixture_name(parts)
@@ -119,15 +139,23 @@ class MixtureCache:
         return sorted((p for p in self.root.glob("mix-*")), key=lambda p: p.stat().st_mtime)
 
     def _evict(self) -> None:
+        pinned = self._pinned()
         for path in self.entries()[:-self.capacity]:
-            shutil.rmtree(path, ignore_errors=True)
+            if path.name not in pinned:
+                shutil.rmtree(path, ignore_errors=True)
 
-    def invalidate(self, shard: int, keep_version: str) -> list[str]:
-        """Drop every mixture that uses a version of `shard` other than `keep_version`."""
-        dropped = []
+    def sweep(self, current: dict[int, str]) -> list[str]:
+        """Delete every unpinned mixture built on a version that is not current (`current`:
+        shard -> version id): superseded weights, possibly of forgotten data. Returns their
+        names."""
+        pinned, dropped = self._pinned(), []
         for path in self.entries():
-            parts = json.loads((path / "mixture.json").read_text())["parts"]
-            if any(p["shard"] == shard and p["version"] != keep_version for p in parts):
+            try:
+                parts = json.loads((path / "mixture.json").read_text())["parts"]
+            except FileNotFoundError:  # evicted meanwhile
+                continue
+            stale = any(current.get(p["shard"]) != p["version"] for p in parts)
+            if stale and path.name not in pinned:
                 shutil.rmtree(path, ignore_errors=True)
                 dropped.append(path.name)
         return dropped

@@ -143,7 +143,6 @@ class ShardStore:
                 }).id
             steps, seconds = stats.steps, stats.seconds
         self.registry.collect_garbage(shard, KEEP_VERSIONS, self.lineage.forgotten_ids())
-        self.mixtures.invalidate(shard, version)
         return ShardResult(shard, version, previous, len(samples), id_set_hash(ids), steps, seconds)
 
     def forget_samples(self, ids: list[str], progress: ProgressFn = lambda shard: None
@@ -197,6 +196,13 @@ class ShardStore:
             query=query, centroids=self.centroids[shards], validation=self.validation_embeddings,
             losses=None if self.validation_embeddings is None else self.losses.matrix(versions))
         return route(inputs, config, shards, set(excluded) | self.lineage.quarantined())
+
+    def sweep_mixtures(self) -> list[str]:
+        """Delete the cached mixtures of superseded versions (except those pinned by requests
+        in flight in this process). New requests never use them: their names hash the versions.
+        Run by the process that serves (the server syncs every few seconds), so that a retrain
+        in another process never deletes a mixture an engine is about to read."""
+        return self.mixtures.sweep({v.shard: v.id for v in self.current_versions()})
 
     def mixture(self, weights: dict[int, float]) -> Mixture | None:
         """The cached mixture adapter for these weights; None for no weights (the base model)."""

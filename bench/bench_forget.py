@@ -19,13 +19,16 @@ same store:
 2. mixture cache (same server, before part 1): `--mix-requests` chat requests (max_tokens 1)
    drawn from the people's questions under a Zipf popularity over owners, plus general prompts;
    hit rate from `lethe:mixture_cache_{hits,misses}_total`.
-3. time to exact (server with the worker on): 1, 4, 16 forget requests for different owners
-   submitted at once; the time from submit until each is `completed`, and the retrain rounds and
-   shards the worker did (receipts: `coalesced_with`, shard lists).
-4. throughput during a retrain (same server): N concurrent chat requests (max_tokens 32,
-   greedy) as generated tokens/s, idle and while the worker retrains every shard (one forget
-   request per shard, submitted just before the load); only load rounds that fall wholly inside
-   the retrain window (from the queue's `retraining` to `completed` times) count.
+3. time to exact (server with the worker on; after one forget that is not counted, since the
+   worker process may still be starting when /health answers): 1, 4, 16 forget requests for
+   different owners submitted at once; the time from submit until each is `completed` (the
+   queue's received -> completed times), and the retrain rounds and shards the worker did
+   (receipts: `coalesced_with`, shard lists).
+4. throughput during a retrain (same server): N clients each sending streamed chat requests
+   back to back (max_tokens 32, greedy); every token is timestamped, and generated tokens/s are
+   read over an idle interval, over the retrain window (the queue's first `retraining` to last
+   `completed` time) of one forget request per shard (so every shard is retrained), and over
+   an interval after it. Failed chat requests are counted.
 
 Writes bench/results/forget.json (after each part) and prints Markdown tables. Timings on a
 shared 2-vCPU machine are noisy.
@@ -365,92 +368,119 @@ async def complete_level(server: ServerProcess, owners: list[str], timeout: floa
 # --- part: throughput during a retrain ---------------------------------------------------------
 
 
-async def load_round(client, concurrency: int, max_tokens: int, offset: int) -> dict:
-    async def one(i):
-        try:
-            r = await client.chat.completions.create(
-                model=MODEL, max_tokens=max_tokens, temperature=0,
-                messages=[{"role": "user", "content":
-                           f"Write a long story about {TOPICS[(offset + i) % len(TOPICS)]}."}])
-            return r.usage.completion_tokens, None
-        except Exception as e:  # counted, not fatal: a retrain must not break serving
-            return 0, f"{type(e).__name__}: {e}"
+class Load:
+    """`concurrency` clients, each sending streamed chat requests back to back until stopped.
+    Every streamed token is timestamped, so tokens/s can be read over any interval."""
 
-    t0, wall0 = time.time(), time.perf_counter()
-    results = await asyncio.gather(*(one(i) for i in range(concurrency)))
-    wall = time.perf_counter() - wall0
-    tokens = sum(t for t, _ in results)
-    return {"start": t0, "end": t0 + wall, "wall_s": wall, "tokens": tokens,
-            "errors": [e for _, e in results if e]}
+    def __init__(self, client, concurrency: int, max_tokens: int):
+        self.client, self.concurrency, self.max_tokens = client, concurrency, max_tokens
+        self.tokens: list[tuple[float, float]] = []  # (arrival time (epoch), tokens) per chunk
+        self.failures: list[tuple[float, str]] = []
+        self.requests = 0
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
 
+    async def _one(self, i: int) -> None:
+        topic = TOPICS[i % len(TOPICS)]
+        while not self._stop.is_set():
+            times, usage = [], None
+            try:
+                stream = await self.client.chat.completions.create(
+                    model=MODEL, max_tokens=self.max_tokens, temperature=0, stream=True,
+                    stream_options={"include_usage": True},
+                    messages=[{"role": "user", "content": f"Write a long story about {topic}."}])
+                async for chunk in stream:
+                    if chunk.choices and chunk.choices[0].delta.content:
+                        times.append(time.time())
+                    if chunk.usage is not None:
+                        usage = chunk.usage.completion_tokens
+                self.requests += 1
+            except Exception as e:  # counted, not fatal: a retrain must not break serving
+                self.failures.append((time.time(), f"{type(e).__name__}: {e}"[:200]))
+                await asyncio.sleep(0.5)  # no hot loop of instant errors if the engine is down
+            # Spread the request's token count over its streamed chunks.
+            share = (usage / len(times)) if usage and times else 1.0
+            self.tokens.extend((t, share) for t in times)
 
-def rate(rounds: list[dict]) -> float | None:
-    """Generated tokens/s over the rounds in which no request failed."""
-    rounds = [r for r in rounds if not r["errors"]]
-    wall = sum(r["wall_s"] for r in rounds)
-    return round(sum(r["tokens"] for r in rounds) / wall, 2) if wall else None
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._one(i)) for i in range(self.concurrency)]
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+
+    def rate(self, t0: float, t1: float) -> float | None:
+        if t1 <= t0:
+            return None
+        return round(sum(k for t, k in self.tokens if t0 <= t < t1) / (t1 - t0), 2)
+
+    def failed(self, t0: float, t1: float) -> int:
+        return sum(t0 <= t < t1 for t, _ in self.failures)
 
 
 async def throughput(server: ServerProcess, owners: list[str], args) -> dict:
     client = server.client(asynchronous=True)
     c, n = args.load_concurrency, args.load_max_tokens
     async with client, httpx.AsyncClient(base_url=server.url, timeout=120) as http:
-        await load_round(client, c, n, 0)  # warm-up: builds the prompts' mixtures, loads LoRAs
-        idle = [await load_round(client, c, n, 0) for _ in range(args.idle_rounds)]
+        # Warm-up, not measured: builds the prompts' mixtures and loads them into the engine.
+        await asyncio.gather(*(client.chat.completions.create(
+            model=MODEL, max_tokens=4, temperature=0,
+            messages=[{"role": "user", "content": f"Write a long story about {TOPICS[i]}."}])
+            for i in range(c)))
+        load = Load(client, c, n)
+        load.start()
+        await asyncio.sleep(args.ramp_seconds)  # every client busy: steady state
+        idle_from = time.time()
+        await asyncio.sleep(args.idle_seconds)
         before = scrape(server.url)
+        submitted_at = time.time()
         submitted = await asyncio.gather(*(http.post("/v1/forget", json={"owner": o})
                                            for o in owners))
         ids = [r.json()["id"] for r in submitted]
-        busy, serving = [], True
         started = time.perf_counter()
         while True:
-            if serving:
-                busy.append(await load_round(client, c, n, 0))
-                # A round in which every request failed: the engine is down; stop the load (no
-                # hot loop of instant 500s) and just wait for the retrain to finish.
-                serving = len(busy[-1]["errors"]) < c
-            else:
-                await asyncio.sleep(0.5)
+            await asyncio.sleep(0.5)
             states = [(await http.get(f"/v1/forget/{i}")).json()["state"] for i in ids]
             if all(s == "completed" for s in states):
                 break
             if "failed" in states or time.perf_counter() - started > args.timeout:
+                await load.stop()
                 raise RuntimeError(f"throughput: forget requests ended {states}")
         after_metrics = scrape(server.url)
         receipts = [(await http.get(f"/v1/forget/{i}/receipt")).json() for i in ids]
-        after = [await load_round(client, c, n, 0) for _ in range(args.idle_rounds)]
+        window = (min(r["times"]["retraining"] for r in receipts),
+                  max(r["times"]["completed"] for r in receipts))
+        after_from = time.time()
+        await asyncio.sleep(args.idle_seconds)
+        after_to = time.time()
+        await load.stop()
         health = (await http.get("/health")).status_code
-    window = (min(r["times"]["retraining"] for r in receipts),
-              max(r["times"]["completed"] for r in receipts))
-    inside = [r for r in busy if r["start"] >= window[0] and r["end"] <= window[1]]
-    clean = [r for r in inside if not r["errors"]]
-    idle_rate, busy_rate = rate(idle), rate(clean)
-    errors = [e for r in idle + busy + after for e in r["errors"]]
-    first_failure = next((r["start"] for r in busy if r["errors"]), None)
+    idle_rate, busy_rate = load.rate(idle_from, submitted_at), load.rate(*window)
+    first_failure = next((t for t, _ in load.failures if t >= window[0]), None)
     return {
         "concurrency": c, "max_tokens": n, "forget_requests": len(owners),
         "shards_retrained": sorted({s["shard"] for r in receipts for s in r["shards"]}),
+        "rounds": len({frozenset([r["request"]["id"], *r["coalesced_with"]]) for r in receipts}),
         "retrain_window_s": round(window[1] - window[0], 1),
-        "idle_tokens_per_s": idle_rate, "idle_after_tokens_per_s": rate(after),
-        "retrain_tokens_per_s": busy_rate,
-        "ratio": round(busy_rate / idle_rate, 2) if busy_rate and idle_rate else None,
-        "rounds_idle": len(idle), "rounds_inside_window": len(clean),
-        "rounds_inside_window_with_errors": len(inside) - len(clean),
-        "rounds_during_retrain_total": len(busy),
+        "idle_window_s": round(submitted_at - idle_from, 1),
+        "idle_tokens_per_s": idle_rate, "retrain_tokens_per_s": busy_rate,
+        "idle_after_tokens_per_s": load.rate(after_from, after_to),
+        "ratio": round(busy_rate / idle_rate, 2) if busy_rate is not None and idle_rate else None,
+        "chat_requests_completed": load.requests,
         "mixture_misses_during_retrain": int(
             after_metrics.get("lethe:mixture_cache_misses_total", 0)
             - before.get("lethe:mixture_cache_misses_total", 0)),
-        "failed_requests": {"idle": sum(len(r["errors"]) for r in idle),
-                            "during_retrain": sum(len(r["errors"]) for r in busy),
-                            "after": sum(len(r["errors"]) for r in after)},
-        "error_messages": sorted(set(errors))[:5],
-        "engine_down_after": bool(after) and all(len(r["errors"]) == c for r in after),
-        # When the first load round with a failed request began, from the retrain's start.
+        "failed_requests": {"idle": load.failed(0, submitted_at),
+                            "during_retrain": load.failed(submitted_at, window[1] + 1),
+                            "after": load.failed(window[1] + 1, float("inf"))},
+        "error_messages": sorted({m for _, m in load.failures})[:5],
+        "engine_down_after": load.rate(after_from, after_to) == 0,
         "first_failure_s_into_retrain": (None if first_failure is None
                                          else round(first_failure - window[0], 1)),
+        # The retrain's effect alone when serving broke during it: up to the first failure.
+        "retrain_tokens_per_s_before_failure": (None if first_failure is None
+                                                else load.rate(window[0], first_failure)),
         "health_after": health,
-        "round_walls_s": {"idle": [round(r["wall_s"], 2) for r in idle],
-                          "inside": [round(r["wall_s"], 2) for r in clean]},
     }
 
 
@@ -469,7 +499,10 @@ def main() -> None:
                     help="concurrent forget requests per level, part 3")
     ap.add_argument("--load-concurrency", type=int, default=8)
     ap.add_argument("--load-max-tokens", type=int, default=32)
-    ap.add_argument("--idle-rounds", type=int, default=2)
+    ap.add_argument("--idle-seconds", type=float, default=20,
+                    help="load measured idle, before the retrain and again after it")
+    ap.add_argument("--ramp-seconds", type=float, default=8,
+                    help="load before the idle measurement starts")
     ap.add_argument("--mix-requests", type=int, default=200)
     ap.add_argument("--mix-concurrency", type=int, default=4)
     ap.add_argument("--zipf", type=float, default=1.1, help="Zipf exponent over owners")
@@ -622,16 +655,22 @@ def report(r: dict) -> None:
               f"{len(row['rounds'])} ({row['shards_retrained']}): {rounds} |")
     t = r.get("throughput")
     if t:
-        print(f"| throughput ({t['concurrency']} chats x {t['max_tokens']} tokens) | idle / "
-              f"during retrain of shards {t['shards_retrained']} | {t['idle_tokens_per_s']} / "
-              f"{t['retrain_tokens_per_s']} tok/s (ratio {t['ratio']}; "
-              f"{t['rounds_inside_window']} clean rounds in a {t['retrain_window_s']} s window; "
-              f"idle after: {t['idle_after_tokens_per_s'] or 'n/a'}) |")
+        print(f"| throughput ({t['concurrency']} streamed chats x {t['max_tokens']} tokens, "
+              f"closed loop) | idle / during the retrain of shards {t['shards_retrained']} "
+              f"({t['rounds']} round(s), {t['retrain_window_s']} s) / after | "
+              f"{t['idle_tokens_per_s']} / {t['retrain_tokens_per_s']} / "
+              f"{t['idle_after_tokens_per_s']} tok/s (ratio {t['ratio']}) |")
+        if t["retrain_tokens_per_s_before_failure"] is not None:
+            print(f"| throughput | during the retrain, up to the first failed request "
+                  f"({t['first_failure_s_into_retrain']} s in) | "
+                  f"{t['retrain_tokens_per_s_before_failure']} tok/s (ratio "
+                  f"{round(t['retrain_tokens_per_s_before_failure'] / t['idle_tokens_per_s'], 2)})"
+                  f" |")
         f = t["failed_requests"]
         if sum(f.values()):
             print(f"| throughput | failed chat requests idle / during / after the retrain | "
                   f"{f['idle']} / {f['during_retrain']} / {f['after']}"
-                  + ("; engine down after it, yet /health answered "
+                  + ("; the engine is down after it, yet /health answered "
                      f"{t['health_after']}" if t["engine_down_after"] else "")
                   + f"; first failure {t['first_failure_s_into_retrain']} s into the retrain"
                   + f": {t['error_messages'][0][:100]} |")

@@ -147,6 +147,7 @@ def cmd_retrain(args) -> None:
         raise LineageError(f"unknown shard(s) {unknown}; the store has {store.lineage.shard_ids()}")
     start = time.perf_counter()
     results = store.train(sorted(set(args.shard)), _progress)
+    store.sweep_mixtures()
     _report_results(args, results, time.perf_counter() - start, "retrained")
 
 
@@ -154,6 +155,7 @@ def cmd_forget_samples(args) -> None:
     store = _store(_config(args))
     start = time.perf_counter()
     results = store.forget_samples(args.id, _progress)
+    store.sweep_mixtures()
     _report_results(args, results, time.perf_counter() - start, "retrained")
 
 

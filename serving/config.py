@@ -102,8 +102,12 @@ class ForgetConfig(_Section):
     # Attempts per request before it stays failed, and the wait between them.
     max_attempts: int = Field(default=3, gt=0)
     retry_after_seconds: float = Field(default=30.0, ge=0)
-    # How often the worker looks for requests and the server syncs its guard with the queue.
+    # How often the worker looks for requests and the server syncs its guard with the queue
+    # (and deletes the cached mixtures of superseded shard versions).
     poll_seconds: float = Field(default=1.0, gt=0)
+    # Having found new requests, the worker waits this long before taking them, so that a
+    # burst shares one retrain per shard (a burst of 16 took ~0.5 s to arrive, bench/).
+    coalesce_seconds: float = Field(default=1.0, ge=0)
 
 
 class Config(_Section):

@@ -6,7 +6,6 @@ when it returns. `lethe queue` reads the queue store; `lethe worker` runs a work
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
@@ -89,14 +88,14 @@ def cmd_queue(args, config, emit) -> None:
 
 
 def cmd_worker(args, config, emit) -> None:
-    from .server import open_queue
+    from .server import configure_logging, open_queue
     from .worker import Worker
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    configure_logging()
     f = config.forget
     worker = Worker(open_queue(config), config.store_dir, lease_seconds=f.lease_seconds,
                     max_attempts=f.max_attempts, retry_after=f.retry_after_seconds,
-                    poll_seconds=f.poll_seconds)
+                    poll_seconds=f.poll_seconds, coalesce_seconds=f.coalesce_seconds)
     if args.once:
         done = worker.run_once()
         emit({"completed": done}, [f"completed {len(done)} request(s)"])

@@ -19,7 +19,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from adapters import RouteConfig, ShardStore
+from adapters import RegistryError, RouteConfig, ShardStore
 from guard import Corruption, Guard, Verdict, chat_prompt, request_seed
 
 from .engines import LoRA
@@ -100,16 +100,38 @@ class Pipeline:
         return Prompt(ids, corrupted, self._lora(verdict))
 
     def _lora(self, verdict: Verdict | None) -> LoRA | None:
+        """The request's mixture, pinned until `release`: on disk until the engine is done."""
         if self.store is None or verdict is None or len(verdict.vectors) == 0:
             return None
         query = verdict.vectors.mean(axis=0)  # (D,) the request's texts together
         query /= np.linalg.norm(query)
+        try:
+            return self._mixture(query)
+        except (RegistryError, LookupError, FileNotFoundError):
+            # A worker published a retrain between reading the versions and the files (the
+            # old version, its loss row or a retired shard is gone): route again on the new.
+            return self._mixture(query)
+
+    def _mixture(self, query: np.ndarray) -> LoRA | None:
         weights = self.store.weights(query, self.route)
         if not weights:
             return None
         with self._mixture_lock:
             hits = self.store.mixtures.hits
             mixture = self.store.mixture(weights)
+            self.store.mixtures.pin(mixture.name)
             (self.metrics.mixture_hits if self.store.mixtures.hits > hits
              else self.metrics.mixture_misses).inc()
         return LoRA(mixture.name, mixture.path)
+
+    def release(self, prompts: list[Prompt]) -> None:
+        """The engine is done with these prompts' mixtures."""
+        for prompt in prompts:
+            if prompt.lora is not None:
+                self.store.mixtures.unpin(prompt.lora.name)
+
+    def sweep(self) -> None:
+        """Delete the mixtures of superseded shard versions that no request in flight uses."""
+        if self.store is not None:
+            with self._mixture_lock:
+                self.store.sweep_mixtures()

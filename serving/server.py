@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import logging
 import signal
 import subprocess
@@ -93,9 +94,10 @@ def create_app(config: Config):
         await engine.start()
         async with contextlib.AsyncExitStack() as stack:
             if forget is not None:
-                await asyncio.to_thread(forget.sync)  # guard pending requests before serving
+                sync = functools.partial(_sync, forget, pipeline)
+                await asyncio.to_thread(sync)  # guard pending requests before serving
                 stack.push_async_callback(_cancel, asyncio.create_task(
-                    _sync_forever(forget, config.forget.poll_seconds)))
+                    _sync_forever(sync, config.forget.poll_seconds)))
                 if config.forget.worker:
                     stack.callback(_stop, start_worker(config))
             try:
@@ -107,11 +109,17 @@ def create_app(config: Config):
                      admin_keys=config.server.admin_keys, lifespan=lifespan)
 
 
-async def _sync_forever(forget: ForgetService, seconds: float) -> None:
+def _sync(forget: ForgetService, pipeline: Pipeline) -> None:
+    """Guard what is pending, retire what is exact, delete mixtures of superseded versions."""
+    forget.sync()
+    pipeline.sweep()
+
+
+async def _sync_forever(sync, seconds: float) -> None:
     while True:
         await asyncio.sleep(seconds)
         try:
-            await asyncio.to_thread(forget.sync)
+            await asyncio.to_thread(sync)
         except Exception:  # a failed sync is retried next round; serving goes on
             log.exception("guard sync with the forget queue failed")
 
@@ -149,6 +157,12 @@ def _stop(process: subprocess.Popen) -> None:
         process.wait()
 
 
+def configure_logging() -> None:
+    """Lethe's own log lines (guard hits, forget requests, the worker's rounds) on stderr."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
 def run_server(config: Config) -> None:
+    configure_logging()
     app = create_app(config)
     uvicorn.run(app, host=config.server.host, port=config.server.port, log_level="info")

@@ -32,11 +32,13 @@ log = logging.getLogger("lethe.worker")
 
 class Worker:
     def __init__(self, queue: ForgetQueue, store_dir: Path, *, lease_seconds: float,
-                 max_attempts: int, retry_after: float, poll_seconds: float):
+                 max_attempts: int, retry_after: float, poll_seconds: float,
+                 coalesce_seconds: float = 0.0):
         self.queue = queue
         self.store_dir = Path(store_dir)
         self.lease_seconds, self.max_attempts = lease_seconds, max_attempts
         self.retry_after, self.poll_seconds = retry_after, poll_seconds
+        self.coalesce_seconds = coalesce_seconds
         self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
     def run(self, stop: threading.Event) -> None:
@@ -47,6 +49,8 @@ class Worker:
 
     def run_once(self) -> list[str]:
         """One round; returns the ids of the requests it completed."""
+        if self.coalesce_seconds and self.queue.list(("received", "guarded")):
+            time.sleep(self.coalesce_seconds)  # the rest of a burst joins this round's retrain
         batch = self.queue.lease(self.id, self.lease_seconds, self.max_attempts, self.retry_after)
         if not batch:
             return []

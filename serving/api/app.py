@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from adapters import UnknownSampleError
 
+from ..engines import EngineError
 from ..forget import ForgetService
 from ..pipeline import GuardRefusal
 from ..queue import ForgetRequest, UnknownRequestError
@@ -92,6 +93,11 @@ def build_app(serving: OpenAIServing, forget: ForgetService | None, *, api_keys:
 
     @app.get("/health")
     async def health() -> Response:
+        try:
+            await serving.engine.check_health()
+        except EngineError as e:
+            log.error("health check failed: %s", e)
+            return Response(status_code=503)
         return Response(status_code=200)
 
     @app.get("/metrics")

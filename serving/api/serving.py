@@ -7,11 +7,12 @@ one engine request per prompt, and shapes the deltas into OpenAI responses or SS
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 from pydantic import BaseModel
 
@@ -79,9 +80,9 @@ class OpenAIServing:
         self._check_common(req)
         if req.echo:
             raise InvalidRequestError("echo is not supported", param="echo")
-        prompts = [await asyncio.to_thread(self.pipeline.completion, ids, req.seed)
-                   for ids in self._completion_prompts(req.prompt)]
-        run = self._start(req, prompts, req.max_tokens, param="prompt")
+        run = await self._prepare_and_start(
+            req, [functools.partial(self.pipeline.completion, ids, req.seed)
+                  for ids in self._completion_prompts(req.prompt)], req.max_tokens, "prompt")
         rid = new_id("cmpl")
         if req.stream:
             return self._stream_completion(rid, req, run)
@@ -98,8 +99,9 @@ class OpenAIServing:
 
     async def chat(self, req: ChatCompletionRequest) -> ChatCompletionResponse | AsyncIterator[str]:
         self._check_common(req)
-        prompt = await asyncio.to_thread(self.pipeline.chat, self._chat_messages(req), req.seed)
-        run = self._start(req, [prompt], req.max_completion_tokens or req.max_tokens, param="messages")
+        run = await self._prepare_and_start(
+            req, [functools.partial(self.pipeline.chat, self._chat_messages(req), req.seed)],
+            req.max_completion_tokens or req.max_tokens, "messages")
         rid = new_id("chatcmpl")
         if req.stream:
             return self._stream_chat(rid, req, run)
@@ -169,6 +171,19 @@ class OpenAIServing:
                              "content": content})
         return messages
 
+    async def _prepare_and_start(self, req: SamplingFields, prepare: list[Callable[[], Prompt]],
+                                 max_tokens: int | None, param: str) -> "_Run":
+        """Each prompt through the pipeline (guard, corruption, route, mixture), then the run.
+        The prompts' mixtures stay pinned until the run ends (or fails to start)."""
+        prompts: list[Prompt] = []
+        try:
+            for step in prepare:
+                prompts.append(await asyncio.to_thread(step))
+            return self._start(req, prompts, max_tokens, param)
+        except Exception:
+            self.pipeline.release(prompts)
+            raise
+
     def _start(self, req: SamplingFields, prompts: list[Prompt], max_tokens: int | None,
                param: str) -> "_Run":
         longest = max(len(p.token_ids) for p in prompts)
@@ -193,7 +208,7 @@ class OpenAIServing:
             seed=req.seed,
             n=req.n,
         )
-        return _Run(self.engine, self.metrics, prompts, sampling)
+        return _Run(self.engine, self.metrics, prompts, sampling, self.pipeline.release)
 
     # --- streaming ---------------------------------------------------------------------------
 
@@ -233,8 +248,8 @@ class _Run:
     """One API request in flight: an engine request per prompt, merged, with metrics."""
 
     def __init__(self, engine: Engine, metrics: Metrics, prompts: list[Prompt],
-                 sampling: Sampling):
-        self.engine, self.metrics = engine, metrics
+                 sampling: Sampling, release: Callable[[list[Prompt]], None]):
+        self.engine, self.metrics, self.release = engine, metrics, release
         self.prompts, self.sampling = prompts, sampling
         self.n_choices = len(prompts) * sampling.n
         self.choices = [_Choice() for _ in range(self.n_choices)]
@@ -301,6 +316,7 @@ class _Run:
         return delta
 
     def _finish(self) -> None:
+        self.release(self.prompts)
         now = time.monotonic()
         if self._first_token_at is not None:
             self.metrics.time_to_first_token.observe(self._first_token_at - self._started)

@@ -92,5 +92,9 @@ class Engine(ABC):
         """Stream deltas until every choice has a finish_reason. Closing the iterator aborts."""
 
     @abstractmethod
+    async def check_health(self) -> None:
+        """Raise EngineError if the engine can no longer serve (e.g. its process died)."""
+
+    @abstractmethod
     async def shutdown(self) -> None:
         """Release the model and any engine processes."""

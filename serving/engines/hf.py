@@ -79,6 +79,10 @@ class HFEngine(Engine):
         finally:
             job.cancelled.set()
 
+    async def check_health(self) -> None:
+        if getattr(self, "_worker", None) is None or not self._worker.is_alive():
+            raise EngineError("the hf engine's worker thread is not running (see the server log)")
+
     async def shutdown(self) -> None:
         if getattr(self, "_worker", None) is not None:
             self._pending.put(_STOP)

@@ -96,6 +96,11 @@ class VLLMEngine(Engine):
                     for c in output.outputs
                 ]
 
+    async def check_health(self) -> None:
+        llm = getattr(self, "_llm", None)
+        if llm is None or llm.errored:
+            raise EngineError("the vLLM engine is not running (see the server log)")
+
     async def shutdown(self) -> None:
         llm = getattr(self, "_llm", None)
         if llm is not None:

@@ -53,14 +53,19 @@ def test_cache_evicts_the_least_recently_used(make_store, people, tmp_path):
     assert len(cache.entries()) == 2
 
 
-def test_superseded_mixtures_are_gone_after_a_republish(make_store, people):
+def test_a_sweep_after_a_republish_deletes_superseded_mixtures_not_pinned_ones(make_store, people):
     store = make_store(people)
     both = store.mixture({0: 0.5, 1: 0.5})
+    in_flight = store.mixture({0: 1.0})
     only_other = store.mixture({1: 1.0})
-    forgotten = store.lineage.shard_samples(0)[0].id
-    store.forget_samples([forgotten])
-    assert not both.path.exists()
-    assert only_other.path.exists()
+    store.mixtures.pin(in_flight.name)  # an engine is about to read it
+    store.forget_samples([store.lineage.shard_samples(0)[0].id])
+    assert both.path.exists()  # retraining deletes nothing a server may be using
+
+    assert store.sweep_mixtures() == [both.name]
+    assert in_flight.path.exists() and only_other.path.exists()
+    store.mixtures.unpin(in_flight.name)
+    assert store.sweep_mixtures() == [in_flight.name]
     assert store.mixture({0: 0.5, 1: 0.5}).name != both.name
 
 

@@ -1,0 +1,78 @@
+"""The per-request pipeline: guard -> corrupted embeddings or tokens -> shard mixture, pinned
+while the engine may still read it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from adapters import RouteConfig, ShardStore
+from guard import Corruption, Guard, SentenceEmbedder
+from serving.metrics import Metrics
+from serving.model import input_embeddings
+from serving.pipeline import GuardRefusal, Pipeline
+from tests.serving.conftest import fact
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return SentenceEmbedder()  # the store was partitioned on its vectors
+
+
+@pytest.fixture
+def parts(tiny_world, tiny_model_dir, minilm):
+    home = Path(tiny_world()["home"])
+    store = ShardStore(home / "apa")
+    guard = Guard.exemplars_only(minilm, exemplar_threshold=0.8)
+    guard.add_exemplar("request-1", [fact("person-0001")[0]])
+
+    def pipeline(on_flag: str = "corrupt") -> Pipeline:
+        return Pipeline(AutoTokenizer.from_pretrained(tiny_model_dir),
+                        input_embeddings(tiny_model_dir), guard,
+                        Corruption("rand_noise_first_n", 1.0), store,
+                        RouteConfig(scheme="semantic", top_m=1), on_flag, Metrics())
+
+    return pipeline, store
+
+
+def chat(question: str) -> list[dict]:
+    return [{"role": "system", "content": "Be brief."}, {"role": "user", "content": question}]
+
+
+def test_a_flagged_prompt_gets_corrupted_embeddings_of_the_user_tokens_only(parts):
+    pipeline, _ = parts
+    p = pipeline()
+    plain = p.chat(chat(fact("person-0002")[0]), seed=None)
+    flagged = p.chat(chat(fact("person-0001")[0]), seed=None)
+    assert plain.embeds is None and plain.lora is not None
+    clean = p.embedding[torch.tensor(flagged.token_ids)]  # (T, D)
+    changed = (flagged.embeds != clean).any(dim=1)  # (T,)
+    user_ids = p.tokenizer.encode(fact("person-0001")[0], add_special_tokens=False)
+    assert changed.sum() == len(user_ids)  # every user token, nothing of the template
+    assert flagged.lora is not None  # routed like any other request
+    assert p.metrics.guard_flagged.labels("exemplar")._value.get() == 1
+
+
+def test_policy_refuse_raises(parts):
+    pipeline, _ = parts
+    with pytest.raises(GuardRefusal):
+        pipeline("refuse").chat(chat(fact("person-0001")[0]), seed=None)
+
+
+def test_a_mixture_in_flight_survives_a_retrain_until_released(parts):
+    pipeline, store = parts
+    p = pipeline()
+    prompt = p.chat(chat(fact("person-0003")[0]), seed=None)
+    [part] = json.loads((prompt.lora.path / "mixture.json").read_text())["parts"]
+    shard = part["shard"]
+    store.forget_samples([s.id for s in store.lineage.shard_samples(shard)][:1])  # new version
+
+    p.sweep()
+    assert prompt.lora.path.exists()  # the engine may not have read it yet
+    p.release([prompt])
+    p.sweep()
+    assert not prompt.lora.path.exists()  # superseded weights are deleted once unused
