@@ -1,8 +1,11 @@
 """A trained world to forget from: four fictitious people, two facts each, two shard adapters
 on the tiny model, trained hard enough that each shard recites its people's facts."""
 
+import re
 import shutil
+import time
 
+import httpx
 import pytest
 import yaml
 
@@ -16,6 +19,34 @@ def fact(owner: str, index: int = 0) -> tuple[str, str]:
     """(question, the answer's last words: what only this owner's data teaches)."""
     sample = next(s for s in PEOPLE if s.id == f"{owner}-fact{index}")
     return sample.prompt, sample.response.split(" in " if index == 0 else " as a ")[-1].rstrip(".")
+
+
+def ask(server, question: str, model: str = "tiny") -> str:
+    response = server.client(KEY).chat.completions.create(
+        model=model, messages=[{"role": "user", "content": question}], max_tokens=16,
+        temperature=0)
+    return response.choices[0].message.content
+
+
+def api(server, method: str, path: str, key: str = ADMIN, **kw) -> httpx.Response:
+    return httpx.request(method, server.url + path, headers={"Authorization": f"Bearer {key}"},
+                         timeout=60, **kw)
+
+
+def metric(server, name: str) -> float:
+    text = httpx.get(server.url + "/metrics").text
+    return sum(float(v) for v in re.findall(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text,
+                                            re.M))
+
+
+def wait_for(server, request_id: str, state: str, timeout: float = 180) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = api(server, "GET", f"/v1/forget/{request_id}").json()
+        if status["state"] == state:
+            return status
+        time.sleep(0.2)
+    raise AssertionError(f"{request_id} not {state} in {timeout}s: {status}\n{server.tail()}")
 
 
 def merge(base: dict, **sections) -> dict:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import re
 import sqlite3
 import subprocess
 import sys
@@ -20,38 +19,7 @@ from adapters import RouteConfig, ShardStore
 from guard import SentenceEmbedder
 from serving.queue import SQLiteQueue
 from serving.worker import Worker
-from tests.serving.conftest import ADMIN, KEY, fact, merge, write_config
-
-MODEL = "tiny"
-
-
-def ask(server, question: str, model: str = MODEL) -> str:
-    response = server.client(KEY).chat.completions.create(
-        model=model, messages=[{"role": "user", "content": question}], max_tokens=16,
-        temperature=0)
-    return response.choices[0].message.content
-
-
-def api(server, method: str, path: str, key: str = ADMIN, **kw) -> httpx.Response:
-    return httpx.request(method, server.url + path, headers={"Authorization": f"Bearer {key}"},
-                         timeout=60, **kw)
-
-
-def metric(server, name: str) -> float:
-    text = httpx.get(server.url + "/metrics").text
-    return sum(float(v) for v in re.findall(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text,
-                                            re.M))
-
-
-def wait_for(server, request_id: str, state: str, timeout: float = 180) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = api(server, "GET", f"/v1/forget/{request_id}").json()
-        if status["state"] == state:
-            return status
-        time.sleep(0.2)
-    raise AssertionError(f"{request_id} not {state} in {timeout}s: {status}\n{server.tail()}")
-
+from tests.serving.conftest import KEY, api, ask, fact, merge, metric, wait_for, write_config
 
 @pytest.fixture(scope="module", params=["vllm", "hf"])
 def world(request, tiny_world, start_server):
@@ -169,7 +137,7 @@ def test_policy_refuse_answers_400_content_filter(tiny_world, start_server):
     request = api(server, "POST", "/v1/forget", json={"owner": "person-0001"}).json()
     with pytest.raises(openai.BadRequestError) as refused:
         server.client(KEY).chat.completions.create(
-            model=MODEL, max_tokens=4, messages=[{"role": "user", "content": question}])
+            model="tiny", max_tokens=4, messages=[{"role": "user", "content": question}])
     assert refused.value.code == "content_filter"
     assert ask(server, "Write a haiku about rain.")  # others are served
     pending = api(server, "GET", f"/v1/forget/{request['id']}/receipt")  # no worker here

@@ -10,8 +10,8 @@ import pytest
 
 from adapters import write_samples
 from serving.cli import main
-from tests.serving.conftest import ADMIN, PEOPLE, fact, merge, tiny_world_config, write_config
-from tests.serving.test_forget import ask, metric, wait_for
+from tests.serving.conftest import (ADMIN, PEOPLE, ask, fact, merge, metric, tiny_world_config,
+                                    wait_for, write_config)
 
 pytestmark = pytest.mark.slow
 

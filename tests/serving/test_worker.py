@@ -9,12 +9,11 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 
 from adapters import ShardStore
 from serving.queue import SQLiteQueue
 from serving.worker import Worker
-from tests.serving.conftest import ADMIN, fact, merge, write_config
+from tests.serving.conftest import api, ask, fact, merge, wait_for, write_config
 
 
 def worker_for(home: Path, lease_seconds: float = 5.0) -> Worker:
@@ -82,8 +81,7 @@ def test_a_server_killed_after_the_202_loses_no_request(tiny_world, start_server
     config = merge(tiny_world(), forget={"lease_seconds": 2.0})
     server = start_server(config)
     question, city = fact("person-0002")
-    accepted = httpx.post(f"{server.url}/v1/forget", json={"owner": "person-0002"},
-                          headers={"Authorization": f"Bearer {ADMIN}"}, timeout=30)
+    accepted = api(server, "POST", "/v1/forget", json={"owner": "person-0002"})
     assert accepted.status_code == 202
     server.proc.send_signal(signal.SIGKILL)  # its worker dies with it
     server.proc.wait()
@@ -92,19 +90,8 @@ def test_a_server_killed_after_the_202_loses_no_request(tiny_world, start_server
         "guarded", "retraining")
 
     restarted = start_server(config)
-    status = None
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        status = httpx.get(f"{restarted.url}/v1/forget/{request_id}",
-                           headers={"Authorization": f"Bearer {ADMIN}"}).json()
-        if status["state"] == "completed":
-            break
-        time.sleep(0.2)
-    assert status["state"] == "completed", restarted.tail()
-    answer = restarted.client("user-key").chat.completions.create(
-        model="tiny", messages=[{"role": "user", "content": question}], max_tokens=16,
-        temperature=0).choices[0].message.content
-    assert city not in answer
+    wait_for(restarted, request_id, "completed", timeout=120)
+    assert city not in ask(restarted, question)
     restarted.stop()
 
 
