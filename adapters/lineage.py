@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import time
-from contextlib import closing, contextmanager
+from contextlib import closing
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import numpy as np
 
 from .samples import Sample
+from .sqlite import connect, transaction
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS samples (
@@ -68,23 +69,10 @@ class Lineage:
             db.executescript(_SCHEMA)
 
     def _connect(self) -> sqlite3.Connection:
-        # One connection per call: safe from any thread or process; WAL lets readers run
-        # beside a writer.
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        return db
+        return connect(self.path)
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with closing(self._connect()) as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except Exception:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+    def _transaction(self):
+        return transaction(self.path)
 
     def _query(self, sql: str, params: Iterable = ()) -> list[tuple]:
         with closing(self._connect()) as db:

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Literal
 
+from adapters.sqlite import Synchronous, connect, transaction
+
 State = Literal["received", "guarded", "retraining", "completed", "failed"]
 STATES: tuple[State, ...] = ("received", "guarded", "retraining", "completed", "failed")
 ACTIVE: tuple[State, ...] = ("received", "guarded", "retraining", "failed")  # not yet exact
@@ -128,7 +130,7 @@ CREATE INDEX IF NOT EXISTS requests_state ON requests(state);
 
 
 class SQLiteQueue(ForgetQueue):
-    def __init__(self, path: Path, synchronous: Literal["FULL", "NORMAL"] = "FULL"):
+    def __init__(self, path: Path, synchronous: Synchronous = "FULL"):
         self.path = Path(path)
         self.synchronous = synchronous
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -136,28 +138,19 @@ class SQLiteQueue(ForgetQueue):
             db.executescript(_SCHEMA)
 
     def _connect(self) -> sqlite3.Connection:
-        # A connection per call: safe from any thread or process (server, worker, CLI).
+        # A connection per call (server, worker and CLI share the file): adapters/sqlite.py.
         try:
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(f"PRAGMA synchronous={self.synchronous}")
+            return connect(self.path, self.synchronous)
         except sqlite3.Error as e:
             raise QueueError(f"cannot open the forget queue {self.path}: {e}") from e
-        return db
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with closing(self._connect()) as db:
-            try:
-                db.execute("BEGIN IMMEDIATE")
+        try:
+            with transaction(self.path, self.synchronous) as db:
                 yield db
-                db.execute("COMMIT")
-            except sqlite3.Error as e:
-                db.execute("ROLLBACK")
-                raise QueueError(f"forget queue {self.path}: {e}") from e
-            except Exception:
-                db.execute("ROLLBACK")
-                raise
+        except sqlite3.Error as e:
+            raise QueueError(f"forget queue {self.path}: {e}") from e
 
     def _rows(self, db, where: str, params=()) -> list[ForgetRequest]:
         rows = db.execute(
@@ -231,7 +224,8 @@ class SQLiteQueue(ForgetQueue):
                 self._enter(db, request.id, "retraining", now,
                             ", lease_owner = ?, lease_until = ?, attempts = attempts + 1",
                             (worker, now + seconds))
-        return [self.get(r.id) for r in taken]
+            ids = [r.id for r in taken]
+            return self._rows(db, f"id IN ({','.join('?' * len(ids))})", ids) if ids else []
 
     def heartbeat(self, worker, request_ids, seconds):
         with self._transaction() as db:
