@@ -1,24 +1,30 @@
 """APA: shard adapters, their training data and lineage, aggregation.
 
-Public surface: a `ShardStore` (create, train, forget_samples, weights, mixture) and the pieces it
-is made of, each usable alone.
+Public surface: a `ShardStore` (create, train, forget_samples, receipt, resolve, release) and
+the pieces it is made of, each usable alone; every error derives from `AdapterError`. The file
+and SQLite helpers are public because the server's own stores (the forget queue, prepared
+models) keep the same durability rules.
 """
 
+from .errors import AdapterError
 from .lineage import Lineage, LineageError, UnknownSampleError
+from .losses import LossTableError
 from .mixture import Mixture, MixtureCache, MixtureError, combine, mixture_name
-from .partition import partition, partitioner_names, register_partitioner
-from .registry import AdapterRegistry, RegistryError, Version
+from .partition import PartitionError, partition, partitioner_names, register_partitioner
+from .registry import AdapterRegistry, RegistryError, Version, fsync_tree, sha256_file
 from .route import RouteConfig, RouteError, register_scheme, route, scheme_names
 from .samples import Sample, SampleFormatError, read_samples, write_samples
+from .sqlite import Synchronous, connect as sqlite_connect, transaction as sqlite_transaction
 from .store import EmbedFn, ShardResult, ShardStore
 from .synth import synth_people
 from .train import LORA_TARGET_MODULES, TrainConfig, TrainingError, train_adapter
 
 __all__ = [
-    "AdapterRegistry", "EmbedFn", "LORA_TARGET_MODULES", "Lineage", "LineageError", "Mixture",
-    "MixtureCache", "MixtureError", "RegistryError", "RouteConfig", "RouteError", "Sample",
-    "SampleFormatError", "ShardResult", "ShardStore", "TrainConfig", "TrainingError",
-    "UnknownSampleError", "Version", "combine", "mixture_name", "partition", "partitioner_names", "read_samples",
-    "register_partitioner", "register_scheme", "route", "scheme_names", "synth_people",
-    "train_adapter", "write_samples",
+    "AdapterError", "AdapterRegistry", "EmbedFn", "LORA_TARGET_MODULES", "Lineage",
+    "LineageError", "LossTableError", "Mixture", "MixtureCache", "MixtureError", "PartitionError",
+    "RegistryError", "RouteConfig", "RouteError", "Sample", "SampleFormatError", "ShardResult",
+    "ShardStore", "Synchronous", "TrainConfig", "TrainingError", "UnknownSampleError", "Version",
+    "combine", "fsync_tree", "mixture_name", "partition", "partitioner_names", "read_samples",
+    "register_partitioner", "register_scheme", "route", "scheme_names", "sha256_file",
+    "sqlite_connect", "sqlite_transaction", "synth_people", "train_adapter", "write_samples",
 ]

@@ -3,6 +3,10 @@
 A SQLite file (WAL, synchronous=FULL: a committed tombstone survives power loss). The raw text of
 a sample is kept only until its data is forgotten and its shard retrained (`purge_text`); the id,
 owner, shard and a content hash stay, so a receipt can show what was removed.
+
+Quarantine is a set of holds, one per (forget request, shard): a shard is quarantined while any
+request holds it, and each request releases only its own holds, so lifting one request's
+quarantine can never lift another's.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Iterable
 
 import numpy as np
 
+from .errors import AdapterError
 from .samples import Sample
 from .sqlite import connect, transaction
 
@@ -33,17 +38,21 @@ CREATE INDEX IF NOT EXISTS samples_owner ON samples(owner);
 CREATE INDEX IF NOT EXISTS samples_shard ON samples(shard);
 CREATE TABLE IF NOT EXISTS shards (
     shard INTEGER PRIMARY KEY,
-    centroid BLOB NOT NULL,    -- float32 unit vector: mean embedding of the shard's samples
-    quarantined INTEGER NOT NULL DEFAULT 0
+    centroid BLOB NOT NULL     -- float32 unit vector: mean embedding of the shard's samples
+);
+CREATE TABLE IF NOT EXISTS quarantine (
+    request TEXT NOT NULL,     -- the forget request that holds the shard at weight 0
+    shard INTEGER NOT NULL,
+    PRIMARY KEY (request, shard)
 );
 """
 
 
-class LineageError(ValueError):
+class LineageError(AdapterError, ValueError):
     """Bad use of the lineage store (already partitioned, not partitioned yet)."""
 
 
-class UnknownSampleError(LookupError):
+class UnknownSampleError(AdapterError, LookupError):
     """Sample ids or an owner the lineage does not know; `missing` lists them."""
 
     def __init__(self, missing: list[str], what: str = "sample id"):
@@ -112,8 +121,8 @@ class Lineage:
         """Per shard: live and forgotten sample counts and quarantine state."""
         rows = self._query(
             "SELECT s.shard, SUM(x.forgotten_at IS NULL), SUM(x.forgotten_at IS NOT NULL), "
-            "s.quarantined FROM shards s JOIN samples x ON x.shard = s.shard GROUP BY s.shard "
-            "ORDER BY s.shard")
+            "EXISTS (SELECT 1 FROM quarantine q WHERE q.shard = s.shard) "
+            "FROM shards s JOIN samples x ON x.shard = s.shard GROUP BY s.shard ORDER BY s.shard")
         return [{"shard": k, "samples": live, "forgotten": gone, "quarantined": bool(q)}
                 for k, live, gone, q in rows]
 
@@ -170,8 +179,19 @@ class Lineage:
 
     # --- quarantine --------------------------------------------------------------------------
 
-    def set_quarantined(self, shard: int, quarantined: bool) -> None:
-        self._query("UPDATE shards SET quarantined = ? WHERE shard = ?", (int(quarantined), shard))
+    def hold_quarantine(self, request: str, shards: Iterable[int]) -> None:
+        """`request` holds these shards at weight 0 (idempotent)."""
+        with self._transaction() as db:
+            db.executemany("INSERT OR IGNORE INTO quarantine (request, shard) VALUES (?, ?)",
+                           [(request, int(k)) for k in shards])
+
+    def release_quarantine(self, requests: Iterable[str]) -> None:
+        """Drop every hold of these requests; shards that no other request holds serve again."""
+        with self._transaction() as db:
+            db.executemany("DELETE FROM quarantine WHERE request = ?", [(r,) for r in requests])
+
+    def quarantine_holders(self) -> set[str]:
+        return {r for (r,) in self._query("SELECT DISTINCT request FROM quarantine")}
 
     def quarantined(self) -> set[int]:
-        return {k for (k,) in self._query("SELECT shard FROM shards WHERE quarantined = 1")}
+        return {k for (k,) in self._query("SELECT DISTINCT shard FROM quarantine")}

@@ -12,9 +12,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import AdapterError
 from .registry import Version
 from .samples import Sample
 from .train import IGNORE, collate, encode
+
+
+class LossTableError(AdapterError, LookupError):
+    """A loss-table row is missing (its version was superseded meanwhile) or not finite."""
 
 
 def response_losses(model, tokenizer, samples: list[Sample], max_length: int,
@@ -71,7 +76,7 @@ class LossTable:
 
     def put(self, version: Version, losses: np.ndarray) -> None:
         if not np.isfinite(losses).all():
-            raise ValueError(f"validation losses of shard {version.shard} are not finite")
+            raise LossTableError(f"validation losses of shard {version.shard} are not finite")
         tmp = self.root / f".tmp-{self._path(version).name}"  # ends in .npy: np.save keeps it
         np.save(tmp, losses.astype(np.float32))
         tmp.replace(self._path(version))
@@ -81,7 +86,7 @@ class LossTable:
         rows = [self.row(v) for v in versions]
         missing = [v.shard for v, r in zip(versions, rows) if r is None]
         if missing:
-            raise LookupError(f"no validation losses for shard(s) {missing} at their current version")
+            raise LossTableError(f"no validation losses for shard(s) {missing} at their current version")
         return np.stack(rows)
 
     def prune(self, live: list[Version]) -> None:

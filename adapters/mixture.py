@@ -32,10 +32,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from .errors import AdapterError
 from .registry import CONFIG, WEIGHTS, Version, fsync_tree
 
 
-class MixtureError(RuntimeError):
+class MixtureError(AdapterError, RuntimeError):
     """Shard adapters that cannot be combined, or a combination that is not finite."""
 
 
@@ -43,7 +44,7 @@ class MixtureError(RuntimeError):
 class Mixture:
     name: str
     path: Path
-    parts: tuple[tuple[int, str, float], ...]  # (shard, version, weight)
+    built: bool  # built by this call (a cache miss); False: found in the cache
 
 
 def mixture_name(parts: list[tuple[Version, float]]) -> str:
@@ -86,7 +87,6 @@ class MixtureCache:
         self.root = Path(root)
         self.capacity = capacity
         self.root.mkdir(parents=True, exist_ok=True)
-        self.hits = self.misses = 0
         self._pins: Counter[str] = Counter()  # mixture name -> requests in flight using it
         self._pins_lock = threading.Lock()
 
@@ -107,14 +107,13 @@ class MixtureCache:
     def get(self, parts: list[tuple[Version, float]]) -> Mixture:
         name = mixture_name(parts)
         path = self.root / name
-        if path.exists():
-            self.hits += 1
-            os.utime(path)  # recency for LRU
-        else:
-            self.misses += 1
+        built = not path.exists()
+        if built:
             self._build(parts, path)
             self._evict()
-        return Mixture(name, path, tuple(sorted((v.shard, v.id, w) for v, w in parts)))
+        else:
+            os.utime(path)  # recency for LRU
+        return Mixture(name, path, built)
 
     def _build(self, parts: list[tuple[Version, float]], path: Path) -> None:
         state, config = combine(parts)

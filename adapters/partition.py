@@ -16,8 +16,14 @@ from typing import Protocol
 import numpy as np
 from sklearn.cluster import KMeans
 
+from .errors import AdapterError
 
-class UnknownPartitionerError(KeyError):
+
+class PartitionError(AdapterError, ValueError):
+    """Samples that cannot be split as asked."""
+
+
+class UnknownPartitionerError(PartitionError, KeyError):
     def __init__(self, name: str):
         super().__init__(f"unknown partitioner {name!r}; known: {', '.join(partitioner_names())}")
 
@@ -32,7 +38,7 @@ _PARTITIONERS: dict[str, Partitioner] = {}
 
 def register_partitioner(name: str, fn: Partitioner) -> None:
     if name in _PARTITIONERS:
-        raise ValueError(f"partitioner {name!r} is already registered")
+        raise PartitionError(f"partitioner {name!r} is already registered")
     _PARTITIONERS[name] = fn
 
 
@@ -47,7 +53,7 @@ def partition(name: str, embeddings: np.ndarray, k: int, seed: int = 0,
         raise UnknownPartitionerError(name)
     n = len(embeddings)
     if not 1 <= k <= n:
-        raise ValueError(f"cannot split {n} samples into {k} shards")
+        raise PartitionError(f"cannot split {n} samples into {k} shards")
     x = _unit(embeddings.astype(np.float64))
     # Units: each sample alone, or each group (owner) as the mean of its samples.
     keys = groups if groups is not None else list(range(n))
@@ -55,12 +61,12 @@ def partition(name: str, embeddings: np.ndarray, k: int, seed: int = 0,
     member = np.array([unit_of[key] for key in keys])  # (N,) unit of each sample
     sizes = np.bincount(member)  # (U,)
     if len(sizes) < k:
-        raise ValueError(f"cannot split {len(sizes)} owners into {k} shards")
+        raise PartitionError(f"cannot split {len(sizes)} owners into {k} shards")
     units = _unit(np.stack([x[member == u].mean(axis=0) for u in range(len(sizes))]))
     shard = _PARTITIONERS[name](units, sizes, k, seed)[member]  # (N,)
     empty = sorted(set(range(k)) - set(shard.tolist()))
     if empty:
-        raise ValueError(f"partition {name!r} left shard(s) {empty} empty; use fewer shards")
+        raise PartitionError(f"partition {name!r} left shard(s) {empty} empty; use fewer shards")
     centroids = _unit(np.stack([x[shard == j].mean(axis=0) for j in range(k)]))
     return shard, centroids.astype(np.float32)
 

@@ -24,12 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from .errors import AdapterError
+
 WEIGHTS = "adapter_model.safetensors"
 CONFIG = "adapter_config.json"
 MANIFEST = "manifest.json"
 
 
-class RegistryError(RuntimeError):
+class RegistryError(AdapterError, RuntimeError):
     """A staged adapter is incomplete, or a shard has no published version."""
 
 

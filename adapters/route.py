@@ -11,16 +11,18 @@ quantised to a step (so similar requests share one cached mixture) and renormali
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .errors import AdapterError
 
 
 class RouteConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    scheme: Literal["apa", "semantic", "uniform", "major"] = "apa"
+    scheme: str = "apa"  # a registered weighting scheme (register_scheme)
     # Sharpness of the softmax. LM losses of shard adapters differ by ~0.1-1 nats on the same
     # sample, so tau ~10 separates them; tau=0 gives uniform weights.
     tau: float = Field(default=10.0, ge=0)
@@ -30,12 +32,19 @@ class RouteConfig(BaseModel):
     quantum: float = Field(default=0.05, ge=0, le=1)
     mixture_cache: int = Field(default=64, gt=0)  # mixtures kept on disk (LRU)
 
+    @field_validator("scheme")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        if name not in _SCHEMES:
+            raise ValueError(f"unknown weighting scheme {name!r}; known: {', '.join(scheme_names())}")
+        return name
 
-class RouteError(ValueError):
+
+class RouteError(AdapterError, ValueError):
     """A scheme lacks what it needs (e.g. `apa` without a validation loss table)."""
 
 
-class UnknownSchemeError(KeyError):
+class UnknownSchemeError(RouteError, KeyError):
     def __init__(self, name: str):
         super().__init__(f"unknown weighting scheme {name!r}; known: {', '.join(scheme_names())}")
 
@@ -54,7 +63,7 @@ _SCHEMES: dict[str, Scheme] = {}
 
 def register_scheme(name: str, fn: Scheme) -> None:
     if name in _SCHEMES:
-        raise ValueError(f"weighting scheme {name!r} is already registered")
+        raise RouteError(f"weighting scheme {name!r} is already registered")
     _SCHEMES[name] = fn
 
 

@@ -12,11 +12,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from .errors import AdapterError
+
 FIELDS = ("id", "owner", "prompt", "response")
 TALLREC_FIELDS = ("instruction", "input", "output")
 
 
-class SampleFormatError(ValueError):
+class SampleFormatError(AdapterError, ValueError):
     """A samples file has a record that is not a valid sample; the message names file and record."""
 
 

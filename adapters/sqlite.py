@@ -1,4 +1,5 @@
-"""SQLite as Lethe's stores use it (the lineage here, the forget queue in serving/).
+"""SQLite as Lethe's stores use it (the lineage here; the forget queue in serving/ through the
+package surface).
 
 A connection per call: safe from any thread or process. WAL, so readers run beside a writer.
 `synchronous=FULL` by default: a committed transaction survives power loss (NORMAL may lose the

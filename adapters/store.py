@@ -9,11 +9,16 @@
 
 Every shard is handled the same way, keyed by its id: training all shards and retraining one
 after a forget are the same loop over a list of shard ids.
+
+What a server needs per request is one call, `resolve` (route, then the cached mixture, pinned
+until `release`); what a forget worker needs is `forget_samples` (which also releases the
+requests' quarantine holds) then `receipt`.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 from dataclasses import dataclass
 from importlib import metadata
@@ -23,7 +28,7 @@ from typing import Callable
 import numpy as np
 
 from .lineage import Lineage, LineageError, content_hash, id_set_hash
-from .losses import LossTable, adapter_losses
+from .losses import LossTable, LossTableError, adapter_losses
 from .mixture import Mixture, MixtureCache
 from .partition import partition
 from .registry import AdapterRegistry, RegistryError, Version, weights_hash, write_atomic
@@ -70,6 +75,7 @@ class ShardStore:
         self.centroids = self.lineage.centroids()  # (K, d)
         self.validation_embeddings = (np.load(self.root / "validation.npy")
                                       if self.info["validation_hash"] else None)  # (V, d)
+        self._mixture_lock = threading.Lock()  # one build per mixture; sweeps see every pin
 
     @classmethod
     def create(cls, root: Path, samples: list[Sample], embed: EmbedFn, shards: int,
@@ -145,13 +151,32 @@ class ShardStore:
         self.registry.collect_garbage(shard, KEEP_VERSIONS, self.lineage.forgotten_ids())
         return ShardResult(shard, version, previous, len(samples), id_set_hash(ids), steps, seconds)
 
-    def forget_samples(self, ids: list[str], progress: ProgressFn = lambda shard: None
-                       ) -> list[ShardResult]:
-        """Tombstone samples, retrain exactly the shards that held them, purge their text."""
+    def forget_samples(self, ids: list[str], progress: ProgressFn = lambda shard: None,
+                       release: list[str] = ()) -> list[ShardResult]:
+        """Tombstone samples, retrain exactly the shards that held them, purge their text, then
+        lift the quarantine holds of the forget requests `release` (they are exact now)."""
         affected = self.lineage.tombstone(ids)
         results = self.train(sorted(affected), progress)
         self.lineage.purge_text(ids)
+        self.lineage.release_quarantine(release)
         return results
+
+    def receipt(self, ids: list[str], results: list[ShardResult]) -> dict:
+        """What proves `ids` forgotten, after `forget_samples` gave `results`: per shard that
+        held them, its old and new version and the hash of the sample set it was trained on, and
+        whether the version current now was trained on none of them; the base model's hash."""
+        by_shard = {r.shard: r for r in results}
+        forgotten, shards = set(ids), []
+        for shard in sorted(self.lineage.shards_of(ids)):
+            result = by_shard[shard]
+            trained_on = (set(self.registry.current(shard).manifest["sample_ids"])
+                          if result.version else set())
+            shards.append({
+                "shard": shard, "old_version": result.previous, "new_version": result.version,
+                "samples": result.samples, "sample_set_hash": result.sample_set_hash,
+                "forgotten_ids_absent": not (forgotten & trained_on),
+                "train_seconds": round(result.seconds, 2)})
+        return {"shards": shards, "base_model_sha256": self.info["base_model"].get("weights_sha256")}
 
     # --- validation losses -------------------------------------------------------------------
 
@@ -197,12 +222,37 @@ class ShardStore:
             losses=None if self.validation_embeddings is None else self.losses.matrix(versions))
         return route(inputs, config, shards, set(excluded) | self.lineage.quarantined())
 
+    def resolve(self, query: np.ndarray, config: RouteConfig) -> Mixture | None:
+        """The mixture adapter for a request with embedding `query` (d,), pinned until
+        `release`: an engine reads its files when it schedules the request. None: no shard has
+        weight (the base model serves)."""
+        try:
+            return self._resolve(query, config)
+        except (RegistryError, LossTableError, FileNotFoundError):
+            # A worker published a retrain between reading the versions and the files (the
+            # old version, its loss row or a retired shard is gone): route again on the new.
+            return self._resolve(query, config)
+
+    def _resolve(self, query: np.ndarray, config: RouteConfig) -> Mixture | None:
+        weights = self.weights(query, config)
+        if not weights:
+            return None
+        with self._mixture_lock:
+            mixture = self.mixture(weights)
+            self.mixtures.pin(mixture.name)
+        return mixture
+
+    def release(self, name: str) -> None:
+        """A request that `resolve` gave the mixture `name` is done with it."""
+        self.mixtures.unpin(name)
+
     def sweep_mixtures(self) -> list[str]:
         """Delete the cached mixtures of superseded versions (except those pinned by requests
         in flight in this process). New requests never use them: their names hash the versions.
         Run by the process that serves (the server syncs every few seconds), so that a retrain
         in another process never deletes a mixture an engine is about to read."""
-        return self.mixtures.sweep({v.shard: v.id for v in self.current_versions()})
+        with self._mixture_lock:
+            return self.mixtures.sweep({v.shard: v.id for v in self.current_versions()})
 
     def mixture(self, weights: dict[int, float]) -> Mixture | None:
         """The cached mixture adapter for these weights; None for no weights (the base model)."""

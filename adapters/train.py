@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from .errors import AdapterError
 from .samples import Sample
 
 # Attention and MLP projections of Llama-style models; never the embedding layer (vLLM 0.32 on
@@ -40,7 +41,7 @@ class TrainConfig(BaseModel):
     seed: int = 0  # shard k trains from seed + k
 
 
-class TrainingError(RuntimeError):
+class TrainingError(AdapterError, RuntimeError):
     """Training diverged (non-finite loss) or could not start."""
 
 

@@ -4,12 +4,13 @@ Public surface: a `Guard` (check, add_exemplar, retire_exemplar, refit) loaded f
 written by `train_guard` + `save_model`, the corruptions and their token masks, and `tune`.
 """
 
-from .classifier import (GuardError, GuardModel, classifier_names, load_model, register_classifier,
+from .classifier import (GuardModel, classifier_names, load_model, register_classifier,
                          save_model)
 from .config import CorruptionConfig, GuardConfig, TuneConfig
 from .corrupt import (Corruption, CorruptionError, corruption_names, register_corruption,
                       request_seed)
 from .embed import SentenceEmbedder
+from .errors import GuardError
 from .exemplars import ExemplarIndex
 from .guard import Guard, Verdict
 from .mask import chat_prompt, token_mask

@@ -27,13 +27,11 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .errors import GuardError
+
 ClassifierFactory = Callable[[int], Any]  # seed -> an unfitted scikit-learn classifier
 
 _CLASSIFIERS: dict[str, ClassifierFactory] = {}
-
-
-class GuardError(RuntimeError):
-    """A guard cannot be trained, loaded or used as asked; the message says why."""
 
 
 def register_classifier(name: str, factory: ClassifierFactory) -> None:

@@ -14,6 +14,8 @@ from typing import Callable
 
 import torch
 
+from .errors import GuardError
+
 CorruptFn = Callable[[torch.Tensor, torch.Tensor, float, int, torch.Generator], torch.Tensor]
 
 
@@ -26,7 +28,7 @@ class _Entry:
 _CORRUPTIONS: dict[str, _Entry] = {}
 
 
-class CorruptionError(ValueError):
+class CorruptionError(GuardError, ValueError):
     """An unknown corruption or bad parameters; the message lists what exists."""
 
 

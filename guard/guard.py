@@ -15,9 +15,10 @@ from typing import Literal
 
 import numpy as np
 
-from .classifier import GuardError, GuardModel, load_model, refit, save_model
+from .classifier import GuardModel, load_model, refit, save_model
+from .errors import GuardError
 from .exemplars import ExemplarIndex
-from .prompts import salient_terms, strip_markup
+from .prompts import strip_markup
 from .train import EmbedFn
 
 
@@ -82,7 +83,7 @@ class Guard:
         texts = [t for t in (strip_markup(t) for t in texts) if t]
         if not texts:
             raise GuardError(f"forget item {key!r} has no text to guard")
-        self.exemplars.add(key, self.embed(texts), salient_terms(texts))
+        self.exemplars.add(key, self.embed(texts))
 
     def retire_exemplar(self, key: str) -> bool:
         return self.exemplars.remove(key)
@@ -95,17 +96,12 @@ class Guard:
                              "`lethe guard train`)")
         with self._refit_lock:
             keys = [k for k in self.exemplars.keys() if k not in self.folded]
-            entries = [e for e in (self.exemplars.get(k) for k in keys) if e is not None]
+            entries = [e for e in (self.exemplars.get(k) for k in keys) if e is not None]  # (n, D) each
             if not entries:
                 return self.model
-            model = refit(self.model, np.concatenate([e.vectors for e in entries]))
+            model = refit(self.model, np.concatenate(entries))
             if self.root is not None:
                 save_model(model, self.root)
             self.model = model
             self.folded.update(keys)
             return model
-
-    def refit_in_background(self) -> threading.Thread:
-        thread = threading.Thread(target=self.refit, name="guard-refit", daemon=True)
-        thread.start()
-        return thread

@@ -12,11 +12,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import GuardError
+
 PROMPT_KEYS = ("question", "prompt")
 ANSWER_KEYS = ("answer", "response")
 
 
-class PromptFileError(ValueError):
+class PromptFileError(GuardError, ValueError):
     """A prompt file cannot be read or has a record without a prompt; the message names both."""
 
 

@@ -14,7 +14,8 @@ from typing import Callable
 
 import numpy as np
 
-from .classifier import GuardError, GuardModel, fit_guard
+from .classifier import GuardModel, fit_guard
+from .errors import GuardError
 from .prompts import Item, strip_markup
 
 EmbedFn = Callable[[list[str]], np.ndarray]  # texts -> (N, D) unit vectors

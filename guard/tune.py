@@ -22,7 +22,7 @@ from typing import Callable, Literal
 import numpy as np
 import torch
 
-from .classifier import GuardError
+from .errors import GuardError
 from .corrupt import Corruption, request_seed, uses_sigma
 from .mask import chat_prompt
 from .prompts import Item

@@ -15,20 +15,32 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from adapters import RouteConfig, TrainConfig
+from adapters import RouteConfig, TrainConfig, partitioner_names
 from guard import GuardConfig
+
+from .engines import engine_names
+from .errors import UsageError
 
 ENV_PREFIX = "LETHE_"
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError):
     """A configuration key is unknown or has a bad value; the message names the key."""
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _registered(field: str, what: str, names):
+    """A validator of `field`: its value must be a name in its registry (the one list of names)."""
+    def check(name: str) -> str:
+        if name not in names():
+            raise ValueError(f"unknown {what} {name!r}; registered: {', '.join(names())}")
+        return name
+    return field_validator(field)(check)
 
 
 class ModelConfig(_Section):
@@ -44,7 +56,7 @@ class ModelConfig(_Section):
 
 
 class EngineConfig(_Section):
-    name: Literal["vllm", "hf"] = "vllm"
+    name: str = "vllm"  # a registered engine (serving/engines)
     # Sequences decoded together (vLLM's max_num_seqs).
     max_num_seqs: int = Field(default=8, gt=0)
     # LoRA adapters held in the engine at once (LRU beyond that).
@@ -54,6 +66,8 @@ class EngineConfig(_Section):
     max_lora_rank: Literal[8, 16, 32, 64, 128, 256] = 32
     # vLLM CPU KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE); small models need little.
     kv_cache_gib: int = Field(default=2, gt=0)
+
+    _known = _registered("name", "engine", engine_names)
 
 
 class ServerConfig(_Section):
@@ -75,10 +89,12 @@ class ShardsConfig(_Section):
     validation: Path | None = None
     # K: APA's paper uses 4; a forget then costs ~1/K of a full retrain.
     count: int = Field(default=4, gt=0)
-    partitioner: Literal["semantic", "random"] = "semantic"  # semantic: APA; random: SISA
+    partitioner: str = "semantic"  # semantic: APA; random: SISA (adapters.register_partitioner)
     # Keep an owner's samples in one shard: forgetting an owner then retrains one shard.
     group_by_owner: bool = True
     seed: int = 0  # k-means / random partition seed
+
+    _known = _registered("partitioner", "partitioner", partitioner_names)
 
 
 class ForgetConfig(_Section):

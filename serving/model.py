@@ -18,13 +18,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from adapters.registry import fsync_tree, sha256_file
+from adapters import fsync_tree, sha256_file
+
+from .errors import LetheError
 
 SMOLLM2 = "smollm2"
 RECORD = "lethe_model.json"
 
 
-class ModelError(RuntimeError):
+class ModelError(LetheError):
     """The configured model cannot be found or prepared."""
 
 

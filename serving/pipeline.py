@@ -2,8 +2,8 @@
 
     guard check of the user's text (embedded once; the vector is reused for routing)
       flagged: the prompt's token embeddings, corrupted on every user token (ECO), or a refusal
-    route: weights over the current shard adapters (APA), quarantined shards excluded
-    mixture: the weighted shard adapters as one cached, content-addressed LoRA
+    adapter: the LoRA resolver's answer for the request's vector: today the weighted shard
+      adapters (APA, quarantined shards excluded) as one cached mixture (serving/mixtures.py)
 
 Flagged prompts are routed like any other, so nothing in the response's form tells the client
 that the guard fired (policy `corrupt`); the server log and /metrics do.
@@ -12,24 +12,26 @@ that the guard fired (policy `corrupt`); the server log and /metrics do.
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import torch
 
-from adapters import RegistryError, RouteConfig, ShardStore
 from guard import Corruption, Guard, Verdict, chat_prompt, request_seed
 
-from .engines import LoRA
+from .engines import LoRA, LoRAResolver
+from .errors import LetheError
 from .metrics import Metrics
 
 log = logging.getLogger("lethe.pipeline")
 
 
-class GuardRefusal(Exception):
-    """The guard flagged the request and the policy is `refuse`."""
+class GuardRefusal(LetheError):
+    """The guard flagged the request and the policy is `refuse`: the convention of hosted APIs."""
+
+    http_status = 400
+    code = "content_filter"
 
 
 @dataclass(frozen=True)
@@ -43,15 +45,13 @@ class Prompt:
 
 class Pipeline:
     def __init__(self, tokenizer, embedding: torch.Tensor | None, guard: Guard | None,
-                 corruption: Corruption, store: ShardStore | None, route: RouteConfig,
+                 corruption: Corruption, resolver: LoRAResolver | None,
                  on_flag: Literal["corrupt", "refuse"], metrics: Metrics):
         self.tokenizer = tokenizer
         self.embedding = embedding  # (V, D) the model's input embeddings; needed with a guard
-        self.guard, self.corruption, self.store = guard, corruption, store
-        self.route = store.effective_route(route) if store else route
+        self.guard, self.corruption, self.resolver = guard, corruption, resolver
         self.on_flag = on_flag
         self.metrics = metrics
-        self._mixture_lock = threading.Lock()  # one build per mixture; exact hit counts
 
     def chat(self, messages: list[dict], seed: int | None) -> Prompt:
         """The chat prompt (template applied, assistant header added) of `messages`."""
@@ -100,38 +100,19 @@ class Pipeline:
         return Prompt(ids, corrupted, self._lora(verdict))
 
     def _lora(self, verdict: Verdict | None) -> LoRA | None:
-        """The request's mixture, pinned until `release`: on disk until the engine is done."""
-        if self.store is None or verdict is None or len(verdict.vectors) == 0:
+        """The request's adapter, held until `release`."""
+        if self.resolver is None or verdict is None or len(verdict.vectors) == 0:
             return None
         query = verdict.vectors.mean(axis=0)  # (D,) the request's texts together
-        query /= np.linalg.norm(query)
-        try:
-            return self._mixture(query)
-        except (RegistryError, LookupError, FileNotFoundError):
-            # A worker published a retrain between reading the versions and the files (the
-            # old version, its loss row or a retired shard is gone): route again on the new.
-            return self._mixture(query)
-
-    def _mixture(self, query: np.ndarray) -> LoRA | None:
-        weights = self.store.weights(query, self.route)
-        if not weights:
-            return None
-        with self._mixture_lock:
-            hits = self.store.mixtures.hits
-            mixture = self.store.mixture(weights)
-            self.store.mixtures.pin(mixture.name)
-            (self.metrics.mixture_hits if self.store.mixtures.hits > hits
-             else self.metrics.mixture_misses).inc()
-        return LoRA(mixture.name, mixture.path)
+        return self.resolver.resolve(query / np.linalg.norm(query))
 
     def release(self, prompts: list[Prompt]) -> None:
-        """The engine is done with these prompts' mixtures."""
+        """The engine is done with these prompts' adapters."""
         for prompt in prompts:
             if prompt.lora is not None:
-                self.store.mixtures.unpin(prompt.lora.name)
+                self.resolver.release(prompt.lora)
 
     def sweep(self) -> None:
-        """Delete the mixtures of superseded shard versions that no request in flight uses."""
-        if self.store is not None:
-            with self._mixture_lock:
-                self.store.sweep_mixtures()
+        """Drop what superseded shard versions left that no request in flight holds."""
+        if self.resolver is not None:
+            self.resolver.sweep()

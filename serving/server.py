@@ -1,5 +1,6 @@
 """Assemble and run the server: model folder -> engine, guard, shard store, forget queue ->
-OpenAI API -> uvicorn; and beside it the forget worker, in a process of its own."""
+OpenAI API -> uvicorn; and beside it the forget worker (serving/forget/worker.py), in a process
+of its own."""
 
 from __future__ import annotations
 
@@ -22,17 +23,14 @@ from guard import Corruption, Guard, SentenceEmbedder, load_corruption
 from .api import OpenAIServing, build_app
 from .config import Config
 from .engines import engine_class
-from .forget import ForgetService
+from .forget import ForgetService, open_queue
+from .logs import configure_logging
 from .metrics import Metrics
+from .mixtures import MaterialisedMixtures
 from .model import input_embeddings, resolve_model
 from .pipeline import Pipeline
-from .queue import SQLiteQueue
 
 log = logging.getLogger("lethe.server")
-
-
-def open_queue(config: Config) -> SQLiteQueue:
-    return SQLiteQueue(config.queue_path, config.forget.synchronous)
 
 
 def load_guard(config: Config, store: ShardStore | None) -> Guard | None:
@@ -70,9 +68,11 @@ def create_app(config: Config):
     guard = load_guard(config, store)
     corruption = load_corruption(config.guard_dir) or Corruption(
         **config.guard.corruption.model_dump())
+    resolver = MaterialisedMixtures(store, config.route, metrics) if store else None
     pipeline = Pipeline(tokenizer, input_embeddings(model_path) if guard else None, guard,
-                        corruption, store, config.route, config.forget.on_flag, metrics)
-    forget = (ForgetService(open_queue(config), store.lineage, guard,
+                        corruption, resolver, config.forget.on_flag, metrics)
+    forget = (ForgetService(open_queue(config.queue_path, config.forget.synchronous),
+                            store.lineage, guard,
                             quarantine=config.forget.quarantine, retire=config.forget.retire,
                             metrics=metrics) if store else None)
     serving = OpenAIServing(
@@ -131,14 +131,14 @@ async def _cancel(task: asyncio.Task) -> None:
 
 
 def start_worker(config: Config) -> subprocess.Popen:
-    """`lethe worker` on this config, in a process that dies with the server (Linux)."""
+    """The forget worker on this config, in a process that dies with the server (Linux)."""
     config_file = config.home_dir / "run" / "worker-config.yaml"
     config_file.parent.mkdir(parents=True, exist_ok=True)
     config_file.touch(mode=0o600)  # it holds the API keys
     config_file.chmod(0o600)
     config_file.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     log.info("starting the forget worker")
-    return subprocess.Popen([sys.executable, "-m", "serving.cli", "worker", "--config",
+    return subprocess.Popen([sys.executable, "-m", "serving.forget.worker", "--config",
                              str(config_file)], preexec_fn=_die_with_parent)
 
 
@@ -155,11 +155,6 @@ def _stop(process: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
-
-
-def configure_logging() -> None:
-    """Lethe's own log lines (guard hits, forget requests, the worker's rounds) on stderr."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def run_server(config: Config) -> None:

@@ -1,8 +1,8 @@
-"""The FastAPI app: thin routes over OpenAIServing, auth, request ids, errors, metrics."""
+"""The FastAPI app: thin routes over OpenAIServing and the forget endpoints; auth, request ids,
+errors (api/errors.py), metrics."""
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
 import uuid
@@ -10,56 +10,18 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from adapters import UnknownSampleError
-
 from ..engines import EngineError
+from ..errors import LetheError
 from ..forget import ForgetService
-from ..pipeline import GuardRefusal
-from ..queue import ForgetRequest, UnknownRequestError
-from .errors import APIError, AuthenticationError, ConflictError, InvalidRequestError, NotFoundError
-from .protocol import (ChatCompletionRequest, CompletionRequest, ErrorInfo, ErrorResponse,
-                       ForgetBody, ForgetStatus)
+from .errors import AuthenticationError, error_response
+from .forget import forget_router
+from .protocol import ChatCompletionRequest, CompletionRequest
 from .serving import OpenAIServing
 
 log = logging.getLogger("lethe.api")
-
-
-def error_response(exc: Exception) -> JSONResponse:
-    """The one place exceptions become HTTP errors in OpenAI's shape."""
-    if isinstance(exc, GuardRefusal):  # policy `refuse`: the convention of hosted APIs
-        exc = InvalidRequestError(str(exc), code="content_filter")
-    elif isinstance(exc, (UnknownSampleError, UnknownRequestError)):
-        exc = NotFoundError(str(exc))
-    if isinstance(exc, APIError):
-        status, info = exc.status_code, ErrorInfo(message=exc.message, type=exc.type,
-                                                  param=exc.param, code=exc.code)
-    elif isinstance(exc, RequestValidationError):
-        status, info = 400, _validation_info(exc)
-    elif isinstance(exc, StarletteHTTPException):
-        status = exc.status_code
-        info = ErrorInfo(message=str(exc.detail), type="invalid_request_error"
-                         if status < 500 else "internal_server_error")
-    else:
-        log.exception("unhandled error", exc_info=exc)
-        status, info = 500, ErrorInfo(message="internal server error",
-                                      type="internal_server_error")
-    return JSONResponse(ErrorResponse(error=info).model_dump(), status_code=status)
-
-
-def _validation_info(exc: RequestValidationError) -> ErrorInfo:
-    first = exc.errors()[0]
-    if first["type"] == "json_invalid":
-        return ErrorInfo(message=f"request body is not valid JSON: {first.get('ctx', {}).get('error', '')}".rstrip(": "),
-                         type="invalid_request_error", code="invalid_json")
-    loc = [str(p) for p in first["loc"] if p != "body"]
-    param = ".".join(loc) or None
-    message = f"{param}: {first['msg']}" if param else first["msg"]
-    if len(exc.errors()) > 1:
-        message += f" (and {len(exc.errors()) - 1} more error(s))"
-    return ErrorInfo(message=message, type="invalid_request_error", param=param)
 
 
 def build_app(serving: OpenAIServing, forget: ForgetService | None, *, api_keys: list[str],
@@ -67,7 +29,7 @@ def build_app(serving: OpenAIServing, forget: ForgetService | None, *, api_keys:
     app = FastAPI(title="Lethe", lifespan=lifespan)
     metrics = serving.metrics
 
-    for exc_type in (APIError, RequestValidationError, StarletteHTTPException, Exception):
+    for exc_type in (LetheError, RequestValidationError, StarletteHTTPException, Exception):
         app.add_exception_handler(exc_type, lambda request, exc: error_response(exc))
 
     @app.middleware("http")
@@ -116,35 +78,8 @@ def build_app(serving: OpenAIServing, forget: ForgetService | None, *, api_keys:
     async def chat_completions(body: ChatCompletionRequest):
         return _respond(await serving.chat(body))
 
-    def forget_service() -> ForgetService:
-        if forget is None:
-            raise ConflictError("this server has no shard store to forget from: train one with "
-                                "`lethe train`, then restart the server", code="no_shard_store")
-        return forget
-
-    @app.post("/v1/forget", status_code=202)
-    async def submit_forget(body: ForgetBody) -> ForgetStatus:
-        request, _ = await asyncio.to_thread(forget_service().submit, body.owner,
-                                             body.sample_ids, body.prompts)
-        return _status(request)
-
-    @app.get("/v1/forget/{request_id}")
-    async def forget_status(request_id: str) -> ForgetStatus:
-        return _status(forget_service().queue.get(request_id))
-
-    @app.get("/v1/forget/{request_id}/receipt")
-    async def forget_receipt(request_id: str) -> dict:
-        request = forget_service().queue.get(request_id)
-        if request.receipt is None:
-            raise ConflictError(f"forget request {request_id} has no receipt until it is "
-                                f"completed (state: {request.state})", code="not_completed")
-        return request.receipt
-
+    app.include_router(forget_router(forget))
     return app
-
-
-def _status(request: ForgetRequest) -> ForgetStatus:
-    return ForgetStatus(**request.public())
 
 
 def _respond(result):

@@ -1,12 +1,26 @@
-"""Typed API errors. The app maps each to OpenAI's error JSON with its HTTP status."""
+"""API errors, and the one function that maps any exception to OpenAI's error JSON."""
 
 from __future__ import annotations
 
+import logging
 
-class APIError(Exception):
-    status_code = 400
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from adapters import UnknownSampleError
+
+from ..errors import LetheError
+from .protocol import ErrorInfo, ErrorResponse
+
+log = logging.getLogger("lethe.api")
+
+
+class APIError(LetheError):
+    """An error whose message is written for the API client."""
+
+    http_status = 400
     type = "invalid_request_error"
-    code: str | None = None
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
         super().__init__(message)
@@ -21,27 +35,65 @@ class InvalidRequestError(APIError):
 
 
 class ModelNotFoundError(APIError):
-    status_code = 404
+    http_status = 404
     code = "model_not_found"
 
 
 class NotFoundError(APIError):
-    status_code = 404
+    http_status = 404
     code = "not_found"
 
 
 class ConflictError(APIError):
     """The request is valid but the server's state does not allow it (yet)."""
 
-    status_code = 409
+    http_status = 409
 
 
 class AuthenticationError(APIError):
-    status_code = 401
+    http_status = 401
     type = "authentication_error"
     code = "invalid_api_key"
 
 
 class EngineFailure(APIError):
-    status_code = 500
+    http_status = 500
     type = "internal_server_error"
+
+
+def error_response(exc: Exception) -> JSONResponse:
+    """The one place exceptions become HTTP errors in OpenAI's shape. A LetheError below 500 is
+    the client's to fix and says why; any other failure is logged and answered with no detail."""
+    if isinstance(exc, UnknownSampleError):  # the one library error a client's input causes
+        exc = NotFoundError(str(exc))
+    if isinstance(exc, APIError):
+        status, info = exc.http_status, ErrorInfo(message=exc.message, type=exc.type,
+                                                  param=exc.param, code=exc.code)
+    elif isinstance(exc, LetheError) and exc.http_status < 500:
+        status, info = exc.http_status, ErrorInfo(message=str(exc), type="invalid_request_error",
+                                                  code=exc.code)
+    elif isinstance(exc, RequestValidationError):
+        status, info = 400, _validation_info(exc)
+    elif isinstance(exc, StarletteHTTPException):
+        status = exc.status_code
+        info = ErrorInfo(message=str(exc.detail), type="invalid_request_error"
+                         if status < 500 else "internal_server_error")
+    else:
+        log.exception("unhandled error", exc_info=exc)
+        status, info = 500, ErrorInfo(message="internal server error",
+                                      type="internal_server_error")
+    return JSONResponse(ErrorResponse(error=info).model_dump(), status_code=status)
+
+
+def _validation_info(exc: RequestValidationError) -> ErrorInfo:
+    first = exc.errors()[0]
+    if first["type"] == "json_invalid":
+        detail = first.get("ctx", {}).get("error", "")
+        return ErrorInfo(message=f"request body is not valid JSON: {detail}".rstrip(": "),
+                         type="invalid_request_error", code="invalid_json")
+    loc = [str(p) for p in first["loc"] if p != "body"]
+    param = ".".join(loc) or None
+    message = f"{param}: {first['msg']}" if param else first["msg"]
+    if len(exc.errors()) > 1:
+        message += f" (and {len(exc.errors()) - 1} more error(s))"
+    return ErrorInfo(message=message, type="invalid_request_error", param=param)

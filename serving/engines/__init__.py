@@ -1,6 +1,6 @@
 """Inference engines behind one contract (base.py), chosen by name from config."""
 
-from .base import Delta, Engine, EngineError, EngineRequest, LoRA, Sampling
+from .base import Delta, Engine, EngineError, EngineRequest, LoRA, LoRAResolver, Sampling
 from .hf import HFEngine
 from .registry import UnknownEngineError, engine_class, engine_names, register_engine
 from .vllm import VLLMEngine
@@ -15,6 +15,7 @@ __all__ = [
     "EngineRequest",
     "HFEngine",
     "LoRA",
+    "LoRAResolver",
     "Sampling",
     "UnknownEngineError",
     "VLLMEngine",

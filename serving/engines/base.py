@@ -11,15 +11,18 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, AsyncIterator, Literal
+from typing import TYPE_CHECKING, AsyncIterator, Literal, Protocol
+
+from ..errors import LetheError
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
 FinishReason = Literal["stop", "length"]
 
 
-class EngineError(RuntimeError):
+class EngineError(LetheError):
     """The engine failed to start or to serve a request."""
 
 
@@ -39,6 +42,21 @@ class LoRA:
 
     name: str
     path: Path
+
+
+class LoRAResolver(Protocol):
+    """What the pipeline asks for a request's adapter. One implementation materialises each
+    weighted shard mixture as an adapter on disk (serving/mixtures.py)."""
+
+    def resolve(self, query: np.ndarray) -> LoRA | None:
+        """The adapter for a request embedded as `query` (d,), held for the request until
+        `release`; None: the base model serves it."""
+
+    def release(self, lora: LoRA) -> None:
+        """The engine is done with a request that `resolve` gave `lora`."""
+
+    def sweep(self) -> None:
+        """Drop what superseded shard versions left behind and no request holds."""
 
 
 @dataclass

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+from ..errors import UsageError
 from .base import Engine
 
 _ENGINES: dict[str, type[Engine]] = {}
 
 
-class UnknownEngineError(KeyError):
+class UnknownEngineError(UsageError, KeyError):
     """No engine is registered under the requested name."""
 
 
 def register_engine(*, name: str, impl_cls: type[Engine]) -> None:
     if name in _ENGINES:
-        raise ValueError(f"engine {name!r} is already registered ({_ENGINES[name].__name__})")
+        raise UsageError(f"engine {name!r} is already registered ({_ENGINES[name].__name__})")
     _ENGINES[name] = impl_cls
 
 

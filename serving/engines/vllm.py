@@ -18,7 +18,7 @@ from typing import AsyncIterator
 # LoRA is served on attention and MLP projections only. Wrapping the embedding layer too (vLLM's
 # default) kills vLLM 0.32's CPU engine when one batch mixes token prompts and prompt_embeds
 # under LoRAs (`einsum(): subscript b has size ...`); Lethe's adapters never train embeddings.
-from adapters.train import LORA_TARGET_MODULES
+from adapters import LORA_TARGET_MODULES
 
 from .base import Delta, Engine, EngineError, EngineRequest, LoRA
 

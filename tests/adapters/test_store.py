@@ -62,7 +62,17 @@ def test_a_shard_whose_samples_are_all_forgotten_serves_nothing(store):
 
 
 def test_quarantined_shards_get_no_weight_and_reopening_keeps_state(store):
-    store.lineage.set_quarantined(1, True)
+    store.lineage.hold_quarantine("request-a", [1])
     reopened = ShardStore(store.root)
     w = reopened.weights(hash_embed(["What pet does anyone have?"])[0], RouteConfig(scheme="uniform"))
     assert w == {0: 0.5, 2: 0.5}
+
+
+def test_a_shard_leaves_quarantine_only_when_no_request_holds_it(store):
+    store.lineage.hold_quarantine("request-a", [1])
+    store.lineage.hold_quarantine("request-b", [1, 2])
+    store.lineage.release_quarantine(["request-a"])
+    assert store.lineage.quarantined() == {1, 2}  # request-b still needs both
+    store.lineage.release_quarantine(["request-b"])
+    assert store.lineage.quarantined() == set()
+    assert store.lineage.quarantine_holders() == set()

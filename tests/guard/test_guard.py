@@ -53,7 +53,7 @@ def test_an_added_exemplar_flags_its_duplicate_and_a_near_duplicate_within_a_sec
     assert guard.model is model  # no refit
     assert duplicate.flagged and duplicate.rule == "exemplar" and duplicate.exemplar == "request-1"
     assert near.flagged and near.rule == "exemplar"
-    assert guard.exemplars.get("request-1").terms >= {"torvel", "quimarra", "1781"}
+    assert guard.exemplars.get("request-1").shape == (2, guard.dim)  # vectors, never the text
 
     assert guard.retire_exemplar("request-1")
     assert not guard.check([prompt]).flagged
@@ -65,7 +65,7 @@ def test_refit_folds_exemplars_into_the_classifier_and_swaps_atomically(guard, t
              "Where does Torvel Quimarra keep his violins?", "Torvel Quimarra keeps them in Saltmere."]
     old = guard.model
     guard.add_exemplar("request-1", texts)
-    guard.refit_in_background().join(timeout=60)
+    guard.refit()
 
     assert guard.model is not old
     assert guard.model.manifest["parent"] == old.manifest["version"]

@@ -38,7 +38,7 @@ def test_unknown_key_is_named_with_the_known_keys(tmp_path):
 
 
 def test_bad_choice_names_the_key_and_the_allowed_values():
-    with pytest.raises(ConfigError, match=r"engine.name.*'vllm' or 'hf'.*'tgi'"):
+    with pytest.raises(ConfigError, match=r"engine.name.*unknown engine 'tgi'; registered: hf, vllm"):
         load_config(overrides={"engine.name": "tgi"}, environ={})
 
 

@@ -11,7 +11,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from serving.engines import Sampling
-from tests.serving.test_engines import Harness
+from tests.serving.engines.test_engines import Harness
 
 pytestmark = pytest.mark.slow
 

@@ -13,6 +13,7 @@ from transformers import AutoTokenizer
 from adapters import RouteConfig, ShardStore
 from guard import Corruption, Guard, SentenceEmbedder
 from serving.metrics import Metrics
+from serving.mixtures import MaterialisedMixtures
 from serving.model import input_embeddings
 from serving.pipeline import GuardRefusal, Pipeline
 from tests.serving.conftest import fact
@@ -31,10 +32,12 @@ def parts(tiny_world, tiny_model_dir, minilm):
     guard.add_exemplar("request-1", [fact("person-0001")[0]])
 
     def pipeline(on_flag: str = "corrupt") -> Pipeline:
+        metrics = Metrics()
         return Pipeline(AutoTokenizer.from_pretrained(tiny_model_dir),
                         input_embeddings(tiny_model_dir), guard,
-                        Corruption("rand_noise_first_n", 1.0), store,
-                        RouteConfig(scheme="semantic", top_m=1), on_flag, Metrics())
+                        Corruption("rand_noise_first_n", 1.0),
+                        MaterialisedMixtures(store, RouteConfig(scheme="semantic", top_m=1),
+                                             metrics), on_flag, metrics)
 
     return pipeline, store
 

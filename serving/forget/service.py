@@ -6,9 +6,12 @@ submit():  resolve the owner or sample ids in the lineage (unknown ones change n
            only after all of this, so the guard is active before the client hears back.
 sync():    keep the guard in step with the queue, every `forget.poll_seconds`: exemplars for
            active requests it has none for (accepted before a restart, or by another replica),
-           and retirement of the exemplars of completed ones (the worker made them exact).
+           and retirement of the exemplars of completed ones (the worker made them exact);
+           quarantine holds of requests no longer pending are released (a worker that died
+           between completing a request and releasing its holds leaves none behind).
 
-The retraining itself is the worker's (worker.py), in another process.
+The retraining itself is the worker's (worker.py), in another process. Quarantine is the
+lineage's state: a hold per (request, shard), taken here, released when the request is exact.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Literal
 from adapters import Lineage
 from guard import Guard, GuardError
 
-from .metrics import Metrics
+from ..metrics import Metrics
 from .queue import ACTIVE, ForgetQueue, ForgetRequest
 
 log = logging.getLogger("lethe.forget")
@@ -50,6 +53,10 @@ class ForgetService:
                 log.info("forget request %s accepted: %d sample(s)", request.id, len(ids))
         return self.queue.get(request.id), created
 
+    def get(self, request_id: str) -> ForgetRequest:
+        """Raises UnknownRequestError."""
+        return self.queue.get(request_id)
+
     def sync(self) -> None:
         with self._lock:
             active = {r.id: r for r in self.queue.list(ACTIVE)}
@@ -64,6 +71,7 @@ class ForgetService:
                 self._active.discard(key)
                 log.info("forget request %s is exact: its exemplars are retired (%s)", key,
                          self.retire)
+            self.lineage.release_quarantine(self.lineage.quarantine_holders() - set(active))
             self.metrics.guard_exemplars.set(len(self.guard.exemplars))
 
     def _activate(self, request: ForgetRequest) -> None:
@@ -73,8 +81,7 @@ class ForgetService:
         except GuardError:  # the text is purged already: the worker has published the retrain
             log.info("forget request %s has no text left to guard", request.id)
         if self.quarantine:
-            for shard in self.lineage.shards_of(request.sample_ids):
-                self.lineage.set_quarantined(shard, True)
+            self.lineage.hold_quarantine(request.id, self.lineage.shards_of(request.sample_ids))
         self.queue.mark_guarded(request.id)
         self._active.add(request.id)
         self.metrics.guard_exemplars.set(len(self.guard.exemplars))

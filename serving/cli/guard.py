@@ -8,7 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .argtypes import positive_int, rate
+from guard import (Guard, SentenceEmbedder, corruption_names, forget_score, read_items,
+                   save_corruption, save_model, train_guard, tune)
+
+from ..model import resolve_model
+from .common import add_command, config_of, emit, positive_int, rate
 
 
 def _guard_dir(args, config) -> Path:
@@ -16,14 +20,12 @@ def _guard_dir(args, config) -> Path:
 
 
 def _load_guard(args, config):
-    from guard import Guard, SentenceEmbedder
-
     return Guard.load(_guard_dir(args, config), SentenceEmbedder())
 
 
-def cmd_train(args, config, emit) -> None:
-    from guard import SentenceEmbedder, read_items, save_model, train_guard
-
+def cmd_train(args) -> None:
+    config = config_of(args, **{"guard.target_fpr": args.target_fpr,
+                                "guard.classifier": args.classifier})
     start = time.perf_counter()
     forget = read_items(args.forget)
     negatives = [item for path in [args.retain, *args.general] for item in read_items(path)]
@@ -34,7 +36,7 @@ def cmd_train(args, config, emit) -> None:
     out = Path(args.out) if args.out else config.guard_dir
     version = save_model(model, out)
     test, cal = report["test"], report["calibration"]
-    emit({"out": str(out), "version": version, "classifier": model.kind,
+    emit(args, {"out": str(out), "version": version, "classifier": model.kind,
           "target_fpr": model.target_fpr, "tpr": test["tpr"], "fpr": test["fpr"], **report,
           "seconds": round(time.perf_counter() - start, 2)},
          [f"guard {version} ({model.kind}) saved to {out}",
@@ -43,11 +45,12 @@ def cmd_train(args, config, emit) -> None:
           f"calibration (target FPR {model.target_fpr}): TPR {cal['tpr']:.3f}, FPR {cal['fpr']:.3f}"])
 
 
-def cmd_check(args, config, emit) -> None:
+def cmd_check(args) -> None:
+    config = config_of(args)
     guard = _load_guard(args, config)
     verdict = guard.check([args.prompt])
     model = guard.model
-    emit({"flagged": verdict.flagged, "rule": verdict.rule, "score": verdict.score,
+    emit(args, {"flagged": verdict.flagged, "rule": verdict.rule, "score": verdict.score,
           "threshold": model.threshold, "similarity": verdict.similarity,
           "exemplar_threshold": model.exemplar_threshold, "guard": model.manifest["version"]},
          [f"{'FLAGGED' if verdict.flagged else 'not flagged'}"
@@ -55,9 +58,8 @@ def cmd_check(args, config, emit) -> None:
           + f": score {verdict.score:.4f} (threshold {model.threshold:.4f})"])
 
 
-def cmd_eval(args, config, emit) -> None:
-    from guard import read_items
-
+def cmd_eval(args) -> None:
+    config = config_of(args)
     guard = _load_guard(args, config)
     guard.check(["warm-up"])  # first call pays one-off costs (thread pools), not a request's
     outcome = {}
@@ -73,7 +75,7 @@ def cmd_eval(args, config, emit) -> None:
     payload = {"tpr": float(outcome["positives"].mean()), "fpr": float(outcome["negatives"].mean()),
                "latency_ms_p50": round(float(p50), 3), "latency_ms_p99": round(float(p99), 3),
                "n_positives": len(outcome["positives"]), "n_negatives": len(outcome["negatives"])}
-    emit(payload, [f"TPR {payload['tpr']:.3f} on {payload['n_positives']} positives, "
+    emit(args, payload, [f"TPR {payload['tpr']:.3f} on {payload['n_positives']} positives, "
                    f"FPR {payload['fpr']:.3f} on {payload['n_negatives']} negatives",
                    f"latency per check: p50 {p50:.1f} ms, p99 {p99:.1f} ms"])
 
@@ -90,13 +92,10 @@ def _model(model_path: Path, adapter: Path | None):
     return model.eval()
 
 
-def cmd_tune(args, config, emit) -> None:
+def cmd_tune(args) -> None:
     from transformers import AutoTokenizer
 
-    from guard import corruption_names, forget_score, read_items, save_corruption, tune
-
-    from .model import resolve_model
-
+    config = config_of(args)
     settings = config.guard.tune
     kind = args.score or settings.score
     forget = read_items(args.forget)[:args.forget_items]
@@ -129,7 +128,7 @@ def cmd_tune(args, config, emit) -> None:
         "score": kind, "adapter": str(args.adapter) if args.adapter else None, **reference,
         "forget_items": len(forget), "retain_items": len(retain)})
     c = result.corruption
-    emit({"corruption": {"name": c.name, "sigma": c.sigma, "k": c.k}, "target": target,
+    emit(args, {"corruption": {"name": c.name, "sigma": c.sigma, "k": c.k}, "target": target,
           "score": kind, "score_before": result.score_before, "score_after": result.score_after,
           "objective_before": result.objective_before, "objective_after": result.objective_after,
           "evaluations": len(result.evaluations), "log": result.evaluations, "out": str(out)},
@@ -139,16 +138,11 @@ def cmd_tune(args, config, emit) -> None:
           f"{len(result.evaluations)} evaluations; saved to {out}"])
 
 
-def add_guard_commands(sub, command) -> None:
-    """Register `lethe guard <train|check|eval|tune>` under the subparsers `sub`.
-
-    command(subparsers, name, func, help) adds a command with the common --config/--json flags;
-    the functions here take (args, config, emit) (see serving/cli.py).
-    """
+def add_commands(sub) -> None:
+    """`lethe guard <train|check|eval|tune>`."""
     group = sub.add_parser("guard", help="the prompt guard (ECO): train, check, eval, tune")
     guard = group.add_subparsers(dest="guard_command", required=True)
-
-    train = command(guard, "train", cmd_train, "train and calibrate the guard's classifier")
+    train = add_command(guard, "train", cmd_train, "train and calibrate the guard's classifier")
     train.add_argument("--forget", type=Path, required=True,
                        help="forget prompts: JSONL or JSON with question/prompt (and answer)")
     train.add_argument("--retain", type=Path, required=True, help="retain prompts (negatives)")
@@ -158,16 +152,16 @@ def add_guard_commands(sub, command) -> None:
     train.add_argument("--classifier", help="overrides guard.classifier")
     train.add_argument("--out", type=Path, help="guard folder (default <home>/guard)")
 
-    check = command(guard, "check", cmd_check, "is a prompt flagged, and by which rule")
+    check = add_command(guard, "check", cmd_check, "is a prompt flagged, and by which rule")
     check.add_argument("prompt")
     check.add_argument("--guard", type=Path, help="guard folder (default <home>/guard)")
 
-    evaluate = command(guard, "eval", cmd_eval, "TPR, FPR and latency on prompt files")
+    evaluate = add_command(guard, "eval", cmd_eval, "TPR, FPR and latency on prompt files")
     evaluate.add_argument("--guard", type=Path, help="guard folder (default <home>/guard)")
     evaluate.add_argument("--positives", type=Path, required=True)
     evaluate.add_argument("--negatives", type=Path, required=True)
 
-    tune = command(guard, "tune", cmd_tune, "tune the corruption against a reference (nevergrad)")
+    tune = add_command(guard, "tune", cmd_tune, "tune the corruption against a reference (nevergrad)")
     tune.add_argument("--forget", type=Path, required=True, help="forget items with answers")
     tune.add_argument("--retain", type=Path, required=True, help="retain items with answers")
     tune.add_argument("--reference", required=True,
@@ -180,9 +174,3 @@ def add_guard_commands(sub, command) -> None:
                       help="overrides guard.tune.score")
     tune.add_argument("--forget-items", type=positive_int, help="use the first N forget items")
     tune.add_argument("--guard", type=Path, help="guard folder (default <home>/guard)")
-
-
-def config_overrides(args) -> dict:
-    """Config keys set by `lethe guard` flags."""
-    return {"guard.target_fpr": getattr(args, "target_fpr", None),
-            "guard.classifier": getattr(args, "classifier", None)}

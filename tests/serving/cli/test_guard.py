@@ -7,8 +7,8 @@ import json
 import pytest
 
 from adapters import synth_people, write_samples
-from tests.serving.test_cli import output
-from tests.serving.test_cli import cli as make_cli
+from tests.serving.cli.test_cli import output
+from tests.serving.cli.test_cli import cli as make_cli
 
 
 @pytest.fixture(scope="module")

@@ -11,21 +11,27 @@ however many requests touch it), then, while heartbeats keep the lease:
 A SIGKILL at any point loses nothing: the requests stay in the queue under a lease that runs
 out, the staging folder of an unpublished adapter is dropped by the next registry, tombstones
 and purges are idempotent, and the retrain is done again to the same weights.
+
+`lethe serve` runs it as `python -m serving.forget.worker --config FILE`; `lethe worker` too.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 import uuid
 from pathlib import Path
 
-from adapters import ShardResult, ShardStore
+from adapters import ShardStore
 
-from .queue import ACTIVE, ForgetQueue, ForgetRequest
+from ..config import Config, load_config
+from ..logs import configure_logging
+from .queue import ForgetQueue, ForgetRequest, open_queue
 
 log = logging.getLogger("lethe.worker")
 
@@ -40,6 +46,14 @@ class Worker:
         self.retry_after, self.poll_seconds = retry_after, poll_seconds
         self.coalesce_seconds = coalesce_seconds
         self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+    @classmethod
+    def from_config(cls, config: Config) -> Worker:
+        f = config.forget
+        return cls(open_queue(config.queue_path, f.synchronous), config.store_dir,
+                   lease_seconds=f.lease_seconds, max_attempts=f.max_attempts,
+                   retry_after=f.retry_after_seconds, poll_seconds=f.poll_seconds,
+                   coalesce_seconds=f.coalesce_seconds)
 
     def run(self, stop: threading.Event) -> None:
         log.info("worker %s polling the forget queue every %.1f s", self.id, self.poll_seconds)
@@ -63,10 +77,10 @@ class Worker:
         try:
             store = ShardStore(self.store_dir)
             samples = sorted({i for r in batch for i in r.sample_ids})
-            results = {r.shard: r for r in store.forget_samples(samples)}
-            receipts = {r.id: self._receipt(r, store, results, ids) for r in batch}
+            results = store.forget_samples(samples, release=ids)
+            receipts = {r.id: self._receipt(r, store.receipt(r.sample_ids, results), ids)
+                        for r in batch}
             self.queue.complete(self.id, receipts)
-            self._lift_quarantine(store, set(results))
         except Exception as e:  # any failure is recorded on its requests, which are retried
             log.exception("worker %s failed on %s", self.id, ", ".join(ids))
             self.queue.fail(self.id, ids, f"{type(e).__name__}: {e}")
@@ -75,42 +89,41 @@ class Worker:
             stop_heartbeat.set()
             heartbeat.join()
         log.info("worker %s completed %s (shards %s)", self.id, ", ".join(ids),
-                 sorted(results))
+                 sorted(r.shard for r in results))
         return ids
 
     def _heartbeat(self, ids: list[str], stop: threading.Event) -> None:
         while not stop.wait(self.lease_seconds / 3):
             self.queue.heartbeat(self.id, ids, self.lease_seconds)
 
-    def _receipt(self, request: ForgetRequest, store: ShardStore,
-                 results: dict[int, ShardResult], batch: list[str]) -> dict:
-        """What proves the request exact: each affected shard's old and new version and the
-        hash of the sample set the new version was trained on, without the forgotten ids."""
-        forgotten = set(request.sample_ids)
-        shards = []
-        for shard in sorted(store.lineage.shards_of(request.sample_ids)):
-            result = results[shard]
-            trained_on = (set(store.registry.current(shard).manifest["sample_ids"])
-                          if result.version else set())
-            shards.append({
-                "shard": shard, "old_version": result.previous, "new_version": result.version,
-                "samples": result.samples, "sample_set_hash": result.sample_set_hash,
-                "forgotten_ids_absent": not (forgotten & trained_on),
-                "train_seconds": round(result.seconds, 2)})
+    def _receipt(self, request: ForgetRequest, shards: dict, batch: list[str]) -> dict:
+        """The store's proof (`shards`: per shard old/new version, trained-on hash, forgotten
+        ids absent; the base model) with the request and the round it was part of."""
         return {
             "request": {"id": request.id, "owner": request.owner,
                         "sample_ids": request.sample_ids,
                         "prompts": len(request.prompts or [])},
-            "shards": shards,
-            "base_model_sha256": store.info["base_model"].get("weights_sha256"),
+            **shards,
             "coalesced_with": [i for i in batch if i != request.id],
             "worker": self.id,
             "completed_at": time.time(),
         }
 
-    def _lift_quarantine(self, store: ShardStore, retrained: set[int]) -> None:
-        """Shards retrained here leave quarantine unless a request still pending needs them."""
-        pending = {i for r in self.queue.list(ACTIVE) for i in r.sample_ids}
-        still = set(store.lineage.shards_of(pending)) if pending else set()
-        for shard in retrained - still:
-            store.lineage.set_quarantined(shard, False)
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m serving.forget.worker --config FILE [--once]`: what `lethe serve` starts."""
+    parser = argparse.ArgumentParser(prog="python -m serving.forget.worker", description=__doc__)
+    parser.add_argument("--config", type=Path, help="YAML config (keys of configs/default.yaml)")
+    parser.add_argument("--once", action="store_true", help="one round, then exit")
+    args = parser.parse_args(argv)
+    configure_logging()
+    worker = Worker.from_config(load_config(args.config))
+    if args.once:
+        worker.run_once()
+    else:
+        worker.run(threading.Event())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

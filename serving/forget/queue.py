@@ -7,7 +7,8 @@ transaction on power loss). Workers take requests under a lease that they extend
 heartbeats; a dead worker's lease runs out and its requests are taken again.
 
 `ForgetQueue` is the interface the server, the worker and the CLI use, so that a Postgres queue
-(`SELECT ... FOR UPDATE SKIP LOCKED`) can replace SQLite for several server replicas.
+(`SELECT ... FOR UPDATE SKIP LOCKED`) can replace SQLite for several server replicas;
+`open_queue` picks the implementation from config.
 
 Raw text (the request's own `prompts`) is kept only until the request completes.
 """
@@ -25,18 +26,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Literal
 
-from adapters.sqlite import Synchronous, connect, transaction
+from adapters import Synchronous, sqlite_connect, sqlite_transaction
+
+from ..errors import LetheError
 
 State = Literal["received", "guarded", "retraining", "completed", "failed"]
 STATES: tuple[State, ...] = ("received", "guarded", "retraining", "completed", "failed")
 ACTIVE: tuple[State, ...] = ("received", "guarded", "retraining", "failed")  # not yet exact
 
 
-class QueueError(RuntimeError):
+class QueueError(LetheError):
     """The queue store cannot be read or written."""
 
 
-class UnknownRequestError(LookupError):
+class UnknownRequestError(LetheError, LookupError):
+    http_status = 404
+    code = "not_found"
+
     def __init__(self, request_id: str):
         self.request_id = request_id
         super().__init__(f"no forget request with id {request_id!r}")
@@ -140,14 +146,14 @@ class SQLiteQueue(ForgetQueue):
     def _connect(self) -> sqlite3.Connection:
         # A connection per call (server, worker and CLI share the file): adapters/sqlite.py.
         try:
-            return connect(self.path, self.synchronous)
+            return sqlite_connect(self.path, self.synchronous)
         except sqlite3.Error as e:
             raise QueueError(f"cannot open the forget queue {self.path}: {e}") from e
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         try:
-            with transaction(self.path, self.synchronous) as db:
+            with sqlite_transaction(self.path, self.synchronous) as db:
                 yield db
         except sqlite3.Error as e:
             raise QueueError(f"forget queue {self.path}: {e}") from e
@@ -249,3 +255,8 @@ class SQLiteQueue(ForgetQueue):
                 self._enter(db, rid, "failed", now,
                             ", reason = ?, failed_at = ?, lease_owner = NULL, lease_until = NULL",
                             (reason, now))
+
+
+def open_queue(path: Path, synchronous: Synchronous) -> ForgetQueue:
+    """The forget queue at `path` (config: `Config.queue_path`, `forget.synchronous`)."""
+    return SQLiteQueue(path, synchronous)

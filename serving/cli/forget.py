@@ -1,7 +1,8 @@
 """`lethe forget`, `lethe queue`, `lethe worker`: forget requests from the command line.
 
 `lethe forget` goes through the running server's API, like any client, so the guard is active
-when it returns. `lethe queue` reads the queue store; `lethe worker` runs a worker.
+when it returns. `lethe queue` reads the queue store; `lethe worker` runs a worker
+(serving/forget/worker.py).
 """
 
 from __future__ import annotations
@@ -10,10 +11,13 @@ import os
 import threading
 import time
 
-from .queue import ForgetRequest
+from ..errors import LetheError
+from ..forget import STATES, Worker, open_queue
+from ..logs import configure_logging
+from .common import add_command, config_of, emit
 
 
-class ForgetClientError(RuntimeError):
+class ForgetClientError(LetheError):
     """The server refused or could not take a forget request; the message says why."""
 
 
@@ -51,7 +55,8 @@ def _line(status: dict) -> str:
             + (f", last error: {status['reason']}" if status.get("reason") else ""))
 
 
-def cmd_forget(args, config, emit) -> None:
+def cmd_forget(args) -> None:
+    config = config_of(args)
     body = {"owner": args.owner} if args.owner else {"sample_ids": args.sample_id}
     if args.prompt:
         body["prompts"] = args.prompt
@@ -64,7 +69,7 @@ def cmd_forget(args, config, emit) -> None:
             status = _call(client, "GET", f"/v1/forget/{status['id']}")
         receipt = (_call(client, "GET", f"/v1/forget/{status['id']}/receipt")
                    if status["state"] == "completed" else None)
-    emit({**status, "accepted_seconds": round(accepted, 3), "receipt": receipt},
+    emit(args, {**status, "accepted_seconds": round(accepted, 3), "receipt": receipt},
          [_line(status)] + [
              f"shard {s['shard']}: {s['old_version']} -> {s['new_version'] or '(none: empty)'}"
              for s in (receipt or {}).get("shards", [])])
@@ -77,37 +82,28 @@ def _finished(status: dict, max_attempts: int) -> bool:
                                               and status["attempts"] >= max_attempts)
 
 
-def cmd_queue(args, config, emit) -> None:
-    from .server import open_queue
-
-    requests: list[ForgetRequest] = open_queue(config).list()
+def cmd_queue(args) -> None:
+    config = config_of(args)
+    requests = open_queue(config.queue_path, config.forget.synchronous).list()
     if args.state:
         requests = [r for r in requests if r.state == args.state]
     rows = [r.public() for r in requests]
-    emit({"requests": rows}, [_line(row) for row in rows] or ["(no forget requests)"])
+    emit(args, {"requests": rows}, [_line(row) for row in rows] or ["(no forget requests)"])
 
 
-def cmd_worker(args, config, emit) -> None:
-    from .server import configure_logging, open_queue
-    from .worker import Worker
-
+def cmd_worker(args) -> None:
     configure_logging()
-    f = config.forget
-    worker = Worker(open_queue(config), config.store_dir, lease_seconds=f.lease_seconds,
-                    max_attempts=f.max_attempts, retry_after=f.retry_after_seconds,
-                    poll_seconds=f.poll_seconds, coalesce_seconds=f.coalesce_seconds)
+    worker = Worker.from_config(config_of(args))
     if args.once:
         done = worker.run_once()
-        emit({"completed": done}, [f"completed {len(done)} request(s)"])
+        emit(args, {"completed": done}, [f"completed {len(done)} request(s)"])
     else:
         worker.run(threading.Event())
 
 
-def add_forget_commands(sub, command) -> None:
-    """Register `lethe forget`, `lethe queue`, `lethe worker` (command: see serving/cli.py)."""
-    from .queue import STATES
-
-    forget = command(sub, "forget", cmd_forget, "ask the running server to forget an owner's "
+def add_commands(sub) -> None:
+    """`lethe forget`, `lethe queue`, `lethe worker`."""
+    forget = add_command(sub, "forget", cmd_forget, "ask the running server to forget an owner's "
                      "data or samples (guarded at once, retrained in the background)")
     target = forget.add_mutually_exclusive_group(required=True)
     target.add_argument("--owner", help="forget every sample of this owner")
@@ -119,8 +115,8 @@ def add_forget_commands(sub, command) -> None:
     forget.add_argument("--url", help="server URL (default http://server.host:server.port)")
     forget.add_argument("--api-key", help="admin key (default $LETHE_ADMIN_KEY or the first of "
                                           "server.admin_keys)")
-    queue = command(sub, "queue", cmd_queue, "list forget requests and their states")
+    queue = add_command(sub, "queue", cmd_queue, "list forget requests and their states")
     queue.add_argument("--state", choices=STATES, help="only requests in this state")
-    worker = command(sub, "worker", cmd_worker, "run the forget worker (`lethe serve` starts one)")
+    worker = add_command(sub, "worker", cmd_worker, "run the forget worker (`lethe serve` starts one)")
     worker.add_argument("--once", action="store_true",
                         help="one round: take the waiting requests, retrain, complete, exit")

@@ -17,8 +17,8 @@ import pytest
 
 from adapters import RouteConfig, ShardStore
 from guard import SentenceEmbedder
-from serving.queue import SQLiteQueue
-from serving.worker import Worker
+from serving.forget import SQLiteQueue
+from serving.forget import Worker
 from tests.serving.conftest import KEY, api, ask, fact, merge, metric, wait_for, write_config
 
 @pytest.fixture(scope="module", params=["vllm", "hf"])

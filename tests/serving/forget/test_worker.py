@@ -11,8 +11,8 @@ from pathlib import Path
 
 
 from adapters import ShardStore
-from serving.queue import SQLiteQueue
-from serving.worker import Worker
+from serving.forget import SQLiteQueue
+from serving.forget import Worker
 from tests.serving.conftest import api, ask, fact, merge, wait_for, write_config
 
 

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from serving.queue import SQLiteQueue, UnknownRequestError
+from serving.forget import SQLiteQueue, UnknownRequestError
 
 
 @pytest.fixture

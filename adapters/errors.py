@@ -1,0 +1,9 @@
+"""The base of every error the adapters package raises: callers catch one type.
+
+Each subclass also derives from the builtin that says what kind of failure it is (LookupError
+for something that does not exist, ValueError for bad input), so generic handlers still work.
+"""
+
+
+class AdapterError(Exception):
+    """Base of the errors of `adapters`."""

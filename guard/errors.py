@@ -1,0 +1,5 @@
+"""The base of every error the guard package raises: callers catch one type."""
+
+
+class GuardError(Exception):
+    """A guard that cannot be trained, loaded, refitted or applied; the message says why."""

@@ -1,0 +1,49 @@
+"""The forget endpoints: submit a request, read its state, read its receipt.
+
+The app's middleware admits only admin keys here (when any key is configured). The API answers
+202 only once the request is durable and the guard enforces it (serving/forget/service.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter
+
+from ..forget import ForgetRequest, ForgetService
+from .errors import ConflictError
+from .protocol import ForgetBody, ForgetStatus
+
+
+def forget_router(forget: ForgetService | None) -> APIRouter:
+    router = APIRouter()
+
+    def service() -> ForgetService:
+        if forget is None:
+            raise ConflictError("this server has no shard store to forget from: train one with "
+                                "`lethe train`, then restart the server", code="no_shard_store")
+        return forget
+
+    @router.post("/v1/forget", status_code=202)
+    async def submit_forget(body: ForgetBody) -> ForgetStatus:
+        request, _ = await asyncio.to_thread(service().submit, body.owner, body.sample_ids,
+                                             body.prompts)
+        return _status(request)
+
+    @router.get("/v1/forget/{request_id}")
+    async def forget_status(request_id: str) -> ForgetStatus:
+        return _status(service().get(request_id))
+
+    @router.get("/v1/forget/{request_id}/receipt")
+    async def forget_receipt(request_id: str) -> dict:
+        request = service().get(request_id)
+        if request.receipt is None:
+            raise ConflictError(f"forget request {request_id} has no receipt until it is "
+                                f"completed (state: {request.state})", code="not_completed")
+        return request.receipt
+
+    return router
+
+
+def _status(request: ForgetRequest) -> ForgetStatus:
+    return ForgetStatus(**request.public())

@@ -1,0 +1,46 @@
+"""The `lethe` command line: one module per command group, each adding its commands here.
+
+    serve.py    serve, model prepare, data synth
+    shards.py   train, shards, retrain, forget-samples, route (APA)
+    guard.py    guard train | check | eval | tune (ECO)
+    forget.py   forget, queue, worker
+
+Errors: a `LetheError` exits with its own code (2: change the command or config; 1: it ran and
+failed), as do the libraries' bases and OSError (1), each with a one-line message on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..config import ConfigError
+from ..errors import LIBRARY_ERRORS, LetheError
+from . import forget, guard, serve, shards
+
+EXIT_FAILURE = 1  # the command ran and failed
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lethe", description="Serve a customised LLM whose "
+                                     "training data can be forgotten on request.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for group in (serve, shards, guard, forget):
+        group.add_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except ConfigError as e:
+        print(f"lethe: config error: {e}", file=sys.stderr)
+        return e.exit_code
+    except LetheError as e:
+        print(f"lethe: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except (*LIBRARY_ERRORS, OSError) as e:
+        print(f"lethe: error: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+    return 0

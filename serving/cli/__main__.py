@@ -1,0 +1,7 @@
+"""`python -m serving.cli` is `lethe`."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

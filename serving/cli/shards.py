@@ -1,0 +1,135 @@
+"""`lethe train`, `shards`, `retrain`, `forget-samples`, `route`: the shard adapters (APA)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from adapters import LineageError, ShardStore
+
+from ..config import ConfigError
+from .common import add_command, config_of, emit, positive_int
+
+
+def _progress(shard: int):
+    """A tqdm bar per shard on stderr (stdout stays clean for --json)."""
+    from tqdm import tqdm
+
+    bar = None
+
+    def update(step: int, total: int, loss: float) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc=f"shard {shard}", unit="step", file=sys.stderr)
+        bar.set_postfix(loss=f"{loss:.3f}")
+        bar.update(1)
+        if step == total:
+            bar.close()
+
+    return update
+
+
+def _store(config) -> ShardStore:
+    return ShardStore(config.store_dir, mixture_cache=config.route.mixture_cache)
+
+
+def _report_results(args, results, seconds: float, verb: str) -> None:
+    payload = {"shards": [asdict(r) for r in results], "seconds": round(seconds, 2)}
+    lines = [f"shard {r.shard}: {r.samples} samples -> version {r.version or '(none: empty)'}"
+             + (f" (was {r.previous})" if r.previous and r.previous != r.version else
+                " (unchanged)" if r.previous else "")
+             + f", {r.steps} steps, {r.seconds:.1f} s" for r in results]
+    emit(args, payload, lines + [f"{verb} {len(results)} shard(s) in {seconds:.1f} s"])
+
+
+def cmd_train(args) -> None:
+    from adapters import read_samples
+    from guard import SentenceEmbedder
+
+    from ..model import base_model_record, resolve_model
+
+    config = config_of(args, **{"shards.data": args.data, "shards.validation": args.validation,
+                                "shards.count": args.shards, "train.max_steps": args.max_steps})
+    if config.shards.data is None:
+        raise ConfigError("no training data: pass --data FILE or set shards.data")
+    start = time.perf_counter()
+    samples = read_samples(config.shards.data)
+    validation = read_samples(config.shards.validation) if config.shards.validation else None
+    model_path = resolve_model(config.model.source, config.home_dir)
+    store = ShardStore.create(
+        config.store_dir, samples, SentenceEmbedder(), shards=config.shards.count,
+        partitioner=config.shards.partitioner, group_by_owner=config.shards.group_by_owner,
+        seed=config.shards.seed, model_path=model_path, base_model=base_model_record(model_path),
+        train_config=config.train, validation=validation)
+    results = store.train(store.lineage.shard_ids(), _progress)
+    _report_results(args, results, time.perf_counter() - start, "trained")
+
+
+def cmd_shards(args) -> None:
+    store = _store(config_of(args))
+    rows, versions = [], {v.shard: v for v in store.current_versions()}
+    for row in store.lineage.shard_table():
+        version = versions.get(row["shard"])
+        rows.append({**row, "version": version.id if version else None,
+                     "created_at": version.manifest["created_at"] if version else None})
+    emit(args, {"store": str(store.root), "shards": rows}, [
+        f"shard {r['shard']}: version {r['version'] or '(none)'}, {r['samples']} samples, "
+        f"{r['forgotten']} forgotten" + (", QUARANTINED" if r["quarantined"] else "")
+        for r in rows])
+
+
+def cmd_retrain(args) -> None:
+    store = _store(config_of(args))
+    unknown = sorted(set(args.shard) - set(store.lineage.shard_ids()))
+    if unknown:
+        raise LineageError(f"unknown shard(s) {unknown}; the store has {store.lineage.shard_ids()}")
+    start = time.perf_counter()
+    results = store.train(sorted(set(args.shard)), _progress)
+    store.sweep_mixtures()
+    _report_results(args, results, time.perf_counter() - start, "retrained")
+
+
+def cmd_forget_samples(args) -> None:
+    store = _store(config_of(args))
+    start = time.perf_counter()
+    results = store.forget_samples(args.id, _progress)
+    store.sweep_mixtures()
+    _report_results(args, results, time.perf_counter() - start, "retrained")
+
+
+def cmd_route(args) -> None:
+    from adapters import mixture_name
+    from guard import SentenceEmbedder
+
+    config = config_of(args)
+    store = _store(config)
+    route = store.effective_route(config.route)
+    weights = store.weights(SentenceEmbedder()([args.prompt])[0], route)
+    name = mixture_name([(store.registry.current(k), w) for k, w in weights.items()]) \
+        if weights else None
+    emit(args, {"scheme": route.scheme, "weights": {str(k): w for k, w in weights.items()},
+                "mixture": name},
+         [f"scheme {route.scheme}"] + [f"shard {k}: {w:.3f}" for k, w in weights.items()]
+         + [f"mixture {name or '(none: base model)'}"])
+
+
+def add_commands(sub) -> None:
+    train = add_command(sub, "train", cmd_train, "partition the data into shards, train and "
+                        "publish every shard adapter (APA)")
+    train.add_argument("--data", type=Path, help="samples JSONL (overrides shards.data)")
+    train.add_argument("--validation", type=Path,
+                       help="validation samples for APA's weights (overrides shards.validation)")
+    train.add_argument("--shards", type=positive_int, help="overrides shards.count")
+    train.add_argument("--max-steps", type=positive_int, help="overrides train.max_steps")
+    add_command(sub, "shards", cmd_shards, "list shards: current version, sizes, quarantine")
+    retrain = add_command(sub, "retrain", cmd_retrain,
+                          "retrain shards from scratch and publish them")
+    retrain.add_argument("--shard", type=int, action="append", required=True,
+                         help="shard id (repeatable)")
+    forget = add_command(sub, "forget-samples", cmd_forget_samples,
+                         "forget samples now: tombstone them and retrain the shards that held them")
+    forget.add_argument("--id", nargs="+", required=True, help="sample ids")
+    route = add_command(sub, "route", cmd_route, "the shard weights and mixture a prompt would get")
+    route.add_argument("prompt")

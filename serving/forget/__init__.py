@@ -1,0 +1,11 @@
+"""Forget requests: the durable queue (queue.py), the server's half that guards a request the
+moment it is accepted (service.py), and the worker that makes it exact in the background
+(worker.py, its own process)."""
+
+from .queue import (ACTIVE, STATES, ForgetQueue, ForgetRequest, QueueError, SQLiteQueue,
+                    UnknownRequestError, open_queue)
+from .service import ForgetService
+from .worker import Worker
+
+__all__ = ["ACTIVE", "STATES", "ForgetQueue", "ForgetRequest", "ForgetService", "QueueError",
+           "SQLiteQueue", "UnknownRequestError", "Worker", "open_queue"]
