@@ -1,9 +1,9 @@
 """APA: shard adapters, their training data and lineage, aggregation.
 
 Public surface: a `ShardStore` (create, train, forget_samples, receipt, resolve, release) and
-the pieces it is made of, each usable alone; every error derives from `AdapterError`. The file
-and SQLite helpers are public because the server's own stores (the forget queue, prepared
-models) keep the same durability rules.
+the pieces it is made of, each usable alone; every error derives from `AdapterError`. The file,
+SQLite and keyed-hash helpers are public because the server's own stores (the forget queue,
+prepared models) keep the same durability and privacy rules.
 """
 
 from .errors import AdapterError
@@ -14,7 +14,9 @@ from .partition import PartitionError, partition, partitioner_names, register_pa
 from .registry import AdapterRegistry, RegistryError, Version, fsync_tree, sha256_file
 from .route import RouteConfig, RouteError, register_scheme, route, scheme_names
 from .samples import Sample, SampleFormatError, read_samples, write_samples
-from .sqlite import Synchronous, connect as sqlite_connect, transaction as sqlite_transaction
+from .secret import keyed_hash, load_secret
+from .sqlite import (Synchronous, checkpoint as sqlite_checkpoint, connect as sqlite_connect,
+                     transaction as sqlite_transaction)
 from .store import EmbedFn, ShardResult, ShardStore
 from .synth import synth_people
 from .train import LORA_TARGET_MODULES, TrainConfig, TrainingError, train_adapter
@@ -24,7 +26,7 @@ __all__ = [
     "LineageError", "LossTableError", "Mixture", "MixtureCache", "MixtureError", "PartitionError",
     "RegistryError", "RouteConfig", "RouteError", "Sample", "SampleFormatError", "ShardResult",
     "ShardStore", "Synchronous", "TrainConfig", "TrainingError", "UnknownSampleError", "Version",
-    "combine", "fsync_tree", "mixture_name", "partition", "partitioner_names", "read_samples",
+    "combine", "fsync_tree", "keyed_hash", "load_secret", "mixture_name", "partition", "partitioner_names", "read_samples",
     "register_partitioner", "register_scheme", "route", "scheme_names", "sha256_file",
-    "sqlite_connect", "sqlite_transaction", "synth_people", "train_adapter", "write_samples",
+    "sqlite_checkpoint", "sqlite_connect", "sqlite_transaction", "synth_people", "train_adapter", "write_samples",
 ]

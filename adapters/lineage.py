@@ -2,7 +2,9 @@
 
 A SQLite file (WAL, synchronous=FULL: a committed tombstone survives power loss). The raw text of
 a sample is kept only until its data is forgotten and its shard retrained (`purge_text`); the id,
-owner, shard and a content hash stay, so a receipt can show what was removed.
+owner, shard and a content hash stay, so a receipt can show what was removed. The hash is keyed
+(HMAC under `secret.key` beside the database, secret.py): it proves a text's identity to whoever
+holds the key and reveals nothing to a reader of the database alone.
 
 Quarantine is a set of holds, one per (forget request, shard): a shard is quarantined while any
 request holds it, and each request releases only its own holds, so lifting one request's
@@ -22,7 +24,8 @@ import numpy as np
 
 from .errors import AdapterError
 from .samples import Sample
-from .sqlite import connect, transaction
+from .secret import keyed_hash, load_secret
+from .sqlite import checkpoint, connect, transaction
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS samples (
@@ -60,11 +63,6 @@ class UnknownSampleError(AdapterError, LookupError):
         super().__init__(f"unknown {what}(s): {', '.join(missing)}")
 
 
-def content_hash(sample: Sample) -> str:
-    text = "\x1f".join((sample.id, sample.owner, sample.prompt, sample.response))
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 def id_set_hash(ids: Iterable[str]) -> str:
     """Hash of a set of sample ids: equal sets, equal hashes (order does not matter)."""
     return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
@@ -74,8 +72,14 @@ class Lineage:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._secret = load_secret(self.path.parent / "secret.key")
         with closing(self._connect()) as db:
             db.executescript(_SCHEMA)
+
+    def content_hash(self, sample: Sample) -> str:
+        """Keyed hash of a sample's content: kept after its text is purged."""
+        return keyed_hash(self._secret, "\x1f".join((sample.id, sample.owner, sample.prompt,
+                                                      sample.response)))
 
     def _connect(self) -> sqlite3.Connection:
         return connect(self.path)
@@ -97,7 +101,7 @@ class Lineage:
             db.executemany(
                 "INSERT INTO samples (id, owner, shard, content_hash, prompt, response) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                [(s.id, s.owner, int(k), content_hash(s), s.prompt, s.response)
+                [(s.id, s.owner, int(k), self.content_hash(s), s.prompt, s.response)
                  for s, k in zip(samples, shards)],
             )
             db.executemany("INSERT INTO shards (shard, centroid) VALUES (?, ?)",
@@ -169,13 +173,17 @@ class Lineage:
         return {i for (i,) in self._query("SELECT id FROM samples WHERE forgotten_at IS NOT NULL")}
 
     def purge_text(self, ids: Iterable[str]) -> int:
-        """Drop the raw text of forgotten samples; ids and content hashes remain."""
+        """Drop the raw text of forgotten samples from every file of the database (secure_delete
+        zeroes it in its page; the checkpoint leaves no copy in the WAL); ids and keyed content
+        hashes remain."""
         with self._transaction() as db:
             cur = db.executemany(
                 "UPDATE samples SET prompt = NULL, response = NULL "
                 "WHERE id = ? AND forgotten_at IS NOT NULL AND prompt IS NOT NULL",
                 [(i,) for i in ids])
-            return cur.rowcount
+            purged = cur.rowcount
+        checkpoint(self.path)
+        return purged
 
     # --- quarantine --------------------------------------------------------------------------
 

@@ -5,15 +5,18 @@ Layout under `root`:
     shard-0002/<version>/adapter_config.json, adapter_model.safetensors, manifest.json
     shard-0002/CURRENT        the version being served (one line)
     .staging/<pid>-<random>/  adapters being written; never served; a dead writer's are swept
+    .staging/<pid>-<random>.lock   held (flock) by the writer while it lives
 
 A version id is the hash of the adapter's weights file, so training the same data twice gives the
 same id. Publishing is atomic: files are written and fsynced under .staging, the folder is renamed
 into place, then CURRENT is replaced by rename. A crash at any point leaves the old version serving
-and no partial version visible.
+and no partial version visible. A version folder found in place is reused only if its weights
+hash to its name; a damaged one is replaced.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -25,6 +28,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import AdapterError
+from .locks import file_lock, is_locked
 
 WEIGHTS = "adapter_model.safetensors"
 CONFIG = "adapter_config.json"
@@ -76,14 +80,12 @@ def write_atomic(path: Path, text: str) -> None:
     _fsync_dir(path.parent)
 
 
-def _alive(pid: int) -> bool:
+def _intact(folder: Path, version_id: str) -> bool:
+    """A published version folder whose weights still hash to its name, with its manifest."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return weights_hash(folder) == version_id and (folder / MANIFEST).is_file()
+    except FileNotFoundError:
         return False
-    except PermissionError:
-        return True  # exists, owned by another user
-    return True
 
 
 def _fsync_dir(path: Path) -> None:
@@ -99,11 +101,12 @@ class AdapterRegistry:
         self.root = Path(root)
         self.staging_root = self.root / ".staging"
         self.staging_root.mkdir(parents=True, exist_ok=True)
-        # What a dead writer left in staging was never published: drop it. Folders of live
-        # processes (a server and a worker may share the registry) are theirs.
+        # What a dead writer left in staging was never published: drop it. A live writer holds
+        # its folder's lock (a server, a worker and CLI commands may share the registry).
         for path in self.staging_root.iterdir():
-            if not _alive(int(path.name.split("-")[0])):
+            if path.is_dir() and not is_locked(path.with_suffix(".lock")):
                 shutil.rmtree(path, ignore_errors=True)
+                path.with_suffix(".lock").unlink(missing_ok=True)
 
     def _shard_dir(self, shard: int) -> Path:
         return self.root / f"shard-{shard:04d}"
@@ -112,11 +115,13 @@ class AdapterRegistry:
     def staging(self) -> Iterator[Path]:
         """A fresh folder to write an adapter into; removed on exit unless published."""
         path = self.staging_root / f"{os.getpid()}-{uuid.uuid4().hex}"
-        path.mkdir()
-        try:
-            yield path
-        finally:
-            shutil.rmtree(path, ignore_errors=True)
+        with file_lock(path.with_suffix(".lock")):  # first: a folder is never seen unlocked
+            path.mkdir()
+            try:
+                yield path
+            finally:
+                shutil.rmtree(path, ignore_errors=True)
+        path.with_suffix(".lock").unlink(missing_ok=True)
 
     def publish(self, shard: int, staged: Path, manifest: dict) -> Version:
         """Make a staged adapter the current version of `shard`; returns it.
@@ -130,12 +135,19 @@ class AdapterRegistry:
         shard_dir = self._shard_dir(shard)
         shard_dir.mkdir(exist_ok=True)
         target = shard_dir / version_id
-        if not target.exists():
-            (staged / MANIFEST).write_text(json.dumps(
-                {**manifest, "shard": shard, "version": version_id}, indent=2, sort_keys=True))
-            fsync_tree(staged)
+        (staged / MANIFEST).write_text(json.dumps(
+            {**manifest, "shard": shard, "version": version_id}, indent=2, sort_keys=True))
+        fsync_tree(staged)
+        try:
             os.rename(staged, target)
-            _fsync_dir(shard_dir)
+        except OSError as e:
+            if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+            if not _intact(target, version_id):  # damaged (e.g. a crash mid-delete): replace
+                shutil.rmtree(target)
+                os.rename(staged, target)
+            # else: the same weights were published before; that version is reused as it is
+        _fsync_dir(shard_dir)
         write_atomic(shard_dir / "CURRENT", version_id + "\n")
         return Version(shard, version_id, target)
 

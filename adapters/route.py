@@ -115,6 +115,8 @@ def route(inputs: RouteInputs, config: RouteConfig, shards: list[int],
     """
     if config.scheme not in _SCHEMES:
         raise UnknownSchemeError(config.scheme)
+    if not shards:
+        return {}
     w = np.asarray(_SCHEMES[config.scheme](inputs, config), dtype=np.float64)  # (K,)
     if not np.isfinite(w).all():
         raise RouteError(f"scheme {config.scheme!r} gave non-finite weights")

@@ -3,12 +3,15 @@ package surface).
 
 A connection per call: safe from any thread or process. WAL, so readers run beside a writer.
 `synchronous=FULL` by default: a committed transaction survives power loss (NORMAL may lose the
-last commits).
+last commits). `secure_delete` on every connection: deleted or overwritten content is zeroed in
+its page, not left in free space. After a purge, `checkpoint` copies the log into the database
+and truncates it, so the WAL file keeps no frame from before the purge.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import time
 from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Iterator, Literal
@@ -20,7 +23,20 @@ def connect(path: Path, synchronous: Synchronous = "FULL") -> sqlite3.Connection
     db = sqlite3.connect(path, timeout=30, isolation_level=None)  # autocommit outside BEGIN
     db.execute("PRAGMA journal_mode=WAL")
     db.execute(f"PRAGMA synchronous={synchronous}")
+    db.execute("PRAGMA secure_delete=ON")  # SQLite's default is off
     return db
+
+
+def checkpoint(path: Path, synchronous: Synchronous = "FULL", attempts: int = 50) -> None:
+    """Move every committed frame of the WAL into the database and truncate the WAL to zero
+    bytes. Readers in other connections can hold it up: retried for ~5 s, then left to the next
+    purge (raises sqlite3.OperationalError if the database is locked throughout)."""
+    with closing(connect(path, synchronous)) as db:
+        for _ in range(attempts):
+            busy, _, _ = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if not busy:
+                return
+            time.sleep(0.1)
 
 
 @contextmanager

@@ -27,7 +27,8 @@ from typing import Callable
 
 import numpy as np
 
-from .lineage import Lineage, LineageError, content_hash, id_set_hash
+from .lineage import Lineage, LineageError, id_set_hash
+from .locks import file_lock
 from .losses import LossTable, LossTableError, adapter_losses
 from .mixture import Mixture, MixtureCache
 from .partition import partition
@@ -90,19 +91,20 @@ class ShardStore:
         embeddings = embed([sample_text(s) for s in samples])  # (N, d)
         groups = [s.owner for s in samples] if group_by_owner else None
         assignment, centroids = partition(partitioner, embeddings, shards, seed, groups)
-        Lineage(root / "lineage.db").assign(samples, assignment, centroids)
+        lineage = Lineage(root / "lineage.db")
+        lineage.assign(samples, assignment, centroids)
         validation_hash = None
         if validation:
             write_samples(validation, root / "validation.jsonl")
             np.save(root / "validation.npy", embed([sample_text(s) for s in validation]))
-            validation_hash = id_set_hash(content_hash(s) for s in validation)
+            validation_hash = id_set_hash(lineage.content_hash(s) for s in validation)
         write_atomic(root / "store.json", json.dumps({
             "created_at": time.time(),
             "base_model": {**base_model, "path": str(model_path)},
             "train_config": train_config.model_dump(mode="json"),
             "partition": {"scheme": partitioner, "shards": shards, "seed": seed,
                           "group_by_owner": group_by_owner},
-            "data_hash": id_set_hash(content_hash(s) for s in samples),
+            "data_hash": id_set_hash(lineage.content_hash(s) for s in samples),
             "validation_hash": validation_hash,
         }, indent=2))
         return cls(root)
@@ -117,6 +119,15 @@ class ShardStore:
         return results
 
     def _train_one(self, shard: int, progress) -> ShardResult:
+        """One retrain of `shard`, under its lock from reading the live samples through publish
+        and garbage collection: two retrains of a shard never interleave (any process, thread or
+        command), so a retrain that read a sample before it was tombstoned always publishes
+        before the retrain that follows the tombstone."""
+        (self.root / "locks").mkdir(exist_ok=True)
+        with file_lock(self.root / "locks" / f"shard-{shard:04d}.lock"):
+            return self._train_locked(shard, progress)
+
+    def _train_locked(self, shard: int, progress) -> ShardResult:
         samples = self.lineage.shard_samples(shard)
         ids = [s.id for s in samples]
         try:
@@ -137,7 +148,8 @@ class ShardStore:
                 version = self.registry.publish(shard, staged, {
                     "sample_ids": ids,
                     "sample_set_hash": id_set_hash(ids),
-                    "data_hash": id_set_hash(content_hash(s) for s in samples),
+                    "previous": previous,  # the version this one replaced when first published
+                    "data_hash": id_set_hash(self.lineage.content_hash(s) for s in samples),
                     "train_config": self.train_config.model_dump(mode="json"),
                     "seed": seed,
                     "base_model": self.info["base_model"],
@@ -169,12 +181,21 @@ class ShardStore:
         forgotten, shards = set(ids), []
         for shard in sorted(self.lineage.shards_of(ids)):
             result = by_shard[shard]
-            trained_on = (set(self.registry.current(shard).manifest["sample_ids"])
-                          if result.version else set())
+            try:  # what serves now: a later retrain of the shard may have replaced ours
+                current = self.registry.current(shard)
+                manifest = current.manifest
+            except RegistryError:  # retired: every sample of the shard is forgotten
+                current, manifest = None, {"sample_ids": [], "sample_set_hash": id_set_hash([])}
+            old = result.previous
+            if current is not None and old == current.id:
+                # A retry after a crash that had published already: the version it replaced.
+                old = manifest.get("previous")
             shards.append({
-                "shard": shard, "old_version": result.previous, "new_version": result.version,
-                "samples": result.samples, "sample_set_hash": result.sample_set_hash,
-                "forgotten_ids_absent": not (forgotten & trained_on),
+                "shard": shard, "old_version": old,
+                "new_version": current.id if current else None,
+                "samples": len(manifest["sample_ids"]),
+                "sample_set_hash": manifest["sample_set_hash"],
+                "forgotten_ids_absent": not (forgotten & set(manifest["sample_ids"])),
                 "train_seconds": round(result.seconds, 2)})
         return {"shards": shards, "base_model_sha256": self.info["base_model"].get("weights_sha256")}
 
@@ -213,9 +234,12 @@ class ShardStore:
 
     def weights(self, query: np.ndarray, config: RouteConfig, excluded: set[int] = frozenset()
                 ) -> dict[int, float]:
-        """Shard id -> weight for a request with embedding `query` (d,)."""
+        """Shard id -> weight for a request with embedding `query` (d,); {} when no shard
+        serves (every sample forgotten): the base model alone answers."""
         config = self.effective_route(config)
         versions = self.current_versions()
+        if not versions:
+            return {}
         shards = [v.shard for v in versions]
         inputs = RouteInputs(
             query=query, centroids=self.centroids[shards], validation=self.validation_embeddings,

@@ -225,7 +225,7 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     out_path = RESULTS / "guard.json"
     results = json.loads(out_path.read_text()) if out_path.exists() else {}
-    embed = SentenceEmbedder(cache_size=20000)
+    embed = SentenceEmbedder()
     if args.part in ("guard", "all") or not (args.work / "guard-mlp").exists():
         results["guard"] = guard_part(args.work, embed)
     if args.part in ("corruption", "all"):

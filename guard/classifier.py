@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -203,6 +204,21 @@ def save_model(model: GuardModel, root: Path) -> str:
     finally:
         os.close(directory)
     return version
+
+
+def prune_versions(root: Path, keep: int) -> list[str]:
+    """Delete all but the newest `keep` superseded versions under root (CURRENT always stays);
+    returns the deleted ones. A refit folds the embeddings (never the text) of forgotten items
+    into each new version: pruning bounds how many copies of them exist."""
+    root = Path(root)
+    current = (root / "CURRENT").read_text().strip()
+    old = sorted((p for p in root.iterdir() if p.is_dir() and p.name != current
+                  and (p / "manifest.json").is_file()),
+                 key=lambda p: json.loads((p / "manifest.json").read_text())["created_at"])
+    doomed = old[:max(0, len(old) - keep)]
+    for path in doomed:
+        shutil.rmtree(path)
+    return [p.name for p in doomed]
 
 
 def load_model(root: Path) -> GuardModel:

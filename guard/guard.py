@@ -15,7 +15,7 @@ from typing import Literal
 
 import numpy as np
 
-from .classifier import GuardModel, load_model, refit, save_model
+from .classifier import GuardModel, load_model, prune_versions, refit, save_model
 from .errors import GuardError
 from .exemplars import ExemplarIndex
 from .prompts import strip_markup
@@ -34,7 +34,7 @@ class Verdict:
 
 class Guard:
     def __init__(self, model: GuardModel | None, embed: EmbedFn, root: Path | None = None,
-                 exemplar_threshold: float | None = None):
+                 exemplar_threshold: float | None = None, keep_versions: int = 0):
         dim = embed(["dimension probe"]).shape[1]
         if model is not None and dim != model.support.shape[1]:
             raise GuardError(f"the embedder gives {dim}-dim vectors; this guard was trained on "
@@ -46,13 +46,14 @@ class Guard:
         self.exemplar_threshold = exemplar_threshold  # used while there is no classifier
         self.embed = embed
         self.root = Path(root) if root else None
+        self.keep_versions = keep_versions  # superseded classifier versions kept by a refit
         self.exemplars = ExemplarIndex(dim)
         self.folded: set[str] = set()  # exemplar keys the classifier has been refitted on
         self._refit_lock = threading.Lock()
 
     @classmethod
-    def load(cls, root: Path, embed: EmbedFn) -> Guard:
-        return cls(load_model(root), embed, root)
+    def load(cls, root: Path, embed: EmbedFn, keep_versions: int = 0) -> Guard:
+        return cls(load_model(root), embed, root, keep_versions=keep_versions)
 
     @classmethod
     def exemplars_only(cls, embed: EmbedFn, exemplar_threshold: float) -> Guard:
@@ -90,7 +91,8 @@ class Guard:
 
     def refit(self) -> GuardModel:
         """Fit the classifier again with every exemplar not yet folded in; swap it in atomically
-        (and save it as the new current version when the guard has a folder)."""
+        (and save it as the new current version when the guard has a folder, deleting all but
+        `keep_versions` superseded ones)."""
         if self.model is None:
             raise GuardError("this guard has no classifier to refit (train one with "
                              "`lethe guard train`)")
@@ -102,6 +104,7 @@ class Guard:
             model = refit(self.model, np.concatenate(entries))
             if self.root is not None:
                 save_model(model, self.root)
+                prune_versions(self.root, self.keep_versions)
             self.model = model
             self.folded.update(keys)
             return model

@@ -115,9 +115,14 @@ class ForgetConfig(_Section):
     # A worker's lease on the requests it retrains; heartbeats renew it every third of it, so a
     # dead worker's requests are taken again after at most this long.
     lease_seconds: float = Field(default=60.0, gt=0)
-    # Attempts per request before it stays failed, and the wait between them.
-    max_attempts: int = Field(default=3, gt=0)
+    # A failed request is retried for as long as it takes (a forget request does not expire):
+    # first after retry_after_seconds, then after twice as long each time, at most
+    # retry_max_seconds apart.
     retry_after_seconds: float = Field(default=30.0, ge=0)
+    retry_max_seconds: float = Field(default=900.0, gt=0)
+    # A worker that dies is restarted by `lethe serve` after 1 s, then twice as long each time it
+    # dies again, at most this long apart.
+    worker_restart_max_seconds: float = Field(default=60.0, gt=0)
     # How often the worker looks for requests and the server syncs its guard with the queue
     # (and deletes the cached mixtures of superseded shard versions).
     poll_seconds: float = Field(default=1.0, gt=0)

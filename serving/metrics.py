@@ -56,6 +56,10 @@ class Metrics:
             "lethe:guard_exemplars", "Forget requests the guard holds exemplars for (pending).",
             registry=self.registry,
         )
+        self.forget_states = Gauge(
+            "lethe:forget_requests_in_state", "Forget requests in each state (failed ones are "
+            "retried until they complete).", ["state"], registry=self.registry,
+        )
         self.forget_requests = Counter(
             "lethe:forget_requests", "Forget requests accepted (duplicates not counted).",
             registry=self.registry,

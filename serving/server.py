@@ -1,20 +1,15 @@
 """Assemble and run the server: model folder -> engine, guard, shard store, forget queue ->
-OpenAI API -> uvicorn; and beside it the forget worker (serving/forget/worker.py), in a process
-of its own."""
+OpenAI API -> uvicorn; and beside it the forget worker, in a process of its own that is started
+again whenever it dies (serving/forget/supervisor.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import functools
 import logging
-import signal
-import subprocess
-import sys
 
 import uvicorn
-import yaml
 from transformers import AutoConfig, AutoTokenizer
 
 from adapters import ShardStore
@@ -23,7 +18,7 @@ from guard import Corruption, Guard, SentenceEmbedder, load_corruption
 from .api import OpenAIServing, build_app
 from .config import Config
 from .engines import engine_class
-from .forget import ForgetService, open_queue
+from .forget import ForgetService, WorkerSupervisor, open_queue
 from .logs import configure_logging
 from .metrics import Metrics
 from .mixtures import MaterialisedMixtures
@@ -41,7 +36,7 @@ def load_guard(config: Config, store: ShardStore | None) -> Guard | None:
         return None
     embed = SentenceEmbedder()
     if trained:
-        return Guard.load(config.guard_dir, embed)
+        return Guard.load(config.guard_dir, embed, keep_versions=config.guard.keep_versions)
     return Guard.exemplars_only(embed, config.guard.exemplar_threshold)
 
 
@@ -85,6 +80,11 @@ def create_app(config: Config):
         metrics=metrics,
     )
 
+    supervisor = (WorkerSupervisor(config.model_dump(mode="json"),
+                                   config.home_dir / "run" / "worker-config.yaml",
+                                   config.forget.worker_restart_max_seconds)
+                  if forget is not None and config.forget.worker else None)
+
     @contextlib.asynccontextmanager
     async def lifespan(app):
         log.info("starting engine %s on %s; shard store: %s; guard: %s", config.engine.name,
@@ -98,14 +98,16 @@ def create_app(config: Config):
                 await asyncio.to_thread(sync)  # guard pending requests before serving
                 stack.push_async_callback(_cancel, asyncio.create_task(
                     _sync_forever(sync, config.forget.poll_seconds)))
-                if config.forget.worker:
-                    stack.callback(_stop, start_worker(config))
+                if supervisor is not None:
+                    supervisor.start()
+                    stack.callback(supervisor.stop)
+                    stack.push_async_callback(_cancel, asyncio.create_task(supervisor.watch()))
             try:
                 yield
             finally:
                 await engine.shutdown()
 
-    return build_app(serving, forget, api_keys=config.server.api_keys,
+    return build_app(serving, forget, supervisor, api_keys=config.server.api_keys,
                      admin_keys=config.server.admin_keys, lifespan=lifespan)
 
 
@@ -128,33 +130,6 @@ async def _cancel(task: asyncio.Task) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-
-
-def start_worker(config: Config) -> subprocess.Popen:
-    """The forget worker on this config, in a process that dies with the server (Linux)."""
-    config_file = config.home_dir / "run" / "worker-config.yaml"
-    config_file.parent.mkdir(parents=True, exist_ok=True)
-    config_file.touch(mode=0o600)  # it holds the API keys
-    config_file.chmod(0o600)
-    config_file.write_text(yaml.safe_dump(config.model_dump(mode="json")))
-    log.info("starting the forget worker")
-    return subprocess.Popen([sys.executable, "-m", "serving.forget.worker", "--config",
-                             str(config_file)], preexec_fn=_die_with_parent)
-
-
-def _die_with_parent() -> None:
-    PR_SET_PDEATHSIG = 1
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def _stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def run_server(config: Config) -> None:

@@ -10,12 +10,12 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..engines import EngineError
 from ..errors import LetheError
-from ..forget import ForgetService
+from ..forget import ForgetService, WorkerSupervisor
 from .errors import AuthenticationError, error_response
 from .forget import forget_router
 from .protocol import ChatCompletionRequest, CompletionRequest
@@ -24,8 +24,9 @@ from .serving import OpenAIServing
 log = logging.getLogger("lethe.api")
 
 
-def build_app(serving: OpenAIServing, forget: ForgetService | None, *, api_keys: list[str],
-              admin_keys: list[str], lifespan=None) -> FastAPI:
+def build_app(serving: OpenAIServing, forget: ForgetService | None,
+              worker: WorkerSupervisor | None, *, api_keys: list[str], admin_keys: list[str],
+              lifespan=None) -> FastAPI:
     app = FastAPI(title="Lethe", lifespan=lifespan)
     metrics = serving.metrics
 
@@ -54,13 +55,19 @@ def build_app(serving: OpenAIServing, forget: ForgetService | None, *, api_keys:
         return response
 
     @app.get("/health")
-    async def health() -> Response:
+    async def health() -> JSONResponse:
+        """200 when the engine serves and the forget worker runs (if this server runs one);
+        503 otherwise, with the part that is down."""
+        status = {"engine": "ok", "worker": "none" if worker is None else
+                  "running" if worker.alive else "down",
+                  "worker_restarts": 0 if worker is None else worker.restarts}
         try:
             await serving.engine.check_health()
         except EngineError as e:
             log.error("health check failed: %s", e)
-            return Response(status_code=503)
-        return Response(status_code=200)
+            status["engine"] = "down"
+        healthy = status["engine"] == "ok" and status["worker"] != "down"
+        return JSONResponse(status, status_code=200 if healthy else 503)
 
     @app.get("/metrics")
     async def prometheus() -> Response:

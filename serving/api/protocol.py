@@ -6,7 +6,7 @@ import time
 import uuid
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 
 def _now() -> int:
@@ -15,6 +15,18 @@ def _now() -> int:
 
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def _utf8(text: str) -> str:
+    """JSON can carry a lone surrogate (\\ud800) that no tokenizer or embedder can encode."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"not valid Unicode text (a lone surrogate at position {e.start})") from e
+    return text
+
+
+Text = Annotated[str, AfterValidator(_utf8)]
 
 
 class OpenAIModel(BaseModel):
@@ -75,7 +87,7 @@ class Usage(BaseModel):
 
 
 class CompletionRequest(SamplingFields):
-    prompt: str | list[str] | list[int] | list[list[int]]
+    prompt: Text | list[Text] | list[int] | list[list[int]]
     max_tokens: int | None = Field(default=16, ge=1)  # OpenAI's default for this endpoint
     echo: bool = False
 
@@ -101,7 +113,7 @@ class CompletionResponse(BaseModel):
 
 class ChatMessage(OpenAIModel):
     role: Literal["system", "user", "assistant", "developer"]
-    content: str | list[dict]
+    content: Text | list[dict]
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -170,13 +182,23 @@ class ModelList(BaseModel):
 # --- forget requests (Lethe's own endpoints) --------------------------------------------------
 
 
+# Bounds on a forget request, checked before anything is stored: a request past them is refused
+# (400 naming the field), never committed and then choked on.
+MAX_ID_CHARS = 256  # an owner or sample id
+MAX_SAMPLE_IDS = 10_000
+MAX_PROMPTS = 100
+MAX_PROMPT_CHARS = 8_000  # MiniLM reads 256 word pieces; this is far more than any question
+
+
 class ForgetBody(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a misspelt key must not forget the wrong thing
 
-    owner: str | None = Field(default=None, min_length=1)
-    sample_ids: list[Annotated[str, Field(min_length=1)]] | None = Field(default=None, min_length=1)
+    owner: Annotated[Text, Field(min_length=1, max_length=MAX_ID_CHARS)] | None = None
+    sample_ids: list[Annotated[Text, Field(min_length=1, max_length=MAX_ID_CHARS)]] | None = \
+        Field(default=None, min_length=1, max_length=MAX_SAMPLE_IDS)
     # Content to guard beyond the samples themselves (e.g. how users ask about them).
-    prompts: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+    prompts: list[Annotated[Text, Field(min_length=1, max_length=MAX_PROMPT_CHARS)]] = \
+        Field(default_factory=list, max_length=MAX_PROMPTS)
 
     @model_validator(mode="after")
     def _one_target(self):
@@ -192,5 +214,6 @@ class ForgetStatus(BaseModel):
     owner: str | None
     samples: int
     attempts: int
-    reason: str | None
+    reason: str | None  # why the last attempt failed
+    retry_at: float | None  # failed: unix time of the next attempt
     times: dict[str, float]  # state -> unix time it was entered

@@ -8,6 +8,7 @@ when it returns. `lethe queue` reads the queue store; `lethe worker` runs a work
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 
@@ -52,7 +53,9 @@ def _line(status: dict) -> str:
     return (f"{status['id']}: {status['state']}, {status['samples']} sample(s)"
             + (f", owner {status['owner']}" if status.get("owner") else "")
             + (f", attempts {status['attempts']}" if status.get("attempts") else "")
-            + (f", last error: {status['reason']}" if status.get("reason") else ""))
+            + (f", last error: {status['reason']}" if status.get("reason") else "")
+            + (f", next attempt at {time.strftime('%H:%M:%S', time.localtime(status['retry_at']))}"
+               if status["state"] == "failed" and status.get("retry_at") else ""))
 
 
 def cmd_forget(args) -> None:
@@ -64,7 +67,12 @@ def cmd_forget(args) -> None:
         start = time.perf_counter()
         status = _call(client, "POST", "/v1/forget", json=body)
         accepted = time.perf_counter() - start
-        while args.wait and not _finished(status, config.forget.max_attempts):
+        reported = None
+        while args.wait and status["state"] != "completed":
+            if status["state"] == "failed" and status["attempts"] != reported:
+                print(f"lethe: attempt {status['attempts']} failed ({status['reason']}); "
+                      "retrying", file=sys.stderr)  # retried until it is exact: keep waiting
+                reported = status["attempts"]
             time.sleep(0.5)
             status = _call(client, "GET", f"/v1/forget/{status['id']}")
         receipt = (_call(client, "GET", f"/v1/forget/{status['id']}/receipt")
@@ -73,13 +81,6 @@ def cmd_forget(args) -> None:
          [_line(status)] + [
              f"shard {s['shard']}: {s['old_version']} -> {s['new_version'] or '(none: empty)'}"
              for s in (receipt or {}).get("shards", [])])
-    if status["state"] == "failed":
-        raise ForgetClientError(f"forget request {status['id']} failed: {status['reason']}")
-
-
-def _finished(status: dict, max_attempts: int) -> bool:
-    return status["state"] == "completed" or (status["state"] == "failed"
-                                              and status["attempts"] >= max_attempts)
 
 
 def cmd_queue(args) -> None:
@@ -111,7 +112,8 @@ def add_commands(sub) -> None:
     forget.add_argument("--prompt", action="append",
                         help="more content to guard, e.g. how users ask about it (repeatable)")
     forget.add_argument("--wait", action="store_true",
-                        help="wait until the request is exact (completed) or failed")
+                        help="wait until the request is exact (completed); failed attempts are "
+                             "reported and retried")
     forget.add_argument("--url", help="server URL (default http://server.host:server.port)")
     forget.add_argument("--api-key", help="admin key (default $LETHE_ADMIN_KEY or the first of "
                                           "server.admin_keys)")

@@ -74,10 +74,12 @@ def cmd_shards(args) -> None:
         version = versions.get(row["shard"])
         rows.append({**row, "version": version.id if version else None,
                      "created_at": version.manifest["created_at"] if version else None})
-    emit(args, {"store": str(store.root), "shards": rows}, [
+    base_only = not versions  # every sample forgotten: no adapter left to serve
+    emit(args, {"store": str(store.root), "shards": rows, "base_model_only": base_only}, [
         f"shard {r['shard']}: version {r['version'] or '(none)'}, {r['samples']} samples, "
         f"{r['forgotten']} forgotten" + (", QUARANTINED" if r["quarantined"] else "")
-        for r in rows])
+        for r in rows] + (["no shard serves: requests are answered by the base model alone"]
+                          if base_only else []))
 
 
 def cmd_retrain(args) -> None:

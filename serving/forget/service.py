@@ -59,10 +59,14 @@ class ForgetService:
 
     def sync(self) -> None:
         with self._lock:
-            active = {r.id: r for r in self.queue.list(ACTIVE)}
+            holders = self.lineage.quarantine_holders()  # before the queue: a hold taken
+            active = {r.id: r for r in self.queue.list(ACTIVE)}  # meanwhile is for an active one
             for request in active.values():
                 if request.id not in self._active:
-                    self._activate(request)
+                    try:
+                        self._activate(request)
+                    except Exception:  # one request never stops the others; retried next sync
+                        log.exception("forget request %s could not be guarded", request.id)
             done = sorted(self._active - set(active))
             if done and self.retire == "fold" and self.guard.model is not None:
                 self.guard.refit()  # the classifier keeps covering them
@@ -71,8 +75,10 @@ class ForgetService:
                 self._active.discard(key)
                 log.info("forget request %s is exact: its exemplars are retired (%s)", key,
                          self.retire)
-            self.lineage.release_quarantine(self.lineage.quarantine_holders() - set(active))
+            self.lineage.release_quarantine(holders - set(active))
             self.metrics.guard_exemplars.set(len(self.guard.exemplars))
+            for state, count in self.queue.counts().items():
+                self.metrics.forget_states.labels(state).set(count)
 
     def _activate(self, request: ForgetRequest) -> None:
         texts = self.lineage.sample_texts(request.sample_ids) + (request.prompts or [])

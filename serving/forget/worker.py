@@ -31,19 +31,20 @@ from adapters import ShardStore
 
 from ..config import Config, load_config
 from ..logs import configure_logging
-from .queue import ForgetQueue, ForgetRequest, open_queue
+from .queue import ForgetQueue, ForgetRequest, backoff, open_queue
 
 log = logging.getLogger("lethe.worker")
 
 
 class Worker:
     def __init__(self, queue: ForgetQueue, store_dir: Path, *, lease_seconds: float,
-                 max_attempts: int, retry_after: float, poll_seconds: float,
+                 retry_after: float, retry_max: float, poll_seconds: float,
                  coalesce_seconds: float = 0.0):
         self.queue = queue
         self.store_dir = Path(store_dir)
-        self.lease_seconds, self.max_attempts = lease_seconds, max_attempts
-        self.retry_after, self.poll_seconds = retry_after, poll_seconds
+        self.lease_seconds = lease_seconds
+        self.retry_after, self.retry_max = retry_after, retry_max
+        self.poll_seconds = poll_seconds
         self.coalesce_seconds = coalesce_seconds
         self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
@@ -51,21 +52,35 @@ class Worker:
     def from_config(cls, config: Config) -> Worker:
         f = config.forget
         return cls(open_queue(config.queue_path, f.synchronous), config.store_dir,
-                   lease_seconds=f.lease_seconds, max_attempts=f.max_attempts,
-                   retry_after=f.retry_after_seconds, poll_seconds=f.poll_seconds,
+                   lease_seconds=f.lease_seconds, retry_after=f.retry_after_seconds,
+                   retry_max=f.retry_max_seconds, poll_seconds=f.poll_seconds,
                    coalesce_seconds=f.coalesce_seconds)
 
     def run(self, stop: threading.Event) -> None:
+        """Rounds until `stop`. An error outside a request's retrain (the queue locked or
+        unreadable, a full disk) is logged and the round retried after a backoff: it never ends
+        the worker."""
         log.info("worker %s polling the forget queue every %.1f s", self.id, self.poll_seconds)
+        errors = 0
         while not stop.is_set():
-            if not self.run_once():
+            try:
+                done = self.run_once()
+                errors = 0
+            except Exception:
+                errors += 1
+                wait = backoff(errors, self.poll_seconds, self.retry_max)
+                log.exception("worker %s: round failed (%d in a row); next in %.1f s", self.id,
+                              errors, wait)
+                stop.wait(wait)
+                continue
+            if not done:
                 stop.wait(self.poll_seconds)
 
     def run_once(self) -> list[str]:
         """One round; returns the ids of the requests it completed."""
         if self.coalesce_seconds and self.queue.list(("received", "guarded")):
             time.sleep(self.coalesce_seconds)  # the rest of a burst joins this round's retrain
-        batch = self.queue.lease(self.id, self.lease_seconds, self.max_attempts, self.retry_after)
+        batch = self.queue.lease(self.id, self.lease_seconds)
         if not batch:
             return []
         ids = [r.id for r in batch]
@@ -75,26 +90,41 @@ class Worker:
                                      daemon=True)
         heartbeat.start()
         try:
+            return self._forget(batch)
+        finally:
+            stop_heartbeat.set()
+            heartbeat.join()
+
+    def _forget(self, batch: list[ForgetRequest]) -> list[str]:
+        """Make `batch` exact in one retrain per affected shard. If that fails, each request is
+        tried alone, so that one failing request never fails those coalesced with it."""
+        ids = [r.id for r in batch]
+        try:
             store = ShardStore(self.store_dir)
             samples = sorted({i for r in batch for i in r.sample_ids})
             results = store.forget_samples(samples, release=ids)
             receipts = {r.id: self._receipt(r, store.receipt(r.sample_ids, results), ids)
                         for r in batch}
             self.queue.complete(self.id, receipts)
-        except Exception as e:  # any failure is recorded on its requests, which are retried
+        except Exception as e:  # recorded on its requests, which are retried with backoff
             log.exception("worker %s failed on %s", self.id, ", ".join(ids))
-            self.queue.fail(self.id, ids, f"{type(e).__name__}: {e}")
+            if len(batch) > 1:
+                return [done for request in batch for done in self._forget([request])]
+            self.queue.fail(self.id, ids, f"{type(e).__name__}: {e}", self.retry_after,
+                            self.retry_max)
             return []
-        finally:
-            stop_heartbeat.set()
-            heartbeat.join()
         log.info("worker %s completed %s (shards %s)", self.id, ", ".join(ids),
                  sorted(r.shard for r in results))
         return ids
 
     def _heartbeat(self, ids: list[str], stop: threading.Event) -> None:
+        """Renew the lease every third of it; an error (the queue busy for a moment) is logged
+        and the next beat tried, so the lease does not lapse under a live worker."""
         while not stop.wait(self.lease_seconds / 3):
-            self.queue.heartbeat(self.id, ids, self.lease_seconds)
+            try:
+                self.queue.heartbeat(self.id, ids, self.lease_seconds)
+            except Exception:
+                log.exception("worker %s: heartbeat failed; retrying", self.id)
 
     def _receipt(self, request: ForgetRequest, shards: dict, batch: list[str]) -> dict:
         """The store's proof (`shards`: per shard old/new version, trained-on hash, forgotten

@@ -185,7 +185,7 @@ def test_quarantine_gives_pending_shards_weight_zero_until_retrained(tiny_world,
     query = SentenceEmbedder()([fact("person-0001")[0]])[0]
     assert shard not in store.weights(query, RouteConfig(scheme="semantic", top_m=1))
 
-    Worker(SQLiteQueue(home / "forget.db"), home / "apa", lease_seconds=5, max_attempts=1,
-           retry_after=0, poll_seconds=0.1).run_once()
+    Worker(SQLiteQueue(home / "forget.db"), home / "apa", lease_seconds=5, retry_after=0,
+           retry_max=1, poll_seconds=0.1).run_once()
     assert store.lineage.quarantined() == set()
     server.stop()

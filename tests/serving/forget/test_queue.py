@@ -1,5 +1,8 @@
-"""The forget queue: durable, idempotent, leased; a dead worker's requests are taken again."""
+"""The forget queue: durable, idempotent, leased; a dead worker's requests are taken again; a
+failed one is retried until it completes."""
 
+import hashlib
+import json
 import sqlite3
 import time
 
@@ -13,8 +16,8 @@ def queue(tmp_path):
     return SQLiteQueue(tmp_path / "forget.db")
 
 
-def lease(queue, worker="w1", seconds=60.0, max_attempts=3, retry_after=0.0):
-    return queue.lease(worker, seconds, max_attempts, retry_after)
+def lease(queue, worker="w1", seconds=60.0):
+    return queue.lease(worker, seconds)
 
 
 def test_a_submitted_request_is_durable_and_committed_with_full_sync(queue, tmp_path):
@@ -78,14 +81,42 @@ def test_completion_records_the_receipt_and_purges_the_prompts(queue):
     assert lease(queue) == []
 
 
-def test_a_failed_request_is_retried_until_its_attempts_run_out(queue):
+def test_a_failed_request_is_retried_forever_with_capped_exponential_backoff(queue):
     a, _ = queue.submit(None, ["a"], [])
-    for attempt in (1, 2):
-        [taken] = lease(queue, max_attempts=2)
+    waits = []
+    for attempt in range(1, 8):
+        [taken] = lease(queue)
         assert taken.attempts == attempt
-        queue.fail("w1", [a.id], "TrainingError: boom")
-    failed = queue.get(a.id)
-    assert failed.state == "failed" and failed.reason == "TrainingError: boom"
-    assert lease(queue, max_attempts=2) == []  # stays failed
-    assert lease(queue, max_attempts=3, retry_after=60.0) == []  # not before retry_after
-    assert [r.id for r in lease(queue, max_attempts=3)] == [a.id]
+        before = time.time()
+        queue.fail("w1", [a.id], "TrainingError: boom", retry_after=0.05, retry_max=0.4)
+        failed = queue.get(a.id)
+        assert failed.state == "failed" and failed.reason == "TrainingError: boom"
+        waits.append(failed.retry_at - before)
+        assert lease(queue) == []  # not before its retry is due
+        time.sleep(failed.retry_at - time.time() + 0.01)
+    assert waits == pytest.approx([0.05, 0.1, 0.2, 0.4, 0.4, 0.4, 0.4], abs=0.02)
+    assert [r.id for r in lease(queue)] == [a.id]  # the 8th attempt: it never gives up
+
+
+def test_asking_again_for_a_failed_request_makes_it_due_at_once(queue):
+    a, _ = queue.submit(None, ["a"], ["q"])
+    lease(queue)
+    queue.fail("w1", [a.id], "OSError: disk full", retry_after=600, retry_max=600)
+    assert lease(queue) == []
+    again, created = queue.submit(None, ["a"], ["q"])
+    assert again.id == a.id and not created
+    assert [r.id for r in lease(queue)] == [a.id]
+
+
+def test_counts_per_state_and_the_keyed_dedup_hash(queue):
+    a, _ = queue.submit(None, ["a"], ["Where does Kalo live?"])
+    queue.submit(None, ["b"], [])
+    lease(queue)
+    queue.complete("w1", {a.id: {"shards": []}})
+    assert queue.counts() == {"received": 0, "guarded": 0, "retraining": 1, "completed": 1,
+                              "failed": 0}
+    [(key,)] = sqlite3.connect(queue.path).execute(
+        "SELECT key FROM requests WHERE id = ?", (a.id,)).fetchall()
+    plain = json.dumps([["a"], ["Where does Kalo live?"]])
+    assert key != hashlib.sha256(plain.encode()).hexdigest()  # not a guessable plain hash
+    assert (queue.path.parent / "secret.key").stat().st_mode & 0o777 == 0o600

@@ -18,7 +18,7 @@ from tests.serving.conftest import api, ask, fact, merge, wait_for, write_config
 
 def worker_for(home: Path, lease_seconds: float = 5.0) -> Worker:
     return Worker(SQLiteQueue(home / "forget.db"), home / "apa", lease_seconds=lease_seconds,
-                  max_attempts=3, retry_after=0.0, poll_seconds=0.1)
+                  retry_after=0.0, retry_max=1.0, poll_seconds=0.1)
 
 
 def owner_ids(home: Path, owner: str) -> list[str]:

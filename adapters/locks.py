@@ -1,0 +1,41 @@
+"""Exclusive locks across processes, held by a file descriptor: `flock(2)`.
+
+The kernel drops a lock when its holder exits, SIGKILL included, so a dead holder never blocks
+anyone and no lease has to run out. flock locks belong to an open file, so two threads of one
+process that each open the file exclude each other too. (One host; on several hosts the forget
+queue's database provides the cluster-wide lease.)
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (created if missing), waiting for it if need be."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def is_locked(path: Path) -> bool:
+    """Whether a live process holds `path`'s lock (False when there is no such file)."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
