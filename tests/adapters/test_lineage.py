@@ -1,3 +1,6 @@
+import hashlib
+import sqlite3
+
 import numpy as np
 import pytest
 
@@ -55,3 +58,30 @@ def test_purge_drops_text_of_forgotten_samples_only(lineage):
 def test_a_second_partition_is_refused(lineage):
     with pytest.raises(LineageError, match="already holds a partition"):
         lineage.assign(synth_people(1), np.array([0]), np.eye(1, 4))
+
+
+def test_a_purge_leaves_no_copy_of_the_text_in_any_file(lineage):
+    victim = synth_people(3, seed=0, facts_per_person=2)[0]
+    other = sqlite3.connect(lineage.path)  # another process's connection, open throughout
+    other.execute("SELECT COUNT(*) FROM samples").fetchall()
+    lineage.tombstone([victim.id])
+    lineage.purge_text([victim.id])
+    files = sorted(p for p in lineage.path.parent.iterdir() if p.is_file())
+    assert lineage.path.with_name("lineage.db-wal") in files  # the log is there, truncated
+    for path in files:
+        data = path.read_bytes()
+        for text in (victim.prompt, victim.response):
+            assert text.encode() not in data, f"{text!r} survives in {path.name}"
+    other.close()
+
+
+def test_the_hash_kept_after_a_purge_cannot_be_found_by_hashing_the_text(lineage):
+    victim = synth_people(3, seed=0, facts_per_person=2)[0]
+    lineage.tombstone([victim.id])
+    lineage.purge_text([victim.id])
+    [(kept,)] = lineage._query("SELECT content_hash FROM samples WHERE id = ?", (victim.id,))
+    guesses = ["\x1f".join((victim.id, victim.owner, victim.prompt, victim.response)),
+               victim.prompt, victim.response, victim.prompt + victim.response]
+    assert kept not in {hashlib.sha256(g.encode()).hexdigest() for g in guesses}
+    assert kept == lineage.content_hash(victim)  # the key holder can still prove identity
+    assert (lineage.path.parent / "secret.key").stat().st_mode & 0o777 == 0o600
