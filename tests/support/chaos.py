@@ -101,7 +101,6 @@ class _Processes:
                 process.wait()
         if self.server is not None:
             self.server.stop()
-        self.log.close()
 
 
 def _post_forget(url: str, owner: str) -> str | None:
@@ -163,7 +162,6 @@ def run_chaos(workdir: Path, model_dir: Path, kills: int = 50, people: int = 24,
 
         # Everything once more, left alone: every accepted request must complete.
         processes.stop()
-        processes = _Processes(config, workdir, shards, rng)
         processes.start_server()
         deadline = time.monotonic() + settle_timeout
         states: dict[str, dict] = {}
@@ -179,6 +177,7 @@ def run_chaos(workdir: Path, model_dir: Path, kills: int = 50, people: int = 24,
                     for rid, s in states.items() if s["state"] == "completed"}
     finally:
         processes.stop()
+        processes.log.close()
 
     store = ShardStore(home / "apa")
     forgotten_ids = store.lineage.forgotten_ids()
