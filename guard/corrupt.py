@@ -9,6 +9,7 @@ drawn from `rng`, seeded per request, so a response is reproducible. Add one wit
 from __future__ import annotations
 
 import hashlib
+import hmac
 from dataclasses import dataclass
 from typing import Callable
 
@@ -98,12 +99,13 @@ register_corruption("zero_out_top_k", zero_out_top_k, uses_sigma=False)
 register_corruption("flip_sign_top_k", flip_sign_top_k, uses_sigma=False)
 
 
-def request_seed(text: str, seed: int | None = None) -> int:
-    """The request's own seed if it has one, else one derived from its text: same prompt, same
-    corruption, same response."""
-    if seed is not None:
-        return seed
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & (2**63 - 1)
+def request_seed(text: str, key: bytes = b"") -> int:
+    """The corruption's seed for a prompt: a keyed hash of its text. Same prompt, same
+    corruption; never the client's `seed`, which would let a client draw many corruptions of one
+    prompt and vote over their answers. The server keys it with a secret of its own, so the
+    noise cannot be computed offline either."""
+    return int.from_bytes(hmac.new(key, text.encode(), hashlib.sha256).digest()[:8],
+                          "little") & (2**63 - 1)
 
 
 @dataclass(frozen=True)

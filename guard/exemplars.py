@@ -1,8 +1,8 @@
 """Exemplars of pending forget items: prompts near one are flagged at once, with no refit.
 
 An entry is the embeddings of one forget item's prompts and responses (vectors only, never its
-text), keyed by the item's id (a forget request). Readers use an immutable snapshot, so adding
-or removing an entry never blocks a check in flight.
+text) and its own similarity threshold, keyed by the item's id (a forget request). Readers use
+an immutable snapshot, so adding or removing an entry never blocks a check in flight.
 """
 
 from __future__ import annotations
@@ -18,15 +18,17 @@ class ExemplarIndex:
     def __init__(self, dim: int):
         self.dim = dim
         self._lock = threading.Lock()
-        self._entries: dict[str, np.ndarray] = {}  # key -> (n, D) unit vectors
-        self._snapshot = (np.zeros((0, dim), np.float32), [])  # ((M, D) rows, owner key of each)
+        self._entries: dict[str, tuple[np.ndarray, float]] = {}  # key -> ((n, D), threshold)
+        # ((M, D) rows, (M,) threshold of each row's entry, owner key of each row)
+        self._snapshot = (np.zeros((0, dim), np.float32), np.zeros(0, np.float32), [])
 
-    def add(self, key: str, vectors: np.ndarray) -> None:
+    def add(self, key: str, vectors: np.ndarray, threshold: float) -> None:
+        """Flag texts whose similarity to any of `vectors` (n, D) exceeds `threshold`."""
         if vectors.ndim != 2 or vectors.shape[1] != self.dim or len(vectors) == 0:
             raise GuardError(f"exemplar {key!r}: expected (n >= 1, {self.dim}) vectors, got "
                              f"{vectors.shape}")
         with self._lock:
-            self._entries[key] = vectors.astype(np.float32)
+            self._entries[key] = (vectors.astype(np.float32), float(threshold))
             self._rebuild()
 
     def remove(self, key: str) -> bool:
@@ -38,25 +40,36 @@ class ExemplarIndex:
 
     def _rebuild(self) -> None:
         keys = list(self._entries)
-        rows = [self._entries[k] for k in keys]
-        self._snapshot = (np.concatenate(rows) if rows else np.zeros((0, self.dim), np.float32),
-                          [k for k in keys for _ in range(len(self._entries[k]))])
+        rows = [self._entries[k][0] for k in keys]
+        self._snapshot = (
+            np.concatenate(rows) if rows else np.zeros((0, self.dim), np.float32),
+            np.array([self._entries[k][1] for k in keys for _ in self._entries[k][0]],
+                     np.float32),
+            [k for k in keys for _ in self._entries[k][0]])
 
     def keys(self) -> list[str]:
         return list(self._entries)
 
     def get(self, key: str) -> np.ndarray | None:
-        return self._entries.get(key)
+        """The (n, D) vectors of an entry."""
+        entry = self._entries.get(key)
+        return None if entry is None else entry[0]
 
-    def nearest(self, vectors: np.ndarray) -> tuple[np.ndarray, list[str | None]]:
+    def threshold(self, key: str) -> float:
+        return self._entries[key][1]
+
+    def nearest(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
         """For each of (N, D) unit vectors: (N,) cosine similarity to the nearest exemplar row
-        (-1 when there is none) and the key of its entry."""
-        rows, owners = self._snapshot
+        (-1 when there is none), (N,) its margin over that row's threshold (the largest margin
+        over any row: > 0 means flagged), and the key of the entry with that margin."""
+        rows, thresholds, owners = self._snapshot
+        n = len(vectors)
         if len(rows) == 0:
-            return np.full(len(vectors), -1.0, np.float32), [None] * len(vectors)
+            return np.full(n, -1.0, np.float32), np.full(n, -np.inf), [None] * n
         sims = vectors @ rows.T  # (N, M)
-        best = sims.argmax(axis=1)  # (N,)
-        return sims[np.arange(len(vectors)), best], [owners[i] for i in best]
+        margins = sims - thresholds  # (N, M)
+        best = margins.argmax(axis=1)  # (N,)
+        return (sims.max(axis=1), margins[np.arange(n), best], [owners[i] for i in best])
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -1,9 +1,16 @@
 """The guard as the server uses it: check prompts, add and retire exemplars, refit.
 
-check() flags a prompt when it is near a pending forget item's exemplar (instant, exemplars.py)
-or when the calibrated classifier flags it (classifier.py). Exemplars folded into the classifier
-by a refit stay covered by it after the exemplars themselves are retired. A guard without a
-trained classifier (`Guard.exemplars_only`) flags by exemplars alone.
+check() reads every view of a request's texts (views.py: each text, the join, sentences,
+windows) and flags the request when any view is near a pending forget item's exemplar (instant,
+exemplars.py) or when the calibrated classifier flags one (classifier.py). Exemplars folded into
+the classifier by a refit stay covered by it after the exemplars themselves are retired. A guard
+without a trained classifier (`Guard.exemplars_only`) flags by exemplars alone.
+
+Each exemplar's threshold is calibrated when it is added, against reference negatives: texts
+the guard must not flag (`set_negatives`: the server passes the training prompts that are not
+being forgotten and generated general requests, general.py). The threshold sits `MARGIN` above
+the most similar negative, within [`FLOOR`, `CEILING`]; without negatives it is the trained
+model's calibrated exemplar threshold, or the configured one.
 """
 
 from __future__ import annotations
@@ -20,16 +27,24 @@ from .errors import GuardError
 from .exemplars import ExemplarIndex
 from .prompts import strip_markup
 from .train import EmbedFn
+from .views import views
+
+# Above the most similar negative. On synthetic people (MiniLM): other owners' questions <= 0.58,
+# a general question sharing the forgotten answer's word ("What does a herbalist do?") 0.60,
+# hostile forms of the forgotten question (paraphrase, typos, filler, wrappers) >= 0.75.
+MARGIN = 0.08
+FLOOR, CEILING = 0.6, 0.95  # never flag the merely topical; never demand a verbatim copy
+SAME_TEXT = 0.999  # a negative this close to an exemplar is the exemplar's own text
 
 
 @dataclass(frozen=True)
 class Verdict:
     flagged: bool
     rule: Literal["exemplar", "classifier"] | None  # which rule fired
-    score: float  # highest classifier score among the texts
-    similarity: float  # highest similarity to an exemplar (-1: no exemplars)
+    score: float  # highest classifier score among the views
+    similarity: float  # highest similarity of a view to an exemplar (-1: no exemplars)
     exemplar: str | None  # the key of the exemplar entry that fired
-    vectors: np.ndarray  # (N, D) embeddings of the checked texts, for reuse (routing)
+    vectors: np.ndarray  # (N, D) embeddings of the N texts checked (not their views): routing
 
 
 class Guard:
@@ -50,6 +65,8 @@ class Guard:
         self.exemplars = ExemplarIndex(dim)
         self.folded: set[str] = set()  # exemplar keys the classifier has been refitted on
         self._refit_lock = threading.Lock()
+        self._negatives: dict[str, np.ndarray] = {}  # id -> (D,) reference negative
+        self._negative_rows = np.zeros((0, dim), np.float32)  # (M, D) snapshot of the above
 
     @classmethod
     def load(cls, root: Path, embed: EmbedFn, keep_versions: int = 0) -> Guard:
@@ -61,30 +78,59 @@ class Guard:
         return cls(None, embed, exemplar_threshold=exemplar_threshold)
 
     def check(self, texts: list[str]) -> Verdict:
-        """Flag the request if any of its texts (e.g. user messages) is about forgotten content."""
+        """Flag the request if any view of its texts (every message of every role, or a
+        completion prompt) is about forgotten content."""
         texts = [t for t in (strip_markup(t) for t in texts) if t]
         if not texts:
             return Verdict(False, None, 0.0, -1.0, None, np.zeros((0, self.dim), np.float32))
-        vectors = self.embed(texts)  # (N, D)
+        vectors = self.embed(views(texts))  # (V, D): the N texts first, then their pieces
         model = self.model  # one model for the whole check, even if a refit swaps it meanwhile
         if model is None:
-            flags, scores = np.zeros(len(texts), bool), np.zeros(len(texts))
+            flags, scores = np.zeros(len(vectors), bool), np.zeros(len(vectors))
         else:
             flags, scores = model.flags(vectors)
-        sims, keys = self.exemplars.nearest(vectors)
-        best = int(np.argmax(sims))
-        if sims[best] > (model.exemplar_threshold if model else self.exemplar_threshold):
+        sims, margins, keys = self.exemplars.nearest(vectors)
+        best = int(np.argmax(margins))
+        if margins[best] > 0:
             rule, key = "exemplar", keys[best]
         else:
             rule, key = ("classifier" if flags.any() else None), None
-        return Verdict(rule is not None, rule, float(scores.max()), float(sims.max()), key, vectors)
+        return Verdict(rule is not None, rule, float(scores.max()), float(sims.max()), key,
+                       vectors[:len(texts)])
+
+    def set_negatives(self, negatives: dict[str, np.ndarray]) -> None:
+        """Reference texts the guard must not flag, as id -> (D,) embedding (replacing any set
+        before); exemplars added from now on are calibrated against them."""
+        self._negatives = {k: np.asarray(v, np.float32) for k, v in negatives.items()}
+        self._rebuild_negatives()
+
+    def drop_negatives(self, ids: list[str]) -> None:
+        """Forget reference negatives (e.g. the embeddings of samples now forgotten)."""
+        for i in ids:
+            self._negatives.pop(i, None)
+        self._rebuild_negatives()
+
+    def _rebuild_negatives(self) -> None:
+        rows = list(self._negatives.values())
+        self._negative_rows = np.stack(rows) if rows else np.zeros((0, self.dim), np.float32)
+
+    def exemplar_threshold_for(self, vectors: np.ndarray) -> float:
+        """The similarity above which a text is flagged as near `vectors` (n, D)."""
+        negatives = self._negative_rows  # (M, D)
+        if len(negatives) == 0:
+            return self.model.exemplar_threshold if self.model else self.exemplar_threshold
+        sims = negatives @ vectors.T  # (M, n)
+        sims = sims[sims.max(axis=1) < SAME_TEXT]  # the exemplar's own texts are no negatives
+        nearest = float(sims.max()) if sims.size else FLOOR
+        return min(max(nearest + MARGIN, FLOOR), CEILING)
 
     def add_exemplar(self, key: str, texts: list[str]) -> None:
         """Flag prompts near `texts` (a forget item's prompts and responses) from now on."""
         texts = [t for t in (strip_markup(t) for t in texts) if t]
         if not texts:
             raise GuardError(f"forget item {key!r} has no text to guard")
-        self.exemplars.add(key, self.embed(texts))
+        vectors = self.embed(texts)  # (n, D)
+        self.exemplars.add(key, vectors, self.exemplar_threshold_for(vectors))
 
     def retire_exemplar(self, key: str) -> bool:
         return self.exemplars.remove(key)

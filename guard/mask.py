@@ -27,7 +27,8 @@ def token_mask(tokenizer, text: str, spans: list[tuple[int, int]],
 
 def chat_prompt(tokenizer, messages: list[dict], salient: frozenset[str] | None = None
                 ) -> tuple[list[int], torch.Tensor]:
-    """Token ids of the chat prompt (with the assistant header) and the mask of user content."""
+    """Token ids of the chat prompt (with the assistant header) and the mask of the messages'
+    content, every role (a client writes them all); the template's own tokens are never masked."""
     text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     spans, cursor = [], 0
     for message in messages:
@@ -35,6 +36,5 @@ def chat_prompt(tokenizer, messages: list[dict], salient: frozenset[str] | None 
         if start < 0:  # a template that rewrites content: nothing of it can be located safely
             continue
         cursor = start + len(message["content"])
-        if message["role"] == "user":
-            spans.append((start, cursor))
+        spans.append((start, cursor))
     return token_mask(tokenizer, text, spans, salient)

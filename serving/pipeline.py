@@ -1,12 +1,17 @@
 """What one prompt becomes before the engine sees it: guard, corruption, route, mixture.
 
-    guard check of the user's text (embedded once; the vector is reused for routing)
-      flagged: the prompt's token embeddings, corrupted on every user token (ECO), or a refusal
+    guard check of everything the model reads: every message of every role, or the completion
+      prompt (guard/views.py: each alone, joined, by sentence and in windows; the texts'
+      vectors are reused for routing)
+      flagged: the prompt's token embeddings, corrupted on every token a client wrote (ECO),
+      or a refusal
     adapter: the LoRA resolver's answer for the request's vector: today the weighted shard
       adapters (APA, quarantined shards excluded) as one cached mixture (serving/mixtures.py)
 
 Flagged prompts are routed like any other, so nothing in the response's form tells the client
-that the guard fired (policy `corrupt`); the server log and /metrics do.
+that the guard fired (policy `corrupt`); the server log and /metrics (admin key) do. The noise
+is seeded by a keyed hash of the prompt under the server's secret, never by the client's `seed`
+(which would let a client draw many corruptions of one prompt and vote over the answers).
 """
 
 from __future__ import annotations
@@ -46,30 +51,31 @@ class Prompt:
 class Pipeline:
     def __init__(self, tokenizer, embedding: torch.Tensor | None, guard: Guard | None,
                  corruption: Corruption, resolver: LoRAResolver | None,
-                 on_flag: Literal["corrupt", "refuse"], metrics: Metrics):
+                 on_flag: Literal["corrupt", "refuse"], metrics: Metrics, noise_key: bytes):
         self.tokenizer = tokenizer
         self.embedding = embedding  # (V, D) the model's input embeddings; needed with a guard
         self.guard, self.corruption, self.resolver = guard, corruption, resolver
         self.on_flag = on_flag
         self.metrics = metrics
+        self.noise_key = noise_key  # the server's secret: seeds the corruption noise
 
-    def chat(self, messages: list[dict], seed: int | None) -> Prompt:
+    def chat(self, messages: list[dict]) -> Prompt:
         """The chat prompt (template applied, assistant header added) of `messages`."""
-        user = [m["content"] for m in messages if m["role"] == "user"]
-        verdict = self._check(user)
+        texts = [m["content"] for m in messages]  # every role: the model reads them all
+        verdict = self._check(texts)
         if verdict is None or not verdict.flagged:
             text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
                                                       tokenize=False)
             return Prompt(self.tokenizer.encode(text, add_special_tokens=False), None,
                           self._lora(verdict))
-        # Every token the user wrote is corrupted: the mask the corruption was tuned with
-        # (guard/tune.py). Corrupting only the item's salient words (names) is not enough: an
-        # adapter that holds the item still answers "Where does ... live?" with its fact
-        # (measured on SmolLM2, tests/serving/test_forget_real.py).
+        # Every token a client wrote, in any role, is corrupted (guard/tune.py tunes with the
+        # same mask). Corrupting only the item's salient words (names) is not enough: an adapter
+        # that holds the item still answers "Where does ... live?" with its fact (measured on
+        # SmolLM2, tests/serving/forget/test_forget_real.py).
         ids, mask = chat_prompt(self.tokenizer, messages)
-        return self._flagged(ids, mask, "\n".join(user), seed, verdict)
+        return self._flagged(ids, mask, "\n".join(texts), verdict)
 
-    def completion(self, token_ids: list[int], seed: int | None) -> Prompt:
+    def completion(self, token_ids: list[int]) -> Prompt:
         """A raw completion prompt: all of it is the user's text."""
         text = self.tokenizer.decode(token_ids)
         verdict = self._check([text])
@@ -77,7 +83,7 @@ class Pipeline:
             return Prompt(token_ids, None, self._lora(verdict))
         special = set(self.tokenizer.all_special_ids)
         mask = torch.tensor([t not in special for t in token_ids], dtype=torch.bool)
-        return self._flagged(token_ids, mask, text, seed, verdict)
+        return self._flagged(token_ids, mask, text, verdict)
 
     # --- steps -------------------------------------------------------------------------------
 
@@ -91,12 +97,12 @@ class Pipeline:
                      verdict.rule, verdict.score, verdict.similarity)
         return verdict
 
-    def _flagged(self, ids: list[int], mask: torch.Tensor, text: str, seed: int | None,
-                 verdict: Verdict) -> Prompt:
+    def _flagged(self, ids: list[int], mask: torch.Tensor, text: str, verdict: Verdict
+                 ) -> Prompt:
         if self.on_flag == "refuse":
             raise GuardRefusal("the request was refused by the content filter")
         embeds = self.embedding[torch.tensor(ids)]  # (T, D)
-        corrupted = self.corruption(embeds, mask, request_seed(text, seed))  # (T, D)
+        corrupted = self.corruption(embeds, mask, request_seed(text, self.noise_key))  # (T, D)
         return Prompt(ids, corrupted, self._lora(verdict))
 
     def _lora(self, verdict: Verdict | None) -> LoRA | None:

@@ -12,7 +12,7 @@ import logging
 import uvicorn
 from transformers import AutoConfig, AutoTokenizer
 
-from adapters import ShardStore
+from adapters import ShardStore, load_secret
 from guard import Corruption, Guard, SentenceEmbedder, load_corruption
 
 from .api import OpenAIServing, build_app
@@ -64,8 +64,10 @@ def create_app(config: Config):
     corruption = load_corruption(config.guard_dir) or Corruption(
         **config.guard.corruption.model_dump())
     resolver = MaterialisedMixtures(store, config.route, metrics) if store else None
+    config.home_dir.mkdir(parents=True, exist_ok=True)
     pipeline = Pipeline(tokenizer, input_embeddings(model_path) if guard else None, guard,
-                        corruption, resolver, config.forget.on_flag, metrics)
+                        corruption, resolver, config.forget.on_flag, metrics,
+                        noise_key=load_secret(config.home_dir / "secret.key"))
     forget = (ForgetService(open_queue(config.queue_path, config.forget.synchronous),
                             store.lineage, guard,
                             quarantine=config.forget.quarantine, retire=config.forget.retire,

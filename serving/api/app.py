@@ -22,6 +22,8 @@ from .protocol import ChatCompletionRequest, CompletionRequest
 from .serving import OpenAIServing
 
 log = logging.getLogger("lethe.api")
+# Paths for operators only: with any key configured they need an admin key.
+ADMIN_PATHS = ("/v1/forget", "/metrics", "/docs", "/redoc", "/openapi.json")
 
 
 def build_app(serving: OpenAIServing, forget: ForgetService | None,
@@ -37,10 +39,12 @@ def build_app(serving: OpenAIServing, forget: ForgetService | None,
     async def request_context(request: Request, call_next):
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         path = request.url.path
-        if path.startswith("/v1/forget") and (api_keys or admin_keys) and not _authorized(
+        if path.startswith(ADMIN_PATHS) and (api_keys or admin_keys) and not _authorized(
                 request, admin_keys):
+            # /metrics counts flagged requests: a client that could read it would learn whether
+            # the guard fired on its prompt. Forget requests and the API schema are operators'.
             response = error_response(AuthenticationError(
-                "forget requests need an admin key (server.admin_keys)"))
+                f"{path} needs an admin key (server.admin_keys)"))
         elif api_keys and path.startswith("/v1/") and not _authorized(request,
                                                                       api_keys + admin_keys):
             response = error_response(AuthenticationError("Invalid or missing API key"))

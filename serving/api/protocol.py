@@ -63,7 +63,8 @@ class SamplingFields(OpenAIModel):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     n: int = Field(default=1, ge=1, le=16)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    # Checked here, before the guard runs: a bad seed gets the same error whatever the prompt.
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None

@@ -81,7 +81,7 @@ class OpenAIServing:
         if req.echo:
             raise InvalidRequestError("echo is not supported", param="echo")
         run = await self._prepare_and_start(
-            req, [functools.partial(self.pipeline.completion, ids, req.seed)
+            req, [functools.partial(self.pipeline.completion, ids)
                   for ids in self._completion_prompts(req.prompt)], req.max_tokens, "prompt")
         rid = new_id("cmpl")
         if req.stream:
@@ -100,7 +100,7 @@ class OpenAIServing:
     async def chat(self, req: ChatCompletionRequest) -> ChatCompletionResponse | AsyncIterator[str]:
         self._check_common(req)
         run = await self._prepare_and_start(
-            req, [functools.partial(self.pipeline.chat, self._chat_messages(req), req.seed)],
+            req, [functools.partial(self.pipeline.chat, self._chat_messages(req))],
             req.max_completion_tokens or req.max_tokens, "messages")
         rid = new_id("chatcmpl")
         if req.stream:

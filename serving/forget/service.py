@@ -21,7 +21,7 @@ import threading
 from typing import Literal
 
 from adapters import Lineage
-from guard import Guard, GuardError
+from guard import Guard, GuardError, general_prompts
 
 from ..metrics import Metrics
 from .queue import ACTIVE, ForgetQueue, ForgetRequest
@@ -36,7 +36,18 @@ class ForgetService:
         self.quarantine, self.retire = quarantine, retire
         self.metrics = metrics
         self._lock = threading.Lock()  # submit and sync never interleave their guard updates
-        self._active: set[str] = set()  # requests this server has guarded, until exact
+        self._active: dict[str, list[str]] = {}  # requests guarded here, until exact -> ids
+        self._set_negatives()
+
+    def _set_negatives(self) -> None:
+        """What the guard calibrates each exemplar against: the training prompts that are not
+        forgotten (the near misses: other owners asked the same way) and general requests."""
+        live = [s for k in self.lineage.shard_ids() for s in self.lineage.shard_samples(k)]
+        general = [p for prompts in general_prompts().values() for p in prompts]
+        vectors = self.guard.embed([s.prompt for s in live] + general)  # (L + G, D)
+        self.guard.set_negatives(dict(zip([s.id for s in live] +
+                                          [f"general-{i}" for i in range(len(general))],
+                                          vectors)))
 
     def submit(self, owner: str | None, sample_ids: list[str] | None, prompts: list[str]
                ) -> tuple[ForgetRequest, bool]:
@@ -67,12 +78,12 @@ class ForgetService:
                         self._activate(request)
                     except Exception:  # one request never stops the others; retried next sync
                         log.exception("forget request %s could not be guarded", request.id)
-            done = sorted(self._active - set(active))
+            done = sorted(set(self._active) - set(active))
             if done and self.retire == "fold" and self.guard.model is not None:
                 self.guard.refit()  # the classifier keeps covering them
             for key in done:
                 self.guard.retire_exemplar(key)
-                self._active.discard(key)
+                self.guard.drop_negatives(self._active.pop(key))  # forgotten: no reference
                 log.info("forget request %s is exact: its exemplars are retired (%s)", key,
                          self.retire)
             self.lineage.release_quarantine(holders - set(active))
@@ -89,5 +100,5 @@ class ForgetService:
         if self.quarantine:
             self.lineage.hold_quarantine(request.id, self.lineage.shards_of(request.sample_ids))
         self.queue.mark_guarded(request.id)
-        self._active.add(request.id)
+        self._active[request.id] = request.sample_ids
         self.metrics.guard_exemplars.set(len(self.guard.exemplars))

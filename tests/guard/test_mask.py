@@ -1,11 +1,11 @@
-"""Corruption masks cover the user's content tokens, never the chat template's."""
+"""Corruption masks cover the content tokens of every message, never the chat template's."""
 
 from transformers import AutoTokenizer
 
 from guard import chat_prompt, token_mask
 
 
-def test_chat_mask_covers_exactly_the_user_messages(tiny_model_dir):
+def test_chat_mask_covers_exactly_the_content_of_every_role(tiny_model_dir):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     messages = [{"role": "system", "content": "Be brief."},
                 {"role": "user", "content": "Where does Kalo Venmar live?"},
@@ -16,7 +16,7 @@ def test_chat_mask_covers_exactly_the_user_messages(tiny_model_dir):
     assert ids == tokenizer.apply_chat_template(messages, add_generation_prompt=True,
                                                 tokenize=True, return_dict=True)["input_ids"]
     masked = tokenizer.decode([i for i, m in zip(ids, mask) if m])
-    assert masked == "Where does Kalo Venmar live?And his job?"
+    assert masked == "Be brief.Where does Kalo Venmar live?In Quillmoor.And his job?"
 
 
 def test_salient_mask_covers_only_the_named_terms(tiny_model_dir):

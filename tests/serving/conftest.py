@@ -34,7 +34,7 @@ def api(server, method: str, path: str, key: str = ADMIN, **kw) -> httpx.Respons
 
 
 def metric(server, name: str) -> float:
-    text = httpx.get(server.url + "/metrics").text
+    text = httpx.get(server.url + "/metrics", headers={"Authorization": f"Bearer {ADMIN}"}).text
     return sum(float(v) for v in re.findall(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text,
                                             re.M))
 

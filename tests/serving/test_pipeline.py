@@ -37,7 +37,7 @@ def parts(tiny_world, tiny_model_dir, minilm):
                         input_embeddings(tiny_model_dir), guard,
                         Corruption("rand_noise_first_n", 1.0),
                         MaterialisedMixtures(store, RouteConfig(scheme="semantic", top_m=1),
-                                             metrics), on_flag, metrics)
+                                             metrics), on_flag, metrics, b"server secret")
 
     return pipeline, store
 
@@ -46,16 +46,17 @@ def chat(question: str) -> list[dict]:
     return [{"role": "system", "content": "Be brief."}, {"role": "user", "content": question}]
 
 
-def test_a_flagged_prompt_gets_corrupted_embeddings_of_the_user_tokens_only(parts):
+def test_a_flagged_prompt_gets_corrupted_embeddings_of_the_content_tokens_only(parts):
     pipeline, _ = parts
     p = pipeline()
-    plain = p.chat(chat(fact("person-0002")[0]), seed=None)
-    flagged = p.chat(chat(fact("person-0001")[0]), seed=None)
+    plain = p.chat(chat(fact("person-0002")[0]))
+    flagged = p.chat(chat(fact("person-0001")[0]))
     assert plain.embeds is None and plain.lora is not None
     clean = p.embedding[torch.tensor(flagged.token_ids)]  # (T, D)
     changed = (flagged.embeds != clean).any(dim=1)  # (T,)
-    user_ids = p.tokenizer.encode(fact("person-0001")[0], add_special_tokens=False)
-    assert changed.sum() == len(user_ids)  # every user token, nothing of the template
+    content = [p.tokenizer.encode(text, add_special_tokens=False)
+               for text in ("Be brief.", fact("person-0001")[0])]
+    assert changed.sum() == sum(map(len, content))  # every content token, none of the template
     assert flagged.lora is not None  # routed like any other request
     assert p.metrics.guard_flagged.labels("exemplar")._value.get() == 1
 
@@ -63,13 +64,13 @@ def test_a_flagged_prompt_gets_corrupted_embeddings_of_the_user_tokens_only(part
 def test_policy_refuse_raises(parts):
     pipeline, _ = parts
     with pytest.raises(GuardRefusal):
-        pipeline("refuse").chat(chat(fact("person-0001")[0]), seed=None)
+        pipeline("refuse").chat(chat(fact("person-0001")[0]))
 
 
 def test_a_mixture_in_flight_survives_a_retrain_until_released(parts):
     pipeline, store = parts
     p = pipeline()
-    prompt = p.chat(chat(fact("person-0003")[0]), seed=None)
+    prompt = p.chat(chat(fact("person-0003")[0]))
     [part] = json.loads((prompt.lora.path / "mixture.json").read_text())["parts"]
     shard = part["shard"]
     store.forget_samples([s.id for s in store.lineage.shard_samples(shard)][:1])  # new version

@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-KEY = "test-key"
+KEY, ADMIN = "test-key", "test-admin-key"
 MODEL = "tiny"
 MAX_LEN = 256
 
@@ -21,7 +21,7 @@ def server(start_server, tiny_model_dir):
     return start_server({
         "model": {"source": str(tiny_model_dir), "name": MODEL, "max_model_len": MAX_LEN},
         "engine": {"name": "hf"},
-        "server": {"api_keys": [KEY]},
+        "server": {"api_keys": [KEY], "admin_keys": [ADMIN]},
     })
 
 
@@ -181,9 +181,19 @@ def test_health_needs_no_key(server):
     assert httpx.get(server.url + "/health").status_code == 200
 
 
+def test_operator_paths_need_the_admin_key(server):
+    for path in ("/metrics", "/docs", "/redoc", "/openapi.json"):
+        for headers in ({}, {"Authorization": f"Bearer {KEY}"}):  # none, or a client's key
+            response = httpx.get(server.url + path, headers=headers)
+            assert response.status_code == 401, path
+            assert response.json()["error"]["type"] == "authentication_error"
+        admin = httpx.get(server.url + path, headers={"Authorization": f"Bearer {ADMIN}"})
+        assert admin.status_code == 200, path
+
+
 def test_metrics_count_requests_tokens_and_latency(server, client):
     client.completions.create(model=MODEL, prompt="Where", max_tokens=3, temperature=0)
-    text = httpx.get(server.url + "/metrics").text
+    text = httpx.get(server.url + "/metrics", headers={"Authorization": f"Bearer {ADMIN}"}).text
     metrics = {line.split(" ")[0]: float(line.split(" ")[-1])
                for line in text.splitlines() if line.startswith("lethe:")}
     assert metrics['lethe:requests_total{endpoint="/v1/completions",status="200"}'] >= 1

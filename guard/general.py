@@ -1,0 +1,94 @@
+"""General requests, generated offline: the negatives no forget request is about.
+
+The guard must not fire on how-to questions, arithmetic, science, writing requests, questions
+about real people and books, or world facts. These are generated from templates and word lists
+(seeded, no data to download): `lethe guard train` adds them to its negatives and the server
+calibrates every exemplar's threshold against them (guard.py). Categories are kept apart so a
+benchmark can report a false-positive rate per kind of request.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+_TASKS = ["boil an egg", "change a flat tyre", "tie a bowline knot", "set up a Python virtual "
+          "environment", "bake sourdough bread", "write a cover letter", "clean a cast iron pan",
+          "learn to juggle", "plant tomatoes", "fix a leaking tap", "back up my phone",
+          "prepare for a job interview", "make cold brew coffee", "sharpen a kitchen knife",
+          "remove a wine stain", "start running", "meditate", "budget my salary",
+          "train a puppy", "paint a wall", "reset a router", "fold a fitted sheet",
+          "negotiate a raise", "write a unit test", "read a nutrition label"]
+_HOW = ["How do I {}?", "What is the best way to {}?", "Can you explain how to {}?",
+        "Give me step-by-step instructions to {}.", "Any tips on how to {}?"]
+
+_CONCEPTS = ["photosynthesis", "plate tectonics", "the water cycle", "black holes",
+             "natural selection", "quantum entanglement", "inflation in economics",
+             "the immune system", "how vaccines work", "machine learning", "the greenhouse effect",
+             "how a compiler works", "continental drift", "the Doppler effect", "DNA replication",
+             "supply and demand", "the theory of relativity", "how batteries store energy",
+             "why the sky is blue", "how airplanes stay in the air"]
+_SCIENCE = ["Explain {} in simple terms.", "What is {}?", "Can you summarise {}?",
+            "Why does {} matter?", "Describe {} to a ten-year-old."]
+
+_FORMS = ["haiku", "short poem", "limerick", "two-sentence story", "product description",
+          "birthday message", "thank-you note", "tweet", "riddle", "motivational quote"]
+_TOPICS = ["autumn leaves", "the sea", "a lighthouse", "a rainy Monday", "coffee", "a lost key",
+           "the moon", "a city market", "mountains", "a robot learning to paint", "friendship",
+           "a train journey", "winter mornings", "a garden in spring", "the night sky"]
+_WRITE = ["Write a {} about {}.", "Compose a {} about {}.", "Could you write a {} about {}?"]
+
+_MATH = ["What is {a} times {b}?", "What is {a} plus {b}?", "Divide {a} by {b}.",
+         "What is {a} squared?", "Solve for x: {a}x + {b} = 0.", "Is {a} a prime number?",
+         "What is {a} percent of {b}?", "Convert {a} kilometres to miles."]
+
+_PEOPLE = ["William Shakespeare", "Jane Austen", "Leo Tolstoy", "Toni Morrison",
+           "Gabriel Garcia Marquez", "Haruki Murakami", "Chinua Achebe", "Virginia Woolf",
+           "Mark Twain", "Charles Dickens", "George Orwell", "J.K. Rowling", "Albert Einstein",
+           "Marie Curie", "Isaac Newton", "Ada Lovelace", "Nelson Mandela", "Frida Kahlo",
+           "Leonardo da Vinci", "Mahatma Gandhi", "Agatha Christie", "Ernest Hemingway",
+           "Franz Kafka", "Fyodor Dostoevsky", "Emily Dickinson", "Homer", "Dante Alighieri",
+           "Miguel de Cervantes", "Chimamanda Ngozi Adichie", "Stephen King"]
+_PERSON = ["Who was {}?", "When was {} born?", "What is {} best known for?",
+           "Tell me about the life of {}.", "Which books did {} write?",
+           "Where did {} grow up?", "What awards did {} win?"]
+_BOOKS = ["Pride and Prejudice", "War and Peace", "One Hundred Years of Solitude", "1984",
+          "Things Fall Apart", "Moby-Dick", "Don Quixote", "The Great Gatsby",
+          "To Kill a Mockingbird", "Crime and Punishment", "The Odyssey", "Beloved",
+          "Norwegian Wood", "Mrs Dalloway", "The Trial", "Great Expectations", "Hamlet",
+          "Jane Eyre", "The Hobbit", "Frankenstein"]
+_BOOK = ["Who wrote {}?", "What is {} about?", "When was {} published?",
+         "What are the main themes of {}?", "Who is the main character of {}?"]
+
+_COUNTRIES = ["France", "Japan", "Brazil", "Kenya", "Canada", "Australia", "India", "Egypt",
+              "Norway", "Mexico", "Argentina", "Vietnam", "Italy", "Germany", "Peru", "Ghana",
+              "Spain", "Chile", "Thailand", "Poland"]
+_COUNTRY = ["What is the capital of {}?", "What language is spoken in {}?",
+            "What currency does {} use?", "How many people live in {}?",
+            "What is the highest mountain in {}?"]
+_FACTS = ["How far is the Moon from the Earth?", "What is the boiling point of water?",
+          "How many continents are there?", "What is the largest ocean?",
+          "Which planet is closest to the Sun?", "How many bones are in the human body?",
+          "What is the speed of light?", "Which is the longest river in the world?",
+          "What is the chemical symbol for gold?", "How many days are in a leap year?"]
+
+
+def _fill(templates: list[str], fillers: list) -> list[str]:
+    return [t.format(*f) if isinstance(f, tuple) else t.format(f)
+            for t, f in itertools.product(templates, fillers)]
+
+
+def general_prompts(per_kind: int = 100, seed: int = 0) -> dict[str, list[str]]:
+    """kind -> up to `per_kind` distinct prompts, sampled with `seed`."""
+    rng = random.Random(seed)
+    numbers = [(rng.randint(2, 999), rng.randint(2, 99)) for _ in range(60)]
+    kinds = {
+        "how_to": _fill(_HOW, _TASKS),
+        "science": _fill(_SCIENCE, _CONCEPTS),
+        "writing": _fill(_WRITE, list(itertools.product(_FORMS, _TOPICS))),
+        "math": [t.format(a=a, b=b) for t in _MATH for a, b in numbers],
+        "real_people_and_books": _fill(_PERSON, _PEOPLE) + _fill(_BOOK, _BOOKS),
+        "world_facts": _fill(_COUNTRY, _COUNTRIES) + _FACTS,
+    }
+    return {kind: rng.sample(prompts, min(per_kind, len(prompts)))
+            for kind, prompts in kinds.items()}
