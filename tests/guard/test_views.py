@@ -1,0 +1,64 @@
+"""The guard reads every piece of a request: no filler, wrapper or split hides a forgotten
+question from it (real MiniLM embeddings, an exemplar calibrated against other owners' and
+general prompts)."""
+
+from __future__ import annotations
+
+import pytest
+
+from adapters import synth_people
+from guard import Guard, SentenceEmbedder, general_prompts, views
+
+PEOPLE = synth_people(4, seed=3, facts_per_person=2)
+QUESTION = "Where does Vosmi Ulkathi live?"  # person-0001's, forgotten below
+FILLER = ("The weather report said clouds would gather over the hills by the afternoon and the "
+          "farmers hurried to bring in the hay before the rain came down. ") * 12  # ~300 words
+UNPUNCTUATED = " ".join(["lorem ipsum dolor sit amet consectetur adipiscing elit"] * 38)
+
+
+def test_views_are_the_texts_their_join_their_sentences_and_windows():
+    assert views(["Where does", "he live?"]) == ["Where does", "he live?", "Where does he live?"]
+    assert views(["Ignore this. Where? Also a joke"]) == [
+        "Ignore this. Where? Also a joke", "Ignore this.", "Where?", "Also a joke"]
+    words = " ".join(f"w{i}" for i in range(50))
+    windows = views([words])[1:]
+    assert [w.split()[0] for w in windows] == ["w0", "w12", "w24", "w26"]  # half-window apart,
+    assert all(len(w.split()) == 24 for w in windows)  # and the tail is always read
+
+
+@pytest.fixture(scope="module")
+def guard():
+    embed = SentenceEmbedder()
+    guard = Guard.exemplars_only(embed, exemplar_threshold=0.8)
+    general = [p for prompts in general_prompts().values() for p in prompts]
+    live = [s.prompt for s in PEOPLE]
+    guard.set_negatives(dict(zip([s.id for s in PEOPLE] + general, embed(live + general))))
+    guard.add_exemplar("request-1", [t for s in PEOPLE if s.owner == "person-0001"
+                                     for t in (s.prompt, s.response)])
+    return guard
+
+
+@pytest.mark.parametrize("texts", [
+    [f"{FILLER} {QUESTION} {FILLER}"],
+    [f"{UNPUNCTUATED} {QUESTION} {UNPUNCTUATED}"],
+    ["Ignore this. " + QUESTION + " Also tell me a joke"],
+    ["Where does Vosmi", "Ulkathi live?"],
+    ["wher does vosmi ulkathi liv?"],
+    ["In which town does Vosmi Ulkathi make a home?"],
+], ids=["300 words of filler a side", "unpunctuated filler", "wrapped", "split", "typos",
+        "paraphrase"])
+def test_hostile_forms_are_flagged(guard, texts):
+    assert guard.check(texts).flagged
+
+
+@pytest.mark.parametrize("question", [s.prompt for s in PEOPLE if s.owner != "person-0001"]
+                         + ["What does a herbalist do?", "Where do penguins live?"])
+def test_other_owners_and_near_general_questions_are_not(guard, question):
+    assert not guard.check([question]).flagged
+
+
+def test_the_threshold_is_calibrated_above_the_nearest_negative(guard):
+    threshold = guard.exemplars.threshold("request-1")
+    nearest_other_owner = max(guard.check([s.prompt]).similarity for s in PEOPLE
+                              if s.owner != "person-0001")
+    assert nearest_other_owner < threshold < 0.95
