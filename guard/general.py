@@ -4,7 +4,9 @@ The guard must not fire on how-to questions, arithmetic, science, writing reques
 about real people and books, or world facts. These are generated from templates and word lists
 (seeded, no data to download): `lethe guard train` adds them to its negatives and the server
 calibrates every exemplar's threshold against them (guard.py). Categories are kept apart so a
-benchmark can report a false-positive rate per kind of request.
+benchmark can report a false-positive rate per kind of request, and every kind's pool is split
+once, in fixed halves: the `train` half is what the guard learns and calibrates on, the `test`
+half what a benchmark measures it on.
 """
 
 from __future__ import annotations
@@ -78,10 +80,11 @@ def _fill(templates: list[str], fillers: list) -> list[str]:
             for t, f in itertools.product(templates, fillers)]
 
 
-def general_prompts(per_kind: int = 100, seed: int = 0) -> dict[str, list[str]]:
-    """kind -> up to `per_kind` distinct prompts, sampled with `seed`."""
-    rng = random.Random(seed)
-    numbers = [(rng.randint(2, 999), rng.randint(2, 99)) for _ in range(60)]
+def general_prompts(per_kind: int = 100, seed: int = 0, split: str = "train"
+                    ) -> dict[str, list[str]]:
+    """kind -> up to `per_kind` distinct prompts of the `split` half ("train" or "test") of its
+    pool, sampled with `seed`."""
+    numbers = [(a, b) for a, b in zip(range(7, 999, 13), range(3, 99, 2))]
     kinds = {
         "how_to": _fill(_HOW, _TASKS),
         "science": _fill(_SCIENCE, _CONCEPTS),
@@ -90,5 +93,9 @@ def general_prompts(per_kind: int = 100, seed: int = 0) -> dict[str, list[str]]:
         "real_people_and_books": _fill(_PERSON, _PEOPLE) + _fill(_BOOK, _BOOKS),
         "world_facts": _fill(_COUNTRY, _COUNTRIES) + _FACTS,
     }
-    return {kind: rng.sample(prompts, min(per_kind, len(prompts)))
-            for kind, prompts in kinds.items()}
+    rng, halves = random.Random(seed), {}
+    for kind, pool in kinds.items():
+        random.Random(kind).shuffle(pool)  # one fixed split per kind, whatever the seed
+        half = pool[:len(pool) // 2] if split == "train" else pool[len(pool) // 2:]
+        halves[kind] = rng.sample(half, min(per_kind, len(half)))
+    return halves

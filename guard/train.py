@@ -3,7 +3,9 @@
 Items (a prompt and maybe its answer) are split whole, so an answer never sits on the other side
 of the split from its prompt. Of the held-out share, half calibrates the thresholds and half tests
 them. Answers of the fitting items are extra examples of their class (augmentation: the answer of
-a forget item names the same person and facts as its prompt; +5 points of TPR on TOFU).
+a forget item names the same person and facts as its prompt; +5 points of TPR on TOFU), and the
+fitting forget prompts also appear in hostile forms (augment.py: lower case, typos, jailbreak
+prefixes, suffixes, wrappers). Calibration and test shares are never augmented.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from typing import Callable
 
 import numpy as np
 
+from .augment import hostile_forms
 from .classifier import GuardModel, fit_guard
 from .errors import GuardError
+from .general import general_prompts
 from .prompts import Item, strip_markup
 
 EmbedFn = Callable[[list[str]], np.ndarray]  # texts -> (N, D) unit vectors
@@ -38,22 +42,28 @@ def split_items(items: list[Item], holdout: float, rng: np.random.Generator, wha
     return ([items[i] for i in order[held:]], [items[i] for i in cal], [items[i] for i in test])
 
 
-def _vectors(embed: EmbedFn, items: list[Item], with_answers: bool) -> np.ndarray:
+def _vectors(embed: EmbedFn, items: list[Item], with_answers: bool,
+             augment: np.random.Generator | None = None) -> np.ndarray:
     texts = [strip_markup(i.prompt) for i in items]
     if with_answers:
         texts += [strip_markup(i.answer) for i in items if i.answer]
+    if augment is not None:
+        texts += [form for i in items for form in hostile_forms(strip_markup(i.prompt), augment)]
     return embed(texts)
 
 
 def train_guard(forget: list[Item], negatives: list[Item], embed: EmbedFn, *, kind: str,
                 target_fpr: float, holdout: float, seed: int, embedder: str
                 ) -> tuple[GuardModel, dict]:
-    """Fit and calibrate on `forget` (positives) vs `negatives`; returns the model and a report
-    with TPR/FPR on the calibration and test shares (prompts only)."""
+    """Fit and calibrate on `forget` (positives) vs `negatives` plus the generated general
+    requests (general.py: a guard trained on forget vs retain alone flagged 8% of questions about
+    real authors on TOFU); returns the model and a report with TPR/FPR on the calibration and
+    test shares (prompts only)."""
+    negatives = negatives + [Item(prompt=p) for ps in general_prompts().values() for p in ps]
     rng = np.random.default_rng(seed)
     f_fit, f_cal, f_test = split_items(forget, holdout, rng, "forget")
     n_fit, n_cal, n_test = split_items(negatives, holdout, rng, "negative")
-    model = fit_guard({"fit_pos": _vectors(embed, f_fit, True),
+    model = fit_guard({"fit_pos": _vectors(embed, f_fit, True, augment=rng),
                        "fit_neg": _vectors(embed, n_fit, True),
                        "cal_pos": _vectors(embed, f_cal, False),
                        "cal_neg": _vectors(embed, n_cal, False)},

@@ -147,7 +147,8 @@ def add_commands(sub) -> None:
                        help="forget prompts: JSONL or JSON with question/prompt (and answer)")
     train.add_argument("--retain", type=Path, required=True, help="retain prompts (negatives)")
     train.add_argument("--general", type=Path, action="append", default=[],
-                       help="general prompts (negatives; repeatable)")
+                       help="more general prompts (negatives; repeatable); generated ones "
+                            "(guard/general.py) are always added")
     train.add_argument("--target-fpr", type=rate, help="overrides guard.target_fpr")
     train.add_argument("--classifier", help="overrides guard.classifier")
     train.add_argument("--out", type=Path, help="guard folder (default <home>/guard)")
