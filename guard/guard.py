@@ -8,8 +8,8 @@ without a trained classifier (`Guard.exemplars_only`) flags by exemplars alone.
 
 Each exemplar's threshold is calibrated when it is added, against reference negatives: texts
 the guard must not flag (`set_negatives`: the server passes the training prompts that are not
-being forgotten and generated general requests, general.py). The threshold sits `MARGIN` above
-the most similar negative, within [`FLOOR`, `CEILING`]; without negatives it is the trained
+being forgotten and generated general requests, general.py). The threshold lets at most 0.1% of
+them through, plus `MARGIN`, within [`FLOOR`, `CEILING`]; without negatives it is the trained
 model's calibrated exemplar threshold, or the configured one.
 """
 
@@ -29,10 +29,15 @@ from .prompts import strip_markup
 from .train import EmbedFn
 from .views import views
 
-# Above the most similar negative. On synthetic people (MiniLM): other owners' questions <= 0.58,
-# a general question sharing the forgotten answer's word ("What does a herbalist do?") 0.60,
-# hostile forms of the forgotten question (paraphrase, typos, filler, wrappers) >= 0.75.
-MARGIN = 0.08
+# The threshold lets at most 0.1% of the reference negatives through, plus MARGIN for negatives
+# never seen. Measured (bench/bench_guard.py, MiniLM): on TOFU, the most similar negative alone
+# (a few retain questions nearly repeat forget ones) put the median threshold at 0.89 and caught
+# half of the forget paraphrases; this quantile rule catches 99.5% with 0.5% of retain
+# paraphrases flagged. On synthetic people (few negatives: the quantile is about the maximum)
+# other owners' questions reach 0.58, "What does a herbalist do?" (the forgotten answer's word)
+# 0.60, the threshold is 0.62, hostile forms of the forgotten question score 0.75 and up.
+NEGATIVE_QUANTILE = 0.999
+MARGIN = 0.05
 FLOOR, CEILING = 0.6, 0.95  # never flag the merely topical; never demand a verbatim copy
 SAME_TEXT = 0.999  # a negative this close to an exemplar is the exemplar's own text
 
@@ -119,10 +124,10 @@ class Guard:
         negatives = self._negative_rows  # (M, D)
         if len(negatives) == 0:
             return self.model.exemplar_threshold if self.model else self.exemplar_threshold
-        sims = negatives @ vectors.T  # (M, n)
-        sims = sims[sims.max(axis=1) < SAME_TEXT]  # the exemplar's own texts are no negatives
-        nearest = float(sims.max()) if sims.size else FLOOR
-        return min(max(nearest + MARGIN, FLOOR), CEILING)
+        sims = (negatives @ vectors.T).max(axis=1)  # (M,) each negative's nearest exemplar text
+        sims = sims[sims < SAME_TEXT]  # the exemplar's own texts are no negatives
+        near = float(np.quantile(sims, NEGATIVE_QUANTILE)) if sims.size else FLOOR
+        return min(max(near + MARGIN, FLOOR), CEILING)
 
     def add_exemplar(self, key: str, texts: list[str]) -> None:
         """Flag prompts near `texts` (a forget item's prompts and responses) from now on."""

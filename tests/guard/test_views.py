@@ -57,7 +57,7 @@ def test_other_owners_and_near_general_questions_are_not(guard, question):
     assert not guard.check([question]).flagged
 
 
-def test_the_threshold_is_calibrated_above_the_nearest_negative(guard):
+def test_the_threshold_is_calibrated_above_the_near_negatives(guard):
     threshold = guard.exemplars.threshold("request-1")
     nearest_other_owner = max(guard.check([s.prompt]).similarity for s in PEOPLE
                               if s.owner != "person-0001")
