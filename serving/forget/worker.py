@@ -6,13 +6,17 @@ however many requests touch it), then, while heartbeats keep the lease:
     tombstone the samples -> retrain each affected shard from scratch without them (training
     is deterministic) -> publish the new versions atomically (mixtures of the old versions and
     their loss-table rows are dropped; the server routes every new request to the new versions)
-    -> purge the samples' raw text -> lift quarantine -> complete each request with a receipt.
+    -> purge the samples' raw text -> release quarantine holds -> complete each request with a
+    receipt.
 
-A SIGKILL at any point loses nothing: the requests stay in the queue under a lease that runs
-out, the staging folder of an unpublished adapter is dropped by the next registry, tombstones
-and purges are idempotent, and the retrain is done again to the same weights.
+A failure is recorded on its requests, which are retried with backoff for as long as it takes
+(a failed round is retried request by request, so one bad request never fails the others). A
+SIGKILL at any point loses nothing: the requests stay in the queue under a lease that runs out,
+the staging folder of an unpublished adapter is dropped by the next registry, tombstones and
+purges are idempotent, and the retrain is done again to the same weights.
 
-`lethe serve` runs it as `python -m serving.forget.worker --config FILE`; `lethe worker` too.
+`lethe serve` runs it as `python -m serving.forget.worker --config FILE` (supervisor.py);
+`lethe worker` runs the same loop in a process of its own.
 """
 
 from __future__ import annotations

@@ -129,6 +129,7 @@ def run_chaos(workdir: Path, model_dir: Path, kills: int = 50, people: int = 24,
 
     rng = random.Random(seed)
     workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
     home = workdir / "home"
     samples = synth_people(people, seed=seed, facts_per_person=2)
     write_samples(samples, workdir / "people.jsonl")
