@@ -280,7 +280,7 @@ def plot_rates(guard: dict, path: Path) -> None:
                    [guard[rule].get(prefix + n, np.nan) for n in names], width=0.25, label=rule)
         ax.set_xticks(np.arange(len(names)) + 0.25, names, rotation=40, ha="right")
         ax.set_title(title)
-    axes[0].legend()
+    axes[0].legend(loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
