@@ -26,7 +26,8 @@ __all__ = [
     "LineageError", "LossTableError", "Mixture", "MixtureCache", "MixtureError", "PartitionError",
     "RegistryError", "RouteConfig", "RouteError", "Sample", "SampleFormatError", "ShardResult",
     "ShardStore", "Synchronous", "TrainConfig", "TrainingError", "UnknownSampleError", "Version",
-    "combine", "fsync_tree", "keyed_hash", "load_secret", "mixture_name", "partition", "partitioner_names", "read_samples",
-    "register_partitioner", "register_scheme", "route", "scheme_names", "sha256_file",
-    "sqlite_checkpoint", "sqlite_connect", "sqlite_transaction", "synth_people", "train_adapter", "write_samples",
+    "combine", "fsync_tree", "keyed_hash", "load_secret", "mixture_name", "partition",
+    "partitioner_names", "read_samples", "register_partitioner", "register_scheme", "route",
+    "scheme_names", "sha256_file", "sqlite_checkpoint", "sqlite_connect", "sqlite_transaction",
+    "synth_people", "train_adapter", "write_samples",
 ]

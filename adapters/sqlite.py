@@ -29,8 +29,8 @@ def connect(path: Path, synchronous: Synchronous = "FULL") -> sqlite3.Connection
 
 def checkpoint(path: Path, synchronous: Synchronous = "FULL", attempts: int = 50) -> None:
     """Move every committed frame of the WAL into the database and truncate the WAL to zero
-    bytes. Readers in other connections can hold it up: retried for ~5 s, then left to the next
-    purge (raises sqlite3.OperationalError if the database is locked throughout)."""
+    bytes. A reader in another connection can hold it up: retried for ~5 s, then given up
+    silently, leaving the WAL to the next checkpoint (SQLite's own, or the next purge's)."""
     with closing(connect(path, synchronous)) as db:
         for _ in range(attempts):
             busy, _, _ = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
