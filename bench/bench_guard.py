@@ -11,17 +11,21 @@ Each is scored on TOFU's paraphrases of forget questions (TPR), on hostile forms
 paraphrases (300 words of filler a side, wrapped between unrelated sentences, a jailbreak prefix,
 typos in lower case, split into two messages), and for false positives on held-out retain
 questions (their paraphrases for the exemplar rule, whose negatives include the originals),
-real_authors, world_facts and the general requests' `test` half per kind; plus the latency of
-one check of a short question and of a 600-word prompt.
+real_authors, world_facts and the general requests' `test` half per kind.
 
-Part 2 (corruption): SmolLM2 + one LoRA trained on a retain90 subset (the reference, which never
+Part 2 (latency): one guard check (the mlp classifier and 20 authors' exemplars) of a short
+question, of a system + user chat and of a 600-word prompt, per embedder backend (onnx, torch),
+alternating request by request; p50/p99 in ms and the onnx/torch ratio.
+
+Part 3 (corruption): SmolLM2 + one LoRA trained on a retain90 subset (the reference, which never
 saw the forget data) and on the same subset plus forget01 (the "finetuned" model). Tune the
 corruption with nevergrad so that finetuned+corruption scores like the reference on forget01, then
 report forget-answer probability and ROUGE-L (recall, as TOFU) for finetuned, finetuned + guard
 (corrupted when the guard flags the prompt) and reference, and the same on retain items.
 
     .venv/bin/python bench/bench_guard.py            # both parts, ~30 min on 2 vCPUs
-    .venv/bin/python bench/bench_guard.py --part guard
+    .venv/bin/python bench/bench_guard.py --part guard      # ~15 min
+    .venv/bin/python bench/bench_guard.py --part latency    # ~2 min, after --part guard
 Results: bench/results/guard.json and bench/results/guard.png.
 """
 
@@ -41,7 +45,7 @@ import torch  # noqa: E402
 
 from adapters import Sample, TrainConfig, train_adapter  # noqa: E402
 from guard import (Corruption, Guard, Item, SentenceEmbedder, answer_logprobs, chat_prompt,  # noqa: E402
-                   corruption_names, forget_score, general_prompts, read_items, request_seed,
+                   corruption_names, embedder_names, forget_score, general_prompts, read_items, request_seed,
                    save_model, train_guard, tune)
 from guard.augment import typos  # noqa: E402
 from guard.train import split_items  # noqa: E402
@@ -74,16 +78,6 @@ def score(guard: Guard, positives: list[str], hostile_sets: dict[str, list[list[
     rates.update({f"fpr_{name}": _flag_rate(guard, [[q] for q in qs])
                   for name, qs in negatives.items()})
     rates["n_negatives"] = {name: len(qs) for name, qs in negatives.items()}
-    for name, texts in (("short", [negatives["retain"][0]]),
-                        ("600_words", [f"{FILLER}{negatives['retain'][0]} {FILLER}"])):
-        guard.check(texts)  # warm-up
-        latencies = []
-        for _ in range(100 if name == "short" else 10):
-            start = time.perf_counter()
-            guard.check(texts)
-            latencies.append((time.perf_counter() - start) * 1000)
-        rates[f"latency_ms_{name}_p50"], rates[f"latency_ms_{name}_p99"] = (
-            round(float(v), 2) for v in np.percentile(latencies, [50, 99]))
     return rates
 
 
@@ -131,6 +125,41 @@ def guard_part(work: Path, embed: SentenceEmbedder) -> dict:
                                                       round(float(np.median(thresholds)), 3),
                                                       round(float(np.max(thresholds)), 3)]}
     print("exemplars", json.dumps(out["exemplars"]), flush=True)
+    return out
+
+
+def latency_part(work: Path) -> dict:
+    """Time one guard check per embedder backend, as the server runs it: the mlp classifier of
+    part 1 plus one exemplar per forget10 author. Backends alternate request by request, so both
+    see the same machine; each check is of a text not seen before (nothing is cached anyway)."""
+    forget, retain = read_items(TOFU / "forget10.json"), read_items(TOFU / "retain90.json")
+    guards = {}
+    for backend in embedder_names():
+        guard = Guard.load(work / "guard-mlp", SentenceEmbedder(backend=backend))
+        for author in range(len(forget) // 20):
+            items = forget[20 * author:20 * author + 20]
+            guard.add_exemplar(f"author-{author}", [t for i in items for t in (i.prompt, i.answer)])
+        guards[backend] = guard
+    forms = {"short": lambda q: [q],  # one question, as most requests are
+             "chat": lambda q: ["You are a helpful assistant.", q],  # system + user message
+             "600_words": lambda q: [f"{FILLER}{q} {FILLER}"]}
+    out: dict = {}
+    for form, texts_of in forms.items():
+        n = 300 if form != "600_words" else 20
+        times: dict[str, list[float]] = {b: [] for b in guards}
+        for i in range(n + 5):  # the first 5: warm-up
+            texts = texts_of(retain[i % len(retain)].prompt)
+            for backend, guard in guards.items():
+                start = time.perf_counter()
+                guard.check(texts)
+                if i >= 5:
+                    times[backend].append((time.perf_counter() - start) * 1000)
+        for backend, ms in times.items():
+            out[f"{backend}_{form}_p50"], out[f"{backend}_{form}_p99"] = (
+                round(float(v), 2) for v in np.percentile(ms, [50, 99]))
+        out[f"onnx_vs_torch_{form}_p50_ratio"] = round(
+            out[f"onnx_{form}_p50"] / out[f"torch_{form}_p50"], 3)
+        print(form, {k: v for k, v in out.items() if f"_{form}_" in k}, flush=True)
     return out
 
 
@@ -287,7 +316,11 @@ def plot_rates(guard: dict, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", choices=["guard", "corruption", "all"], default="all")
+    parser.add_argument("--part", choices=["guard", "latency", "corruption", "all"],
+                        default="all")
+    parser.add_argument("--embedder", choices=embedder_names(), default="onnx",
+                        help="embedder of parts 1 and 3; results of another than onnx go to "
+                             "the key guard_<embedder>")
     parser.add_argument("--work", type=Path, default=Path("/tmp/lethe-bench-guard"))
     parser.add_argument("--retain-train", type=int, default=160)
     parser.add_argument("--epochs", type=int, default=5)
@@ -301,9 +334,12 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     out_path = RESULTS / "guard.json"
     results = json.loads(out_path.read_text()) if out_path.exists() else {}
-    embed = SentenceEmbedder()
+    embed = SentenceEmbedder(backend=args.embedder)
     if args.part in ("guard", "all") or not (args.work / "guard-mlp").exists():
-        results["guard"] = guard_part(args.work, embed)
+        key = "guard" if args.embedder == "onnx" else f"guard_{args.embedder}"
+        results[key] = {**guard_part(args.work, embed), "embedder": args.embedder}
+    if args.part in ("latency", "all"):
+        results["latency"] = latency_part(args.work)
     if args.part in ("corruption", "all"):
         results["corruption"] = corruption_part(args.work, embed, args)
     results["machine"] = f"{os.cpu_count()} vCPU, torch {torch.__version__}"

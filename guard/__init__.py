@@ -9,7 +9,7 @@ from .classifier import (GuardModel, classifier_names, load_model, register_clas
 from .config import CorruptionConfig, GuardConfig, TuneConfig
 from .corrupt import (Corruption, CorruptionError, corruption_names, register_corruption,
                       request_seed)
-from .embed import SentenceEmbedder
+from .embed import SentenceEmbedder, embedder_names, register_embedder
 from .errors import GuardError
 from .exemplars import ExemplarIndex
 from .general import general_prompts
@@ -24,7 +24,7 @@ __all__ = [
     "Corruption", "CorruptionConfig", "CorruptionError", "EmbedFn", "ExemplarIndex", "Guard",
     "GuardConfig", "GuardError", "GuardModel", "Item", "PromptFileError", "SentenceEmbedder",
     "TuneConfig", "TuneResult", "Verdict", "answer_logprobs", "chat_prompt", "classifier_names",
-    "corruption_names", "forget_score", "general_prompts", "load_corruption", "load_model",
-    "read_items", "register_classifier", "register_corruption", "request_seed", "salient_terms",
+    "corruption_names", "embedder_names", "forget_score", "general_prompts", "load_corruption", "load_model",
+    "read_items", "register_classifier", "register_corruption", "register_embedder", "request_seed", "salient_terms",
     "save_corruption", "save_model", "strip_markup", "token_mask", "train_guard", "tune", "views",
 ]

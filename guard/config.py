@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .classifier import classifier_names
 from .corrupt import corruption_names
+from .embed import embedder_names
 
 
 def _registered(name: str, names: list[str], what: str) -> str:
@@ -41,6 +42,9 @@ class TuneConfig(_Section):
 
 
 class GuardConfig(_Section):
+    # onnx | torch: the same MiniLM vectors; onnx embeds a short prompt ~3.5x faster
+    # (bench/bench_guard.py --part latency), torch is the reference.
+    embedder: str = "onnx"
     classifier: str = "mlp"  # mlp beat logreg on TOFU by measurement (bench/bench_guard.py)
     target_fpr: float = Field(default=0.01, gt=0, lt=0.5)  # on held-out negatives
     holdout: float = Field(default=0.2, gt=0, lt=1)  # share held out: half calibrates, half tests
@@ -58,3 +62,5 @@ class GuardConfig(_Section):
 
     _known = field_validator("classifier")(
         lambda name: _registered(name, classifier_names(), "classifier"))
+    _embedder = field_validator("embedder")(
+        lambda name: _registered(name, embedder_names(), "embedder"))

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from adapters import fsync_tree, sha256_file
+from guard import SentenceEmbedder
 
 from .errors import LetheError
 
@@ -40,6 +41,12 @@ def resolve_model(source: str, home: Path) -> Path:
             f"model.source {source!r} is neither 'smollm2' nor a local model folder with a config.json"
         )
     return path
+
+
+def sentence_embedder(backend: str, home: Path) -> SentenceEmbedder:
+    """The prompt embedder of the guard and the router (`guard.embedder`); a backend that
+    prepares the model (onnx: its exported graph) keeps it under `<home>/models`."""
+    return SentenceEmbedder(backend=backend, cache_dir=home / "models")
 
 
 def smollm2_gguf() -> Path:

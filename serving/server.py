@@ -13,7 +13,7 @@ import uvicorn
 from transformers import AutoConfig, AutoTokenizer
 
 from adapters import ShardStore, load_secret
-from guard import Corruption, Guard, SentenceEmbedder, load_corruption
+from guard import Corruption, Guard, load_corruption
 
 from .api import OpenAIServing, build_app
 from .config import Config
@@ -22,7 +22,7 @@ from .forget import ForgetService, WorkerSupervisor, open_queue
 from .logs import configure_logging
 from .metrics import Metrics
 from .mixtures import MaterialisedMixtures
-from .model import input_embeddings, resolve_model
+from .model import input_embeddings, resolve_model, sentence_embedder
 from .pipeline import Pipeline
 
 log = logging.getLogger("lethe.server")
@@ -34,7 +34,7 @@ def load_guard(config: Config, store: ShardStore | None) -> Guard | None:
     trained = (config.guard_dir / "CURRENT").exists()
     if not trained and store is None:
         return None
-    embed = SentenceEmbedder()
+    embed = sentence_embedder(config.guard.embedder, config.home_dir)
     if trained:
         return Guard.load(config.guard_dir, embed, keep_versions=config.guard.keep_versions)
     return Guard.exemplars_only(embed, config.guard.exemplar_threshold)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from guard import (Guard, SentenceEmbedder, corruption_names, forget_score, read_items,
+from guard import (Guard, corruption_names, forget_score, read_items,
                    save_corruption, save_model, train_guard, tune)
 
-from ..model import resolve_model
+from ..model import resolve_model, sentence_embedder
 from .common import add_command, config_of, emit, positive_int, rate
 
 
@@ -20,7 +20,8 @@ def _guard_dir(args, config) -> Path:
 
 
 def _load_guard(args, config):
-    return Guard.load(_guard_dir(args, config), SentenceEmbedder())
+    embed = sentence_embedder(config.guard.embedder, config.home_dir)
+    return Guard.load(_guard_dir(args, config), embed)
 
 
 def cmd_train(args) -> None:
@@ -30,7 +31,8 @@ def cmd_train(args) -> None:
     forget = read_items(args.forget)
     negatives = [item for path in [args.retain, *args.general] for item in read_items(path)]
     model, report = train_guard(
-        forget, negatives, SentenceEmbedder(), kind=config.guard.classifier,
+        forget, negatives, sentence_embedder(config.guard.embedder, config.home_dir),
+        kind=config.guard.classifier,
         target_fpr=config.guard.target_fpr, holdout=config.guard.holdout, seed=config.guard.seed,
         embedder="all-MiniLM-L6-v2")
     out = Path(args.out) if args.out else config.guard_dir

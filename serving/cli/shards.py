@@ -46,9 +46,8 @@ def _report_results(args, results, seconds: float, verb: str) -> None:
 
 def cmd_train(args) -> None:
     from adapters import read_samples
-    from guard import SentenceEmbedder
 
-    from ..model import base_model_record, resolve_model
+    from ..model import base_model_record, resolve_model, sentence_embedder
 
     config = config_of(args, **{"shards.data": args.data, "shards.validation": args.validation,
                                 "shards.count": args.shards, "train.max_steps": args.max_steps})
@@ -58,8 +57,9 @@ def cmd_train(args) -> None:
     samples = read_samples(config.shards.data)
     validation = read_samples(config.shards.validation) if config.shards.validation else None
     model_path = resolve_model(config.model.source, config.home_dir)
+    embed = sentence_embedder(config.guard.embedder, config.home_dir)
     store = ShardStore.create(
-        config.store_dir, samples, SentenceEmbedder(), shards=config.shards.count,
+        config.store_dir, samples, embed, shards=config.shards.count,
         partitioner=config.shards.partitioner, group_by_owner=config.shards.group_by_owner,
         seed=config.shards.seed, model_path=model_path, base_model=base_model_record(model_path),
         train_config=config.train, validation=validation)
@@ -103,12 +103,14 @@ def cmd_forget_samples(args) -> None:
 
 def cmd_route(args) -> None:
     from adapters import mixture_name
-    from guard import SentenceEmbedder
+
+    from ..model import sentence_embedder
 
     config = config_of(args)
     store = _store(config)
     route = store.effective_route(config.route)
-    weights = store.weights(SentenceEmbedder()([args.prompt])[0], route)
+    query = sentence_embedder(config.guard.embedder, config.home_dir)([args.prompt])[0]
+    weights = store.weights(query, route)
     name = mixture_name([(store.registry.current(k), w) for k, w in weights.items()]) \
         if weights else None
     emit(args, {"scheme": route.scheme, "weights": {str(k): w for k, w in weights.items()},
