@@ -157,8 +157,9 @@ def latency_part(work: Path) -> dict:
         for backend, ms in times.items():
             out[f"{backend}_{form}_p50"], out[f"{backend}_{form}_p99"] = (
                 round(float(v), 2) for v in np.percentile(ms, [50, 99]))
-        out[f"onnx_vs_torch_{form}_p50_ratio"] = round(
-            out[f"onnx_{form}_p50"] / out[f"torch_{form}_p50"], 3)
+        for backend in set(guards) - {"torch"}:
+            out[f"{backend}_vs_torch_{form}_p50_ratio"] = round(
+                out[f"{backend}_{form}_p50"] / out[f"torch_{form}_p50"], 3)
         print(form, {k: v for k, v in out.items() if f"_{form}_" in k}, flush=True)
     return out
 

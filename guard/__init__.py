@@ -24,7 +24,8 @@ __all__ = [
     "Corruption", "CorruptionConfig", "CorruptionError", "EmbedFn", "ExemplarIndex", "Guard",
     "GuardConfig", "GuardError", "GuardModel", "Item", "PromptFileError", "SentenceEmbedder",
     "TuneConfig", "TuneResult", "Verdict", "answer_logprobs", "chat_prompt", "classifier_names",
-    "corruption_names", "embedder_names", "forget_score", "general_prompts", "load_corruption", "load_model",
-    "read_items", "register_classifier", "register_corruption", "register_embedder", "request_seed", "salient_terms",
-    "save_corruption", "save_model", "strip_markup", "token_mask", "train_guard", "tune", "views",
+    "corruption_names", "embedder_names", "forget_score", "general_prompts", "load_corruption",
+    "load_model", "read_items", "register_classifier", "register_corruption", "register_embedder",
+    "request_seed", "salient_terms", "save_corruption", "save_model", "strip_markup", "token_mask",
+    "train_guard", "tune", "views",
 ]

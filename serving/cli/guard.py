@@ -34,7 +34,7 @@ def cmd_train(args) -> None:
         forget, negatives, sentence_embedder(config.guard.embedder, config.home_dir),
         kind=config.guard.classifier,
         target_fpr=config.guard.target_fpr, holdout=config.guard.holdout, seed=config.guard.seed,
-        embedder="all-MiniLM-L6-v2")
+        embedder=f"all-MiniLM-L6-v2 ({config.guard.embedder})")
     out = Path(args.out) if args.out else config.guard_dir
     version = save_model(model, out)
     test, cal = report["test"], report["calibration"]

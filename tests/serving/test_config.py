@@ -59,3 +59,9 @@ def test_cli_exits_2_with_the_message_on_a_bad_config(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "config key 'model.dtype'" in result.stderr and "float32" in result.stderr
+
+
+def test_an_unknown_embedder_names_the_key_and_the_registered_ones():
+    with pytest.raises(ConfigError, match=r"guard.embedder.*unknown embedder 'bert'; registered: "
+                                          r"onnx, onnx-int8, torch"):
+        load_config(overrides={"guard.embedder": "bert"}, environ={})

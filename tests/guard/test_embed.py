@@ -1,0 +1,82 @@
+"""The embedder backends compute the same MiniLM vectors: onnx to fp32 rounding of torch (the
+reference), onnx-int8 close enough that neighbours stay neighbours; the exported graph is
+prepared once per cache folder, also by two processes at once."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from guard import GuardError, SentenceEmbedder, embedder_names
+
+TEXTS = [
+    "hi",
+    "What is the full name of the author born in Kuwait City on 08/09/1956?",
+    "How do I bake sourdough bread at home with a starter?",
+    "Ünïcödé 東京 🙂 — emoji and accents",
+    " ".join(["lorem ipsum dolor"] * 150),  # past the 256 word pieces MiniLM reads: truncated
+    *[f"Question number {i} about the weather in town {i * 7}?" for i in range(11)],  # > a batch
+]
+
+
+@pytest.fixture(scope="module")
+def backends(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("embedder")
+    return {name: SentenceEmbedder(backend=name, cache_dir=cache) for name in embedder_names()}
+
+
+def test_every_backend_gives_unit_vectors_of_the_same_dimension(backends):
+    for name, embed in backends.items():
+        vectors = embed(TEXTS)
+        assert vectors.shape == (len(TEXTS), 384) and vectors.dtype == np.float32, name
+        assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5), name
+        assert embed([]).shape == (0, 384)
+
+
+def test_onnx_equals_torch_to_fp32_rounding_in_the_callers_order(backends):
+    reference = backends["torch"](TEXTS)
+    assert np.abs(backends["onnx"](TEXTS) - reference).max() < 1e-5
+    one_by_one = np.concatenate([backends["onnx"]([t]) for t in TEXTS])  # no padding effects
+    assert np.abs(one_by_one - reference).max() < 1e-5
+
+
+PAIRS = [  # a question and its rewording, on topics far apart
+    ("Where was the author Basil Al-Kuwaiti born?", "In which city was Basil Al-Kuwaiti born?"),
+    ("How do I bake sourdough bread?", "What is the way to make sourdough bread at home?"),
+    ("What is the capital of Australia?", "Which city is Australia's capital?"),
+    ("Write a haiku about autumn leaves.", "Compose a short haiku on falling autumn leaves."),
+    ("How many moons does Mars have?", "What is the number of Mars's moons?"),
+    ("Explain how vaccines train the immune system.", "How does a vaccine teach immunity?"),
+]
+
+
+def test_int8_stays_close_and_keeps_each_rewording_nearest_its_question(backends):
+    texts = [t for pair in PAIRS for t in pair]
+    reference, int8 = backends["torch"](texts), backends["onnx-int8"](texts)
+    assert (reference * int8).sum(axis=1).min() > 0.95
+    sims = int8 @ int8.T  # (12, 12)
+    np.fill_diagonal(sims, -1)
+    assert list(sims.argmax(axis=1)) == [i ^ 1 for i in range(len(texts))]  # 0<->1, 2<->3, ...
+
+
+def test_an_unknown_backend_is_named_with_the_registered_ones():
+    with pytest.raises(GuardError, match="unknown embedder 'tensorrt'.*onnx, onnx-int8, torch"):
+        SentenceEmbedder(backend="tensorrt")
+
+
+def test_two_processes_preparing_one_cache_both_get_the_whole_graph(tmp_path):
+    script = ("import sys; from guard import SentenceEmbedder; "
+              "e = SentenceEmbedder(backend='onnx-int8', cache_dir=sys.argv[1]); "
+              "print(e(['Where does Vosmi Ulkathi live?'])[0][:4].tolist())")
+    runs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path)],
+                             stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [run.communicate(timeout=300)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0]
+    assert outputs[0] == outputs[1]
+    assert sorted(p.name.split(".", 1)[1] for p in tmp_path.iterdir()) == ["int8.onnx", "onnx"]
+    graphs = {p: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    SentenceEmbedder(backend="onnx-int8", cache_dir=tmp_path)  # reused, not written again
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == graphs
