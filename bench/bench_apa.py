@@ -39,6 +39,8 @@ from adapters.train import lora_config  # noqa: E402
 from guard import SentenceEmbedder  # noqa: E402
 from serving.model import base_model_record, prepare_smollm2  # noqa: E402
 
+from extras import require_extras  # noqa: E402
+
 RESULTS = Path(__file__).parent / "results"
 INSTRUCTION = ("Given the user's preference and unpreference, identify whether the user will like "
                "the target movie by answering \"Yes.\" or \"No.\".")
@@ -144,6 +146,7 @@ def main() -> None:
     ap.add_argument("--tau", type=float, default=10.0)
     ap.add_argument("--home", type=Path, default=Path("/tmp/lethe-bench-apa"))
     args = ap.parse_args()
+    require_extras("recbole", "matplotlib")
     result = {"args": {k: str(v) for k, v in vars(args).items()}, "torch_threads": torch.get_num_threads()}
 
     def save():

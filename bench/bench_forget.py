@@ -58,7 +58,7 @@ import httpx  # noqa: E402
 import yaml  # noqa: E402
 
 from adapters import Lineage, synth_people, write_samples  # noqa: E402
-from tests.support.launch import ServerProcess  # noqa: E402
+from serving.launch import ServerProcess  # noqa: E402
 
 MODEL = "SmolLM2-135M-Instruct"
 RESULTS = Path(__file__).parent / "results"

@@ -51,6 +51,8 @@ from guard.augment import typos  # noqa: E402
 from guard.train import split_items  # noqa: E402
 from serving.model import prepare_smollm2  # noqa: E402
 
+from extras import require_extras  # noqa: E402
+
 TOFU = Path(__file__).resolve().parents[2] / "shared" / "data" / "tofu"
 RESULTS = Path(__file__).parent / "results"
 
@@ -327,10 +329,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--budget", type=int, default=30)
     args = parser.parse_args()
-    try:  # before any long work: the plots need it (make bench-setup installs it)
-        import matplotlib  # noqa: F401
-    except ImportError:
-        parser.error("matplotlib is missing: run `make bench-setup` first")
+    require_extras("matplotlib")
     args.work.mkdir(parents=True, exist_ok=True)
     RESULTS.mkdir(exist_ok=True)
     out_path = RESULTS / "guard.json"

@@ -22,7 +22,7 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from tests.support.launch import ServerProcess  # noqa: E402
+from serving.launch import ServerProcess  # noqa: E402
 
 MODEL = "SmolLM2-135M-Instruct"
 TOPICS = ["the sea", "a lighthouse", "winter", "a clockmaker", "bees", "a long train journey",

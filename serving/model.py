@@ -43,6 +43,11 @@ def resolve_model(source: str, home: Path) -> Path:
     return path
 
 
+def embedder_name(backend: str) -> str:
+    """What a guard's manifest records of the embedder it was trained on."""
+    return f"all-MiniLM-L6-v2 ({backend})"
+
+
 def sentence_embedder(backend: str, home: Path) -> SentenceEmbedder:
     """The prompt embedder of the guard and the router (`guard.embedder`); a backend that
     prepares the model (onnx: its exported graph) keeps it under `<home>/models`."""

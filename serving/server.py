@@ -22,7 +22,7 @@ from .forget import ForgetService, WorkerSupervisor, open_queue
 from .logs import configure_logging
 from .metrics import Metrics
 from .mixtures import MaterialisedMixtures
-from .model import input_embeddings, resolve_model, sentence_embedder
+from .model import embedder_name, input_embeddings, resolve_model, sentence_embedder
 from .pipeline import Pipeline
 
 log = logging.getLogger("lethe.server")
@@ -36,7 +36,13 @@ def load_guard(config: Config, store: ShardStore | None) -> Guard | None:
         return None
     embed = sentence_embedder(config.guard.embedder, config.home_dir)
     if trained:
-        return Guard.load(config.guard_dir, embed, keep_versions=config.guard.keep_versions)
+        guard = Guard.load(config.guard_dir, embed, keep_versions=config.guard.keep_versions)
+        fitted_on = guard.model.manifest.get("embedder")
+        if fitted_on != embedder_name(config.guard.embedder):
+            log.warning("the guard was trained on %s vectors and is served with %s: its threshold "
+                        "is calibrated for the former (train it again with `lethe guard train`)",
+                        fitted_on, embedder_name(config.guard.embedder))
+        return guard
     return Guard.exemplars_only(embed, config.guard.exemplar_threshold)
 
 

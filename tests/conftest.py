@@ -32,7 +32,7 @@ def real_model_dir(lethe_home) -> Path:
 @pytest.fixture(scope="session")
 def start_server(tmp_path_factory, lethe_home):
     """Factory: start_server(config_dict) -> ServerProcess; all stop at the end of the session."""
-    from tests.support.launch import ServerProcess
+    from serving.launch import ServerProcess
 
     servers = []
 

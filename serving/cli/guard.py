@@ -11,7 +11,7 @@ import numpy as np
 from guard import (Guard, corruption_names, forget_score, read_items,
                    save_corruption, save_model, train_guard, tune)
 
-from ..model import resolve_model, sentence_embedder
+from ..model import embedder_name, resolve_model, sentence_embedder
 from .common import add_command, config_of, emit, positive_int, rate
 
 
@@ -34,7 +34,7 @@ def cmd_train(args) -> None:
         forget, negatives, sentence_embedder(config.guard.embedder, config.home_dir),
         kind=config.guard.classifier,
         target_fpr=config.guard.target_fpr, holdout=config.guard.holdout, seed=config.guard.seed,
-        embedder=f"all-MiniLM-L6-v2 ({config.guard.embedder})")
+        embedder=embedder_name(config.guard.embedder))
     out = Path(args.out) if args.out else config.guard_dir
     version = save_model(model, out)
     test, cal = report["test"], report["calibration"]

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import yaml
 
+from ..launch import stop_process
 from .queue import backoff
 
 log = logging.getLogger("lethe.supervisor")
@@ -68,14 +69,8 @@ class WorkerSupervisor:
             self.start()
 
     def stop(self) -> None:
-        if not self.alive:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process is not None:
+            stop_process(self.process)
 
 
 def _die_with_parent() -> None:

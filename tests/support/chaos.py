@@ -33,7 +33,7 @@ import httpx
 import yaml
 
 from adapters import ShardStore, synth_people, write_samples
-from tests.support.launch import ServerProcess
+from serving.launch import ServerProcess
 
 ADMIN = "chaos-admin"
 

@@ -1,4 +1,4 @@
-"""Run `lethe serve` as a child process: for tests, benchmarks and scripts."""
+"""Run `lethe serve` as a child process (`lethe demo`, tests, benchmarks), and stop a child."""
 
 from __future__ import annotations
 
@@ -58,11 +58,16 @@ class ServerProcess:
         return cls(base_url=f"{self.url}/v1", api_key=api_key, max_retries=0, timeout=300)
 
     def stop(self) -> None:
-        if self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM, then SIGKILL if it is still running after `timeout` seconds."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
