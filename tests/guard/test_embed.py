@@ -53,6 +53,14 @@ PAIRS = [  # a question and its rewording, on topics far apart
 ]
 
 
+def test_a_texts_vector_does_not_depend_on_what_it_is_embedded_with(backends):
+    for name, embed in backends.items():
+        alone = embed([TEXTS[1]])[0]
+        beside = embed([TEXTS[4], TEXTS[1], TEXTS[0]])[1]  # next to a long and a short text
+        assert np.abs(alone - beside).max() < 1e-5, name  # the guard drops a negative equal to
+        # an exemplar's own text (similarity >= 0.999): that must not depend on batching
+
+
 def test_int8_stays_close_and_keeps_each_rewording_nearest_its_question(backends):
     texts = [t for pair in PAIRS for t in pair]
     reference, int8 = backends["torch"](texts), backends["onnx-int8"](texts)

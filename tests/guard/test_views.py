@@ -20,10 +20,10 @@ def test_views_are_the_texts_their_join_their_sentences_and_windows():
     assert views(["Where does", "he live?"]) == ["Where does", "he live?", "Where does he live?"]
     assert views(["Ignore this. Where? Also a joke"]) == [
         "Ignore this. Where? Also a joke", "Ignore this.", "Where?", "Also a joke"]
-    words = " ".join(f"w{i}" for i in range(50))
+    words = " ".join(f"w{i}" for i in range(30))
     windows = views([words])[1:]
-    assert [w.split()[0] for w in windows] == ["w0", "w12", "w24", "w26"]  # half-window apart,
-    assert all(len(w.split()) == 24 for w in windows)  # and the tail is always read
+    assert [w.split()[0] for w in windows] == ["w0", "w4", "w8", "w12", "w14"]  # 4 words apart,
+    assert all(len(w.split()) == 16 for w in windows)  # and the tail is always read
 
 
 @pytest.fixture(scope="module")
