@@ -45,8 +45,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from adapters import Sample, TrainConfig, train_adapter  # noqa: E402
-from guard import (Corruption, Guard, Item, SentenceEmbedder, answer_logprobs, chat_prompt,  # noqa: E402
-                   corruption_names, embedder_names, forget_score, general_prompts, read_items, request_seed,
+from guard import (Corruption, Guard, Item, SentenceEmbedder, corruption_names,  # noqa: E402
+                   embedder_names, forget_score, general_prompts, metric, read_items,
                    save_model, train_guard, tune)
 from guard.augment import typos  # noqa: E402
 from guard.train import split_items  # noqa: E402
@@ -193,36 +193,12 @@ def _load(model_path: Path, adapter: Path):
     return PeftModel.from_pretrained(base, adapter).eval()
 
 
-def _generate(model, tokenizer, prompt: str, corruption: Corruption | None, max_tokens=48) -> str:
-    ids, mask = chat_prompt(tokenizer, [{"role": "user", "content": prompt}])
-    with torch.inference_mode():
-        embeds = model.get_input_embeddings()(torch.tensor(ids))  # (T, D)
-        if corruption is not None:
-            embeds = corruption(embeds, mask, request_seed(prompt))
-        out = model.generate(inputs_embeds=embeds[None], attention_mask=torch.ones(1, len(ids),
-                             dtype=torch.long), max_new_tokens=max_tokens, do_sample=False,
-                             pad_token_id=tokenizer.eos_token_id)
-    return tokenizer.decode(out[0], skip_special_tokens=True)
-
-
-def rouge_l_recall(prediction: str, reference: str) -> float:
-    """Longest common subsequence of words / reference length (TOFU reports ROUGE-L recall)."""
-    a, b = prediction.lower().split(), reference.lower().split()
-    row = [0] * (len(b) + 1)
-    for x in a:
-        prev = 0
-        for j, y in enumerate(b, 1):
-            prev, row[j] = row[j], prev + 1 if x == y else max(row[j], row[j - 1])
-    return row[-1] / max(len(b), 1)
-
-
 def _evaluate(model, tokenizer, items: list[Item], corruptions: list[Corruption | None]) -> dict:
     """Mean answer probability (per token) and ROUGE-L recall, item i corrupted by corruptions[i]."""
-    logprobs = [answer_logprobs(model, tokenizer, [(i.prompt, i.answer)], c)[0]
-                for i, c in zip(items, corruptions)]
-    rouge = [rouge_l_recall(_generate(model, tokenizer, i.prompt, c), i.answer)
-             for i, c in zip(items, corruptions)]
-    return {"probability": float(np.mean(np.exp(logprobs))), "rouge_l": float(np.mean(rouge)),
+    scores = {name: float(np.mean([metric(name)(model, tokenizer, [i], c)[0]
+                                   for i, c in zip(items, corruptions)]))
+              for name in ("probability", "rouge_l")}
+    return {**scores,
             "corrupted": sum(c is not None for c in corruptions)}
 
 
@@ -281,9 +257,9 @@ def plot(results: dict, path: Path) -> None:
     corruption = results["corruption"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     names = list(corruption["table"])
-    for offset, metric in enumerate(("probability", "rouge_l")):
-        values = [corruption["table"][n]["forget"][metric] for n in names]
-        axes[0].bar(np.arange(len(names)) + 0.4 * offset, values, width=0.4, label=metric)
+    for offset, name in enumerate(("probability", "rouge_l")):
+        values = [corruption["table"][n]["forget"][name] for n in names]
+        axes[0].bar(np.arange(len(names)) + 0.4 * offset, values, width=0.4, label=name)
     axes[0].set_xticks(np.arange(len(names)) + 0.2, names)
     axes[0].set_title("TOFU forget01: answer probability and ROUGE-L")
     axes[0].legend()

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .classifier import classifier_names
 from .corrupt import corruption_names
 from .embed import embedder_names
+from .metrics import metric_names
 
 
 def _registered(name: str, names: list[str], what: str) -> str:
@@ -34,11 +33,13 @@ class CorruptionConfig(_Section):
 
 class TuneConfig(_Section):
     budget: int = Field(default=30, gt=0)  # evaluations; ~2 s each for 40 TOFU items on SmolLM2
-    score: Literal["probability", "truth_ratio"] = "probability"
+    score: str = "probability"  # a metric (metrics.py): per-token answer probability
     penalty: float = Field(default=0.1, ge=0)  # weight of retain damage in the objective
     sigma_min: float = Field(default=0.01, gt=0)
     sigma_max: float = Field(default=10.0, gt=0)
     retain_items: int = Field(default=8, ge=0)  # "a few retain prompts" for the damage term
+
+    _known = field_validator("score")(lambda name: _registered(name, metric_names(), "metric"))
 
 
 class GuardConfig(_Section):

@@ -17,79 +17,24 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable
 
 import numpy as np
-import torch
 
+from .corrupt import Corruption, uses_sigma
 from .errors import GuardError
-from .corrupt import Corruption, request_seed, uses_sigma
-from .mask import chat_prompt
+from .metrics import metric
 from .prompts import Item
 
-ScoreKind = Literal["probability", "truth_ratio"]
 CORRUPTION_FILE = "corruption.json"
 NON_FINITE = 1e6  # objective told to the optimizer for a point whose score is not finite
 
 
-def answer_logprobs(model, tokenizer, pairs: list[tuple[str, str]], corruption: Corruption | None,
-                    batch_size: int = 8) -> np.ndarray:
-    """(N,) mean log-probability per answer token of each (prompt, answer), the prompt's user
-    tokens corrupted as the server would corrupt them (seeded by the prompt's text)."""
-    embedding = model.get_input_embeddings()
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(pairs), batch_size):
-            rows = []  # (embeds (T, D), first answer position, answer ids)
-            for prompt, answer in pairs[i:i + batch_size]:
-                user = [{"role": "user", "content": prompt}]
-                ids, mask = chat_prompt(tokenizer, user)
-                text = tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=False)
-                full = tokenizer.apply_chat_template(
-                    user + [{"role": "assistant", "content": answer}], tokenize=False)
-                answer_ids = tokenizer(full[len(text):], add_special_tokens=False).input_ids
-                prompt_embeds = embedding(torch.tensor(ids))  # (Tp, D)
-                if corruption is not None:
-                    prompt_embeds = corruption(prompt_embeds, mask, request_seed(prompt))
-                embeds = torch.cat([prompt_embeds, embedding(torch.tensor(answer_ids))])  # (T, D)
-                rows.append((embeds, len(ids), answer_ids))
-            width = max(len(e) for e, _, _ in rows)
-            batch = torch.zeros(len(rows), width, rows[0][0].shape[1])  # (B, T, D), right-padded
-            attention = torch.zeros(len(rows), width, dtype=torch.long)  # (B, T)
-            for b, (embeds, _, _) in enumerate(rows):
-                batch[b, :len(embeds)], attention[b, :len(embeds)] = embeds, 1
-            logprobs = model(inputs_embeds=batch, attention_mask=attention).logits.float() \
-                .log_softmax(-1)  # (B, T, V)
-            for b, (_, start, answer_ids) in enumerate(rows):
-                # the token at position t is predicted at t - 1
-                picked = logprobs[b, start - 1:start - 1 + len(answer_ids)] \
-                    .gather(1, torch.tensor(answer_ids)[:, None])  # (Ta, 1)
-                out.append(picked.mean().item())
-    return np.array(out)
-
-
-def forget_score(kind: ScoreKind, model, tokenizer, items: list[Item],
+def forget_score(kind: str, model, tokenizer, items: list[Item],
                  corruption: Corruption | None) -> float:
-    """probability: mean per-token log-probability of the answers (TOFU's "probability", in log).
-    truth_ratio: mean over items of P(perturbed) / P(paraphrased), per-token normalised (TOFU)."""
-    if kind == "probability":
-        missing = [i.prompt for i in items if not i.answer]
-        if missing:
-            raise GuardError(f"{len(missing)} forget items have no answer to score, e.g. {missing[0]!r}")
-        return float(answer_logprobs(model, tokenizer, [(i.prompt, i.answer) for i in items],
-                                     corruption).mean())
-    if kind == "truth_ratio":
-        if any(not i.paraphrased_answer or not i.perturbed_answers for i in items):
-            raise GuardError("truth_ratio needs paraphrased_answer and perturbed_answer on every "
-                             "item (TOFU's *_perturbed.json files)")
-        para = answer_logprobs(model, tokenizer, [(i.prompt, i.paraphrased_answer) for i in items],
-                               corruption)
-        pairs = [(i.prompt, a) for i in items for a in i.perturbed_answers]
-        pert = iter(answer_logprobs(model, tokenizer, pairs, corruption))
-        ratios = [math.exp(np.mean([next(pert) for _ in i.perturbed_answers]) - p)
-                  for i, p in zip(items, para)]
-        return float(np.mean(ratios))
-    raise GuardError(f"unknown score {kind!r}; known: probability, truth_ratio")
+    """The mean over `items` of the metric named `kind` (metrics.py: probability, truth_ratio,
+    rouge_l, ...), the prompts corrupted by `corruption`."""
+    return float(metric(kind)(model, tokenizer, items, corruption).mean())
 
 
 @dataclass

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from guard import (Guard, corruption_names, forget_score, read_items,
+from guard import (Guard, corruption_names, forget_score, metric_names, read_items,
                    save_corruption, save_model, train_guard, tune)
 
 from ..model import embedder_name, resolve_model, sentence_embedder
@@ -173,7 +173,7 @@ def add_commands(sub) -> None:
     tune.add_argument("--adapter", type=Path, help="adapter of the model under test (default: "
                                                    "the base model)")
     tune.add_argument("--budget", type=positive_int, help="evaluations (overrides guard.tune.budget)")
-    tune.add_argument("--score", choices=["probability", "truth_ratio"],
+    tune.add_argument("--score", choices=metric_names(),
                       help="overrides guard.tune.score")
     tune.add_argument("--forget-items", type=positive_int, help="use the first N forget items")
     tune.add_argument("--guard", type=Path, help="guard folder (default <home>/guard)")

@@ -65,3 +65,9 @@ def test_an_unknown_embedder_names_the_key_and_the_registered_ones():
     with pytest.raises(ConfigError, match=r"guard.embedder.*unknown embedder 'bert'; registered: "
                                           r"onnx, onnx-int8, torch"):
         load_config(overrides={"guard.embedder": "bert"}, environ={})
+
+
+def test_an_unknown_tuning_metric_names_the_key_and_the_registered_ones():
+    with pytest.raises(ConfigError, match=r"guard.tune.score.*unknown metric 'bleu'; registered: "
+                                          r"probability, probability_options, rouge_l"):
+        load_config(overrides={"guard.tune.score": "bleu"}, environ={})
