@@ -45,9 +45,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from adapters import Sample, TrainConfig, train_adapter  # noqa: E402
-from guard import (Corruption, Guard, Item, SentenceEmbedder, corruption_names,  # noqa: E402
-                   embedder_names, forget_score, general_prompts, metric, read_items,
-                   save_model, train_guard, tune)
+from guard import (Corruption, Guard, GuardConfig, Item, SentenceEmbedder,  # noqa: E402
+                   corruption_names, embedder_names, forget_score, general_prompts, metric,
+                   read_items, save_model, train_guard, tune)
 from guard.augment import typos  # noqa: E402
 from guard.train import split_items  # noqa: E402
 from serving.model import prepare_smollm2  # noqa: E402
@@ -301,9 +301,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--part", choices=["guard", "latency", "corruption", "all"],
                         default="all")
-    parser.add_argument("--embedder", choices=embedder_names(), default="onnx",
-                        help="embedder of parts 1 and 3; results of another than onnx go to "
-                             "the key guard_<embedder>")
+    parser.add_argument("--embedder", choices=embedder_names(), default=GuardConfig().embedder,
+                        help="embedder of parts 1 and 3 (default: the configured default); "
+                             "results of another go to the key guard_<embedder>")
     parser.add_argument("--work", type=Path, default=Path("/tmp/lethe-bench-guard"))
     parser.add_argument("--retain-train", type=int, default=160)
     parser.add_argument("--epochs", type=int, default=5)
@@ -316,7 +316,7 @@ def main() -> None:
     results = json.loads(out_path.read_text()) if out_path.exists() else {}
     embed = SentenceEmbedder(backend=args.embedder)
     if args.part in ("guard", "all") or not (args.work / "guard-mlp").exists():
-        key = "guard" if args.embedder == "onnx" else f"guard_{args.embedder}"
+        key = "guard" if args.embedder == GuardConfig().embedder else f"guard_{args.embedder}"
         results[key] = {**guard_part(args.work, embed), "embedder": args.embedder}
     if args.part in ("latency", "all"):
         results["latency"] = latency_part(args.work)
