@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import threading
 import warnings
@@ -157,7 +158,15 @@ def _quantize(graph: Path, path: str) -> None:
     channel: 0.993 on TOFU questions), activations quantized on the fly."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(graph), path, per_channel=True, weight_type=QuantType.QInt8)
+    # The quantizer writes `<input>-inferred.onnx` beside its input and deletes it: from a private
+    # folder, so that two processes preparing the cache at once do not delete each other's.
+    with tempfile.TemporaryDirectory(dir=graph.parent) as private:
+        source = Path(private) / graph.name
+        try:
+            os.link(graph, source)
+        except OSError:  # a filesystem without hard links
+            shutil.copyfile(graph, source)
+        quantize_dynamic(str(source), path, per_channel=True, weight_type=QuantType.QInt8)
 
 
 def _weights_digest(model_path: Path) -> str:
