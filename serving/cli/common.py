@@ -1,10 +1,11 @@
-"""What every `lethe` command shares: its config, its output (--json or lines), and argparse
-value types (a bad value is a usage error, exit 2)."""
+"""What every `lethe` command shares: its config, its output (--json or lines), argparse value
+types (a bad value is a usage error, exit 2), and training progress bars."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from ..config import Config, load_config
@@ -42,3 +43,21 @@ def rate(text: str) -> float:
     if not 0 < value < 0.5:
         raise argparse.ArgumentTypeError(f"must be in (0, 0.5), got {text}")
     return value
+
+
+def shard_progress(shard: int):
+    """A tqdm bar per shard on stderr (stdout stays clean for --json)."""
+    from tqdm import tqdm
+
+    bar = None
+
+    def update(step: int, total: int, loss: float) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc=f"shard {shard}", unit="step", file=sys.stderr)
+        bar.set_postfix(loss=f"{loss:.3f}")
+        bar.update(1)
+        if step == total:
+            bar.close()
+
+    return update

@@ -28,11 +28,13 @@ from importlib import resources
 from pathlib import Path
 
 import httpx
+import openai
 
 from ..errors import LetheError, UsageError
-from .common import positive_int
+from .common import positive_int, shard_progress
 
 DEFAULT_HOME = Path("~/.cache/lethe-demo")
+MARKER = ".lethe-demo"  # in a home the demo made: the only kind it empties
 LIVES = re.compile(r"^Where does (?P<name>.+) live\?$")  # synth_people's fact 0
 
 
@@ -108,18 +110,22 @@ def cmd_demo(args) -> None:
 
 
 def _fresh_home(home: Path) -> None:
-    """Empty `home` but for the prepared model (`<home>/models`): each run starts untrained."""
+    """Empty `home` but for the prepared model (`<home>/models`): each run starts untrained.
+    Only a folder the demo made (it holds MARKER) or an empty one: never a user's data."""
+    if home.exists() and any(home.iterdir()) and not (home / MARKER).exists():
+        raise UsageError(f"--home {home} is not empty and was not made by `lethe demo`; the demo "
+                         "empties its home at each start: give it a folder of its own")
     home.mkdir(parents=True, exist_ok=True)
     for entry in home.iterdir():
-        if entry.name != "models":
+        if entry.name not in ("models", MARKER):
             shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    (home / MARKER).touch()
 
 
 def _train(config, people: int, narrator: Narrator) -> list[Person]:
     from adapters import ShardStore, synth_people
 
     from ..model import base_model_record, resolve_model, sentence_embedder
-    from .shards import _progress
 
     _fresh_home(config.home_dir)
     samples = synth_people(people, seed=0, facts_per_person=2)
@@ -133,7 +139,7 @@ def _train(config, people: int, narrator: Narrator) -> list[Person]:
         group_by_owner=config.shards.group_by_owner, seed=config.shards.seed,
         model_path=model_path, base_model=base_model_record(model_path),
         train_config=config.train)
-    store.train(store.lineage.shard_ids(), _progress)
+    store.train(store.lineage.shard_ids(), shard_progress)
     narrator.time("train_s", time.perf_counter() - start)
     return people_of(samples)
 
@@ -155,9 +161,12 @@ def _run(config, people: int, narrator: Narrator) -> dict:
     admin = {"Authorization": f"Bearer {(keys.admin_keys or keys.api_keys or ['none'])[0]}"}
 
     def ask(question: str):
-        response = client.chat.completions.create(
-            model=config.model.name, messages=[{"role": "user", "content": question}],
-            max_tokens=24, temperature=0)
+        try:
+            response = client.chat.completions.create(
+                model=config.model.name, messages=[{"role": "user", "content": question}],
+                max_tokens=24, temperature=0)
+        except openai.APIError as e:
+            raise DemoFailed(f"the server answered {question!r} with an error: {e}") from e
         return response, response.choices[0].message.content
 
     try:

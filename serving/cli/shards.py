@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -10,25 +9,7 @@ from pathlib import Path
 from adapters import LineageError, ShardStore
 
 from ..config import ConfigError
-from .common import add_command, config_of, emit, positive_int
-
-
-def _progress(shard: int):
-    """A tqdm bar per shard on stderr (stdout stays clean for --json)."""
-    from tqdm import tqdm
-
-    bar = None
-
-    def update(step: int, total: int, loss: float) -> None:
-        nonlocal bar
-        if bar is None:
-            bar = tqdm(total=total, desc=f"shard {shard}", unit="step", file=sys.stderr)
-        bar.set_postfix(loss=f"{loss:.3f}")
-        bar.update(1)
-        if step == total:
-            bar.close()
-
-    return update
+from .common import add_command, config_of, emit, positive_int, shard_progress
 
 
 def _store(config) -> ShardStore:
@@ -63,7 +44,7 @@ def cmd_train(args) -> None:
         partitioner=config.shards.partitioner, group_by_owner=config.shards.group_by_owner,
         seed=config.shards.seed, model_path=model_path, base_model=base_model_record(model_path),
         train_config=config.train, validation=validation)
-    results = store.train(store.lineage.shard_ids(), _progress)
+    results = store.train(store.lineage.shard_ids(), shard_progress)
     _report_results(args, results, time.perf_counter() - start, "trained")
 
 
@@ -88,7 +69,7 @@ def cmd_retrain(args) -> None:
     if unknown:
         raise LineageError(f"unknown shard(s) {unknown}; the store has {store.lineage.shard_ids()}")
     start = time.perf_counter()
-    results = store.train(sorted(set(args.shard)), _progress)
+    results = store.train(sorted(set(args.shard)), shard_progress)
     store.sweep_mixtures()
     _report_results(args, results, time.perf_counter() - start, "retrained")
 
@@ -96,7 +77,7 @@ def cmd_retrain(args) -> None:
 def cmd_forget_samples(args) -> None:
     store = _store(config_of(args))
     start = time.perf_counter()
-    results = store.forget_samples(args.id, _progress)
+    results = store.forget_samples(args.id, shard_progress)
     store.sweep_mixtures()
     _report_results(args, results, time.perf_counter() - start, "retrained")
 

@@ -23,6 +23,7 @@ def demo(tmp_path, tiny_model_dir, **sections) -> subprocess.CompletedProcess:
 
 def test_the_demo_forgets_one_person_and_proves_each_step(tmp_path, tiny_model_dir):
     (tmp_path / "demo-home").mkdir()
+    (tmp_path / "demo-home" / ".lethe-demo").touch()  # an earlier run's home
     (tmp_path / "demo-home" / "left-over").write_text("from an earlier run")
     run = demo(tmp_path, tiny_model_dir)
     assert run.returncode == 0, run.stderr[-4000:]
@@ -48,6 +49,14 @@ def test_a_claim_that_does_not_hold_fails_the_demo_naming_its_step(tmp_path, tin
     result = json.loads(run.stdout)
     assert not result["ok"] and result["failed"].startswith("step 1")
     assert [(s["step"], s["ok"]) for s in result["steps"]] == [(1, False)]
+
+
+def test_the_demo_never_empties_a_folder_it_did_not_make(tmp_path):
+    (tmp_path / "notes.txt").write_text("a user's data")
+    run = subprocess.run([sys.executable, "-m", "serving.cli", "demo", "--home", str(tmp_path)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "was not made by `lethe demo`" in run.stderr
+    assert (tmp_path / "notes.txt").read_text() == "a user's data"
 
 
 def test_the_demo_needs_two_people():
