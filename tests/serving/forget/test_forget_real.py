@@ -10,8 +10,8 @@ import pytest
 
 from adapters import write_samples
 from serving.cli import main
-from tests.serving.conftest import (ADMIN, PEOPLE, ask, fact, merge, metric, tiny_world_config,
-                                    wait_for, write_config)
+from tests.serving.conftest import (ADMIN, PEOPLE, api, ask, fact, merge, metric,
+                                    tiny_world_config, wait_for, write_config)
 
 pytestmark = pytest.mark.slow
 
@@ -41,11 +41,16 @@ def test_forgetting_an_owner_on_the_default_model(server):
     accepted = httpx.post(f"{server.url}/v1/forget", json={"owner": "person-0000"},
                           headers={"Authorization": f"Bearer {ADMIN}"}, timeout=30)
     assert accepted.status_code == 202 and time.perf_counter() - start < 1.0
-    assert city not in chat(question) and city not in chat(reworded)
-    assert other_city in chat(other)
-    assert metric(server, "lethe:guard_flagged_total") == 2
-
     request = accepted.json()["id"]
+    for asked in (question, reworded):
+        flagged = metric(server, "lethe:guard_flagged_total")
+        assert city not in chat(asked)
+        # Guarded until exact: a shard left empty retrains in about a second, and then the
+        # weights no longer hold the fact and the exemplars are retired.
+        assert (metric(server, "lethe:guard_flagged_total") == flagged + 1
+                or api(server, "GET", f"/v1/forget/{request}").json()["state"] == "completed")
+    assert other_city in chat(other)
+
     wait_for(server, request, "completed", timeout=600)
     receipt = httpx.get(f"{server.url}/v1/forget/{request}/receipt",
                         headers={"Authorization": f"Bearer {ADMIN}"}).json()
