@@ -74,6 +74,8 @@ class SentenceEmbedder:
         if backend not in _EMBEDDERS:
             raise GuardError(f"unknown embedder {backend!r}; registered: "
                              f"{', '.join(embedder_names())}")
+        # Where exported graphs are kept: the server and CLI pass <home>/models; scripts and
+        # tests share one temporary folder.
         cache = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "lethe-embedder"
         self._encode = _EMBEDDERS[backend](Path(model_path or default_model_path()), cache)
         self.backend = backend
