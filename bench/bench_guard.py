@@ -15,8 +15,8 @@ questions (their paraphrases for the exemplar rule, whose negatives include the 
 real_authors, world_facts and the general requests' `test` half per kind.
 
 Part 2 (latency): one guard check (the mlp classifier and 20 authors' exemplars) of a short
-question, of a system + user chat and of a 600-word prompt, per embedder backend (onnx, torch),
-alternating request by request; p50/p99 in ms and the onnx/torch ratio.
+question, of a system + user chat and of a 600-word prompt, per embedder backend (onnx-int8,
+onnx, torch), alternating request by request; p50/p99 in ms and each one's ratio to torch.
 
 Part 3 (corruption): SmolLM2 + one LoRA trained on a retain90 subset (the reference, which never
 saw the forget data) and on the same subset plus forget01 (the "finetuned" model). Tune the
@@ -75,6 +75,14 @@ def hostile(question: str, rng: np.random.Generator) -> dict[str, list[str]]:
             "split": [" ".join(words[:len(words) // 2]), " ".join(words[len(words) // 2:])]}
 
 
+def add_author_exemplars(guard: Guard, forget: list[Item]) -> None:
+    """One exemplar per author (TOFU: 20 questions per author, in order), with its questions
+    and answers: what a forget request by owner hands the server."""
+    for author in range(len(forget) // 20):
+        items = forget[20 * author:20 * author + 20]
+        guard.add_exemplar(f"author-{author}", [t for i in items for t in (i.prompt, i.answer)])
+
+
 def score(guard: Guard, positives: list[str], hostile_sets: dict[str, list[list[str]]],
           negatives: dict[str, list[str]]) -> dict:
     rates = {"tpr_paraphrases": _flag_rate(guard, [[p] for p in positives]),
@@ -121,9 +129,7 @@ def guard_part(work: Path, embed: SentenceEmbedder) -> dict:
     general_train = [p for prompts in general_prompts().values() for p in prompts]
     references = [i.prompt for i in retain] + general_train
     guard.set_negatives(dict(zip(map(str, range(len(references))), embed(references))))
-    for author in range(len(forget) // 20):  # TOFU: 20 questions per author, in order
-        items = forget[20 * author:20 * author + 20]
-        guard.add_exemplar(f"author-{author}", [t for i in items for t in (i.prompt, i.answer)])
+    add_author_exemplars(guard, forget)
     thresholds = [guard.exemplars.threshold(k) for k in guard.exemplars.keys()]
     out["exemplars"] = {**score(guard, positives, hostile_sets,
                                 {"retain": retain_paraphrased, **extra}),
@@ -142,9 +148,7 @@ def latency_part(work: Path) -> dict:
     guards = {}
     for backend in embedder_names():
         guard = Guard.load(work / "guard-mlp", SentenceEmbedder(backend=backend))
-        for author in range(len(forget) // 20):
-            items = forget[20 * author:20 * author + 20]
-            guard.add_exemplar(f"author-{author}", [t for i in items for t in (i.prompt, i.answer)])
+        add_author_exemplars(guard, forget)
         guards[backend] = guard
     forms = {"short": lambda q: [q],  # one question, as most requests are
              "chat": lambda q: ["You are a helpful assistant.", q],  # system + user message

@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import statistics
 import tempfile
 import time
@@ -40,13 +39,13 @@ from adapters import Lineage, synth_people, write_samples  # noqa: E402
 from serving.cli import main as lethe  # noqa: E402
 from serving.launch import ServerProcess  # noqa: E402
 
+from bench_forget import scrape  # noqa: E402
+
 RESULTS = Path(__file__).parent / "results"
 
 
 def flagged_total(url: str) -> float:
-    text = httpx.get(f"{url}/metrics", timeout=30).text
-    return sum(float(v) for v in re.findall(r"^lethe:guard_flagged_total\{[^}]*\} (\S+)$", text,
-                                            re.M))
+    return scrape(url).get("lethe:guard_flagged_total", 0.0)
 
 
 def ttft(client, model: str, question: str) -> float:

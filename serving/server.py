@@ -37,11 +37,12 @@ def load_guard(config: Config, store: ShardStore | None) -> Guard | None:
     embed = sentence_embedder(config.guard.embedder, config.home_dir)
     if trained:
         guard = Guard.load(config.guard_dir, embed, keep_versions=config.guard.keep_versions)
-        fitted_on = guard.model.manifest.get("embedder")
-        if fitted_on != embedder_name(config.guard.embedder):
+        fitted_on, served_with = (guard.model.manifest.get("embedder"),
+                                  embedder_name(config.guard.embedder))
+        if fitted_on != served_with:
             log.warning("the guard was trained on %s vectors and is served with %s: its threshold "
                         "is calibrated for the former (train it again with `lethe guard train`)",
-                        fitted_on, embedder_name(config.guard.embedder))
+                        fitted_on, served_with)
         return guard
     return Guard.exemplars_only(embed, config.guard.exemplar_threshold)
 

@@ -31,7 +31,7 @@ import httpx
 import openai
 
 from ..errors import LetheError, UsageError
-from .common import positive_int, shard_progress
+from .common import positive_int
 
 DEFAULT_HOME = Path("~/.cache/lethe-demo")
 MARKER = ".lethe-demo"  # in a home the demo made: the only kind it empties
@@ -123,23 +123,16 @@ def _fresh_home(home: Path) -> None:
 
 
 def _train(config, people: int, narrator: Narrator) -> list[Person]:
-    from adapters import ShardStore, synth_people
+    from adapters import synth_people
 
-    from ..model import base_model_record, resolve_model, sentence_embedder
+    from .shards import train_shards
 
     _fresh_home(config.home_dir)
     samples = synth_people(people, seed=0, facts_per_person=2)
     narrator.say(f"Training {config.shards.count} shard adapters on {len(samples)} facts about "
                  f"{people} fictitious people ({config.home_dir})")
     start = time.perf_counter()
-    model_path = resolve_model(config.model.source, config.home_dir)
-    store = ShardStore.create(
-        config.store_dir, samples, sentence_embedder(config.guard.embedder, config.home_dir),
-        shards=config.shards.count, partitioner=config.shards.partitioner,
-        group_by_owner=config.shards.group_by_owner, seed=config.shards.seed,
-        model_path=model_path, base_model=base_model_record(model_path),
-        train_config=config.train)
-    store.train(store.lineage.shard_ids(), shard_progress)
+    train_shards(config, samples)
     narrator.time("train_s", time.perf_counter() - start)
     return people_of(samples)
 

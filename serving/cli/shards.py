@@ -6,7 +6,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from adapters import LineageError, ShardStore
+from adapters import LineageError, ShardResult, ShardStore
 
 from ..config import ConfigError
 from .common import add_command, config_of, emit, positive_int, shard_progress
@@ -25,10 +25,23 @@ def _report_results(args, results, seconds: float, verb: str) -> None:
     emit(args, payload, lines + [f"{verb} {len(results)} shard(s) in {seconds:.1f} s"])
 
 
+def train_shards(config, samples, validation=None) -> list[ShardResult]:
+    """Partition `samples` into a new shard store (`config.store_dir`) and train every shard,
+    with a progress bar each; the ShardResults."""
+    from ..model import base_model_record, resolve_model, sentence_embedder
+
+    model_path = resolve_model(config.model.source, config.home_dir)
+    store = ShardStore.create(
+        config.store_dir, samples, sentence_embedder(config.guard.embedder, config.home_dir),
+        shards=config.shards.count, partitioner=config.shards.partitioner,
+        group_by_owner=config.shards.group_by_owner, seed=config.shards.seed,
+        model_path=model_path, base_model=base_model_record(model_path),
+        train_config=config.train, validation=validation)
+    return store.train(store.lineage.shard_ids(), shard_progress)
+
+
 def cmd_train(args) -> None:
     from adapters import read_samples
-
-    from ..model import base_model_record, resolve_model, sentence_embedder
 
     config = config_of(args, **{"shards.data": args.data, "shards.validation": args.validation,
                                 "shards.count": args.shards, "train.max_steps": args.max_steps})
@@ -37,14 +50,7 @@ def cmd_train(args) -> None:
     start = time.perf_counter()
     samples = read_samples(config.shards.data)
     validation = read_samples(config.shards.validation) if config.shards.validation else None
-    model_path = resolve_model(config.model.source, config.home_dir)
-    embed = sentence_embedder(config.guard.embedder, config.home_dir)
-    store = ShardStore.create(
-        config.store_dir, samples, embed, shards=config.shards.count,
-        partitioner=config.shards.partitioner, group_by_owner=config.shards.group_by_owner,
-        seed=config.shards.seed, model_path=model_path, base_model=base_model_record(model_path),
-        train_config=config.train, validation=validation)
-    results = store.train(store.lineage.shard_ids(), shard_progress)
+    results = train_shards(config, samples, validation)
     _report_results(args, results, time.perf_counter() - start, "trained")
 
 
