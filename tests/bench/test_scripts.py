@@ -37,7 +37,7 @@ def imported(script: Path) -> set[str]:
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
 def test_what_a_benchmark_imports_is_installed_or_a_checked_extra(script):
-    missing = {name for name in imported(script) - LOCAL
+    missing = {name.split(".")[0] for name in imported(script) - LOCAL
                if importlib.util.find_spec(name.split(".")[0]) is None
                or importlib.util.find_spec(name) is None}
     assert missing <= set(_extras()), f"{script.name} needs {missing - set(_extras())}"
