@@ -46,7 +46,7 @@ import torch  # noqa: E402
 
 from adapters import Sample, TrainConfig, train_adapter  # noqa: E402
 from guard import (Corruption, Guard, GuardConfig, Item, SentenceEmbedder,  # noqa: E402
-                   corruption_names, embedder_names, forget_score, general_prompts, metric,
+                   ModelSubject, corruption_names, embedder_names, forget_score, general_prompts, metric,
                    read_items, save_model, train_guard, tune)
 from guard.augment import typos  # noqa: E402
 from guard.train import split_items  # noqa: E402
@@ -199,7 +199,7 @@ def _load(model_path: Path, adapter: Path):
 
 def _evaluate(model, tokenizer, items: list[Item], corruptions: list[Corruption | None]) -> dict:
     """Mean answer probability (per token) and ROUGE-L recall, item i corrupted by corruptions[i]."""
-    scores = {name: float(np.mean([metric(name)(model, tokenizer, [i], c)[0]
+    scores = {name: float(np.mean([metric(name)(ModelSubject(model, tokenizer, c), [i])[0]
                                    for i, c in zip(items, corruptions)]))
               for name in ("probability", "rouge_l")}
     return {**scores,
@@ -219,11 +219,13 @@ def corruption_part(work: Path, embed: SentenceEmbedder, args) -> dict:
     reference = _load(model_path, _train(model_path, retain, work / "reference", args.epochs))
     finetuned = _load(model_path, _train(model_path, retain + forget, work / "finetuned",
                                          args.epochs))
-    target = forget_score("probability", reference, tokenizer, forget, None)
+    target = forget_score("probability", ModelSubject(reference, tokenizer), forget)
     tune_retain = retain[:8]
     start = time.perf_counter()
-    result = tune(lambda c: forget_score("probability", finetuned, tokenizer, forget, c), target,
-                  retain=lambda c: forget_score("probability", finetuned, tokenizer, tune_retain, c),
+    result = tune(lambda c: forget_score("probability", ModelSubject(finetuned, tokenizer, c),
+                                         forget), target,
+                  retain=lambda c: forget_score("probability", ModelSubject(finetuned, tokenizer, c),
+                                                tune_retain),
                   penalty=0.1, names=corruption_names(),
                   dim=finetuned.get_input_embeddings().weight.shape[1], sigma_range=(0.01, 10.0),
                   budget=args.budget, seed=0, log=lambda r: print("tune", json.dumps(r), flush=True))

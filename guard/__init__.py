@@ -18,20 +18,22 @@ from .guard import Guard, Verdict
 from .mask import chat_prompt, token_mask
 from .prompts import Item, PromptFileError, read_items, salient_terms, strip_markup
 from .train import EmbedFn, train_guard
-from .metrics import (MetricError, answer_logprobs, forget_quality, greedy_answer, metric,
-                      metric_names, model_utility, register_metric, rouge_l_recall,
-                      truth_ratio_closer_to_1, truth_ratio_true_better)
+from .metrics import (MetricError, ModelSubject, Subject, answer_ids, forget_quality, greedy_ids,
+                      metric, metric_names, model_utility, register_metric, rouge_l_recall,
+                      token_logprobs, truth_ratio_closer_to_1, truth_ratio_true_better)
 from .tune import TuneResult, forget_score, load_corruption, save_corruption, tune
 from .views import views
 
 __all__ = [
     "Corruption", "CorruptionConfig", "CorruptionError", "EmbedFn", "ExemplarIndex", "Guard",
     "GuardConfig", "GuardError", "GuardModel", "Item", "MetricError", "PromptFileError",
-    "SentenceEmbedder", "TuneConfig", "TuneResult", "Verdict", "answer_logprobs", "chat_prompt",
+    "ModelSubject", "SentenceEmbedder", "Subject", "TuneConfig", "TuneResult", "Verdict",
+    "answer_ids", "chat_prompt",
     "classifier_names", "corruption_names", "embedder_names", "forget_quality", "forget_score",
-    "general_prompts", "greedy_answer", "load_corruption", "load_model", "metric", "metric_names",
+    "general_prompts", "greedy_ids", "load_corruption", "load_model", "metric", "metric_names",
     "model_utility", "read_items", "register_classifier", "register_corruption",
     "register_embedder", "register_metric", "request_seed", "rouge_l_recall", "salient_terms",
-    "save_corruption", "save_model", "strip_markup", "token_mask", "train_guard",
+    "save_corruption", "save_model", "strip_markup", "token_logprobs", "token_mask",
+    "train_guard",
     "truth_ratio_closer_to_1", "truth_ratio_true_better", "tune", "views",
 ]

@@ -23,18 +23,17 @@ import numpy as np
 
 from .corrupt import Corruption, uses_sigma
 from .errors import GuardError
-from .metrics import metric
+from .metrics import Subject, metric
 from .prompts import Item
 
 CORRUPTION_FILE = "corruption.json"
 NON_FINITE = 1e6  # objective told to the optimizer for a point whose score is not finite
 
 
-def forget_score(kind: str, model, tokenizer, items: list[Item],
-                 corruption: Corruption | None) -> float:
+def forget_score(kind: str, subject: Subject, items: list[Item]) -> float:
     """The mean over `items` of the metric named `kind` (metrics.py: probability, truth_ratio,
-    rouge_l, ...), the prompts corrupted by `corruption`."""
-    return float(metric(kind)(model, tokenizer, items, corruption).mean())
+    rouge_l, ...) of `subject` (e.g. a ModelSubject: a model under one corruption)."""
+    return float(metric(kind)(subject, items).mean())
 
 
 @dataclass

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from guard import (Guard, corruption_names, forget_score, metric_names, read_items,
+from guard import (Guard, ModelSubject, corruption_names, forget_score, metric_names, read_items,
                    save_corruption, save_model, train_guard, tune)
 
 from ..model import embedder_name, resolve_model, sentence_embedder
@@ -109,7 +109,7 @@ def cmd_tune(args) -> None:
         reference = {"target": target}
     except ValueError:
         reference_model = _model(model_path, Path(args.reference))
-        target = forget_score(kind, reference_model, tokenizer, forget, None)
+        target = forget_score(kind, ModelSubject(reference_model, tokenizer), forget)
         reference = {"reference_adapter": str(args.reference), "target": target}
         del reference_model
     model = _model(model_path, args.adapter)
@@ -119,8 +119,9 @@ def cmd_tune(args) -> None:
               f"k={record['k']} score={record['score']:.4f} objective={record['objective']:.4f}",
               file=sys.stderr)
 
-    result = tune(lambda c: forget_score(kind, model, tokenizer, forget, c), target,
-                  retain=(lambda c: forget_score("probability", model, tokenizer, retain, c))
+    result = tune(lambda c: forget_score(kind, ModelSubject(model, tokenizer, c), forget), target,
+                  retain=(lambda c: forget_score("probability", ModelSubject(model, tokenizer, c),
+                                                 retain))
                   if retain else None,
                   penalty=settings.penalty, names=corruption_names(),
                   dim=model.get_input_embeddings().weight.shape[1],

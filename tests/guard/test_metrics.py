@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from guard import (GuardError, Item, MetricError, forget_quality, metric, metric_names,
+from guard import (GuardError, Item, MetricError, ModelSubject, answer_ids, greedy_ids, token_logprobs, forget_quality, metric, metric_names,
                    model_utility, register_metric, rouge_l_recall, truth_ratio_closer_to_1,
                    truth_ratio_true_better)
 
@@ -45,16 +45,16 @@ ITEMS = [Item("Where does Vosmi Ulkathi live?", "Vosmi Ulkathi lives in Quillmoo
 
 def test_per_token_probability_of_a_uniform_model_is_one_over_the_vocabulary(uniform):
     model, tokenizer = uniform
-    assert np.allclose(metric("probability")(model, tokenizer, ITEMS, None), 1 / model.vocab)
+    assert np.allclose(metric("probability")(ModelSubject(model, tokenizer), ITEMS), 1 / model.vocab)
 
 
 def test_truth_ratio_of_a_model_with_no_preference_is_one(uniform):
-    assert np.allclose(metric("truth_ratio")(*uniform, ITEMS, None), [1.0, 1.0])
+    assert np.allclose(metric("truth_ratio")(ModelSubject(*uniform), ITEMS), [1.0, 1.0])
 
 
 def test_options_probability_shares_the_mass_among_the_answer_and_its_perturbations(uniform):
     # every answer has per-token probability 1/V: 1 / (1 + number of perturbed answers)
-    assert np.allclose(metric("probability_options")(*uniform, ITEMS, None), [1 / 4, 1 / 2])
+    assert np.allclose(metric("probability_options")(ModelSubject(*uniform), ITEMS), [1 / 4, 1 / 2])
 
 
 def test_rouge_l_recall_is_the_longest_common_word_subsequence_over_the_reference():
@@ -91,4 +91,58 @@ def test_metrics_are_registered_by_name_and_say_what_an_item_lacks(uniform):
     with pytest.raises(MetricError, match="already registered"):
         register_metric("rouge_l", lambda *a: np.zeros(0))
     with pytest.raises(GuardError, match="truth_ratio needs paraphrased_answer"):
-        metric("truth_ratio")(*uniform, [Item("q?", "a.")], None)
+        metric("truth_ratio")(ModelSubject(*uniform), [Item("q?", "a.")])
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    return (AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval(),
+            AutoTokenizer.from_pretrained(tiny_model_dir))
+
+
+def test_greedy_answers_in_a_padded_batch_are_generates_answers_one_by_one(tiny):
+    model, tokenizer = tiny
+    subject = ModelSubject(model, tokenizer, max_tokens=12)
+    questions = ["Where does Vosmi Ulkathi live?", "What?"]  # different lengths: left padding
+    for question, answer in zip(questions, subject.answers(questions)):
+        embeds = subject._prompt(question)
+        with torch.inference_mode():
+            out = model.generate(inputs_embeds=embeds[None], max_new_tokens=12, do_sample=False,
+                                 attention_mask=torch.ones(1, len(embeds), dtype=torch.long),
+                                 eos_token_id=tokenizer.eos_token_id,
+                                 pad_token_id=tokenizer.eos_token_id)
+        assert answer == tokenizer.decode(out[0], skip_special_tokens=True)
+
+
+def test_an_ensembles_next_token_is_the_argmax_of_its_adapters_mean_probabilities(tiny_model_dir):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    peft = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
+                                            init_lora_weights=False), adapter_name="one")
+    peft.add_adapter("two", LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
+                                     init_lora_weights=False))
+    peft.eval()
+    prompt = ModelSubject(model, tokenizer)._prompt("Where does Vosmi Ulkathi live?")  # (T, D)
+    [ids] = greedy_ids(peft, [prompt], eos=set(), max_tokens=4, adapters=[["one", "two"]])
+    expected, embeds = [], prompt
+    with torch.inference_mode():
+        for _ in range(4):  # no cache, no batch: each adapter alone, then the mean
+            probs = []
+            for name in ("one", "two"):
+                peft.set_adapter(name)
+                probs.append(peft(inputs_embeds=embeds[None]).logits[0, -1].softmax(-1))
+            expected.append(int(torch.stack(probs).mean(0).argmax()))
+            embeds = torch.cat([embeds, model.get_input_embeddings()(torch.tensor(expected[-1:]))])
+        # and one adapter's answer scored in a mixed batch equals that adapter alone
+        answer = answer_ids(tokenizer, "Where does Vosmi Ulkathi live?", "Quillmoor.")
+        mixed = token_logprobs(peft, [prompt, prompt], [answer, answer], adapters=["one", "two"])
+        peft.set_adapter("two")
+        alone = token_logprobs(peft, [prompt], [answer])
+    assert ids == expected
+    assert torch.allclose(mixed[1], alone[0], atol=1e-5)
+    assert not torch.allclose(mixed[0], mixed[1])

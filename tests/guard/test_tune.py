@@ -5,7 +5,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from adapters import synth_people
-from guard import (Corruption, GuardError, Item, corruption_names, forget_score, load_corruption,
+from guard import (Corruption, GuardError, Item, ModelSubject, corruption_names, forget_score, load_corruption,
                    save_corruption, tune)
 
 
@@ -23,19 +23,19 @@ def items():
 
 def test_scores_are_finite_and_change_under_corruption(model, items):
     for kind in ("probability", "truth_ratio"):
-        clean = forget_score(kind, *model, items, None)
-        corrupted = forget_score(kind, *model, items, Corruption(sigma=2.0))
-        assert clean == forget_score(kind, *model, items, None)  # deterministic
+        clean = forget_score(kind, ModelSubject(*model), items)
+        corrupted = forget_score(kind, ModelSubject(*model, Corruption(sigma=2.0)), items)
+        assert clean == forget_score(kind, ModelSubject(*model), items)  # deterministic
         assert clean != corrupted
     with pytest.raises(GuardError, match="paraphrased_answer"):
-        forget_score("truth_ratio", *model, [Item("q?", "a.")], None)
+        forget_score("truth_ratio", ModelSubject(*model), [Item("q?", "a.")])
 
 
 def test_tuning_with_a_tiny_budget_improves_its_objective(model, items, tmp_path):
-    score = lambda c: forget_score("probability", *model, items, c)  # noqa: E731
+    score = lambda c: forget_score("probability", ModelSubject(*model, c), items)  # noqa: E731
     target = score(None) / 2  # a reference that never saw the data scores lower
     log = []
-    result = tune(score, target, retain=lambda c: forget_score("probability", *model, items[:2], c),
+    result = tune(score, target, retain=lambda c: forget_score("probability", ModelSubject(*model, c), items[:2]),
                   penalty=0.1, names=corruption_names(), dim=128, sigma_range=(0.01, 10.0),
                   budget=8, seed=0, log=log.append)
 
