@@ -18,6 +18,7 @@ requests' quarantine holds) then `receipt`.
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
 from dataclasses import dataclass
@@ -107,6 +108,28 @@ class ShardStore:
             "data_hash": id_set_hash(lineage.content_hash(s) for s in samples),
             "validation_hash": validation_hash,
         }, indent=2))
+        return cls(root)
+
+    @classmethod
+    def derive(cls, root: Path, source: "ShardStore", without: set[str]) -> "ShardStore":
+        """A new store with `source`'s partition, base model, training config and validation
+        set, holding its live samples except `without`: what an exact forget of `without` must
+        reproduce, shard for shard, once trained (training is deterministic; versions are
+        weight hashes)."""
+        root = Path(root)
+        if (root / "store.json").exists():
+            raise LineageError(f"{root} already holds a shard store; use another LETHE_HOME")
+        root.mkdir(parents=True, exist_ok=True)
+        kept = [(s, k) for k in source.lineage.shard_ids()
+                for s in source.lineage.shard_samples(k) if s.id not in without]
+        lineage = Lineage(root / "lineage.db")
+        lineage.assign([s for s, _ in kept], np.array([k for _, k in kept]), source.centroids)
+        if source.info["validation_hash"]:
+            for name in ("validation.jsonl", "validation.npy"):
+                shutil.copyfile(source.root / name, root / name)
+        write_atomic(root / "store.json", json.dumps({
+            **source.info, "created_at": time.time(), "derived_from": str(source.root),
+            "data_hash": id_set_hash(lineage.content_hash(s) for s, _ in kept)}, indent=2))
         return cls(root)
 
     # --- training ----------------------------------------------------------------------------
@@ -232,10 +255,11 @@ class ShardStore:
             return config.model_copy(update={"scheme": "semantic"})
         return config
 
-    def weights(self, query: np.ndarray, config: RouteConfig, excluded: set[int] = frozenset()
-                ) -> dict[int, float]:
+    def weights(self, query: np.ndarray, config: RouteConfig, excluded: set[int] = frozenset(),
+                avoid_held: bool = True) -> dict[int, float]:
         """Shard id -> weight for a request with embedding `query` (d,); {} when no shard
-        serves (every sample forgotten): the base model alone answers."""
+        serves (every sample forgotten): the base model alone answers. `avoid_held`: shards
+        that a pending forget request holds (quarantine) get weight 0 too."""
         config = self.effective_route(config)
         versions = self.current_versions()
         if not versions:
@@ -244,21 +268,24 @@ class ShardStore:
         inputs = RouteInputs(
             query=query, centroids=self.centroids[shards], validation=self.validation_embeddings,
             losses=None if self.validation_embeddings is None else self.losses.matrix(versions))
-        return route(inputs, config, shards, set(excluded) | self.lineage.quarantined())
+        held = self.lineage.quarantined() if avoid_held else set()
+        return route(inputs, config, shards, set(excluded) | held)
 
-    def resolve(self, query: np.ndarray, config: RouteConfig) -> Mixture | None:
+    def resolve(self, query: np.ndarray, config: RouteConfig, avoid_held: bool = True
+                ) -> Mixture | None:
         """The mixture adapter for a request with embedding `query` (d,), pinned until
         `release`: an engine reads its files when it schedules the request. None: no shard has
-        weight (the base model serves)."""
+        weight (the base model serves). `avoid_held`: as in `weights`."""
         try:
-            return self._resolve(query, config)
+            return self._resolve(query, config, avoid_held)
         except (RegistryError, LossTableError, FileNotFoundError):
             # A worker published a retrain between reading the versions and the files (the
             # old version, its loss row or a retired shard is gone): route again on the new.
-            return self._resolve(query, config)
+            return self._resolve(query, config, avoid_held)
 
-    def _resolve(self, query: np.ndarray, config: RouteConfig) -> Mixture | None:
-        weights = self.weights(query, config)
+    def _resolve(self, query: np.ndarray, config: RouteConfig, avoid_held: bool
+                 ) -> Mixture | None:
+        weights = self.weights(query, config, avoid_held=avoid_held)
         if not weights:
             return None
         with self._mixture_lock:

@@ -124,13 +124,12 @@ def token_logprobs(model, prompts: list[torch.Tensor], answers: list[list[int]],
             for b, r in enumerate(rows):
                 batch[b, :len(r)], attention[b, :len(r)] = r, 1
             kwargs = {"adapter_names": adapters[i:i + batch_size]} if adapters else {}
-            logprobs = model(inputs_embeds=batch.to(embedding.weight.dtype),
-                             attention_mask=attention, **kwargs).logits.float() \
-                .log_softmax(-1)  # (B, T, V)
+            logits = model(inputs_embeds=batch.to(embedding.weight.dtype),
+                           attention_mask=attention, **kwargs).logits  # (B, T, V)
             for b, (p, a) in enumerate(zip(prompts[i:i + batch_size], answers[i:i + batch_size])):
                 start = len(p)  # the token at position t is predicted at t - 1
-                out.append(logprobs[b, start - 1:start - 1 + len(a)]
-                           .gather(1, torch.tensor(a)[:, None])[:, 0])  # (Ta,)
+                logprobs = logits[b, start - 1:start - 1 + len(a)].float().log_softmax(-1)
+                out.append(logprobs.gather(1, torch.tensor(a)[:, None])[:, 0])  # (Ta,)
     return out
 
 

@@ -102,9 +102,16 @@ class ForgetConfig(_Section):
     # embeddings, indistinguishable in form from any other; refuse: HTTP 400 `content_filter`,
     # which tells the client that the guard fired.
     on_flag: Literal["corrupt", "refuse"] = "corrupt"
-    # Give the shards of pending requests weight 0 until retrained: exact from the first second,
-    # at some utility cost.
-    quarantine: bool = False
+    # Who gets weight 0 on the shards of pending forget requests until they are retrained.
+    # flagged: prompts the guard flags, so their answers come from weights that never saw the
+    # forgotten data (like the exact model's: measured in README, TOFU); all: every prompt,
+    # exact from the first second at a utility cost to everyone; none. (true/false: all/none.)
+    quarantine: Literal["flagged", "all", "none"] = "flagged"
+
+    @field_validator("quarantine", mode="before")
+    @classmethod
+    def _quarantine_bool(cls, value):
+        return {True: "all", False: "none"}.get(value, value) if isinstance(value, bool) else value
     # When a request is exact: fold (refit the classifier on its exemplars, then drop them;
     # without a trained classifier the same as drop) | drop (drop the exemplars only).
     retire: Literal["fold", "drop"] = "fold"

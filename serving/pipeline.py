@@ -6,7 +6,9 @@
       flagged: the prompt's token embeddings, corrupted on every token a client wrote (ECO),
       or a refusal
     adapter: the LoRA resolver's answer for the request's vector: today the weighted shard
-      adapters (APA, quarantined shards excluded) as one cached mixture (serving/mixtures.py)
+      adapters (APA) as one cached mixture (serving/mixtures.py), without the shards that
+      pending forget requests hold when the prompt is flagged (`forget.quarantine: flagged`)
+      or always (`all`)
 
 Flagged prompts are routed like any other, so nothing in the response's form tells the client
 that the guard fired (policy `corrupt`); the server log and /metrics (admin key) do. The noise
@@ -110,7 +112,7 @@ class Pipeline:
         if self.resolver is None or verdict is None or len(verdict.vectors) == 0:
             return None
         query = verdict.vectors.mean(axis=0)  # (D,) the request's texts together
-        return self.resolver.resolve(query / np.linalg.norm(query))
+        return self.resolver.resolve(query / np.linalg.norm(query), verdict.flagged)
 
     def release(self, prompts: list[Prompt]) -> None:
         """The engine is done with these prompts' adapters."""

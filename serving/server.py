@@ -70,14 +70,16 @@ def create_app(config: Config):
     guard = load_guard(config, store)
     corruption = load_corruption(config.guard_dir) or Corruption(
         **config.guard.corruption.model_dump())
-    resolver = MaterialisedMixtures(store, config.route, metrics) if store else None
+    resolver = (MaterialisedMixtures(store, config.route, metrics, config.forget.quarantine)
+                if store else None)
     config.home_dir.mkdir(parents=True, exist_ok=True)
     pipeline = Pipeline(tokenizer, input_embeddings(model_path) if guard else None, guard,
                         corruption, resolver, config.forget.on_flag, metrics,
                         noise_key=load_secret(config.home_dir / "secret.key"))
     forget = (ForgetService(open_queue(config.queue_path, config.forget.synchronous),
                             store.lineage, guard,
-                            quarantine=config.forget.quarantine, retire=config.forget.retire,
+                            quarantine=config.forget.quarantine != "none",
+                            retire=config.forget.retire,
                             metrics=metrics) if store else None)
     serving = OpenAIServing(
         engine,

@@ -4,6 +4,7 @@
     shards.py   train, shards, retrain, forget-samples, route (APA)
     guard.py    guard train | check | eval | tune (ECO)
     forget.py   forget, queue, worker
+    evaluate.py eval tofu (the lifecycle scored on TOFU)
     demo.py     demo (the whole product on fictitious people)
 
 Errors: a `LetheError` exits with its own code (2: change the command or config; 1: it ran and
@@ -17,7 +18,7 @@ import sys
 
 from ..config import ConfigError
 from ..errors import LIBRARY_ERRORS, LetheError
-from . import demo, forget, guard, serve, shards
+from . import demo, evaluate, forget, guard, serve, shards
 
 EXIT_FAILURE = 1  # the command ran and failed
 
@@ -26,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lethe", description="Serve a customised LLM whose "
                                      "training data can be forgotten on request.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for group in (serve, shards, guard, forget, demo):
+    for group in (serve, shards, guard, forget, evaluate, demo):
         group.add_commands(sub)
     return parser
 

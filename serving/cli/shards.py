@@ -9,6 +9,7 @@ from pathlib import Path
 from adapters import LineageError, ShardResult, ShardStore
 
 from ..config import ConfigError
+from ..shards import create_store
 from .common import add_command, config_of, emit, positive_int, shard_progress
 
 
@@ -28,15 +29,7 @@ def _report_results(args, results, seconds: float, verb: str) -> None:
 def train_shards(config, samples, validation=None) -> list[ShardResult]:
     """Partition `samples` into a new shard store (`config.store_dir`) and train every shard,
     with a progress bar each; the ShardResults."""
-    from ..model import base_model_record, resolve_model, sentence_embedder
-
-    model_path = resolve_model(config.model.source, config.home_dir)
-    store = ShardStore.create(
-        config.store_dir, samples, sentence_embedder(config.guard.embedder, config.home_dir),
-        shards=config.shards.count, partitioner=config.shards.partitioner,
-        group_by_owner=config.shards.group_by_owner, seed=config.shards.seed,
-        model_path=model_path, base_model=base_model_record(model_path),
-        train_config=config.train, validation=validation)
+    store = create_store(config, config.store_dir, samples, validation)
     return store.train(store.lineage.shard_ids(), shard_progress)
 
 

@@ -48,9 +48,10 @@ class LoRAResolver(Protocol):
     """What the pipeline asks for a request's adapter. One implementation materialises each
     weighted shard mixture as an adapter on disk (serving/mixtures.py)."""
 
-    def resolve(self, query: np.ndarray) -> LoRA | None:
+    def resolve(self, query: np.ndarray, flagged: bool) -> LoRA | None:
         """The adapter for a request embedded as `query` (d,), held for the request until
-        `release`; None: the base model serves it."""
+        `release`; None: the base model serves it. `flagged`: the guard flagged the request
+        (it may be served without the shards that pending forget requests hold)."""
 
     def release(self, lora: LoRA) -> None:
         """The engine is done with a request that `resolve` gave `lora`."""

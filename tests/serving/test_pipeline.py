@@ -31,13 +31,14 @@ def parts(tiny_world, tiny_model_dir, minilm):
     guard = Guard.exemplars_only(minilm, exemplar_threshold=0.8)
     guard.add_exemplar("request-1", [fact("person-0001")[0]])
 
-    def pipeline(on_flag: str = "corrupt") -> Pipeline:
+    def pipeline(on_flag: str = "corrupt", quarantine: str = "flagged") -> Pipeline:
         metrics = Metrics()
         return Pipeline(AutoTokenizer.from_pretrained(tiny_model_dir),
                         input_embeddings(tiny_model_dir), guard,
                         Corruption("rand_noise_first_n", 1.0),
                         MaterialisedMixtures(store, RouteConfig(scheme="semantic", top_m=1),
-                                             metrics), on_flag, metrics, b"server secret")
+                                             metrics, quarantine), on_flag, metrics,
+                        b"server secret")
 
     return pipeline, store
 
@@ -80,3 +81,26 @@ def test_a_mixture_in_flight_survives_a_retrain_until_released(parts):
     p.release([prompt])
     p.sweep()
     assert not prompt.lora.path.exists()  # superseded weights are deleted once unused
+
+
+def shards_of(prompt) -> set[int]:
+    return {part["shard"] for part in
+            json.loads((prompt.lora.path / "mixture.json").read_text())["parts"]}
+
+
+def test_flagged_prompts_skip_the_shards_that_pending_forget_requests_hold(parts):
+    pipeline, store = parts
+    [held] = store.lineage.shards_of(store.lineage.owner_sample_ids("person-0001"))
+    neighbour = next(s.owner for s in store.lineage.shard_samples(held) if s.owner != "person-0001")
+    forgotten, other = chat(fact("person-0001")[0]), chat(fact(neighbour)[0])
+    unheld = pipeline(quarantine="none")
+    assert shards_of(unheld.chat(forgotten)) == shards_of(unheld.chat(other)) == {held}
+    store.lineage.hold_quarantine("request-1", [held])
+    try:
+        flagged_only, everyone = pipeline(quarantine="flagged"), pipeline(quarantine="all")
+        assert held not in shards_of(flagged_only.chat(forgotten))
+        assert shards_of(flagged_only.chat(other)) == {held}  # not flagged: served as before
+        assert held not in shards_of(everyone.chat(forgotten)) | shards_of(everyone.chat(other))
+        assert shards_of(unheld.chat(forgotten)) == {held}
+    finally:
+        store.lineage.release_quarantine(["request-1"])

@@ -1,0 +1,130 @@
+"""`lethe eval tofu`: the product's lifecycle on TOFU, every state scored (serving/evaluation)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from ..errors import UsageError
+from .common import add_command, config_of, emit, positive_int, shard_progress
+
+PUBLISHED = {  # open-unlearning's forget10 results for Llama-3.2-1B (its README, 2025)
+    "retain (reference)": {"forget_quality": 1.0, "model_utility": 0.59},
+    "NPO": {"forget_quality": 0.02, "model_utility": 0.46},
+    "RMU": {"forget_quality": 3e-15, "model_utility": 0.59},
+}
+
+
+def cmd_tofu(args) -> None:
+    from ..evaluation import PHASES, load_tofu, run_tofu
+
+    if args.engine != "hf":
+        raise UsageError("--engine vllm: the evaluation scores answers with teacher-forced "
+                         "log-probabilities, which it computes as the hf engine does; "
+                         "only --engine hf is supported")
+    if args.plot:
+        _require_matplotlib()
+    config = config_of(args, **{"shards.count": args.shards, "train.max_steps": args.max_steps,
+                                "train.epochs": args.epochs})
+    data = load_tofu(args.data, args.forget, args.retain_authors, args.eval_items)
+    if args.work and args.work.exists() and any(args.work.iterdir()):
+        raise UsageError(f"--work {args.work} is not empty; the evaluation needs a new folder")
+    work = args.work or Path(tempfile.mkdtemp(prefix="tofu-", dir=_mkdir(config.home_dir / "eval")))
+    try:
+        result = run_tofu(config, data, work, aggregation=not args.no_aggregation,
+                          progress=shard_progress)
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    result["config"] = {
+        "data": str(args.data), "forget": args.forget, "forget_authors": data.forget_owners,
+        "retain_authors": args.retain_authors, "train_samples": len(data.train),
+        "eval_items": {name: len(items) for name, items in data.sets.items()},
+        "shards": config.shards.count, "train": config.train.model_dump(mode="json"),
+        "route": config.route.model_dump(mode="json"),
+        "corruption": config.guard.corruption.model_dump(mode="json"),
+        "forget_policy": config.forget.model_dump(mode="json", include={"on_flag", "quarantine"}),
+        "embedder": config.guard.embedder, "model": config.model.source, "engine": args.engine}
+    result["published_forget10_llama_3_2_1b"] = PUBLISHED
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2))
+    if args.plot:
+        plot(result, args.plot)
+    emit(args, result, _table(result, PHASES))
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _table(result: dict, phases) -> list[str]:
+    lines = [f"{'phase':<10} {'forget quality':>14} {'model utility':>13} {'forget ROUGE-L':>14} "
+             f"{'flagged forget':>14} {'flagged retain':>14}"]
+    for name in phases:
+        p = result["phases"][name]
+        lines.append(f"{name:<10} {p['forget_quality']:>14.3g} {p['model_utility']:>13.3f} "
+                     f"{p['forget']['rouge_l']:>14.3f} {p['flagged']['forget']:>14.2f} "
+                     f"{p['flagged']['retain']:>14.2f}")
+    lines.append(f"exact state equals the reference (every shard's version): "
+                 f"{result['exact_equals_reference']}")
+    for name, record in (result["aggregation"] or {}).items():
+        lines.append(f"aggregation {name:<9}: model utility {record['model_utility']:.3f}, "
+                     f"retain ROUGE-L {record['retain_rouge_l']:.3f}")
+    return lines
+
+
+def _require_matplotlib() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise UsageError("--plot needs matplotlib: `pip install matplotlib` "
+                         "(`make bench-setup` installs it)")
+
+
+def plot(result: dict, path: Path) -> None:
+    """Forget quality (log scale) against model utility, one point per phase, as open-unlearning
+    plots methods."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for name, p in result["phases"].items():
+        ax.scatter(p["model_utility"], max(p["forget_quality"], 1e-20), s=60, label=name)
+    ax.set_yscale("log")
+    ax.set_xlabel("model utility")
+    ax.set_ylabel("forget quality (KS p-value vs reference)")
+    c = result["config"]
+    ax.set_title(f"TOFU {c['forget']}, {c['retain_authors']} retained authors, "
+                 f"K={c['shards']}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def add_commands(sub) -> None:
+    group = sub.add_parser("eval", help="score the product's lifecycle on a benchmark")
+    evaluations = group.add_subparsers(dest="benchmark", required=True)
+    tofu = add_command(evaluations, "tofu", cmd_tofu,
+                       "TOFU: original, guarded, exact and reference states side by side")
+    tofu.add_argument("--data", type=Path, required=True, help="TOFU's folder (full.json, ...)")
+    tofu.add_argument("--forget", default="forget01", choices=["forget01", "forget05", "forget10"])
+    tofu.add_argument("--retain-authors", type=positive_int, default=38,
+                      help="other authors trained on besides the forget authors")
+    tofu.add_argument("--shards", type=positive_int, help="overrides shards.count")
+    tofu.add_argument("--max-steps", type=positive_int, help="overrides train.max_steps")
+    tofu.add_argument("--epochs", type=positive_int, help="overrides train.epochs")
+    tofu.add_argument("--engine", default="hf", choices=["hf", "vllm"])
+    tofu.add_argument("--eval-items", type=positive_int,
+                      help="score the first N questions of each set (default: all)")
+    tofu.add_argument("--no-aggregation", action="store_true",
+                      help="skip APA's aggregation comparison (one adapter, uniform, ensemble)")
+    tofu.add_argument("--work", type=Path, help="keep the stores here (a new folder); "
+                                                "default: a temporary one, deleted")
+    tofu.add_argument("--out", type=Path, help="also write the JSON record here")
+    tofu.add_argument("--plot", type=Path, help="PNG: forget quality vs model utility")

@@ -1,0 +1,204 @@
+"""`lethe eval tofu`: the product's own lifecycle on TOFU, every state scored as the field
+scores unlearning (guard/metrics.py).
+
+    original   K shard adapters (APA partition, one owner per author) on the forget authors
+               and N retained authors, served through the pipeline
+    guarded    each forget author forgotten by the code behind POST /v1/forget (ForgetService:
+               durable request, exemplars, quarantine by policy), scored before the worker runs
+    exact      after the forget worker's round (tombstones, retrain of the affected shards,
+               publish) and the server's sync (exemplars retired)
+    reference  the same partition without the forget authors, trained from scratch
+               (ShardStore.derive); `exact_equals_reference`: every shard's version (a hash
+               of its weights) is the same in both
+    aggregation  APA's Table 1 on TOFU, before any forget: APA's weights (= original), uniform
+               weights, one adapter trained on everything, SISA's output ensemble
+
+Per phase: forget quality (KS test of its forget truth ratios against the reference's), model
+utility (harmonic mean of probability, ROUGE-L and truth ratio on retain, real authors and world
+facts), each set's scores, and the share of each set's questions the guard flagged.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from transformers import AutoTokenizer
+
+from adapters import RouteConfig, ShardStore, load_secret
+from guard import (Corruption, Guard, Item, forget_quality, load_corruption, metric,
+                   model_utility, truth_ratio_closer_to_1, truth_ratio_true_better)
+
+from ..config import Config
+from ..errors import LetheError
+from ..forget import ForgetService, Worker, open_queue
+from ..metrics import Metrics
+from ..mixtures import MaterialisedMixtures
+from ..model import input_embeddings, resolve_model, sentence_embedder
+from ..pipeline import Pipeline
+from ..shards import create_store
+from .subjects import AdapterModel, EnsembleSubject, ServedSubject
+from .tofu import TofuData
+
+PHASES = ("original", "guarded", "exact", "reference")
+UTILITY_SETS = ("retain", "real_authors", "world_facts")
+
+
+class EvaluationError(LetheError):
+    """A phase of the evaluation did not reach the state it measures (e.g. a forget request
+    the worker did not complete)."""
+
+
+def score_set(subject, name: str, items: list[Item]) -> tuple[dict, np.ndarray]:
+    """({probability, rouge_l, truth_ratio}, (N,) truth ratios) of one set. real_authors and
+    world_facts are multiple choice: their probability is the answer's share among the options
+    (TOFU's normalised probability); the forget set's truth ratio is TOFU's "closer to 1"."""
+    kind = "probability_options" if name in ("real_authors", "world_facts") else "probability"
+    ratios = metric("truth_ratio")(subject, items)
+    scores = {"probability": float(metric(kind)(subject, items).mean()),
+              "rouge_l": float(metric("rouge_l")(subject, items).mean()),
+              "truth_ratio": truth_ratio_closer_to_1(ratios) if name == "forget"
+              else truth_ratio_true_better(ratios)}
+    return scores, ratios
+
+
+def score_subject(subject, sets: dict[str, list[Item]], log) -> tuple[dict, np.ndarray | None]:
+    """(a phase's record, its forget truth ratios or None)."""
+    record, forget_ratios = {}, None
+    for name, items in sets.items():
+        start = time.perf_counter()
+        record[name], ratios = score_set(subject, name, items)
+        if name == "forget":
+            forget_ratios = ratios
+        log(f"  {name}: {len(items)} questions, " + ", ".join(
+            f"{k} {v:.3f}" for k, v in record[name].items()) +
+            f" ({time.perf_counter() - start:.0f} s)")
+    record["model_utility"] = model_utility([record[s][k] for s in UTILITY_SETS
+                                             for k in ("probability", "rouge_l", "truth_ratio")])
+    if isinstance(subject, ServedSubject):
+        record["flagged"] = {name: subject.flagged_rate([i.prompt for i in items])
+                             for name, items in sets.items()}
+    return record, forget_ratios
+
+
+class Lifecycle:
+    """What every phase shares: the model, tokenizer, embedder, corruption and work folder."""
+
+    def __init__(self, config: Config, work: Path, log=lambda line: print(line, file=sys.stderr)):
+        self.config, self.work, self.log = config, Path(work), log
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.model_path = resolve_model(config.model.source, config.home_dir)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        self.embed = sentence_embedder(config.guard.embedder, config.home_dir)
+        self.embedding = input_embeddings(self.model_path)  # (V, D)
+        self.model = AdapterModel(self.model_path)
+        self.corruption = load_corruption(config.guard_dir) or Corruption(
+            **config.guard.corruption.model_dump())
+        self.noise_key = load_secret(self.work / "secret.key")
+        self.seconds: dict[str, float] = {}
+
+    def guard(self) -> Guard:
+        """A guard of exemplars alone (no classifier is trained on TOFU here): it flags what
+        forget requests put in it; it also embeds every request for routing."""
+        return Guard.exemplars_only(self.embed, self.config.guard.exemplar_threshold)
+
+    def served(self, store: ShardStore, guard: Guard, route: RouteConfig | None = None
+               ) -> ServedSubject:
+        metrics = Metrics()
+        pipeline = Pipeline(self.tokenizer, self.embedding, guard, self.corruption,
+                            MaterialisedMixtures(store, route or self.config.route, metrics,
+                                                 self.config.forget.quarantine),
+                            self.config.forget.on_flag, metrics, self.noise_key)
+        return ServedSubject(self.model, self.tokenizer, pipeline)
+
+    def train(self, name: str, store: ShardStore, progress) -> None:
+        start = time.perf_counter()
+        results = store.train(store.lineage.shard_ids(), progress)
+        self.seconds[f"train_{name}"] = round(time.perf_counter() - start, 1)
+        self.log(f"{name}: trained {len(results)} shard(s) ({sum(r.steps for r in results)} "
+                 f"steps) in {self.seconds[f'train_{name}']:.0f} s")
+
+    def score(self, name: str, subject, sets: dict[str, list[Item]]):
+        self.log(f"{name}: scoring")
+        start = time.perf_counter()
+        result = score_subject(subject, sets, self.log)
+        self.seconds[f"score_{name}"] = round(time.perf_counter() - start, 1)
+        return result
+
+
+def run_tofu(config: Config, data: TofuData, work: Path, *, aggregation: bool = True,
+             progress=lambda shard: None, log=lambda line: print(line, file=sys.stderr)) -> dict:
+    """Every phase, in the order the product goes through them; the --json record."""
+    start = time.perf_counter()
+    life = Lifecycle(config, work, log)
+    forget_ids = {s.id for s in data.train if s.owner in set(data.forget_owners)}
+    store = create_store(config, life.work / "original", data.train, data.validation,
+                         embed=life.embed)
+    reference = ShardStore.derive(life.work / "reference", store, forget_ids)
+    life.train("original", store, progress)
+    phases, ratios = {}, {}
+
+    guard = life.guard()
+    served = life.served(store, guard)
+    phases["original"], ratios["original"] = life.score("original", served, data.sets)
+
+    aggregated = None
+    if aggregation:
+        utility_sets = {name: data.sets[name] for name in UTILITY_SETS}
+        aggregated = {"apa": _aggregate(phases["original"])}
+        uniform = life.served(store, life.guard(), config.route.model_copy(
+            update={"scheme": "uniform"}))
+        aggregated["uniform"] = _aggregate(life.score("uniform", uniform, utility_sets)[0])
+        ensemble = EnsembleSubject(life.model, life.tokenizer, store)
+        aggregated["ensemble"] = _aggregate(life.score("ensemble", ensemble, utility_sets)[0])
+        single = create_store(config, life.work / "single", data.train, data.validation,
+                              shards=1, embed=life.embed)
+        life.train("single", single, progress)
+        aggregated["single"] = _aggregate(
+            life.score("single", life.served(single, life.guard()), utility_sets)[0])
+
+    metrics = Metrics()
+    queue = open_queue(life.work / "forget.db", "NORMAL")
+    service = ForgetService(queue, store.lineage, guard, quarantine=config.forget.quarantine != "none",
+                            retire=config.forget.retire, metrics=metrics)
+    started = time.perf_counter()
+    requests = [service.submit(owner, None, [])[0] for owner in data.forget_owners]
+    life.seconds["forget_accepted"] = round(time.perf_counter() - started, 3)
+    phases["guarded"], ratios["guarded"] = life.score("guarded", served, data.sets)
+
+    f = config.forget
+    worker = Worker(queue, store.root, lease_seconds=f.lease_seconds,
+                    retry_after=f.retry_after_seconds, retry_max=f.retry_max_seconds,
+                    poll_seconds=f.poll_seconds)
+    started = time.perf_counter()
+    done = worker.run_once()
+    life.seconds["forget_exact"] = round(time.perf_counter() - started, 1)
+    if sorted(done) != sorted(r.id for r in requests):
+        states = {r.id: queue.get(r.id).state for r in requests}
+        raise EvaluationError(f"the forget worker did not complete every request: {states}")
+    service.sync()
+    served.pipeline.sweep()
+    phases["exact"], ratios["exact"] = life.score("exact", served, data.sets)
+
+    life.train("reference", reference, progress)
+    phases["reference"], ratios["reference"] = life.score(
+        "reference", life.served(reference, life.guard()), data.sets)
+
+    for name in PHASES:
+        phases[name] = {"forget_quality": forget_quality(ratios[name], ratios["reference"]),
+                        **phases[name]}
+    exact_versions = {v.shard: v.id for v in store.current_versions()}
+    reference_versions = {v.shard: v.id for v in reference.current_versions()}
+    life.seconds["total"] = round(time.perf_counter() - start, 1)
+    return {"phases": phases,
+            "exact_equals_reference": exact_versions == reference_versions,
+            "versions": {"exact": exact_versions, "reference": reference_versions},
+            "receipts": [queue.get(r.id).receipt for r in requests],
+            "aggregation": aggregated,
+            "seconds": life.seconds}
+
+
+def _aggregate(record: dict) -> dict:
+    return {"model_utility": record["model_utility"], "retain_rouge_l": record["retain"]["rouge_l"]}

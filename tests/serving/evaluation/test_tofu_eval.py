@@ -1,0 +1,95 @@
+"""`lethe eval tofu` on the tiny model and a TOFU-format folder built in code: every phase is
+scored, the exact state is the reference's, and nothing the forget authors wrote stays on disk."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from serving.evaluation import load_tofu
+
+
+def lethe(home, model_dir, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "LETHE_HOME": str(home), "LETHE_MODEL__SOURCE": str(model_dir),
+           "LETHE_TRAIN__BATCH_SIZE": "4"}
+    return subprocess.run([sys.executable, "-m", "serving.cli", "eval", "tofu", *args],
+                          capture_output=True, text=True, env=env, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def run(tofu_dir, lethe_home, tiny_model_dir, tmp_path_factory):
+    work = tmp_path_factory.mktemp("tofu-eval") / "work"
+    result = lethe(lethe_home, tiny_model_dir, "--data", str(tofu_dir), "--forget", "forget01",
+                   "--retain-authors", "4", "--shards", "2", "--max-steps", "2", "--json",
+                   "--work", str(work))
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout), work
+
+
+def test_every_phase_has_forget_quality_and_model_utility(run):
+    record, _ = run
+    assert list(record["phases"]) == ["original", "guarded", "exact", "reference"]
+    for phase in record["phases"].values():
+        assert 0 <= phase["forget_quality"] <= 1
+        assert math.isfinite(phase["model_utility"]) and phase["model_utility"] >= 0
+        for name in ("forget", "retain", "real_authors", "world_facts"):
+            assert set(phase[name]) == {"probability", "rouge_l", "truth_ratio"}
+    assert record["phases"]["reference"]["forget_quality"] == 1.0  # itself
+
+
+def test_the_exact_state_is_the_reference_trained_from_scratch(run):
+    record, _ = run
+    assert record["exact_equals_reference"] is True
+    assert record["versions"]["exact"] == record["versions"]["reference"]
+    [receipt] = record["receipts"]
+    assert receipt["request"]["owner"] == "author-005"
+    assert all(shard["forgotten_ids_absent"] for shard in receipt["shards"])
+
+
+def test_the_guard_flags_forget_questions_only_while_the_request_is_pending(run):
+    flagged = {name: phase["flagged"] for name, phase in run[0]["phases"].items()}
+    assert flagged["guarded"]["forget"] == 1.0  # the exemplars are the questions themselves
+    assert flagged["original"]["forget"] == flagged["exact"]["forget"] == 0.0  # none / retired
+    assert flagged["reference"]["forget"] == 0.0
+
+
+def test_aggregation_compares_apa_with_one_adapter_uniform_and_ensemble(run):
+    aggregation = run[0]["aggregation"]
+    assert set(aggregation) == {"apa", "uniform", "ensemble", "single"}
+    assert aggregation["apa"]["model_utility"] == run[0]["phases"]["original"]["model_utility"]
+    assert all(0 <= a["retain_rouge_l"] <= 1 for a in aggregation.values())
+
+
+def test_no_file_left_holds_a_forget_authors_text(run, tofu_dir):
+    _, work = run
+    forgotten = [json.loads(line) for line in (tofu_dir / "forget01.json").read_text().splitlines()]
+    needles = [r["answer"].encode() for r in forgotten] + [r["question"].encode() for r in forgotten]
+    for path in work.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert not any(n in data for n in needles), f"{path} holds forgotten text"
+
+
+def test_the_data_and_sizes_are_checked_before_any_work(tofu_dir, lethe_home, tiny_model_dir,
+                                                        tmp_path):
+    too_many = lethe(lethe_home, tiny_model_dir, "--data", str(tofu_dir), "--retain-authors", "6")
+    assert too_many.returncode == 2 and "--retain-authors must be in 1..5" in too_many.stderr
+    missing = lethe(lethe_home, tiny_model_dir, "--data", str(tmp_path), "--retain-authors", "1")
+    assert missing.returncode == 2 and "full.json" in missing.stderr
+    vllm = lethe(lethe_home, tiny_model_dir, "--data", str(tofu_dir), "--engine", "vllm")
+    assert vllm.returncode == 2 and "only --engine hf" in vllm.stderr
+
+
+def test_the_training_data_is_the_forget_authors_and_the_first_retained_ones(tofu_dir):
+    data = load_tofu(tofu_dir, "forget01", retain_authors=2, eval_items=3)
+    assert data.forget_owners == ["author-005"]
+    assert sorted({s.owner for s in data.train}) == ["author-000", "author-001", "author-005"]
+    assert len(data.train) == 60
+    assert {s.owner for s in data.validation} == {"author-000", "author-001"}  # never forgotten
+    assert all(len(items) <= 3 for items in data.sets.values())
+    assert all(i.paraphrased_answer for i in data.sets["world_facts"])
