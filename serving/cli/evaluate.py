@@ -68,6 +68,9 @@ def _table(result: dict, phases) -> list[str]:
         lines.append(f"{name:<10} {p['forget_quality']:>14.3g} {p['model_utility']:>13.3f} "
                      f"{p['forget']['rouge_l']:>14.3f} {p['flagged']['forget']:>14.2f} "
                      f"{p['flagged']['retain']:>14.2f}")
+    for name, v in result["guarded_variants"].items():
+        lines.append(f"guarded, {name}: forget quality {v['forget_quality']:.3g}, forget ROUGE-L "
+                     f"{v['forget']['rouge_l']:.3f}")
     lines.append(f"exact state equals the reference (every shard's version): "
                  f"{result['exact_equals_reference']}")
     for name, record in (result["aggregation"] or {}).items():
@@ -121,7 +124,8 @@ def add_commands(sub) -> None:
     tofu.add_argument("--epochs", type=positive_int, help="overrides train.epochs")
     tofu.add_argument("--engine", default="hf", choices=["hf", "vllm"])
     tofu.add_argument("--eval-items", type=positive_int,
-                      help="score the first N questions of each set (default: all)")
+                      help="score the first N questions of retain, real authors and world "
+                           "facts (default: all; the forget set is always whole)")
     tofu.add_argument("--no-aggregation", action="store_true",
                       help="skip APA's aggregation comparison (one adapter, uniform, ensemble)")
     tofu.add_argument("--work", type=Path, help="keep the stores here (a new folder); "

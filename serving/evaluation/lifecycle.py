@@ -20,6 +20,7 @@ facts), each set's scores, and the share of each set's questions the guard flagg
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -43,6 +44,13 @@ from .subjects import AdapterModel, EnsembleSubject, ServedSubject
 from .tofu import TofuData
 
 PHASES = ("original", "guarded", "exact", "reference")
+# What else could act on a flagged prompt while its request is pending: the guarded phase's
+# forget set scored under each (see README, "TOFU"), against the configured policy.
+VARIANTS = {
+    "corruption_only": {"quarantine": "none"},  # ECO alone, on every shard's weights
+    "route_around_only": {"corruption": Corruption(sigma=0.0)},  # no noise
+    "route_around_sigma_0.1": {"corruption": Corruption(sigma=0.1)},
+}
 UTILITY_SETS = ("retain", "real_authors", "world_facts")
 
 
@@ -75,8 +83,10 @@ def score_subject(subject, sets: dict[str, list[Item]], log) -> tuple[dict, np.n
         log(f"  {name}: {len(items)} questions, " + ", ".join(
             f"{k} {v:.3f}" for k, v in record[name].items()) +
             f" ({time.perf_counter() - start:.0f} s)")
-    record["model_utility"] = model_utility([record[s][k] for s in UTILITY_SETS
-                                             for k in ("probability", "rouge_l", "truth_ratio")])
+    if set(UTILITY_SETS) <= set(sets):
+        record["model_utility"] = model_utility([record[s][k] for s in UTILITY_SETS
+                                                 for k in ("probability", "rouge_l",
+                                                           "truth_ratio")])
     if isinstance(subject, ServedSubject):
         record["flagged"] = {name: subject.flagged_rate([i.prompt for i in items])
                              for name, items in sets.items()}
@@ -104,12 +114,15 @@ class Lifecycle:
         forget requests put in it; it also embeds every request for routing."""
         return Guard.exemplars_only(self.embed, self.config.guard.exemplar_threshold)
 
-    def served(self, store: ShardStore, guard: Guard, route: RouteConfig | None = None
+    def served(self, store: ShardStore, guard: Guard, route: RouteConfig | None = None, *,
+               corruption: Corruption | None = None, quarantine: str | None = None
                ) -> ServedSubject:
+        """The server's pipeline over `store` (its configured route, corruption and
+        quarantine, unless given)."""
         metrics = Metrics()
-        pipeline = Pipeline(self.tokenizer, self.embedding, guard, self.corruption,
+        pipeline = Pipeline(self.tokenizer, self.embedding, guard, corruption or self.corruption,
                             MaterialisedMixtures(store, route or self.config.route, metrics,
-                                                 self.config.forget.quarantine),
+                                                 quarantine or self.config.forget.quarantine),
                             self.config.forget.on_flag, metrics, self.noise_key)
         return ServedSubject(self.model, self.tokenizer, pipeline)
 
@@ -158,6 +171,8 @@ def run_tofu(config: Config, data: TofuData, work: Path, *, aggregation: bool = 
         life.train("single", single, progress)
         aggregated["single"] = _aggregate(
             life.score("single", life.served(single, life.guard()), utility_sets)[0])
+        # Trained on the forget authors, and no forget request will ever reach it: gone now.
+        shutil.rmtree(single.root)
 
     metrics = Metrics()
     queue = open_queue(life.work / "forget.db", "NORMAL")
@@ -167,6 +182,10 @@ def run_tofu(config: Config, data: TofuData, work: Path, *, aggregation: bool = 
     requests = [service.submit(owner, None, [])[0] for owner in data.forget_owners]
     life.seconds["forget_accepted"] = round(time.perf_counter() - started, 3)
     phases["guarded"], ratios["guarded"] = life.score("guarded", served, data.sets)
+    variants = {}
+    for name, choice in VARIANTS.items():
+        variants[name], ratios[name] = life.score(
+            f"guarded, {name}", life.served(store, guard, **choice), {"forget": data.sets["forget"]})
 
     f = config.forget
     worker = Worker(queue, store.root, lease_seconds=f.lease_seconds,
@@ -186,9 +205,8 @@ def run_tofu(config: Config, data: TofuData, work: Path, *, aggregation: bool = 
     phases["reference"], ratios["reference"] = life.score(
         "reference", life.served(reference, life.guard()), data.sets)
 
-    for name in PHASES:
-        phases[name] = {"forget_quality": forget_quality(ratios[name], ratios["reference"]),
-                        **phases[name]}
+    for name, record in (*phases.items(), *variants.items()):
+        record["forget_quality"] = forget_quality(ratios[name], ratios["reference"])
     exact_versions = {v.shard: v.id for v in store.current_versions()}
     reference_versions = {v.shard: v.id for v in reference.current_versions()}
     life.seconds["total"] = round(time.perf_counter() - start, 1)
@@ -196,6 +214,7 @@ def run_tofu(config: Config, data: TofuData, work: Path, *, aggregation: bool = 
             "exact_equals_reference": exact_versions == reference_versions,
             "versions": {"exact": exact_versions, "reference": reference_versions},
             "receipts": [queue.get(r.id).receipt for r in requests],
+            "guarded_variants": variants,
             "aggregation": aggregated,
             "seconds": life.seconds}
 

@@ -61,7 +61,9 @@ def _records(path: Path) -> list[dict]:
 def load_tofu(root: Path, split: str, retain_authors: int, eval_items: int | None = None
               ) -> TofuData:
     """The training samples and question sets for `split` with `retain_authors` other authors;
-    each set cut to its first `eval_items` questions (None: all)."""
+    the utility sets (retain, real authors, world facts) cut to their first `eval_items`
+    questions (None: all). The forget set is always whole: forget quality compares its
+    distribution of truth ratios."""
     root = Path(root)
     if split not in SPLITS:
         raise TofuDataError(f"unknown split {split!r}; TOFU's: {', '.join(SPLITS)}")
@@ -97,4 +99,5 @@ def load_tofu(root: Path, split: str, retain_authors: int, eval_items: int | Non
     return TofuData(train=samples(forget_authors + retained),
                     validation=samples(retained, VALIDATION_QUESTIONS),
                     forget_owners=[owner(a) for a in forget_authors],
-                    sets={name: items[:eval_items] for name, items in sets.items()})
+                    sets={name: items if name == "forget" else items[:eval_items]
+                          for name, items in sets.items()})

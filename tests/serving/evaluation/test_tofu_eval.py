@@ -40,6 +40,10 @@ def test_every_phase_has_forget_quality_and_model_utility(run):
         for name in ("forget", "retain", "real_authors", "world_facts"):
             assert set(phase[name]) == {"probability", "rouge_l", "truth_ratio"}
     assert record["phases"]["reference"]["forget_quality"] == 1.0  # itself
+    assert set(record["guarded_variants"]) == {"corruption_only", "route_around_only",
+                                               "route_around_sigma_0.1"}
+    for variant in record["guarded_variants"].values():
+        assert 0 <= variant["forget_quality"] <= 1 and "rouge_l" in variant["forget"]
 
 
 def test_the_exact_state_is_the_reference_trained_from_scratch(run):
@@ -91,5 +95,6 @@ def test_the_training_data_is_the_forget_authors_and_the_first_retained_ones(tof
     assert sorted({s.owner for s in data.train}) == ["author-000", "author-001", "author-005"]
     assert len(data.train) == 60
     assert {s.owner for s in data.validation} == {"author-000", "author-001"}  # never forgotten
-    assert all(len(items) <= 3 for items in data.sets.values())
+    assert len(data.sets["forget"]) == 20  # whole: forget quality compares distributions
+    assert all(len(data.sets[name]) == 3 for name in ("retain", "real_authors", "world_facts"))
     assert all(i.paraphrased_answer for i in data.sets["world_facts"])
