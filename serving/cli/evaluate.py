@@ -33,7 +33,7 @@ def cmd_tofu(args) -> None:
         raise UsageError(f"--work {args.work} is not empty; the evaluation needs a new folder")
     work = args.work or Path(tempfile.mkdtemp(prefix="tofu-", dir=_mkdir(config.home_dir / "eval")))
     try:
-        result = run_tofu(config, data, work, aggregation=not args.no_aggregation,
+        result = run_tofu(config, data, work, aggregation=args.aggregation,
                           progress=shard_progress)
     finally:
         if args.work is None:
@@ -123,11 +123,15 @@ def add_commands(sub) -> None:
     tofu.add_argument("--max-steps", type=positive_int, help="overrides train.max_steps")
     tofu.add_argument("--epochs", type=positive_int, help="overrides train.epochs")
     tofu.add_argument("--engine", default="hf", choices=["hf", "vllm"])
-    tofu.add_argument("--eval-items", type=positive_int,
+    # ~4 s per question on 2 vCPUs (probability, 6 truth-ratio answers, a greedy answer): 20
+    # per set keeps a phase under 7 minutes there; TOFU itself scores every question.
+    tofu.add_argument("--eval-items", type=positive_int, default=20,
                       help="score the first N questions of retain, real authors and world "
-                           "facts (default: all; the forget set is always whole)")
-    tofu.add_argument("--no-aggregation", action="store_true",
-                      help="skip APA's aggregation comparison (one adapter, uniform, ensemble)")
+                           "facts (default: 20; the forget set is always whole)")
+    tofu.add_argument("--aggregation", action="store_true",
+                      help="also compare APA's aggregation with one adapter trained on "
+                           "everything, uniform weights and SISA's ensemble (long: the "
+                           "ensemble scores every question once per shard)")
     tofu.add_argument("--work", type=Path, help="keep the stores here (a new folder); "
                                                 "default: a temporary one, deleted")
     tofu.add_argument("--out", type=Path, help="also write the JSON record here")

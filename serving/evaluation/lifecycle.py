@@ -141,7 +141,7 @@ class Lifecycle:
         return result
 
 
-def run_tofu(config: Config, data: TofuData, work: Path, *, aggregation: bool = True,
+def run_tofu(config: Config, data: TofuData, work: Path, *, aggregation: bool = False,
              progress=lambda shard: None, log=lambda line: print(line, file=sys.stderr)) -> dict:
     """Every phase, in the order the product goes through them; the --json record."""
     start = time.perf_counter()
@@ -157,27 +157,13 @@ def run_tofu(config: Config, data: TofuData, work: Path, *, aggregation: bool = 
     served = life.served(store, guard)
     phases["original"], ratios["original"] = life.score("original", served, data.sets)
 
-    aggregated = None
-    if aggregation:
-        utility_sets = {name: data.sets[name] for name in UTILITY_SETS}
-        aggregated = {"apa": _aggregate(phases["original"])}
-        uniform = life.served(store, life.guard(), config.route.model_copy(
-            update={"scheme": "uniform"}))
-        aggregated["uniform"] = _aggregate(life.score("uniform", uniform, utility_sets)[0])
-        ensemble = EnsembleSubject(life.model, life.tokenizer, store)
-        aggregated["ensemble"] = _aggregate(life.score("ensemble", ensemble, utility_sets)[0])
-        single = create_store(config, life.work / "single", data.train, data.validation,
-                              shards=1, embed=life.embed)
-        life.train("single", single, progress)
-        aggregated["single"] = _aggregate(
-            life.score("single", life.served(single, life.guard()), utility_sets)[0])
-        # Trained on the forget authors, and no forget request will ever reach it: gone now.
-        shutil.rmtree(single.root)
+    aggregated = (_aggregation(life, store, data, phases["original"], progress)
+                  if aggregation else None)
 
-    metrics = Metrics()
     queue = open_queue(life.work / "forget.db", "NORMAL")
-    service = ForgetService(queue, store.lineage, guard, quarantine=config.forget.quarantine != "none",
-                            retire=config.forget.retire, metrics=metrics)
+    service = ForgetService(queue, store.lineage, guard,
+                            quarantine=config.forget.quarantine != "none",
+                            retire=config.forget.retire, metrics=Metrics())
     started = time.perf_counter()
     requests = [service.submit(owner, None, [])[0] for owner in data.forget_owners]
     life.seconds["forget_accepted"] = round(time.perf_counter() - started, 3)
@@ -219,5 +205,22 @@ def run_tofu(config: Config, data: TofuData, work: Path, *, aggregation: bool = 
             "seconds": life.seconds}
 
 
-def _aggregate(record: dict) -> dict:
-    return {"model_utility": record["model_utility"], "retain_rouge_l": record["retain"]["rouge_l"]}
+def _aggregation(life: Lifecycle, store: ShardStore, data: TofuData, apa: dict, progress
+                 ) -> dict:
+    """APA's weights (the original phase, `apa`) against uniform weights, SISA's output
+    ensemble and one adapter trained on everything: model utility and retain ROUGE-L."""
+    sets = {name: data.sets[name] for name in UTILITY_SETS}
+    uniform = life.served(store, life.guard(), life.config.route.model_copy(
+        update={"scheme": "uniform"}))
+    single = create_store(life.config, life.work / "single", data.train, data.validation,
+                          shards=1, embed=life.embed)
+    life.train("single", single, progress)
+    records = {"apa": apa,
+               "uniform": life.score("uniform", uniform, sets)[0],
+               "ensemble": life.score("ensemble", EnsembleSubject(life.model, life.tokenizer,
+                                                                  store), sets)[0],
+               "single": life.score("single", life.served(single, life.guard()), sets)[0]}
+    # Trained on the forget authors, and no forget request will ever reach it: gone now.
+    shutil.rmtree(single.root)
+    return {name: {"model_utility": r["model_utility"], "retain_rouge_l": r["retain"]["rouge_l"]}
+            for name, r in records.items()}
