@@ -58,7 +58,7 @@ def main() -> None:
     code = lethe(["eval", "tofu", "--data", str(args.data), "--forget", args.forget,
                   "--retain-authors", args.retain_authors, "--shards", args.shards,
                   "--epochs", args.epochs, "--eval-items", args.eval_items, "--engine", "hf",
-                  *(["--aggregation"] if args.aggregation else []),
+                  "--variants", *(["--aggregation"] if args.aggregation else []),
                   "--out", str(RESULTS / "tofu.json"), "--plot", str(RESULTS / "tofu.png")])
     print(f"{time.perf_counter() - start:.0f} s on {platform.machine()}, {os.cpu_count()} CPUs",
           file=sys.stderr)

@@ -34,6 +34,7 @@ def cmd_tofu(args) -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="tofu-", dir=_mkdir(config.home_dir / "eval")))
     try:
         result = run_tofu(config, data, work, aggregation=args.aggregation,
+                          variants=args.variants,
                           progress=shard_progress)
     finally:
         if args.work is None:
@@ -68,7 +69,7 @@ def _table(result: dict, phases) -> list[str]:
         lines.append(f"{name:<10} {p['forget_quality']:>14.3g} {p['model_utility']:>13.3f} "
                      f"{p['forget']['rouge_l']:>14.3f} {p['flagged']['forget']:>14.2f} "
                      f"{p['flagged']['retain']:>14.2f}")
-    for name, v in result["guarded_variants"].items():
+    for name, v in (result["guarded_variants"] or {}).items():
         lines.append(f"guarded, {name}: forget quality {v['forget_quality']:.3g}, forget ROUGE-L "
                      f"{v['forget']['rouge_l']:.3f}")
     lines.append(f"exact state equals the reference (every shard's version): "
@@ -132,6 +133,10 @@ def add_commands(sub) -> None:
                       help="also compare APA's aggregation with one adapter trained on "
                            "everything, uniform weights and SISA's ensemble (long: the "
                            "ensemble scores every question once per shard)")
+    tofu.add_argument("--variants", action="store_true",
+                      help="also score the forget set, while the request is pending, under "
+                           "other choices of what acts on a flagged prompt (corruption only, "
+                           "routing around only, routing around with sigma 0.1)")
     tofu.add_argument("--work", type=Path, help="keep the stores here (a new folder); "
                                                 "default: a temporary one, deleted")
     tofu.add_argument("--out", type=Path, help="also write the JSON record here")

@@ -142,6 +142,7 @@ class Lifecycle:
 
 
 def run_tofu(config: Config, data: TofuData, work: Path, *, aggregation: bool = False,
+             variants: bool = False,
              progress=lambda shard: None, log=lambda line: print(line, file=sys.stderr)) -> dict:
     """Every phase, in the order the product goes through them; the --json record."""
     start = time.perf_counter()
@@ -168,9 +169,9 @@ def run_tofu(config: Config, data: TofuData, work: Path, *, aggregation: bool = 
     requests = [service.submit(owner, None, [])[0] for owner in data.forget_owners]
     life.seconds["forget_accepted"] = round(time.perf_counter() - started, 3)
     phases["guarded"], ratios["guarded"] = life.score("guarded", served, data.sets)
-    variants = {}
-    for name, choice in VARIANTS.items():
-        variants[name], ratios[name] = life.score(
+    tried = {}
+    for name, choice in VARIANTS.items() if variants else ():
+        tried[name], ratios[name] = life.score(
             f"guarded, {name}", life.served(store, guard, **choice), {"forget": data.sets["forget"]})
 
     f = config.forget
@@ -191,7 +192,7 @@ def run_tofu(config: Config, data: TofuData, work: Path, *, aggregation: bool = 
     phases["reference"], ratios["reference"] = life.score(
         "reference", life.served(reference, life.guard()), data.sets)
 
-    for name, record in (*phases.items(), *variants.items()):
+    for name, record in (*phases.items(), *tried.items()):
         record["forget_quality"] = forget_quality(ratios[name], ratios["reference"])
     exact_versions = {v.shard: v.id for v in store.current_versions()}
     reference_versions = {v.shard: v.id for v in reference.current_versions()}
@@ -200,7 +201,7 @@ def run_tofu(config: Config, data: TofuData, work: Path, *, aggregation: bool = 
             "exact_equals_reference": exact_versions == reference_versions,
             "versions": {"exact": exact_versions, "reference": reference_versions},
             "receipts": [queue.get(r.id).receipt for r in requests],
-            "guarded_variants": variants,
+            "guarded_variants": tried if variants else None,
             "aggregation": aggregated,
             "seconds": life.seconds}
 

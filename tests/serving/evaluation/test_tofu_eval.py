@@ -26,7 +26,7 @@ def run(tofu_dir, lethe_home, tiny_model_dir, tmp_path_factory):
     work = tmp_path_factory.mktemp("tofu-eval") / "work"
     result = lethe(lethe_home, tiny_model_dir, "--data", str(tofu_dir), "--forget", "forget01",
                    "--retain-authors", "4", "--shards", "2", "--max-steps", "2", "--json",
-                   "--aggregation",
+                   "--aggregation", "--variants",
                    "--work", str(work))
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout), work
