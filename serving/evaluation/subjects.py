@@ -9,6 +9,7 @@ shard adapters' output probabilities averaged token by token.
 
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 
@@ -63,7 +64,9 @@ class AdapterModel:
             if len(self._loaded) <= self.capacity:
                 break
             if name not in keep:
-                self.model.delete_adapter(name)
+                with warnings.catch_warnings():  # batches name their adapters; none is "active"
+                    warnings.filterwarnings("ignore", message=".*was active which is now deleted")
+                    self.model.delete_adapter(name)
                 del self._loaded[name]
 
 
