@@ -30,7 +30,7 @@ class AdapterModel:
     """The base model, with peft adapters loaded by name on first use (least recently used
     dropped beyond `capacity`)."""
 
-    def __init__(self, model_path: Path, capacity: int = 64):
+    def __init__(self, model_path: Path, capacity: int = 16):  # a K=4 mixture: ~60 MB
         from transformers import AutoModelForCausalLM
 
         self.base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
