@@ -57,7 +57,8 @@ def cmd_shards(args) -> None:
     base_only = not versions  # every sample forgotten: no adapter left to serve
     emit(args, {"store": str(store.root), "shards": rows, "base_model_only": base_only}, [
         f"shard {r['shard']}: version {r['version'] or '(none)'}, {r['samples']} samples, "
-        f"{r['forgotten']} forgotten" + (", QUARANTINED" if r["quarantined"] else "")
+        f"{r['forgotten']} forgotten" + (", held by a pending forget request (quarantine)"
+                                            if r["quarantined"] else "")
         for r in rows] + (["no shard serves: requests are answered by the base model alone"]
                           if base_only else []))
 
