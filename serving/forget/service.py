@@ -2,9 +2,10 @@
 
 submit():  resolve the owner or sample ids in the lineage (unknown ones change nothing) ->
            commit to the queue (durable) -> guard exemplars of the samples' text and the
-           request's prompts, the affected shards held (unless `forget.quarantine: none`; who
-           skips held shards is the router's policy, serving/mixtures.py) -> `guarded`. The API answers 202
-           only after all of this, so the guard is active before the client hears back.
+           request's prompts, the affected shards held (unless `forget.quarantine: none`;
+           who skips held shards is the router's policy, serving/mixtures.py) -> `guarded`.
+           The API answers 202 only after all of this, so the guard is active before the
+           client hears back.
 sync():    keep the guard in step with the queue, every `forget.poll_seconds`: exemplars for
            active requests it has none for (accepted before a restart, or by another replica),
            and retirement of the exemplars of completed ones (the worker made them exact);
