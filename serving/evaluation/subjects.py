@@ -121,8 +121,12 @@ class EnsembleSubject:
 
     def __init__(self, model: AdapterModel, tokenizer, store: ShardStore):
         self.model, self.tokenizer = model, tokenizer
-        self.names = [model.load(LoRA(f"shard-{v.shard}-{v.id}", v.path))
-                      for v in store.current_versions()]
+        self.loras = [LoRA(f"shard-{v.shard}-{v.id}", v.path) for v in store.current_versions()]
+
+    @property
+    def names(self) -> list[str]:
+        """The shard adapters' names, loaded (again, if another subject's batches evicted them)."""
+        return [self.model.load(lora) for lora in self.loras]
 
     def _prompt(self, question: str) -> torch.Tensor:
         text = self.tokenizer.apply_chat_template([{"role": "user", "content": question}],
@@ -130,10 +134,11 @@ class EnsembleSubject:
         return self.model.embed(self.tokenizer.encode(text, add_special_tokens=False))
 
     def logprobs(self, pairs: list[tuple[str, str]]) -> np.ndarray:
-        k = len(self.names)
+        names = self.names
+        k = len(names)
         prompts = [self._prompt(q) for q, _ in pairs for _ in range(k)]
         answers = [answer_ids(self.tokenizer, q, a) for q, a in pairs for _ in range(k)]
-        scored = token_logprobs(self.model.model, prompts, answers, adapters=self.names * len(pairs))
+        scored = token_logprobs(self.model.model, prompts, answers, adapters=names * len(pairs))
         out = []
         for i in range(len(pairs)):
             per_shard = torch.stack(scored[i * k:(i + 1) * k])  # (K, Ta)
