@@ -10,7 +10,8 @@ from pathlib import Path
 from ..errors import UsageError
 from .common import add_command, config_of, emit, positive_int, shard_progress
 
-PUBLISHED = {  # open-unlearning's published forget10 results for Llama-3.2-1B (issue 15 quotes them)
+# open-unlearning's published forget10 results for Llama-3.2-1B, as issue 15 quotes them
+PUBLISHED = {
     "retain (reference)": {"forget_quality": 1.0, "model_utility": 0.59},
     "NPO": {"forget_quality": 0.02, "model_utility": 0.46},
     "RMU": {"forget_quality": 3e-15, "model_utility": 0.59},

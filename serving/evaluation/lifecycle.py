@@ -171,8 +171,8 @@ def run_tofu(config: Config, data: TofuData, work: Path, *, aggregation: bool = 
     phases["guarded"], ratios["guarded"] = life.score("guarded", served, data.sets)
     tried = {}
     for name, choice in VARIANTS.items() if variants else ():
-        tried[name], ratios[name] = life.score(
-            f"guarded, {name}", life.served(store, guard, **choice), {"forget": data.sets["forget"]})
+        tried[name], ratios[name] = life.score(f"guarded, {name}", life.served(
+            store, guard, **choice), {"forget": data.sets["forget"]})
 
     f = config.forget
     worker = Worker(queue, store.root, lease_seconds=f.lease_seconds,

@@ -9,8 +9,9 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from guard import (GuardError, Item, MetricError, ModelSubject, answer_ids, greedy_ids, token_logprobs, forget_quality, metric, metric_names,
-                   model_utility, register_metric, rouge_l_recall, truth_ratio_closer_to_1,
+from guard import (GuardError, Item, MetricError, ModelSubject, answer_ids, forget_quality,
+                   greedy_ids, metric, metric_names, model_utility, register_metric,
+                   rouge_l_recall, token_logprobs, truth_ratio_closer_to_1,
                    truth_ratio_true_better)
 
 

@@ -73,7 +73,7 @@ def test_aggregation_compares_apa_with_one_adapter_uniform_and_ensemble(run):
 def test_no_file_left_holds_a_forget_authors_text(run, tofu_dir):
     _, work = run
     forgotten = [json.loads(line) for line in (tofu_dir / "forget01.json").read_text().splitlines()]
-    needles = [r["answer"].encode() for r in forgotten] + [r["question"].encode() for r in forgotten]
+    needles = [r[field].encode() for r in forgotten for field in ("question", "answer")]
     for path in work.rglob("*"):
         if path.is_file():
             data = path.read_bytes()
