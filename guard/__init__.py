@@ -18,14 +18,16 @@ from .guard import Guard, Verdict
 from .mask import chat_prompt, token_mask
 from .prompts import Item, PromptFileError, read_items, salient_terms, strip_markup
 from .train import EmbedFn, train_guard
-from .metrics import (MetricError, ModelSubject, Subject, answer_ids, forget_quality, greedy_ids,
-                      metric, metric_names, model_utility, register_metric, rouge_l_recall,
-                      token_logprobs, truth_ratio_closer_to_1, truth_ratio_true_better)
+from .metrics import (ANSWER_TOKENS, MetricError, ModelSubject, Subject, answer_ids,
+                      forget_quality, greedy_ids, metric, metric_names, model_utility,
+                      register_metric, rouge_l_recall, token_logprobs, truth_ratio_closer_to_1,
+                      truth_ratio_true_better)
 from .tune import TuneResult, forget_score, load_corruption, save_corruption, tune
 from .views import views
 
 __all__ = [
-    "Corruption", "CorruptionConfig", "CorruptionError", "EmbedFn", "ExemplarIndex", "Guard",
+    "ANSWER_TOKENS", "Corruption", "CorruptionConfig", "CorruptionError", "EmbedFn",
+    "ExemplarIndex", "Guard",
     "GuardConfig", "GuardError", "GuardModel", "Item", "MetricError", "PromptFileError",
     "ModelSubject", "SentenceEmbedder", "Subject", "TuneConfig", "TuneResult", "Verdict",
     "answer_ids", "chat_prompt",

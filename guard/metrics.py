@@ -37,6 +37,7 @@ from .mask import chat_prompt
 from .prompts import Item
 
 Metric = Callable[..., np.ndarray]  # (subject, items) -> (N,)
+ANSWER_TOKENS = 48  # greedy answers' length: TOFU's answers are one or two sentences
 _METRICS: dict[str, Metric] = {}
 
 
@@ -78,7 +79,7 @@ class ModelSubject:
     model: object
     tokenizer: object
     corruption: Corruption | None = None
-    max_tokens: int = 48  # TOFU's answers are one or two sentences
+    max_tokens: int = ANSWER_TOKENS
 
     def _prompt(self, question: str) -> torch.Tensor:
         ids, mask = chat_prompt(self.tokenizer, [{"role": "user", "content": question}])

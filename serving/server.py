@@ -47,6 +47,12 @@ def load_guard(config: Config, store: ShardStore | None) -> Guard | None:
     return Guard.exemplars_only(embed, config.guard.exemplar_threshold)
 
 
+def served_corruption(config: Config) -> Corruption:
+    """What corrupts a flagged prompt: the tuned corruption (`lethe guard tune`) if there is
+    one, else `guard.corruption`."""
+    return load_corruption(config.guard_dir) or Corruption(**config.guard.corruption.model_dump())
+
+
 def create_app(config: Config):
     """The ASGI app for `config`; the engine, the guard's sync with the queue and the worker
     start and stop with the app's lifespan."""
@@ -68,8 +74,7 @@ def create_app(config: Config):
     store = (ShardStore(config.store_dir, mixture_cache=config.route.mixture_cache)
              if (config.store_dir / "store.json").exists() else None)
     guard = load_guard(config, store)
-    corruption = load_corruption(config.guard_dir) or Corruption(
-        **config.guard.corruption.model_dump())
+    corruption = served_corruption(config)
     resolver = (MaterialisedMixtures(store, config.route, metrics, config.forget.quarantine)
                 if store else None)
     config.home_dir.mkdir(parents=True, exist_ok=True)

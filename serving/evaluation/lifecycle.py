@@ -29,8 +29,8 @@ import numpy as np
 from transformers import AutoTokenizer
 
 from adapters import RouteConfig, ShardStore, load_secret
-from guard import (Corruption, Guard, Item, forget_quality, load_corruption, metric,
-                   model_utility, truth_ratio_closer_to_1, truth_ratio_true_better)
+from guard import (Corruption, Guard, Item, forget_quality, metric, model_utility,
+                   truth_ratio_closer_to_1, truth_ratio_true_better)
 
 from ..config import Config
 from ..errors import LetheError
@@ -39,6 +39,7 @@ from ..metrics import Metrics
 from ..mixtures import MaterialisedMixtures
 from ..model import input_embeddings, resolve_model, sentence_embedder
 from ..pipeline import Pipeline
+from ..server import served_corruption
 from ..shards import create_store
 from .subjects import AdapterModel, EnsembleSubject, ServedSubject
 from .tofu import TofuData
@@ -59,10 +60,28 @@ class EvaluationError(LetheError):
     the worker did not complete)."""
 
 
+class _ScoredOnce:
+    """A subject for one set's metrics: each (question, answer) scored once, though several
+    metrics ask (the options' probabilities are also the truth ratio's perturbed answers)."""
+
+    def __init__(self, subject):
+        self.subject, self.scores = subject, {}
+
+    def logprobs(self, pairs: list[tuple[str, str]]) -> np.ndarray:
+        new = [p for p in dict.fromkeys(pairs) if p not in self.scores]
+        if new:
+            self.scores.update(zip(new, self.subject.logprobs(new)))
+        return np.array([self.scores[p] for p in pairs])
+
+    def answers(self, prompts: list[str]) -> list[str]:
+        return self.subject.answers(prompts)
+
+
 def score_set(subject, name: str, items: list[Item]) -> tuple[dict, np.ndarray]:
     """({probability, rouge_l, truth_ratio}, (N,) truth ratios) of one set. real_authors and
     world_facts are multiple choice: their probability is the answer's share among the options
     (TOFU's normalised probability); the forget set's truth ratio is TOFU's "closer to 1"."""
+    subject = _ScoredOnce(subject)
     kind = "probability_options" if name in ("real_authors", "world_facts") else "probability"
     ratios = metric("truth_ratio")(subject, items)
     scores = {"probability": float(metric(kind)(subject, items).mean()),
@@ -104,8 +123,7 @@ class Lifecycle:
         self.embed = sentence_embedder(config.guard.embedder, config.home_dir)
         self.embedding = input_embeddings(self.model_path)  # (V, D)
         self.model = AdapterModel(self.model_path)
-        self.corruption = load_corruption(config.guard_dir) or Corruption(
-            **config.guard.corruption.model_dump())
+        self.corruption = served_corruption(config)
         self.noise_key = load_secret(self.work / "secret.key")
         self.seconds: dict[str, float] = {}
 
@@ -174,10 +192,7 @@ def run_tofu(config: Config, data: TofuData, work: Path, *, aggregation: bool = 
         tried[name], ratios[name] = life.score(f"guarded, {name}", life.served(
             store, guard, **choice), {"forget": data.sets["forget"]})
 
-    f = config.forget
-    worker = Worker(queue, store.root, lease_seconds=f.lease_seconds,
-                    retry_after=f.retry_after_seconds, retry_max=f.retry_max_seconds,
-                    poll_seconds=f.poll_seconds)
+    worker = Worker.from_config(config, queue, store.root)
     started = time.perf_counter()
     done = worker.run_once()
     life.seconds["forget_exact"] = round(time.perf_counter() - started, 1)

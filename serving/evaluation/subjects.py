@@ -17,13 +17,12 @@ import numpy as np
 import torch
 
 from adapters import ShardStore
-from guard import answer_ids, greedy_ids, token_logprobs
+from guard import ANSWER_TOKENS, answer_ids, chat_prompt, greedy_ids, token_logprobs
 
 from ..engines import LoRA
 from ..pipeline import Pipeline
 
 BASE = "__base__"  # peft's name for "no adapter" in a mixed-adapter batch
-MAX_TOKENS = 48  # TOFU's answers are one or two sentences
 
 
 class AdapterModel:
@@ -77,39 +76,40 @@ class ServedSubject:
         self.model, self.tokenizer, self.pipeline = model, tokenizer, pipeline
         self.flagged: dict[str, bool] = {}
 
-    def _prompts(self, questions: list[str]):
-        prompts = [self.pipeline.chat([{"role": "user", "content": q}]) for q in questions]
-        for question, prompt in zip(questions, prompts):
-            self.flagged[question] = prompt.embeds is not None
-        names = [self.model.load(p.lora) for p in prompts]
-        embeds = [p.embeds if p.embeds is not None else self.model.embed(p.token_ids)
-                  for p in prompts]  # each (T, D)
-        return prompts, embeds, names
+    def _batches(self, questions: list[str], size: int = 8):
+        """Per engine batch: (question indices, prompt embeddings (T, D) each, adapter names or
+        None when no adapter is loaded), the batch's adapters held until the next one."""
+        for i in range(0, len(questions), size):
+            prompts = [self.pipeline.chat([{"role": "user", "content": q}])
+                       for q in questions[i:i + size]]
+            for question, prompt in zip(questions[i:i + size], prompts):
+                self.flagged[question] = prompt.embeds is not None
+            names = [self.model.load(p.lora) for p in prompts]
+            embeds = [p.embeds if p.embeds is not None else self.model.embed(p.token_ids)
+                      for p in prompts]
+            try:
+                yield range(i, i + len(prompts)), embeds, (
+                    names if self.model.model is not self.model.base else None)
+            finally:
+                self.pipeline.release(prompts)
+                self.model.trim(set(names))
 
     def logprobs(self, pairs: list[tuple[str, str]]) -> np.ndarray:
         out = []
-        for i in range(0, len(pairs), 8):  # one engine batch at a time, adapters held for it
-            batch = pairs[i:i + 8]
-            prompts, embeds, names = self._prompts([q for q, _ in batch])
+        for rows, embeds, names in self._batches([q for q, _ in pairs]):
             scored = token_logprobs(self.model.model, embeds,
-                                    [answer_ids(self.tokenizer, q, a) for q, a in batch],
-                                    adapters=names if self.model.model is not self.model.base
-                                    else None)
+                                    [answer_ids(self.tokenizer, *pairs[r]) for r in rows],
+                                    adapters=names)
             out += [t.mean().item() for t in scored]
-            self.pipeline.release(prompts)
-            self.model.trim(set(names))
         return np.array(out)
 
     def answers(self, questions: list[str]) -> list[str]:
         out = []
-        for i in range(0, len(questions), 8):
-            prompts, embeds, names = self._prompts(questions[i:i + 8])
-            ids = greedy_ids(self.model.model, embeds, {self.tokenizer.eos_token_id}, MAX_TOKENS,
-                             adapters=[[n] for n in names]
-                             if self.model.model is not self.model.base else None)
+        for _, embeds, names in self._batches(questions):
+            ids = greedy_ids(self.model.model, embeds, {self.tokenizer.eos_token_id},
+                             ANSWER_TOKENS,
+                             adapters=None if names is None else [[n] for n in names])
             out += [self.tokenizer.decode(t, skip_special_tokens=True) for t in ids]
-            self.pipeline.release(prompts)
-            self.model.trim(set(names))
         return out
 
     def flagged_rate(self, questions: list[str]) -> float:
@@ -129,9 +129,8 @@ class EnsembleSubject:
         return [self.model.load(lora) for lora in self.loras]
 
     def _prompt(self, question: str) -> torch.Tensor:
-        text = self.tokenizer.apply_chat_template([{"role": "user", "content": question}],
-                                                  add_generation_prompt=True, tokenize=False)
-        return self.model.embed(self.tokenizer.encode(text, add_special_tokens=False))
+        ids, _ = chat_prompt(self.tokenizer, [{"role": "user", "content": question}])
+        return self.model.embed(ids)  # (T, D)
 
     def logprobs(self, pairs: list[tuple[str, str]]) -> np.ndarray:
         names = self.names
@@ -147,6 +146,6 @@ class EnsembleSubject:
 
     def answers(self, questions: list[str]) -> list[str]:
         ids = greedy_ids(self.model.model, [self._prompt(q) for q in questions],
-                         {self.tokenizer.eos_token_id}, MAX_TOKENS,
+                         {self.tokenizer.eos_token_id}, ANSWER_TOKENS,
                          adapters=[self.names] * len(questions))
         return [self.tokenizer.decode(t, skip_special_tokens=True) for t in ids]

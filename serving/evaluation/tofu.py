@@ -15,12 +15,11 @@ forget request would have to erase).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from adapters import Sample
-from guard import Item, read_items
+from guard import Item, PromptFileError, read_items
 
 from ..errors import UsageError
 
@@ -45,17 +44,12 @@ def owner(author: int) -> str:
     return f"author-{author:03d}"
 
 
-def _records(path: Path) -> list[dict]:
+def _items(path: Path) -> list[Item]:
     try:
-        text = path.read_text()
-    except OSError as e:
-        raise TofuDataError(f"cannot read {path}: {e.strerror} (--data is TOFU's folder: "
-                            f"full.json, {SPLITS[0]}.json, ...)") from e
-    try:
-        return json.loads(text) if text.lstrip().startswith("[") else [
-            json.loads(line) for line in text.splitlines() if line.strip()]
-    except json.JSONDecodeError as e:
-        raise TofuDataError(f"{path}: not JSON or JSONL: {e.msg} (line {e.lineno})") from e
+        return read_items(path)
+    except PromptFileError as e:
+        raise TofuDataError(f"{e} (--data is TOFU's folder: full.json, {SPLITS[0]}.json, "
+                            f"...)") from e
 
 
 def load_tofu(root: Path, split: str, retain_authors: int, eval_items: int | None = None
@@ -67,10 +61,10 @@ def load_tofu(root: Path, split: str, retain_authors: int, eval_items: int | Non
     root = Path(root)
     if split not in SPLITS:
         raise TofuDataError(f"unknown split {split!r}; TOFU's: {', '.join(SPLITS)}")
-    full = _records(root / "full.json")
-    author_of = {r["question"]: i // QUESTIONS_PER_AUTHOR for i, r in enumerate(full)}
-    forget_authors = sorted({author_of.get(r["question"], -1)
-                             for r in _records(root / f"{split}.json")})
+    full = _items(root / "full.json")
+    author_of = {item.prompt: i // QUESTIONS_PER_AUTHOR for i, item in enumerate(full)}
+    forget_authors = sorted({author_of.get(item.prompt, -1)
+                             for item in _items(root / f"{split}.json")})
     if forget_authors[0] < 0:
         raise TofuDataError(f"{root / f'{split}.json'} has questions that full.json lacks")
     others = [a for a in range(len(full) // QUESTIONS_PER_AUTHOR) if a not in forget_authors]
@@ -80,11 +74,11 @@ def load_tofu(root: Path, split: str, retain_authors: int, eval_items: int | Non
     retained = others[:retain_authors]
 
     def samples(authors: list[int], questions=range(QUESTIONS_PER_AUTHOR)) -> list[Sample]:
-        return [Sample(f"tofu-{i:04d}", owner(a), full[i]["question"], full[i]["answer"])
+        return [Sample(f"tofu-{i:04d}", owner(a), full[i].prompt, full[i].answer)
                 for a in authors for q in questions
                 for i in [a * QUESTIONS_PER_AUTHOR + q]]
 
-    retain = [i for i in read_items(root / "retain_perturbed.json")
+    retain = [i for i in _items(root / "retain_perturbed.json")
               if author_of.get(i.prompt) in set(retained)]
     if not retain:
         raise TofuDataError(f"retain_perturbed.json has no question of the {retain_authors} "
@@ -92,9 +86,9 @@ def load_tofu(root: Path, split: str, retain_authors: int, eval_items: int | Non
     def options(name: str) -> list[Item]:
         # TOFU's truth ratio on a multiple-choice set: the options against the answer itself
         return [replace(i, paraphrased_answer=i.paraphrased_answer or i.answer)
-                for i in read_items(root / f"{name}_perturbed.json")]
+                for i in _items(root / f"{name}_perturbed.json")]
 
-    sets = {"forget": read_items(root / f"{split}_perturbed.json"), "retain": retain,
+    sets = {"forget": _items(root / f"{split}_perturbed.json"), "retain": retain,
             "real_authors": options("real_authors"), "world_facts": options("world_facts")}
     return TofuData(train=samples(forget_authors + retained),
                     validation=samples(retained, VALIDATION_QUESTIONS),

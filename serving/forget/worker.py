@@ -53,9 +53,13 @@ class Worker:
         self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
     @classmethod
-    def from_config(cls, config: Config) -> Worker:
+    def from_config(cls, config: Config, queue: ForgetQueue | None = None,
+                    store_dir: Path | None = None) -> Worker:
+        """The configured worker; `queue` and `store_dir` replace the configured ones (the
+        evaluation's stores live in a folder of their own)."""
         f = config.forget
-        return cls(open_queue(config.queue_path, f.synchronous), config.store_dir,
+        return cls(queue or open_queue(config.queue_path, f.synchronous),
+                   store_dir or config.store_dir,
                    lease_seconds=f.lease_seconds, retry_after=f.retry_after_seconds,
                    retry_max=f.retry_max_seconds, poll_seconds=f.poll_seconds,
                    coalesce_seconds=f.coalesce_seconds)
