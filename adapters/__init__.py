@@ -2,10 +2,12 @@
 
 Public surface: a `ShardStore` (create, train, forget_samples, receipt, resolve, release) and
 the pieces it is made of, each usable alone; every error derives from `AdapterError`. The file,
-SQLite and keyed-hash helpers are public because the server's own stores (the forget queue,
-prepared models) keep the same durability and privacy rules.
+database (SQLite, PostgreSQL) and keyed-hash helpers are public because the server's own stores
+(the forget queue, prepared models) keep the same durability and privacy rules.
 """
 
+from .database import (Database, DatabaseError, database_schemes, open_database,
+                       register_database)
 from .errors import AdapterError
 from .lineage import Lineage, LineageError, UnknownSampleError
 from .losses import LossTableError
@@ -15,19 +17,17 @@ from .registry import AdapterRegistry, RegistryError, Version, fsync_tree, sha25
 from .route import RouteConfig, RouteError, register_scheme, route, scheme_names
 from .samples import Sample, SampleFormatError, read_samples, write_samples
 from .secret import keyed_hash, load_secret
-from .sqlite import (Synchronous, checkpoint as sqlite_checkpoint, connect as sqlite_connect,
-                     transaction as sqlite_transaction)
 from .store import EmbedFn, ShardResult, ShardStore
 from .synth import synth_people
 from .train import LORA_TARGET_MODULES, TrainConfig, TrainingError, train_adapter
 
 __all__ = [
-    "AdapterError", "AdapterRegistry", "EmbedFn", "LORA_TARGET_MODULES", "Lineage",
+    "AdapterError", "AdapterRegistry", "Database", "DatabaseError", "EmbedFn", "LORA_TARGET_MODULES", "Lineage",
     "LineageError", "LossTableError", "Mixture", "MixtureCache", "MixtureError", "PartitionError",
     "RegistryError", "RouteConfig", "RouteError", "Sample", "SampleFormatError", "ShardResult",
-    "ShardStore", "Synchronous", "TrainConfig", "TrainingError", "UnknownSampleError", "Version",
-    "combine", "fsync_tree", "keyed_hash", "load_secret", "mixture_name", "partition",
-    "partitioner_names", "read_samples", "register_partitioner", "register_scheme", "route",
-    "scheme_names", "sha256_file", "sqlite_checkpoint", "sqlite_connect", "sqlite_transaction",
+    "ShardStore", "TrainConfig", "TrainingError", "UnknownSampleError", "Version",
+    "combine", "database_schemes", "fsync_tree", "keyed_hash", "load_secret", "mixture_name", "open_database", "partition",
+    "partitioner_names", "read_samples", "register_database", "register_partitioner", "register_scheme", "route",
+    "scheme_names", "sha256_file",
     "synth_people", "train_adapter", "write_samples",
 ]

@@ -1,6 +1,7 @@
 """Lineage: which shard holds each training sample, and which samples were forgotten.
 
-A SQLite file (WAL, synchronous=FULL: a committed tombstone survives power loss). The raw text of
+A database (database.py: a SQLite file by default, WAL and synchronous=FULL, so a committed
+tombstone survives power loss; or PostgreSQL, shared by replicas and workers). The raw text of
 a sample is kept only until its data is forgotten and its shard retrained (`purge_text`); the id,
 owner, shard and a content hash stay, so a receipt can show what was removed. The hash is keyed
 (HMAC under `secret.key` beside the database, secret.py): it proves a text's identity to whoever
@@ -14,9 +15,7 @@ quarantine can never lift another's.
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 import time
-from contextlib import closing
 from pathlib import Path
 from typing import Iterable
 
@@ -24,8 +23,8 @@ import numpy as np
 
 from .errors import AdapterError
 from .samples import Sample
+from .database import Database
 from .secret import keyed_hash, load_secret
-from .sqlite import checkpoint, connect, transaction
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS samples (
@@ -35,20 +34,21 @@ CREATE TABLE IF NOT EXISTS samples (
     content_hash TEXT NOT NULL,
     prompt TEXT,               -- NULL once purged
     response TEXT,
-    forgotten_at REAL          -- NULL while live: the tombstone
+    forgotten_at {real}        -- NULL while live: the tombstone
 );
 CREATE INDEX IF NOT EXISTS samples_owner ON samples(owner);
 CREATE INDEX IF NOT EXISTS samples_shard ON samples(shard);
 CREATE TABLE IF NOT EXISTS shards (
     shard INTEGER PRIMARY KEY,
-    centroid BLOB NOT NULL     -- float32 unit vector: mean embedding of the shard's samples
+    centroid {bytes} NOT NULL  -- float32 unit vector: mean embedding of the shard's samples
 );
 CREATE TABLE IF NOT EXISTS quarantine (
     request TEXT NOT NULL,     -- the forget request that holds the shard at weight 0
     shard INTEGER NOT NULL,
     PRIMARY KEY (request, shard)
-);
+)
 """
+_MIGRATIONS: tuple[str, ...] = ()  # forward schema changes, appended in order (database.py)
 
 
 class LineageError(AdapterError, ValueError):
@@ -69,26 +69,20 @@ def id_set_hash(ids: Iterable[str]) -> str:
 
 
 class Lineage:
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._secret = load_secret(self.path.parent / "secret.key")
-        with closing(self._connect()) as db:
-            db.executescript(_SCHEMA)
+    def __init__(self, database: Database, secret_file: Path):
+        """`secret_file`: the key of the content hashes (created if missing); every process
+        that shares the database must share it (it lives beside the adapters)."""
+        self.database = database
+        self._secret = load_secret(Path(secret_file))
+        database.migrate("lineage", _SCHEMA, _MIGRATIONS)
 
     def content_hash(self, sample: Sample) -> str:
         """Keyed hash of a sample's content: kept after its text is purged."""
         return keyed_hash(self._secret, "\x1f".join((sample.id, sample.owner, sample.prompt,
                                                       sample.response)))
 
-    def _connect(self) -> sqlite3.Connection:
-        return connect(self.path)
-
-    def _transaction(self):
-        return transaction(self.path)
-
     def _query(self, sql: str, params: Iterable = ()) -> list[tuple]:
-        with closing(self._connect()) as db:
+        with self.database.read() as db:
             return db.execute(sql, tuple(params)).fetchall()
 
     # --- partition ---------------------------------------------------------------------------
@@ -96,8 +90,9 @@ class Lineage:
     def assign(self, samples: list[Sample], shards: np.ndarray, centroids: np.ndarray) -> None:
         """Record the partition: samples[i] goes to shard shards[i]; centroids: (K, d)."""
         if self.shard_ids():
-            raise LineageError(f"{self.path} already holds a partition; use a new data directory")
-        with self._transaction() as db:
+            raise LineageError(f"{self.database.url} already holds a partition; use a new data "
+                               "directory")
+        with self.database.write() as db:
             db.executemany(
                 "INSERT INTO samples (id, owner, shard, content_hash, prompt, response) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
@@ -124,7 +119,8 @@ class Lineage:
     def shard_table(self) -> list[dict]:
         """Per shard: live and forgotten sample counts and quarantine state."""
         rows = self._query(
-            "SELECT s.shard, SUM(x.forgotten_at IS NULL), SUM(x.forgotten_at IS NOT NULL), "
+            "SELECT s.shard, SUM(CASE WHEN x.forgotten_at IS NULL THEN 1 ELSE 0 END), "
+            "SUM(CASE WHEN x.forgotten_at IS NULL THEN 0 ELSE 1 END), "
             "EXISTS (SELECT 1 FROM quarantine q WHERE q.shard = s.shard) "
             "FROM shards s JOIN samples x ON x.shard = s.shard GROUP BY s.shard ORDER BY s.shard")
         return [{"shard": k, "samples": live, "forgotten": gone, "quarantined": bool(q)}
@@ -142,7 +138,7 @@ class Lineage:
     def shards_of(self, ids: Iterable[str]) -> dict[int, list[str]]:
         """Shard -> the given ids it holds. Raises UnknownSampleError naming ids it lacks."""
         ids = sorted(set(ids))
-        with closing(self._connect()) as db:
+        with self.database.read() as db:
             found = dict(db.execute(
                 f"SELECT id, shard FROM samples WHERE id IN ({','.join('?' * len(ids))})", ids
             ).fetchall()) if ids else {}
@@ -157,7 +153,7 @@ class Lineage:
     def tombstone(self, ids: Iterable[str]) -> dict[int, list[str]]:
         """Mark samples forgotten (idempotent). Returns shard -> ids, as `shards_of`."""
         by_shard = self.shards_of(ids)
-        with self._transaction() as db:
+        with self.database.write() as db:
             db.executemany("UPDATE samples SET forgotten_at = ? WHERE id = ? AND forgotten_at IS NULL",
                            [(time.time(), i) for ids_ in by_shard.values() for i in ids_])
         return by_shard
@@ -176,26 +172,26 @@ class Lineage:
         """Drop the raw text of forgotten samples from every file of the database (secure_delete
         zeroes it in its page; the checkpoint leaves no copy in the WAL); ids and keyed content
         hashes remain."""
-        with self._transaction() as db:
-            cur = db.executemany(
+        with self.database.write() as db:
+            purged = db.executemany(
                 "UPDATE samples SET prompt = NULL, response = NULL "
                 "WHERE id = ? AND forgotten_at IS NOT NULL AND prompt IS NOT NULL",
                 [(i,) for i in ids])
-            purged = cur.rowcount
-        checkpoint(self.path)
+        self.database.purged("samples")
         return purged
 
     # --- quarantine --------------------------------------------------------------------------
 
     def hold_quarantine(self, request: str, shards: Iterable[int]) -> None:
         """`request` holds these shards at weight 0 (idempotent)."""
-        with self._transaction() as db:
-            db.executemany("INSERT OR IGNORE INTO quarantine (request, shard) VALUES (?, ?)",
+        with self.database.write() as db:
+            db.executemany("INSERT INTO quarantine (request, shard) VALUES (?, ?) "
+                           "ON CONFLICT DO NOTHING",
                            [(request, int(k)) for k in shards])
 
     def release_quarantine(self, requests: Iterable[str]) -> None:
         """Drop every hold of these requests; shards that no other request holds serve again."""
-        with self._transaction() as db:
+        with self.database.write() as db:
             db.executemany("DELETE FROM quarantine WHERE request = ?", [(r,) for r in requests])
 
     def quarantine_holders(self) -> set[str]:

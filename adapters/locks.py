@@ -26,8 +26,27 @@ def file_lock(path: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
+class shared_lock:
+    """A shared lock on `path` (created if missing), held until `release` or until this object
+    is collected or its process exits: says "alive" to `is_locked` callers, excludes no other
+    holder of a shared lock."""
+
+    def __init__(self, path: Path):
+        self._fd = None
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self._fd, fcntl.LOCK_SH)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    __del__ = release
+
+
 def is_locked(path: Path) -> bool:
-    """Whether a live process holds `path`'s lock (False when there is no such file)."""
+    """Whether a live process holds `path`'s lock, exclusive or shared (False when there is no
+    such file)."""
     try:
         fd = os.open(path, os.O_RDWR)
     except FileNotFoundError:

@@ -13,6 +13,10 @@ Mixtures are cached on disk under a name that hashes their (shard, version, weig
 is never reused for other weights (vLLM serves stale weights for a reused name, DESIGN.md).
 Engines read a mixture's files when they schedule the request, so the process that hands a
 mixture to an engine pins it until the request ends: eviction and `sweep` skip pinned mixtures.
+Pins live in one process, so each serving process caches in a folder of its own,
+`<mixtures>/<name>/`, whose lock file it holds (shared) while it lives: a server's sweep never
+touches the folder of another live process (another replica on the same store), and cleans the
+superseded mixtures of a folder nobody holds any more (a replica that died or left).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .errors import AdapterError
+from .locks import is_locked, shared_lock
 from .registry import CONFIG, WEIGHTS, Version, fsync_tree
 
 
@@ -81,12 +86,15 @@ def combine(parts: list[tuple[Version, float]]) -> tuple[dict[str, torch.Tensor]
 
 
 class MixtureCache:
-    """Mixtures on disk, built on first use, least recently used evicted beyond `capacity`."""
+    """Mixtures on disk in `<parent>/<name>/`, built on first use, least recently used evicted
+    beyond `capacity`."""
 
-    def __init__(self, root: Path, capacity: int = 64):
-        self.root = Path(root)
+    def __init__(self, parent: Path, name: str, capacity: int = 64):
+        self.parent = Path(parent)
+        self.root = self.parent / name
         self.capacity = capacity
         self.root.mkdir(parents=True, exist_ok=True)
+        self._alive = shared_lock(self.parent / f"{name}.lock")  # held until this is collected
         self._pins: Counter[str] = Counter()  # mixture name -> requests in flight using it
         self._pins_lock = threading.Lock()
 
@@ -145,16 +153,20 @@ class MixtureCache:
 
     def sweep(self, current: dict[int, str]) -> list[str]:
         """Delete every unpinned mixture built on a version that is not current (`current`:
-        shard -> version id): superseded weights, possibly of forgotten data. Returns their
-        names."""
+        shard -> version id): superseded weights, possibly of forgotten data; in this cache's
+        folder and in the folders no live process holds. Returns their names."""
+        folders = [self.root, self.parent] + [  # the parent: mixtures of the old flat layout
+            p for p in self.parent.iterdir()
+            if p.is_dir() and p != self.root and not is_locked(p.with_suffix(".lock"))]
         pinned, dropped = self._pinned(), []
-        for path in self.entries():
-            try:
-                parts = json.loads((path / "mixture.json").read_text())["parts"]
-            except FileNotFoundError:  # evicted meanwhile
-                continue
-            stale = any(current.get(p["shard"]) != p["version"] for p in parts)
-            if stale and path.name not in pinned:
-                shutil.rmtree(path, ignore_errors=True)
-                dropped.append(path.name)
-        return dropped
+        for folder in folders:
+            for path in folder.glob("mix-*"):
+                try:
+                    parts = json.loads((path / "mixture.json").read_text())["parts"]
+                except FileNotFoundError:  # evicted meanwhile
+                    continue
+                stale = any(current.get(p["shard"]) != p["version"] for p in parts)
+                if stale and not (folder == self.root and path.name in pinned):
+                    shutil.rmtree(path, ignore_errors=True)
+                    dropped.append(path.name)
+        return sorted(dropped)

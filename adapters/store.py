@@ -1,11 +1,15 @@
 """A shard store: partition, lineage, shard adapters, loss table and mixtures under one folder.
 
     <root>/store.json       how the store was built: model, training config, partition, hashes
-    <root>/lineage.db       sample -> shard, tombstones (lineage.py)
+    <root>/lineage.db       sample -> shard, tombstones (lineage.py); or in PostgreSQL (`database`)
+    <root>/secret.key       key of the lineage's content hashes
     <root>/adapters/        published shard adapter versions (registry.py)
     <root>/losses/          validation loss table rows (losses.py)
-    <root>/mixtures/        cached mixture adapters (mixture.py)
+    <root>/mixtures/<name>/ cached mixture adapters of one serving process (mixture.py)
     <root>/validation.jsonl, validation.npy   the validation set and its embeddings
+
+Several machines may share one store (README, "Several replicas"): `root` on shared storage,
+the lineage in PostgreSQL, whose locks make a shard's retrain exclusive cluster-wide.
 
 Every shard is handled the same way, keyed by its id: training all shards and retraining one
 after a forget are the same loop over a list of shard ids.
@@ -28,8 +32,8 @@ from typing import Callable
 
 import numpy as np
 
+from .database import Database, open_database
 from .lineage import Lineage, LineageError, id_set_hash
-from .locks import file_lock
 from .losses import LossTable, LossTableError, adapter_losses
 from .mixture import Mixture, MixtureCache
 from .partition import partition
@@ -60,16 +64,24 @@ class ShardResult:
     seconds: float
 
 
+def _lineage(root: Path, database: Database | None) -> Lineage:
+    """The store's lineage: in `database`, else in `<root>/lineage.db`."""
+    return Lineage(database or open_database(root / "lineage.db"), root / "secret.key")
+
+
 class ShardStore:
-    def __init__(self, root: Path, mixture_cache: int = 64):
+    def __init__(self, root: Path, mixture_cache: int = 64, database: Database | None = None,
+                 mixtures: str = "local"):
+        """`database`: where the lineage lives (None: `<root>/lineage.db`); `mixtures`: the name
+        of this process's mixture folder (each serving process its own, mixture.py)."""
         self.root = Path(root)
         info = self.root / "store.json"
         if not info.exists():
             raise LineageError(f"no shard store at {self.root} (run `lethe train` first)")
         self.info = json.loads(info.read_text())
-        self.lineage = Lineage(self.root / "lineage.db")
+        self.lineage = _lineage(self.root, database)
         self.registry = AdapterRegistry(self.root / "adapters")
-        self.mixtures = MixtureCache(self.root / "mixtures", mixture_cache)
+        self.mixtures = MixtureCache(self.root / "mixtures", mixtures, mixture_cache)
         self.losses = LossTable(self.root / "losses", self.info["validation_hash"] or "none")
         self.train_config = TrainConfig.model_validate(self.info["train_config"])
         self.model_path = Path(self.info["base_model"]["path"])
@@ -83,7 +95,8 @@ class ShardStore:
     def create(cls, root: Path, samples: list[Sample], embed: EmbedFn, shards: int,
                partitioner: str, group_by_owner: bool, seed: int, model_path: Path,
                base_model: dict, train_config: TrainConfig,
-               validation: list[Sample] | None = None) -> "ShardStore":
+               validation: list[Sample] | None = None, database: Database | None = None
+               ) -> "ShardStore":
         """Partition `samples` into `shards` and record everything a retrain will need."""
         root = Path(root)
         if (root / "store.json").exists():
@@ -92,7 +105,7 @@ class ShardStore:
         embeddings = embed([sample_text(s) for s in samples])  # (N, d)
         groups = [s.owner for s in samples] if group_by_owner else None
         assignment, centroids = partition(partitioner, embeddings, shards, seed, groups)
-        lineage = Lineage(root / "lineage.db")
+        lineage = _lineage(root, database)
         lineage.assign(samples, assignment, centroids)
         validation_hash = None
         if validation:
@@ -108,7 +121,7 @@ class ShardStore:
             "data_hash": id_set_hash(lineage.content_hash(s) for s in samples),
             "validation_hash": validation_hash,
         }, indent=2))
-        return cls(root)
+        return cls(root, database=database)
 
     @classmethod
     def derive(cls, root: Path, source: "ShardStore", without: set[str]) -> "ShardStore":
@@ -122,7 +135,7 @@ class ShardStore:
         root.mkdir(parents=True, exist_ok=True)
         kept = [(s, k) for k in source.lineage.shard_ids()
                 for s in source.lineage.shard_samples(k) if s.id not in without]
-        lineage = Lineage(root / "lineage.db")
+        lineage = _lineage(root, None)
         lineage.assign([s for s, _ in kept], np.array([k for _, k in kept]), source.centroids)
         if source.info["validation_hash"]:
             for name in ("validation.jsonl", "validation.npy"):
@@ -144,19 +157,24 @@ class ShardStore:
     def _train_one(self, shard: int, progress) -> ShardResult:
         """One retrain of `shard`, under its lock from reading the live samples through publish
         and garbage collection: two retrains of a shard never interleave (any process, thread or
-        command), so a retrain that read a sample before it was tombstoned always publishes
-        before the retrain that follows the tombstone."""
-        (self.root / "locks").mkdir(exist_ok=True)
-        with file_lock(self.root / "locks" / f"shard-{shard:04d}.lock"):
+        command, on any machine that shares the lineage's database), so a retrain that read a
+        sample before it was tombstoned always publishes before the retrain that follows the
+        tombstone."""
+        with self.lineage.database.exclusive(f"shard-{shard:04d}"):
             return self._train_locked(shard, progress)
 
     def _train_locked(self, shard: int, progress) -> ShardResult:
         samples = self.lineage.shard_samples(shard)
         ids = [s.id for s in samples]
         try:
-            previous = self.registry.current(shard).id
+            current = self.registry.current(shard)
         except RegistryError:
-            previous = None
+            current = None
+        previous = current and current.id
+        if current is not None and current.manifest["sample_set_hash"] == id_set_hash(ids):
+            # Already trained on exactly these samples (another worker's retrain, after the
+            # same tombstones): training is deterministic, so it would publish the same weights.
+            return ShardResult(shard, previous, previous, len(samples), id_set_hash(ids), 0, 0.0)
         if not samples:
             self.registry.retire(shard)
             version, steps, seconds = None, 0, 0.0

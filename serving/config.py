@@ -17,7 +17,7 @@ from typing import Any, Literal, Mapping
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from adapters import RouteConfig, TrainConfig, partitioner_names
+from adapters import RouteConfig, TrainConfig, database_schemes, partitioner_names
 from guard import GuardConfig
 
 from .engines import engine_names
@@ -138,6 +138,21 @@ class ForgetConfig(_Section):
     coalesce_seconds: float = Field(default=1.0, ge=0)
 
 
+class StoreConfig(_Section):
+    # Where the forget queue and the lineage live. null: SQLite files in home (forget.db,
+    # apa/lineage.db), one machine. postgresql://user:password@host:port/db: one PostgreSQL
+    # database that several server replicas and workers share (README, "Several replicas").
+    url: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, url: str | None) -> str | None:
+        if url is not None and url.split("://", 1)[0] not in database_schemes():
+            raise ValueError(f"not a database URL (scheme://...); registered schemes: "
+                             f"{', '.join(database_schemes())}")
+        return url
+
+
 class Config(_Section):
     # Data directory: prepared models, adapters, queues. None: $LETHE_HOME or ~/.cache/lethe.
     home: Path | None = None
@@ -149,6 +164,7 @@ class Config(_Section):
     route: RouteConfig = RouteConfig()
     guard: GuardConfig = GuardConfig()
     forget: ForgetConfig = ForgetConfig()
+    store: StoreConfig = StoreConfig()
 
     @property
     def home_dir(self) -> Path:
@@ -165,9 +181,15 @@ class Config(_Section):
         return self.home_dir / "guard"
 
     @property
-    def queue_path(self) -> Path:
-        """The forget-request queue (SQLite)."""
-        return self.home_dir / "forget.db"
+    def queue_target(self) -> Path | str:
+        """The forget-request queue: `store.url`, else a SQLite file in home."""
+        return self.store.url or self.home_dir / "forget.db"
+
+    @property
+    def secret_file(self) -> Path:
+        """Key of the queue's dedup hashes and of the corruption's noise: one per deployment
+        (replicas share home, README)."""
+        return self.home_dir / "secret.key"
 
 
 def default_home() -> Path:

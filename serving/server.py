@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import socket
 
 import uvicorn
 from transformers import AutoConfig, AutoTokenizer
@@ -24,6 +25,7 @@ from .metrics import Metrics
 from .mixtures import MaterialisedMixtures
 from .model import embedder_name, input_embeddings, resolve_model, sentence_embedder
 from .pipeline import Pipeline
+from .shards import open_store
 
 log = logging.getLogger("lethe.server")
 
@@ -71,7 +73,8 @@ def create_app(config: Config):
         kv_cache_gib=config.engine.kv_cache_gib,
     )
     metrics = Metrics()
-    store = (ShardStore(config.store_dir, mixture_cache=config.route.mixture_cache)
+    # Each serving process caches mixtures in a folder of its own (adapters/mixture.py).
+    store = (open_store(config, mixtures=f"{socket.gethostname()}-{config.server.port}")
              if (config.store_dir / "store.json").exists() else None)
     guard = load_guard(config, store)
     corruption = served_corruption(config)
@@ -80,8 +83,9 @@ def create_app(config: Config):
     config.home_dir.mkdir(parents=True, exist_ok=True)
     pipeline = Pipeline(tokenizer, input_embeddings(model_path) if guard else None, guard,
                         corruption, resolver, config.forget.on_flag, metrics,
-                        noise_key=load_secret(config.home_dir / "secret.key"))
-    forget = (ForgetService(open_queue(config.queue_path, config.forget.synchronous),
+                        noise_key=load_secret(config.secret_file))
+    forget = (ForgetService(open_queue(config.queue_target, config.forget.synchronous,
+                                       config.secret_file),
                             store.lineage, guard,
                             quarantine=config.forget.quarantine != "none",
                             retire=config.forget.retire,
@@ -113,7 +117,7 @@ def create_app(config: Config):
                 sync = functools.partial(_sync, forget, pipeline)
                 await asyncio.to_thread(sync)  # guard pending requests before serving
                 stack.push_async_callback(_cancel, asyncio.create_task(
-                    _sync_forever(sync, config.forget.poll_seconds)))
+                    _sync_forever(sync, forget.queue, config.forget.poll_seconds)))
                 if supervisor is not None:
                     supervisor.start()
                     stack.callback(supervisor.stop)
@@ -133,9 +137,11 @@ def _sync(forget: ForgetService, pipeline: Pipeline) -> None:
     pipeline.sweep()
 
 
-async def _sync_forever(sync, seconds: float) -> None:
+async def _sync_forever(sync, queue, seconds: float) -> None:
+    """`sync` every `seconds`, and at once when the queue hears of a request submitted or
+    completed elsewhere (another replica, the worker)."""
     while True:
-        await asyncio.sleep(seconds)
+        await asyncio.to_thread(queue.wait, seconds)
         try:
             await asyncio.to_thread(sync)
         except Exception:  # a failed sync is retried next round; serving goes on

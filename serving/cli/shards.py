@@ -6,15 +6,13 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from adapters import LineageError, ShardResult, ShardStore
+from adapters import LineageError, ShardResult
 
 from ..config import ConfigError
-from ..shards import create_store
+from ..shards import create_store, open_store, store_database
 from .common import add_command, config_of, emit, positive_int, shard_progress
 
 
-def _store(config) -> ShardStore:
-    return ShardStore(config.store_dir, mixture_cache=config.route.mixture_cache)
 
 
 def _report_results(args, results, seconds: float, verb: str) -> None:
@@ -29,7 +27,8 @@ def _report_results(args, results, seconds: float, verb: str) -> None:
 def train_shards(config, samples, validation=None) -> list[ShardResult]:
     """Partition `samples` into a new shard store (`config.store_dir`) and train every shard,
     with a progress bar each; the ShardResults."""
-    store = create_store(config, config.store_dir, samples, validation)
+    store = create_store(config, config.store_dir, samples, validation,
+                         database=store_database(config))
     return store.train(store.lineage.shard_ids(), shard_progress)
 
 
@@ -48,7 +47,7 @@ def cmd_train(args) -> None:
 
 
 def cmd_shards(args) -> None:
-    store = _store(config_of(args))
+    store = open_store(config_of(args))
     rows, versions = [], {v.shard: v for v in store.current_versions()}
     for row in store.lineage.shard_table():
         version = versions.get(row["shard"])
@@ -64,7 +63,7 @@ def cmd_shards(args) -> None:
 
 
 def cmd_retrain(args) -> None:
-    store = _store(config_of(args))
+    store = open_store(config_of(args))
     unknown = sorted(set(args.shard) - set(store.lineage.shard_ids()))
     if unknown:
         raise LineageError(f"unknown shard(s) {unknown}; the store has {store.lineage.shard_ids()}")
@@ -75,7 +74,7 @@ def cmd_retrain(args) -> None:
 
 
 def cmd_forget_samples(args) -> None:
-    store = _store(config_of(args))
+    store = open_store(config_of(args))
     start = time.perf_counter()
     results = store.forget_samples(args.id, shard_progress)
     store.sweep_mixtures()
@@ -88,7 +87,7 @@ def cmd_route(args) -> None:
     from ..model import sentence_embedder
 
     config = config_of(args)
-    store = _store(config)
+    store = open_store(config)
     route = store.effective_route(config.route)
     query = sentence_embedder(config.guard.embedder, config.home_dir)([args.prompt])[0]
     weights = store.weights(query, route)

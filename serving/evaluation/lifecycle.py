@@ -179,7 +179,7 @@ def run_tofu(config: Config, data: TofuData, work: Path, *, aggregation: bool = 
     aggregated = (_aggregation(life, store, data, phases["original"], progress)
                   if aggregation else None)
 
-    queue = open_queue(life.work / "forget.db", "NORMAL")
+    queue = open_queue(life.work / "forget.db", "NORMAL", life.work / "secret.key")
     service = ForgetService(queue, store.lineage, guard,
                             quarantine=config.forget.quarantine != "none",
                             retire=config.forget.retire, metrics=Metrics())

@@ -8,30 +8,34 @@ per attempt up to a cap. It is durable before the API answers
 transaction on power loss). Workers take requests under a lease that they extend with
 heartbeats; a dead worker's lease runs out and its requests are taken again.
 
-`ForgetQueue` is the interface the server, the worker and the CLI use, so that a Postgres queue
-(`SELECT ... FOR UPDATE SKIP LOCKED`) can replace SQLite for several server replicas;
-`open_queue` picks the implementation from config.
+A lease takes one group of requests that share shards (the oldest waiting request, and every
+waiting request that touches a shard of the group, transitively) and never a request touching
+a shard that another worker's live lease holds: so several workers retrain different shards at
+once, and the requests of one shard share one retrain.
+
+`ForgetQueue` is the interface the server, the worker and the CLI use; `SQLQueue` implements it
+on a database (adapters.open_database): a SQLite file beside the data (one machine) or
+PostgreSQL, which several server replicas and workers share (`store.url`). Submissions and
+completions NOTIFY the `lethe_forget` channel, so every replica's guard hears of them at once.
 
 Raw text (the request's own `prompts`) is kept only until the request completes: then it is
-zeroed in its page (secure_delete) and the WAL is truncated. A request's dedup key is an HMAC
-under `secret.key` beside the database, so it does not give the prompts back to a guesser.
-Schema changes are forward migrations counted in SQLite's `user_version`.
+removed (SQLite: zeroed in its page, WAL truncated; PostgreSQL: the table vacuumed). A
+request's dedup key is an HMAC under a secret key file, so it does not give the prompts back to
+a guesser. Schema changes are forward migrations (adapters/database.py).
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 import uuid
 from abc import ABC, abstractmethod
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Literal
 
-from adapters import (Synchronous, keyed_hash, load_secret, sqlite_checkpoint, sqlite_connect,
-                      sqlite_transaction)
+from adapters import Database, DatabaseError, keyed_hash, load_secret, open_database
 
 from ..errors import LetheError
 
@@ -82,10 +86,11 @@ class ForgetQueue(ABC):
     """What the server, the worker and the CLI need of a forget-request store."""
 
     @abstractmethod
-    def submit(self, owner: str | None, sample_ids: list[str], prompts: list[str]
-               ) -> tuple[ForgetRequest, bool]:
+    def submit(self, owner: str | None, sample_ids: list[str], prompts: list[str],
+               shards: list[int] | None = None) -> tuple[ForgetRequest, bool]:
         """Store a request durably; (request, created). A request for the same sample ids and
-        prompts as an existing one returns that one, created False (idempotent)."""
+        prompts as an existing one returns that one, created False (idempotent). `shards`: those
+        its samples are in (None: unknown, leased apart from known ones)."""
 
     @abstractmethod
     def get(self, request_id: str) -> ForgetRequest:
@@ -105,9 +110,9 @@ class ForgetQueue(ABC):
 
     @abstractmethod
     def lease(self, worker: str, seconds: float) -> list[ForgetRequest]:
-        """Take every request that is waiting (received, guarded), whose lease ran out, or that
-        failed and whose retry is due; they become `retraining` under `worker`'s lease for
-        `seconds`."""
+        """Take the requests due (waiting: received or guarded; lease ran out; failed and retry
+        due) of one shard group, none of whose shards another worker's live lease holds; they
+        become `retraining` under `worker`'s lease for `seconds`."""
 
     @abstractmethod
     def heartbeat(self, worker: str, request_ids: list[str], seconds: float) -> None:
@@ -116,6 +121,11 @@ class ForgetQueue(ABC):
     @abstractmethod
     def complete(self, worker: str, receipts: dict[str, dict]) -> None:
         """retraining -> completed with a receipt each; their prompts are purged."""
+
+    @abstractmethod
+    def wait(self, timeout: float) -> bool:
+        """Block until a request is submitted or completed anywhere (so far as the store can
+        tell: PostgreSQL's NOTIFY), or `timeout` seconds; whether something happened."""
 
     @abstractmethod
     def fail(self, worker: str, request_ids: list[str], reason: str, retry_after: float,
@@ -136,52 +146,53 @@ CREATE TABLE IF NOT EXISTS requests (
     reason TEXT,
     times TEXT NOT NULL,         -- JSON: state -> first time entered
     lease_owner TEXT,
-    lease_until REAL,
-    failed_at REAL,
+    lease_until {real},
+    failed_at {real},
     receipt TEXT,
     seq INTEGER NOT NULL         -- submission order
 );
-CREATE INDEX IF NOT EXISTS requests_state ON requests(state);
+CREATE INDEX IF NOT EXISTS requests_state ON requests(state)
 """
-# Forward migrations: the database's user_version is how many of these it has had.
+# Forward migrations, in order (adapters/database.py counts them per database).
 _MIGRATIONS = (
-    "ALTER TABLE requests ADD COLUMN retry_at REAL",  # 1: capped exponential backoff
+    "ALTER TABLE requests ADD COLUMN retry_at {real}",  # 1: capped exponential backoff
+    "ALTER TABLE requests ADD COLUMN shards TEXT",  # 2: JSON list; per-shard-group leases
 )
+CHANNEL = "lethe_forget"  # NOTIFY'd on submit and complete
+_COLUMNS = "id, owner, sample_ids, state, prompts, attempts, reason, times, receipt, retry_at"
 
 
-class SQLiteQueue(ForgetQueue):
-    def __init__(self, path: Path, synchronous: Synchronous = "FULL"):
-        self.path = Path(path)
-        self.synchronous = synchronous
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._secret = load_secret(self.path.parent / "secret.key")
-        with closing(self._connect()) as db:
-            db.executescript(_SCHEMA)  # idempotent: CREATE ... IF NOT EXISTS
-        with self._transaction() as db:  # one process migrates; the others then find it done
-            (version,) = db.execute("PRAGMA user_version").fetchone()
-            for statement in _MIGRATIONS[version:]:
-                db.execute(statement)
-            db.execute(f"PRAGMA user_version = {len(_MIGRATIONS)}")
+class SQLQueue(ForgetQueue):
+    """The queue in a database (SQLite or PostgreSQL); `secret_file` keys the dedup hash and
+    must be the same file for every process that shares the database."""
 
-    def _connect(self) -> sqlite3.Connection:
-        # A connection per call (server, worker and CLI share the file): adapters/sqlite.py.
-        try:
-            return sqlite_connect(self.path, self.synchronous)
-        except sqlite3.Error as e:
-            raise QueueError(f"cannot open the forget queue {self.path}: {e}") from e
+    def __init__(self, database: Database, secret_file: Path):
+        self.database = database
+        self._secret = load_secret(Path(secret_file))
+        self._listener = database.listener(CHANNEL)
+        with self._errors():
+            database.migrate("queue", _SCHEMA, _MIGRATIONS)
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def _errors(self) -> Iterator[None]:
         try:
-            with sqlite_transaction(self.path, self.synchronous) as db:
-                yield db
-        except sqlite3.Error as e:
-            raise QueueError(f"forget queue {self.path}: {e}") from e
+            yield
+        except DatabaseError as e:
+            raise QueueError(f"forget queue: {e}") from e
+
+    @contextmanager
+    def _read(self):
+        with self._errors(), self.database.read() as db:
+            yield db
+
+    @contextmanager
+    def _write(self):
+        with self._errors(), self.database.write() as db:
+            yield db
 
     def _rows(self, db, where: str, params=()) -> list[ForgetRequest]:
-        rows = db.execute(
-            "SELECT id, owner, sample_ids, state, prompts, attempts, reason, times, receipt, "
-            f"retry_at FROM requests WHERE {where} ORDER BY seq", tuple(params)).fetchall()
+        rows = db.execute(f"SELECT {_COLUMNS} FROM requests WHERE {where} ORDER BY seq",
+                          tuple(params)).fetchall()
         return [ForgetRequest(id=r[0], owner=r[1], sample_ids=json.loads(r[2]), state=r[3],
                               prompts=None if r[4] is None else json.loads(r[4]), attempts=r[5],
                               reason=r[6], times=json.loads(r[7]),
@@ -205,10 +216,10 @@ class SQLiteQueue(ForgetQueue):
             db, f"state = 'retraining' AND lease_owner = ? AND id IN "
                 f"({','.join('?' * len(request_ids))})", (worker, *request_ids))]
 
-    def submit(self, owner, sample_ids, prompts):
+    def submit(self, owner, sample_ids, prompts, shards=None):
         # Identity of a request's content: the same ids and prompts are the same request.
         key = keyed_hash(self._secret, json.dumps([sorted(set(sample_ids)), sorted(set(prompts))]))
-        with self._transaction() as db:
+        with self._write() as db:
             existing = self._rows(db, "key = ?", (key,))
             if existing:
                 if existing[0].state == "failed":  # asked again: retry it now
@@ -221,70 +232,76 @@ class SQLiteQueue(ForgetQueue):
                                     sample_ids=sorted(set(sample_ids)), state="received",
                                     prompts=list(prompts), times={"received": time.time()})
             db.execute(
-                "INSERT INTO requests (id, key, owner, sample_ids, prompts, state, times, seq) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO requests (id, key, owner, sample_ids, prompts, state, times, seq, "
+                "shards) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (request.id, key, owner, json.dumps(request.sample_ids),
-                 json.dumps(request.prompts), request.state, json.dumps(request.times), seq))
+                 json.dumps(request.prompts), request.state, json.dumps(request.times), seq,
+                 None if shards is None else json.dumps(sorted({int(k) for k in shards}))))
+            db.notify(CHANNEL)
         return request, True
 
     def get(self, request_id):
-        with closing(self._connect()) as db:
+        with self._read() as db:
             rows = self._rows(db, "id = ?", (request_id,))
         if not rows:
             raise UnknownRequestError(request_id)
         return rows[0]
 
     def list(self, states=STATES):
-        with closing(self._connect()) as db:
+        with self._read() as db:
             return self._rows(db, f"state IN ({','.join('?' * len(states))})", states)
 
     def counts(self):
-        with closing(self._connect()) as db:
-            rows = dict(db.execute("SELECT state, COUNT(*) FROM requests GROUP BY state"))
+        with self._read() as db:
+            rows = dict(db.execute("SELECT state, COUNT(*) FROM requests GROUP BY state")
+                        .fetchall())
         return {state: rows.get(state, 0) for state in STATES}
 
     def mark_guarded(self, request_id):
-        with self._transaction() as db:
+        with self._write() as db:
             if self._rows(db, "id = ? AND state = 'received'", (request_id,)):
                 self._enter(db, request_id, "guarded", time.time())
 
     def lease(self, worker, seconds):
         now = time.time()
-        with self._transaction() as db:
-            taken = self._rows(
-                db, "state IN ('received', 'guarded') "
-                    "OR (state = 'retraining' AND lease_until < ?) "
-                    "OR (state = 'failed' AND retry_at <= ?)", (now, now))
-            for request in taken:
-                self._enter(db, request.id, "retraining", now,
+        with self._write() as db:
+            due = db.execute(
+                "SELECT id, shards FROM requests WHERE state IN ('received', 'guarded') "
+                "OR (state = 'retraining' AND lease_until < ?) "
+                "OR (state = 'failed' AND retry_at <= ?) ORDER BY seq", (now, now)).fetchall()
+            held = db.execute(
+                "SELECT shards FROM requests WHERE state = 'retraining' AND lease_until >= ? "
+                "AND lease_owner != ?", (now, worker)).fetchall()
+            ids = _shard_group([(i, _shard_keys(k)) for i, k in due],
+                               {key for (k,) in held for key in _shard_keys(k)})
+            for request_id in ids:
+                self._enter(db, request_id, "retraining", now,
                             ", lease_owner = ?, lease_until = ?, attempts = attempts + 1",
                             (worker, now + seconds))
-            ids = [r.id for r in taken]
             return self._rows(db, f"id IN ({','.join('?' * len(ids))})", ids) if ids else []
 
     def heartbeat(self, worker, request_ids, seconds):
-        with self._transaction() as db:
+        with self._write() as db:
             db.executemany("UPDATE requests SET lease_until = ? WHERE id = ? AND lease_owner = ? "
                            "AND state = 'retraining'",
                            [(time.time() + seconds, rid, worker) for rid in request_ids])
 
     def complete(self, worker, receipts):
         now = time.time()
-        with self._transaction() as db:
+        with self._write() as db:
             for rid in self._owned(db, worker, list(receipts)):
                 times = self._enter(db, rid, "completed", now,
                                     ", prompts = NULL, reason = NULL, lease_owner = NULL, "
                                     "retry_at = NULL")
                 db.execute("UPDATE requests SET receipt = ? WHERE id = ?",
                            (json.dumps({**receipts[rid], "times": times}), rid))
-        try:  # the purged prompts leave no copy in the WAL
-            sqlite_checkpoint(self.path, self.synchronous)
-        except sqlite3.Error as e:
-            raise QueueError(f"forget queue {self.path}: {e}") from e
+            db.notify(CHANNEL)
+        with self._errors():  # the purged prompts leave no copy in the database's files
+            self.database.purged("requests")
 
     def fail(self, worker, request_ids, reason, retry_after, retry_max):
         now = time.time()
-        with self._transaction() as db:
+        with self._write() as db:
             for rid in self._owned(db, worker, request_ids):
                 (attempts,) = db.execute("SELECT attempts FROM requests WHERE id = ?",
                                          (rid,)).fetchone()
@@ -293,7 +310,44 @@ class SQLiteQueue(ForgetQueue):
                             "lease_until = NULL",
                             (reason, now, now + backoff(attempts, retry_after, retry_max)))
 
+    def wait(self, timeout):
+        return self._listener.wait(timeout)
 
-def open_queue(path: Path, synchronous: Synchronous) -> ForgetQueue:
-    """The forget queue at `path` (config: `Config.queue_path`, `forget.synchronous`)."""
-    return SQLiteQueue(path, synchronous)
+
+def _shard_keys(shards_json: str | None) -> set[str]:
+    """A request's shards as lease keys; an unknown set ('*') groups with the other unknowns."""
+    return {"*"} if shards_json is None else {str(k) for k in json.loads(shards_json)}
+
+
+def _shard_group(due: list[tuple[str, set[str]]], held: set[str]) -> list[str]:
+    """The ids to lease from `due` ((id, shard keys), oldest first): the oldest request none of
+    whose shards is `held` elsewhere, then, until nothing changes, every due request that shares
+    a shard with the group and touches no held one."""
+    free = [(i, keys) for i, keys in due if not keys & held]
+    if not free:
+        return []
+    group, shards = {free[0][0]}, set(free[0][1])
+    grown = True
+    while grown:
+        grown = False
+        for i, keys in free:
+            if i not in group and keys & shards:
+                group.add(i)
+                shards |= keys
+                grown = True
+    return [i for i, _ in free if i in group]
+
+
+class SQLiteQueue(SQLQueue):
+    """The embedded default: a SQLite file, its dedup key `secret.key` beside it."""
+
+    def __init__(self, path: Path, synchronous: Literal["FULL", "NORMAL"] = "FULL"):
+        self.path = Path(path)
+        super().__init__(open_database(self.path, synchronous), self.path.parent / "secret.key")
+
+
+def open_queue(target: Path | str, synchronous: Literal["FULL", "NORMAL"],
+               secret_file: Path) -> ForgetQueue:
+    """The forget queue at `target`: a SQLite file or a database URL (config: `store.url`,
+    `forget.synchronous`)."""
+    return SQLQueue(open_database(target, synchronous), secret_file)

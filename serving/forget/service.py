@@ -6,8 +6,10 @@ submit():  resolve the owner or sample ids in the lineage (unknown ones change n
            who skips held shards is the router's policy, serving/mixtures.py) -> `guarded`.
            The API answers 202 only after all of this, so the guard is active before the
            client hears back.
-sync():    keep the guard in step with the queue, every `forget.poll_seconds`: exemplars for
-           active requests it has none for (accepted before a restart, or by another replica),
+sync():    keep the guard in step with the queue, every `forget.poll_seconds` and whenever the
+           queue says a request was submitted or completed anywhere (PostgreSQL's NOTIFY):
+           exemplars for active requests it has none for (accepted before a restart, or by
+           another replica),
            and retirement of the exemplars of completed ones (the worker made them exact);
            quarantine holds of requests no longer pending are released (a worker that died
            between completing a request and releasing its holds leaves none behind).
@@ -56,9 +58,9 @@ class ForgetService:
         """(request, created). Raises UnknownSampleError (nothing is stored) for an unknown
         owner or sample id."""
         ids = self.lineage.owner_sample_ids(owner) if owner is not None else sorted(set(sample_ids))
-        self.lineage.shards_of(ids)  # every id must exist
+        shards = self.lineage.shards_of(ids)  # every id must exist
         with self._lock:
-            request, created = self.queue.submit(owner, ids, prompts)
+            request, created = self.queue.submit(owner, ids, prompts, sorted(shards))
             if request.state in ACTIVE and request.id not in self._active:
                 self._activate(request)
             if created:

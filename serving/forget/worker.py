@@ -31,10 +31,11 @@ import time
 import uuid
 from pathlib import Path
 
-from adapters import ShardStore
+from adapters import Database, ShardStore
 
 from ..config import Config, load_config
 from ..logs import configure_logging
+from ..shards import store_database
 from .queue import ForgetQueue, ForgetRequest, backoff, open_queue
 
 log = logging.getLogger("lethe.worker")
@@ -43,9 +44,11 @@ log = logging.getLogger("lethe.worker")
 class Worker:
     def __init__(self, queue: ForgetQueue, store_dir: Path, *, lease_seconds: float,
                  retry_after: float, retry_max: float, poll_seconds: float,
-                 coalesce_seconds: float = 0.0):
+                 coalesce_seconds: float = 0.0, database: Database | None = None):
+        """`database`: where the store's lineage lives (None: in `store_dir`)."""
         self.queue = queue
         self.store_dir = Path(store_dir)
+        self.database = database
         self.lease_seconds = lease_seconds
         self.retry_after, self.retry_max = retry_after, retry_max
         self.poll_seconds = poll_seconds
@@ -58,11 +61,12 @@ class Worker:
         """The configured worker; `queue` and `store_dir` replace the configured ones (the
         evaluation's stores live in a folder of their own)."""
         f = config.forget
-        return cls(queue or open_queue(config.queue_path, f.synchronous),
+        return cls(queue or open_queue(config.queue_target, f.synchronous, config.secret_file),
                    store_dir or config.store_dir,
                    lease_seconds=f.lease_seconds, retry_after=f.retry_after_seconds,
                    retry_max=f.retry_max_seconds, poll_seconds=f.poll_seconds,
-                   coalesce_seconds=f.coalesce_seconds)
+                   coalesce_seconds=f.coalesce_seconds,
+                   database=None if store_dir else store_database(config))
 
     def run(self, stop: threading.Event) -> None:
         """Rounds until `stop`. An error outside a request's retrain (the queue locked or
@@ -108,7 +112,7 @@ class Worker:
         tried alone, so that one failing request never fails those coalesced with it."""
         ids = [r.id for r in batch]
         try:
-            store = ShardStore(self.store_dir)
+            store = ShardStore(self.store_dir, database=self.database)
             samples = sorted({i for r in batch for i in r.sample_ids})
             results = store.forget_samples(samples, release=ids)
             receipts = {r.id: self._receipt(r, store.receipt(r.sample_ids, results), ids)

@@ -4,13 +4,14 @@ import sqlite3
 import numpy as np
 import pytest
 
-from adapters import Lineage, LineageError, UnknownSampleError, synth_people
+from adapters import Lineage, LineageError, UnknownSampleError, open_database, synth_people
 
 
 @pytest.fixture
-def lineage(tmp_path):
+def lineage(database_target, tmp_path):
+    """A lineage in each backend (SQLite file, PostgreSQL); the same contract."""
     samples = synth_people(3, seed=0, facts_per_person=2)  # person-0000..0002, two facts each
-    lineage = Lineage(tmp_path / "lineage.db")
+    lineage = Lineage(open_database(database_target), tmp_path / "secret.key")
     lineage.assign(samples, np.array([0, 0, 1, 1, 1, 0]), np.eye(2, 4))
     return lineage
 
@@ -25,10 +26,10 @@ def test_shard_samples_are_the_live_samples_sorted_by_id(lineage):
     assert sizes(lineage) == {0: 3, 1: 3}
 
 
-def test_tombstone_reports_shards_and_survives_reopening(lineage):
+def test_tombstone_reports_shards_and_survives_reopening(lineage, database_target, tmp_path):
     assert lineage.tombstone(["person-0001-fact0", "person-0000-fact0"]) == {
         0: ["person-0000-fact0"], 1: ["person-0001-fact0"]}
-    reopened = Lineage(lineage.path)
+    reopened = Lineage(open_database(database_target), tmp_path / "secret.key")
     assert reopened.forgotten_ids() == {"person-0000-fact0", "person-0001-fact0"}
     assert "person-0000-fact0" not in [s.id for s in reopened.shard_samples(0)]
     assert sizes(reopened) == {0: 2, 1: 2}
@@ -50,7 +51,8 @@ def test_owner_lookup(lineage):
 def test_purge_drops_text_of_forgotten_samples_only(lineage):
     lineage.tombstone(["person-0000-fact0"])
     assert lineage.purge_text(["person-0000-fact0", "person-0000-fact1"]) == 1
-    rows = lineage._query("SELECT id, prompt, content_hash FROM samples WHERE owner = 'person-0000'")
+    rows = lineage._query("SELECT id, prompt, content_hash FROM samples WHERE owner = 'person-0000' "
+                           "ORDER BY id")
     assert rows[0][1] is None and len(rows[0][2]) == 64  # text gone, hash kept
     assert rows[1][1] is not None
 
@@ -60,14 +62,17 @@ def test_a_second_partition_is_refused(lineage):
         lineage.assign(synth_people(1), np.array([0]), np.eye(1, 4))
 
 
-def test_a_purge_leaves_no_copy_of_the_text_in_any_file(lineage):
+def test_a_purge_leaves_no_copy_of_the_text_in_any_file(tmp_path):
     victim = synth_people(3, seed=0, facts_per_person=2)[0]
-    other = sqlite3.connect(lineage.path)  # another process's connection, open throughout
+    lineage = Lineage(open_database(tmp_path / "lineage.db"), tmp_path / "secret.key")
+    lineage.assign(synth_people(3, seed=0, facts_per_person=2), np.array([0, 0, 1, 1, 1, 0]),
+                   np.eye(2, 4))
+    other = sqlite3.connect(lineage.database.path)  # another process's connection, open throughout
     other.execute("SELECT COUNT(*) FROM samples").fetchall()
     lineage.tombstone([victim.id])
     lineage.purge_text([victim.id])
-    files = sorted(p for p in lineage.path.parent.iterdir() if p.is_file())
-    assert lineage.path.with_name("lineage.db-wal") in files  # the log is there, truncated
+    files = sorted(p for p in tmp_path.iterdir() if p.is_file())
+    assert tmp_path / "lineage.db-wal" in files  # the log is there, truncated
     for path in files:
         data = path.read_bytes()
         for text in (victim.prompt, victim.response):
@@ -75,7 +80,16 @@ def test_a_purge_leaves_no_copy_of_the_text_in_any_file(lineage):
     other.close()
 
 
-def test_the_hash_kept_after_a_purge_cannot_be_found_by_hashing_the_text(lineage):
+def test_a_purge_leaves_the_text_in_no_row_of_the_database(lineage):
+    victim = synth_people(3, seed=0, facts_per_person=2)[0]
+    lineage.tombstone([victim.id])
+    lineage.purge_text([victim.id])
+    rows = lineage._query("SELECT * FROM samples")
+    assert rows and not any(victim.prompt in str(row) or victim.response in str(row)
+                            for row in rows)
+
+
+def test_the_hash_kept_after_a_purge_cannot_be_found_by_hashing_the_text(lineage, tmp_path):
     victim = synth_people(3, seed=0, facts_per_person=2)[0]
     lineage.tombstone([victim.id])
     lineage.purge_text([victim.id])
@@ -84,4 +98,4 @@ def test_the_hash_kept_after_a_purge_cannot_be_found_by_hashing_the_text(lineage
                victim.prompt, victim.response, victim.prompt + victim.response]
     assert kept not in {hashlib.sha256(g.encode()).hexdigest() for g in guesses}
     assert kept == lineage.content_hash(victim)  # the key holder can still prove identity
-    assert (lineage.path.parent / "secret.key").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "secret.key").stat().st_mode & 0o777 == 0o600

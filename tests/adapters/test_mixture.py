@@ -1,10 +1,11 @@
+import gc
 import json
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from adapters import MixtureCache, MixtureError, combine, synth_people
+from adapters import MixtureCache, MixtureError, ShardStore, combine, synth_people
 from adapters.registry import CONFIG, WEIGHTS
 
 
@@ -43,7 +44,7 @@ def test_mixtures_are_named_by_content_and_cached(make_store, people):
 
 def test_cache_evicts_the_least_recently_used(make_store, people, tmp_path):
     store = make_store(people)
-    cache = MixtureCache(tmp_path / "small", capacity=2)
+    cache = MixtureCache(tmp_path / "small", "test", capacity=2)
     versions = store.current_versions()
     first = cache.get([(versions[0], 1.0)])
     cache.get([(versions[1], 1.0)])
@@ -72,3 +73,21 @@ def test_a_sweep_after_a_republish_deletes_superseded_mixtures_not_pinned_ones(m
 def test_combining_nothing_is_an_error():
     with pytest.raises(MixtureError, match="at least one"):
         combine([])
+
+
+def test_a_sweep_never_touches_another_live_processs_mixtures_and_cleans_a_dead_ones(
+        make_store, people):
+    store = make_store(people)
+    replica = ShardStore(store.root, mixtures="replica-b")  # another server on the same store
+    theirs = replica.mixture({0: 1.0})
+    replica.mixtures.pin(theirs.name)  # in flight there
+    ours = store.mixture({0: 1.0})
+    store.forget_samples([store.lineage.shard_samples(0)[0].id])
+
+    assert store.sweep_mixtures() == [ours.name]
+    assert theirs.path.exists()  # its process lives and holds its folder
+    replica.mixtures.unpin(theirs.name)
+    del replica  # the replica is gone (a process that died drops its lock the same way)
+    gc.collect()
+    assert store.sweep_mixtures() == [theirs.name]
+    assert not theirs.path.exists()

@@ -1,33 +1,46 @@
 """The forget queue: durable, idempotent, leased; a dead worker's requests are taken again; a
-failed one is retried until it completes."""
+failed one is retried until it completes. Every contract test runs on both backends (a SQLite
+file, a real PostgreSQL server)."""
 
 import hashlib
 import json
 import sqlite3
+import subprocess
+import sys
+import threading
 import time
 
 import pytest
 
-from serving.forget import SQLiteQueue, UnknownRequestError
+from serving.forget import SQLiteQueue, UnknownRequestError, open_queue
 
 
 @pytest.fixture
-def queue(tmp_path):
-    return SQLiteQueue(tmp_path / "forget.db")
+def queue(database_target, tmp_path):
+    return open_queue(database_target, "FULL", tmp_path / "secret.key")
+
+
+def raw(queue, sql, params=()):
+    """Rows as stored, through a connection of the queue's own database."""
+    with queue.database.read() as db:
+        return db.execute(sql, params).fetchall()
 
 
 def lease(queue, worker="w1", seconds=60.0):
     return queue.lease(worker, seconds)
 
 
-def test_a_submitted_request_is_durable_and_committed_with_full_sync(queue, tmp_path):
+def test_a_submitted_request_is_durable(queue, database_target, tmp_path):
     request, created = queue.submit("person-1", ["b", "a"], ["Where is Kalo?"])
     assert created and request.state == "received" and request.sample_ids == ["a", "b"]
-    reopened = SQLiteQueue(tmp_path / "forget.db")  # another process's view
+    reopened = open_queue(database_target, "FULL", tmp_path / "secret.key")  # another process
     assert reopened.get(request.id).prompts == ["Where is Kalo?"]
-    db = reopened._connect()
-    assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-    assert db.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL
+
+
+def test_a_sqlite_queue_commits_with_full_sync(tmp_path):
+    queue = SQLiteQueue(tmp_path / "forget.db")
+    assert raw(queue, "PRAGMA journal_mode") == [("wal",)]
+    assert raw(queue, "PRAGMA synchronous") == [(2,)]  # FULL
 
 
 def test_a_duplicate_request_returns_the_first_one(queue):
@@ -76,7 +89,7 @@ def test_completion_records_the_receipt_and_purges_the_prompts(queue):
     assert done.state == "completed" and done.prompts is None
     assert done.receipt["shards"] == [{"shard": 0}]
     assert set(done.receipt["times"]) == {"received", "retraining", "completed"}
-    [(prompts,)] = sqlite3.connect(queue.path).execute("SELECT prompts FROM requests").fetchall()
+    [(prompts,)] = raw(queue, "SELECT prompts FROM requests")
     assert prompts is None
     assert lease(queue) == []
 
@@ -115,8 +128,74 @@ def test_counts_per_state_and_the_keyed_dedup_hash(queue):
     queue.complete("w1", {a.id: {"shards": []}})
     assert queue.counts() == {"received": 0, "guarded": 0, "retraining": 1, "completed": 1,
                               "failed": 0}
-    [(key,)] = sqlite3.connect(queue.path).execute(
-        "SELECT key FROM requests WHERE id = ?", (a.id,)).fetchall()
+    [(key,)] = raw(queue, "SELECT key FROM requests WHERE id = ?", (a.id,))
     plain = json.dumps([["a"], ["Where does Kalo live?"]])
     assert key != hashlib.sha256(plain.encode()).hexdigest()  # not a guessable plain hash
-    assert (queue.path.parent / "secret.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_queue_file_of_an_older_version_is_migrated_forward(tmp_path):
+    old = sqlite3.connect(tmp_path / "forget.db")  # schema version 1: no shards column yet
+    old.executescript(
+        "CREATE TABLE requests (id TEXT PRIMARY KEY, key TEXT NOT NULL UNIQUE, owner TEXT, "
+        "sample_ids TEXT NOT NULL, prompts TEXT, state TEXT NOT NULL, attempts INTEGER NOT NULL "
+        "DEFAULT 0, reason TEXT, times TEXT NOT NULL, lease_owner TEXT, lease_until REAL, "
+        "failed_at REAL, receipt TEXT, seq INTEGER NOT NULL, retry_at REAL);"
+        "INSERT INTO requests (id, key, sample_ids, prompts, state, times, seq) VALUES "
+        "('fgt-old', 'k', '[\"a\"]', '[]', 'received', '{}', 1);"
+        "PRAGMA user_version = 1;")
+    old.close()
+    queue = SQLiteQueue(tmp_path / "forget.db")
+    new, _ = queue.submit(None, ["b"], [], shards=[3])
+    assert [r.id for r in queue.list()] == ["fgt-old", new.id]
+    assert raw(queue, "SELECT component, version FROM lethe_schema") == [("queue", 2)]
+    assert [r.id for r in lease(queue)] == ["fgt-old"]  # unknown shards: a group of its own
+
+
+def test_the_secret_key_is_private(queue, tmp_path):
+    assert (tmp_path / "secret.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_lease_takes_one_shard_group_and_leaves_other_shards_to_other_workers(queue):
+    a, _ = queue.submit(None, ["a"], [], shards=[0])
+    b, _ = queue.submit(None, ["b"], [], shards=[1])
+    ab, _ = queue.submit(None, ["c"], [], shards=[1, 2])
+    d, _ = queue.submit(None, ["d"], [], shards=[0])
+    assert [r.id for r in lease(queue, "w1")] == [a.id, d.id]  # shard 0's requests together
+    assert [r.id for r in lease(queue, "w2")] == [b.id, ab.id]  # shards 1 and 2, at once
+    assert lease(queue, "w3") == []
+
+
+def test_a_request_on_a_shard_another_worker_retrains_waits_for_that_lease(queue):
+    a, _ = queue.submit(None, ["a"], [], shards=[0])
+    lease(queue, "w1", seconds=0.3)
+    late, _ = queue.submit(None, ["b"], [], shards=[0, 1])
+    other, _ = queue.submit(None, ["c"], [], shards=[2])
+    assert [r.id for r in lease(queue, "w2")] == [other.id]  # not shard 0 while w1 holds it
+    queue.complete("w1", {a.id: {"shards": []}})
+    assert [r.id for r in lease(queue, "w2")] == [late.id]
+
+
+def test_two_processes_leasing_at_once_never_take_a_request_twice(queue, database_target,
+                                                                  tmp_path):
+    ids = {queue.submit(None, [f"s{i}"], [], shards=[i % 4])[0].id for i in range(40)}
+    code = ("import json, sys; from pathlib import Path; from serving.forget import open_queue; "
+            "q = open_queue(sys.argv[1], 'FULL', Path(sys.argv[2])); taken = []\n"
+            "for _ in range(20): taken += [r.id for r in q.lease(sys.argv[3], 60)]\n"
+            "print(json.dumps(taken))")
+    workers = [subprocess.Popen([sys.executable, "-c", code, str(database_target),
+                                 str(tmp_path / "secret.key"), f"w{n}"], stdout=subprocess.PIPE)
+               for n in range(2)]
+    taken = [json.loads(w.communicate(timeout=120)[0]) for w in workers]
+    assert not set(taken[0]) & set(taken[1])
+    assert set(taken[0]) | set(taken[1]) == ids
+
+
+@pytest.mark.postgres
+def test_a_submission_on_one_replica_wakes_another_at_once(postgres_url, tmp_path):
+    queue = open_queue(postgres_url, "FULL", tmp_path / "secret.key")
+    other = open_queue(postgres_url, "FULL", tmp_path / "secret.key")
+    other.wait(0.01)  # listening from here on
+    threading.Timer(0.2, queue.submit, (None, ["a"], [])).start()
+    start = time.monotonic()
+    assert other.wait(5.0) is True
+    assert time.monotonic() - start < 2.0

@@ -1,0 +1,345 @@
+"""Where Lethe's tables live (the lineage here; the forget queue in serving/): one `Database`,
+chosen by its URL from a registry of backends.
+
+    a path, or sqlite:///abs/path.db   SQLite, embedded, one machine (the default): sqlite.py's
+                                      rules (WAL, synchronous=FULL, secure_delete, checkpoint)
+    postgresql://user:pw@host/db       PostgreSQL, shared by several server replicas and workers
+
+Code above this module writes one SQL for both: `?` placeholders, `ON CONFLICT DO NOTHING`,
+`CASE` instead of summing booleans, and `{real}` / `{bytes}` for the two column types whose
+names differ. What differs is here:
+
+- `write()`: one writer at a time per database, as SQLite's BEGIN IMMEDIATE gives; on
+  PostgreSQL a transaction-scoped advisory lock, so a read-then-update (a lease) never races.
+- `migrate()`: forward migrations counted per component in the `lethe_schema` table (an old
+  SQLite file counted them in its user_version, which seeds the count).
+- `exclusive(name)`: a lock held until the block ends or its holder dies (SIGKILL included):
+  flock(2) on a file beside the SQLite database; on PostgreSQL a session advisory lock, which the
+  server drops with the holder's connection. At most one holder anywhere in the cluster.
+- `purged(table)`: after raw text is removed. SQLite: the WAL is truncated (secure_delete has
+  zeroed the pages). PostgreSQL: the table is vacuumed, so no live or dead row holds the text;
+  the server's own WAL segments and free space keep old bytes until they are recycled and
+  overwritten (README, "Several replicas": what the database's storage must guarantee).
+- `notify(channel)` in a write transaction, `listener(channel).wait(timeout)`: PostgreSQL's
+  LISTEN/NOTIFY, so another replica learns of a forget request at once; SQLite has none (its
+  listener just waits out the timeout: the caller's periodic sync is the mechanism there).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import threading
+from abc import ABC, abstractmethod
+from contextlib import closing, contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from .errors import AdapterError
+from .locks import file_lock
+from .sqlite import Synchronous, checkpoint, connect, transaction
+
+
+class DatabaseError(AdapterError, RuntimeError):
+    """A store's database cannot be opened, read or written (the message says which and why)."""
+
+
+class Connection(ABC):
+    """One connection, within `read()` or `write()`: SQL with `?` placeholders."""
+
+    @abstractmethod
+    def execute(self, sql: str, params: Sequence = ()) -> Any:
+        """Returns a cursor (fetchone, fetchall, rowcount)."""
+
+    @abstractmethod
+    def executemany(self, sql: str, rows: Sequence[Sequence]) -> int:
+        """Returns the number of rows changed."""
+
+    def notify(self, channel: str) -> None:
+        """Tell listeners on `channel`, once this transaction commits."""
+
+
+class Listener(ABC):
+    @abstractmethod
+    def wait(self, timeout: float) -> bool:
+        """Block until a notification on the channel or `timeout` seconds; whether one came."""
+
+
+class Database(ABC):
+    url: str  # for messages: never holds a password
+    types: dict[str, str]  # {real}, {bytes} in DDL
+
+    @abstractmethod
+    def read(self) -> Iterator[Connection]: ...
+
+    @abstractmethod
+    def write(self) -> Iterator[Connection]:
+        """A transaction, committed at the end of the block, rolled back on an error; no other
+        write to this database runs beside it."""
+
+    @abstractmethod
+    def exclusive(self, name: str) -> Iterator[None]:
+        """Hold the cluster-wide lock `name` for the block (waiting for it if need be)."""
+
+    @abstractmethod
+    def purged(self, table: str) -> None: ...
+
+    @abstractmethod
+    def listener(self, channel: str) -> Listener: ...
+
+    def migrate(self, component: str, schema: str, migrations: Sequence[str]) -> None:
+        """Create `component`'s tables if missing (`schema`: statements, each ending with `;` at
+        the end of a line), then apply the `migrations` it has not had yet, in order. Safe from
+        several processes."""
+        with self.write() as db:
+            db.execute("CREATE TABLE IF NOT EXISTS lethe_schema "
+                       "(component TEXT PRIMARY KEY, version INTEGER NOT NULL)")
+            for statement in schema.format(**self.types).split(";\n"):
+                if statement.strip():
+                    db.execute(statement)
+            row = db.execute("SELECT version FROM lethe_schema WHERE component = ?",
+                             (component,)).fetchone()
+            version = row[0] if row else self._legacy_version(db)
+            for statement in migrations[version:]:
+                db.execute(statement.format(**self.types))
+            db.execute("INSERT INTO lethe_schema (component, version) VALUES (?, ?) "
+                       "ON CONFLICT (component) DO UPDATE SET version = excluded.version",
+                       (component, len(migrations)))
+
+    def _legacy_version(self, db: Connection) -> int:
+        return 0
+
+
+# --- SQLite ---------------------------------------------------------------------------------
+
+
+class _SQLiteConnection(Connection):
+    def __init__(self, db: sqlite3.Connection):
+        self._db = db
+
+    def execute(self, sql, params=()):
+        return self._db.execute(sql, tuple(params))
+
+    def executemany(self, sql, rows):
+        return self._db.executemany(sql, rows).rowcount
+
+
+class _Sleeper(Listener):
+    def __init__(self):
+        self._never = threading.Event()
+
+    def wait(self, timeout):
+        self._never.wait(timeout)
+        return False
+
+
+class SQLiteDatabase(Database):
+    types = {"real": "REAL", "bytes": "BLOB"}
+
+    def __init__(self, path: Path, synchronous: Synchronous = "FULL"):
+        self.path = Path(path)
+        self.url = f"sqlite:///{self.path}"
+        self.synchronous = synchronous
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise DatabaseError(f"cannot create {self.path.parent}: {e.strerror}") from e
+
+    @contextmanager
+    def read(self):
+        try:
+            with closing(connect(self.path, self.synchronous)) as db:
+                yield _SQLiteConnection(db)
+        except sqlite3.Error as e:
+            raise DatabaseError(f"{self.path}: {e}") from e
+
+    @contextmanager
+    def write(self):
+        try:
+            with transaction(self.path, self.synchronous) as db:
+                yield _SQLiteConnection(db)
+        except sqlite3.Error as e:
+            raise DatabaseError(f"{self.path}: {e}") from e
+
+    @contextmanager
+    def exclusive(self, name):
+        (self.path.parent / "locks").mkdir(exist_ok=True)
+        with file_lock(self.path.parent / "locks" / f"{name}.lock"):
+            yield
+
+    def purged(self, table):
+        try:
+            checkpoint(self.path, self.synchronous)
+        except sqlite3.Error as e:
+            raise DatabaseError(f"{self.path}: {e}") from e
+
+    def listener(self, channel):
+        return _Sleeper()
+
+    def _legacy_version(self, db):
+        (version,) = db.execute("PRAGMA user_version").fetchone()
+        return version
+
+
+# --- PostgreSQL -----------------------------------------------------------------------------
+
+
+def _lock_key(name: str) -> int:
+    """A signed 64-bit advisory lock key for `name`."""
+    return int.from_bytes(hashlib.sha256(f"lethe:{name}".encode()).digest()[:8], "big",
+                          signed=True)
+
+
+class _PostgresConnection(Connection):
+    def __init__(self, db):
+        self._db = db
+
+    @staticmethod
+    def _sql(sql: str) -> str:
+        return sql.replace("%", "%%").replace("?", "%s")
+
+    def execute(self, sql, params=()):
+        return self._db.execute(self._sql(sql), tuple(params))
+
+    def executemany(self, sql, rows):
+        with self._db.cursor() as cursor:
+            cursor.executemany(self._sql(sql), rows)
+            return cursor.rowcount
+
+    def notify(self, channel):
+        self._db.execute(f"NOTIFY {channel}")
+
+
+class _PostgresListener(Listener):
+    """LISTEN on a connection of its own, opened again after an error (the wait then falls back
+    to sleeping out its timeout, so the caller's periodic sync still runs)."""
+
+    def __init__(self, database: "PostgresDatabase", channel: str):
+        self.database, self.channel = database, channel
+        self._db = None
+        self._idle = threading.Event()
+
+    def wait(self, timeout):
+        psycopg = _psycopg()
+        try:
+            if self._db is None or self._db.closed:
+                self._db = self.database._connect()
+                self._db.execute(f"LISTEN {self.channel}")
+            return any(True for _ in self._db.notifies(timeout=timeout, stop_after=1))
+        except psycopg.Error:
+            if self._db is not None:
+                self._db.close()
+            self._db = None
+            self._idle.wait(timeout)
+            return False
+
+
+def _psycopg():
+    try:
+        import psycopg
+    except ImportError as e:  # a dependency of the project: only a broken install lacks it
+        raise DatabaseError("PostgreSQL stores need psycopg (pip install 'psycopg[binary]')") from e
+    return psycopg
+
+
+class PostgresDatabase(Database):
+    types = {"real": "DOUBLE PRECISION", "bytes": "BYTEA"}
+
+    def __init__(self, url: str, synchronous: Synchronous = "FULL"):
+        self._dsn = url
+        self.url = _redact(url)
+        # synchronous: PostgreSQL commits durably by default (synchronous_commit=on); NORMAL
+        # maps to synchronous_commit=off, which, like SQLite's NORMAL, may lose the last commits.
+        self._options = "" if synchronous == "FULL" else "-c synchronous_commit=off"
+        with self.read():  # fail now, naming the server, rather than on the first request
+            pass
+
+    def _connect(self):
+        psycopg = _psycopg()
+        try:
+            return psycopg.connect(self._dsn, autocommit=True, connect_timeout=10,
+                                   **({"options": self._options} if self._options else {}))
+        except psycopg.Error as e:
+            raise DatabaseError(f"cannot connect to {self.url}: {e}") from e
+
+    @contextmanager
+    def read(self):
+        psycopg = _psycopg()
+        with closing(self._connect()) as db:
+            try:
+                yield _PostgresConnection(db)
+            except psycopg.Error as e:
+                raise DatabaseError(f"{self.url}: {e}") from e
+
+    @contextmanager
+    def write(self):
+        psycopg = _psycopg()
+        with closing(self._connect()) as db:
+            try:
+                with db.transaction():
+                    db.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key("write"),))
+                    yield _PostgresConnection(db)
+            except psycopg.Error as e:
+                raise DatabaseError(f"{self.url}: {e}") from e
+
+    @contextmanager
+    def exclusive(self, name):
+        psycopg = _psycopg()
+        with closing(self._connect()) as db:  # closing it (or the holder dying) drops the lock
+            try:
+                db.execute("SELECT pg_advisory_lock(%s)", (_lock_key(name),))
+            except psycopg.Error as e:
+                raise DatabaseError(f"{self.url}: lock {name}: {e}") from e
+            yield
+
+    def purged(self, table):
+        psycopg = _psycopg()
+        with closing(self._connect()) as db:
+            try:
+                db.execute(f"VACUUM {table}")
+            except psycopg.Error as e:
+                raise DatabaseError(f"{self.url}: {e}") from e
+
+    def listener(self, channel):
+        return _PostgresListener(self, channel)
+
+
+def _redact(url: str) -> str:
+    """`url` without its password, for messages and logs."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    return f"{scheme}{sep}{userinfo.split(':', 1)[0]}:***@{host}"
+
+
+# --- registry -------------------------------------------------------------------------------
+
+_BACKENDS: dict[str, Callable[[str, Synchronous], Database]] = {}
+
+
+def register_database(scheme: str, open_url: Callable[[str, Synchronous], Database]) -> None:
+    """Make `scheme://...` URLs open with `open_url(url, synchronous)`."""
+    if scheme in _BACKENDS:
+        raise ValueError(f"database scheme {scheme!r} is already registered")
+    _BACKENDS[scheme] = open_url
+
+
+def database_schemes() -> list[str]:
+    return sorted(_BACKENDS)
+
+
+def open_database(target: str | Path, synchronous: Synchronous = "FULL") -> Database:
+    """The database at `target`: a path (SQLite) or a URL whose scheme is registered."""
+    if isinstance(target, Path) or "://" not in target:
+        return SQLiteDatabase(Path(target), synchronous)
+    scheme = target.split("://", 1)[0]
+    if scheme not in _BACKENDS:
+        raise DatabaseError(f"unknown database scheme {scheme!r} in {_redact(target)}; "
+                            f"registered: {', '.join(database_schemes())}")
+    return _BACKENDS[scheme](target, synchronous)
+
+
+register_database("sqlite", lambda url, sync: SQLiteDatabase(Path(url[len("sqlite://"):]), sync))
+register_database("postgresql", PostgresDatabase)
+register_database("postgres", PostgresDatabase)  # libpq accepts both spellings
