@@ -73,8 +73,10 @@ def create_app(config: Config):
         kv_cache_gib=config.engine.kv_cache_gib,
     )
     metrics = Metrics()
-    # Each serving process caches mixtures in a folder of its own (adapters/mixture.py).
-    store = (open_store(config, mixtures=f"{socket.gethostname()}-{config.server.port}")
+    # This replica's name among those that share home: its own mixture folder
+    # (adapters/mixture.py) and its worker's config file.
+    replica = f"{socket.gethostname()}-{config.server.port}"
+    store = (open_store(config, mixtures=replica)
              if (config.store_dir / "store.json").exists() else None)
     guard = load_guard(config, store)
     corruption = served_corruption(config)
@@ -101,7 +103,7 @@ def create_app(config: Config):
     )
 
     supervisor = (WorkerSupervisor(config.model_dump(mode="json"),
-                                   config.home_dir / "run" / "worker-config.yaml",
+                                   config.home_dir / "run" / f"worker-{replica}.yaml",
                                    config.forget.worker_restart_max_seconds)
                   if forget is not None and config.forget.worker else None)
 

@@ -59,17 +59,22 @@ def postgres_server(tmp_path_factory):
     server.cleanup()
 
 
-@pytest.fixture
-def postgres_url(postgres_server) -> str:
-    """A new, empty database on the test server: each test its own."""
+def new_database(server) -> str:
+    """A new, empty database on the test PostgreSQL server; its URL."""
     import uuid
 
     import psycopg
 
     name = f"lethe_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres_server.get_uri(), autocommit=True) as db:
+    with psycopg.connect(server.get_uri(), autocommit=True) as db:
         db.execute(f"CREATE DATABASE {name}")
-    return postgres_server.get_uri(name)
+    return server.get_uri(name)
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> str:
+    """A database of its own for each test."""
+    return new_database(postgres_server)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -9,14 +9,16 @@ TINY_TRAIN = TrainConfig(max_steps=3, batch_size=4, max_length=64, epochs=1)
 
 @pytest.fixture
 def make_store(tmp_path, tiny_model_dir):
-    """make_store(samples, shards=2, validation=None, name='store') -> a trained ShardStore."""
+    """make_store(samples, shards=2, validation=None, name='store', database=None) -> a trained
+    ShardStore (its lineage in `database`, else a SQLite file in the store)."""
 
     def make(samples, shards=2, validation=None, name="store", train=True, **kw):
         store = ShardStore.create(
             tmp_path / name, samples, hash_embed, shards=shards,
             partitioner=kw.get("partitioner", "semantic"), group_by_owner=kw.get("group_by_owner", True),
             seed=0, model_path=tiny_model_dir, base_model={"sha256": "tiny"},
-            train_config=kw.get("train_config", TINY_TRAIN), validation=validation)
+            train_config=kw.get("train_config", TINY_TRAIN), validation=validation,
+            database=kw.get("database"))
         if train:
             store.train(store.lineage.shard_ids())
         return store

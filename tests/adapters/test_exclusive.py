@@ -9,7 +9,7 @@ import threading
 import time
 
 
-from adapters import ShardStore, TrainConfig, synth_people
+from adapters import ShardStore, TrainConfig, open_database, synth_people
 
 # Enough steps that a retrain lasts a second or two on the tiny model.
 SLOW_TRAIN = TrainConfig(max_steps=8, batch_size=4, max_length=64, epochs=40)
@@ -52,17 +52,22 @@ def test_a_retrain_that_read_a_sample_before_its_tombstone_never_publishes_last(
     assert bob not in trained_on(ShardStore(store.root), shard)
 
 
-def test_a_retrain_in_another_process_and_a_forget_run_one_at_a_time(make_store):
-    store = make_store(synth_people(6, seed=2, facts_per_person=2), train_config=SLOW_TRAIN)
+def test_a_retrain_in_another_process_and_a_forget_run_one_at_a_time(make_store,
+                                                                    database_target):
+    # On PostgreSQL the lock is the server's (an advisory lock): the same on every machine.
+    database = open_database(database_target)
+    store = make_store(synth_people(6, seed=2, facts_per_person=2), train_config=SLOW_TRAIN,
+                       database=database)
     shard = 0
     bob = store.lineage.shard_samples(shard)[0].id
     staging = store.registry.staging_root
     # What `lethe retrain --shard 0` runs, slowed down per step so that, unserialised, it would
     # publish its stale version (bob included) after the forget's.
     retrain = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from adapters import ShardStore; "
-        f"ShardStore(sys.argv[1]).train([{shard}], lambda k: lambda *a: time.sleep(0.3))"),
-        str(store.root)])
+        "import sys, time; from adapters import ShardStore, open_database; "
+        "ShardStore(sys.argv[1], database=open_database(sys.argv[2])).train("
+        f"[{shard}], lambda k: lambda *a: time.sleep(0.3))"),
+        str(store.root), str(database_target)])
     deadline = time.monotonic() + 120
     while not any(p.is_dir() for p in staging.iterdir()) and time.monotonic() < deadline:
         time.sleep(0.05)  # the other process has read the shard's samples and is training
@@ -74,3 +79,13 @@ def test_a_retrain_in_another_process_and_a_forget_run_one_at_a_time(make_store)
     assert bob not in trained_on(store, shard)  # the forget published last
     [receipt] = store.receipt([bob], [result])["shards"]
     assert receipt["forgotten_ids_absent"] and receipt["new_version"] == result.version
+
+
+def test_a_shard_already_trained_on_its_live_samples_is_not_trained_again(make_store):
+    # A second worker's retrain after the same tombstones: nothing to change, nothing trained.
+    store = make_store(synth_people(6, seed=2, facts_per_person=2))
+    bob = store.lineage.shard_samples(0)[0].id
+    [first] = store.forget_samples([bob])
+    [again] = store.train([0])
+    assert first.steps > 0 and again.steps == 0
+    assert again.version == first.version == store.registry.current(0).id

@@ -71,3 +71,12 @@ def test_an_unknown_tuning_metric_names_the_key_and_the_registered_ones():
     with pytest.raises(ConfigError, match=r"guard.tune.score.*unknown metric 'bleu'; registered: "
                                           r"probability, probability_options, rouge_l"):
         load_config(overrides={"guard.tune.score": "bleu"}, environ={})
+
+
+def test_a_store_url_must_name_a_registered_database(tmp_path):
+    with pytest.raises(ConfigError, match=r"store.url.*registered schemes: postgres, postgresql, "
+                                          r"sqlite"):
+        load_config(overrides={"store.url": "mysql://db/lethe"}, environ={})
+    config = load_config(overrides={"store.url": "postgresql://u:pw@db/lethe"}, environ={})
+    assert config.queue_target == "postgresql://u:pw@db/lethe"
+    assert load_config(environ={"LETHE_HOME": str(tmp_path)}).queue_target == tmp_path / "forget.db"

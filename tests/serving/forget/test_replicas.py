@@ -1,0 +1,153 @@
+"""Several replicas and workers on one PostgreSQL and one home (shared adapter storage): a
+forget request accepted by one replica guards the others within a second; one shard is never
+retrained twice at once, and requests on it share a retrain; killing a replica or a worker
+mid-retrain loses no request and publishes no half version; a replica that starts while
+requests are pending guards them before it reports healthy."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from adapters import ShardStore, open_database
+from serving.cli import main
+from serving.forget import open_queue
+from tests.conftest import new_database
+from tests.serving.conftest import (PEOPLE, api, ask, fact, merge, metric, tiny_world_config,
+                                    wait_for, write_config)
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture(scope="module")
+def cluster_home(tmp_path_factory, tiny_model_dir, postgres_server):
+    """train_cluster(worker=True) -> config of a new home whose lineage and queue live in a new
+    PostgreSQL database, with every shard trained."""
+    from adapters import write_samples
+
+    def train(worker: bool = True) -> dict:
+        root = tmp_path_factory.mktemp("cluster")
+        write_samples(PEOPLE, root / "people.jsonl")
+        config = merge(tiny_world_config(root / "home", tiny_model_dir),
+                       store={"url": new_database(postgres_server)},
+                       forget={"worker": worker, "coalesce_seconds": 1.0})
+        path = write_config(config, root / "config.yaml")
+        assert main(["train", "--config", str(path), "--data", str(root / "people.jsonl")]) == 0
+        return config
+
+    return train
+
+
+def store_of(config: dict) -> ShardStore:
+    return ShardStore(Path(config["home"]) / "apa", database=open_database(config["store"]["url"]))
+
+
+def queue_of(config: dict):
+    return open_queue(config["store"]["url"], "FULL", Path(config["home"]) / "secret.key")
+
+
+def worker_pid(server) -> int:
+    """The forget worker that `server` started (its child process)."""
+    children = Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children").read_text()
+    for pid in map(int, children.split()):
+        if "serving.forget.worker" in Path(f"/proc/{pid}/cmdline").read_text():
+            return pid
+    raise AssertionError(f"no worker under {server.proc.pid}")
+
+
+def test_two_replicas_and_two_workers_on_one_postgres(cluster_home, start_server):
+    config = cluster_home()
+    a, b = start_server(config), start_server(config)
+    question, city = fact("person-0000")
+    assert city in ask(b, question)
+
+    # Instant on every replica: a request accepted by A guards B within a second.
+    start = time.monotonic()
+    accepted = api(a, "POST", "/v1/forget", json={"owner": "person-0000"})
+    assert accepted.status_code == 202, accepted.text
+    while metric(b, "lethe:guard_exemplars") < 1:
+        assert time.monotonic() - start < 1.0, "replica B did not guard the request within 1 s"
+        time.sleep(0.02)
+    flagged = metric(b, "lethe:guard_flagged_total")
+    assert city not in ask(b, question)
+    assert metric(b, "lethe:guard_flagged_total") == flagged + 1
+    wait_for(a, accepted.json()["id"], "completed")
+
+    # Requests for one shard, on both replicas at once, share one retrain.
+    lineage = store_of(config).lineage
+    shard_of = {s.owner: k for k in lineage.shard_ids() for s in lineage.shard_samples(k)}
+    rest = ("person-0001", "person-0002", "person-0003")  # 3 people, 2 shards: two share one
+    same = next([x, y] for x in rest for y in rest if x < y and shard_of[x] == shard_of[y])
+    on_a = api(a, "POST", "/v1/forget", json={"owner": same[0]}).json()
+    on_b = api(b, "POST", "/v1/forget", json={"owner": same[1]}).json()
+    receipts = [api(s, "GET", f"/v1/forget/{wait_for(s, r['id'], 'completed')['id']}/receipt")
+                .json() for s, r in ((a, on_a), (b, on_b))]
+    [[first], [second]] = [r["shards"] for r in receipts]
+    assert first["new_version"] == second["new_version"]  # one version: one retrain
+    assert first["forgotten_ids_absent"] and second["forgotten_ids_absent"]
+    assert on_b["id"] in receipts[0]["coalesced_with"]
+    assert queue_of(config).counts()["completed"] == 3
+
+
+def test_killing_a_worker_or_a_replica_mid_retrain_loses_nothing(cluster_home, start_server):
+    config = merge(cluster_home(), forget={"lease_seconds": 3.0})
+    a, b = start_server(config), start_server(config)
+    queue = queue_of(config)
+
+    # SIGKILL A's worker while it retrains: its lease runs out and a worker takes it again.
+    first = api(a, "POST", "/v1/forget", json={"owner": "person-0000"}).json()
+    killed = _kill_the_worker_that_retrains(queue, first["id"], {worker_pid(a): a,
+                                                                worker_pid(b): b})
+    # SIGKILL replica A itself (its worker dies with it) with a request it accepted pending.
+    second = api(a, "POST", "/v1/forget", json={"owner": "person-0001"}).json()
+    a.proc.send_signal(signal.SIGKILL)
+    a.proc.wait()
+
+    for request in (first, second):
+        done = wait_for(b, request["id"], "completed", timeout=240)
+        assert done["attempts"] >= 1
+    assert killed  # the first retrain was really interrupted
+    store = store_of(config)
+    for shard in store.lineage.shard_ids():
+        version = store.registry.current(shard)  # whole: its manifest and weights are there
+        assert not set(version.manifest["sample_ids"]) & store.lineage.forgotten_ids()
+    for request in (first, second):
+        receipt = api(b, "GET", f"/v1/forget/{request['id']}/receipt").json()
+        assert all(s["forgotten_ids_absent"] for s in receipt["shards"])
+
+
+def _kill_the_worker_that_retrains(queue, request_id: str, workers: dict) -> bool:
+    """SIGKILL whichever worker process leases `request_id` once it is retraining."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        request = queue.get(request_id)
+        if request.state == "retraining":
+            with queue.database.read() as db:
+                (owner,) = db.execute("SELECT lease_owner FROM requests WHERE id = ?",
+                                      (request_id,)).fetchone()
+            pid = int(owner.split("-")[-2])  # worker ids are host-pid-random
+            if pid in workers:
+                os.kill(pid, signal.SIGKILL)
+                return True
+        if request.state == "completed":
+            return False
+        time.sleep(0.05)
+    return False
+
+
+def test_a_replica_started_while_requests_are_pending_guards_them_before_it_is_healthy(
+        cluster_home, start_server):
+    config = cluster_home(worker=False)  # no worker anywhere: the request stays pending
+    a = start_server(config)
+    accepted = api(a, "POST", "/v1/forget", json={"owner": "person-0002"})
+    assert accepted.status_code == 202
+    late = start_server(config)  # returns once /health answers 200
+    assert metric(late, "lethe:guard_exemplars") == 1
+    question, city = fact("person-0002")
+    flagged = metric(late, "lethe:guard_flagged_total")
+    assert city not in ask(late, question)
+    assert metric(late, "lethe:guard_flagged_total") == flagged + 1
