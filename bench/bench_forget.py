@@ -57,7 +57,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import httpx  # noqa: E402
 import yaml  # noqa: E402
 
-from adapters import Lineage, synth_people, write_samples  # noqa: E402
+from adapters import ShardStore, synth_people, write_samples  # noqa: E402
 from serving.launch import ServerProcess  # noqa: E402
 
 MODEL = "SmolLM2-135M-Instruct"
@@ -156,7 +156,7 @@ def setup(args, run: Path, model: Path | None) -> tuple[Path, dict]:
     if lethe(["train", "--config", str(cfg), "--data", str(data)]) != 0:
         raise SystemExit("lethe train failed")
     train_s = time.perf_counter() - started
-    lineage = Lineage(template / "apa" / "lineage.db")
+    lineage = ShardStore(template / "apa").lineage
     owners = sorted({s.owner for s in samples})
     shard_of = {o: next(iter(lineage.shards_of(lineage.owner_sample_ids(o)))) for o in owners}
     questions = {o: [s.prompt for s in samples if s.owner == o] for o in owners}
@@ -225,7 +225,7 @@ async def mixture_cache(server: ServerProcess, info: dict, home: Path, args) -> 
         "lethe:mixture_cache_hits_total", 0)
     misses = after.get("lethe:mixture_cache_misses_total", 0) - before.get(
         "lethe:mixture_cache_misses_total", 0)
-    on_disk = len(list((home / "apa" / "mixtures").glob("mix-*")))
+    on_disk = len(list((home / "apa" / "mixtures").glob("*/mix-*")))  # a folder per server
     return {
         "requests": len(prompts), "concurrency": args.mix_concurrency, "zipf_s": args.zipf,
         "general_share": args.general_share, "distinct_prompts": len(set(prompts)),

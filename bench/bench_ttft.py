@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 from scipy.stats import mannwhitneyu  # noqa: E402
 
-from adapters import Lineage, synth_people, write_samples  # noqa: E402
+from adapters import ShardStore, synth_people, write_samples  # noqa: E402
 from serving.cli import main as lethe  # noqa: E402
 from serving.launch import ServerProcess  # noqa: E402
 
@@ -76,7 +76,7 @@ def main() -> None:
     if lethe(["train", "--config", str(work / "config.yaml"),
               "--data", str(work / "people.jsonl")]) != 0:
         raise SystemExit("training failed")
-    shard_of = {i: k for k, ids in Lineage(work / "home" / "apa" / "lineage.db").shards_of(
+    shard_of = {i: k for k, ids in ShardStore(work / "home" / "apa").lineage.shards_of(
         [s.id for s in samples]).items() for i in ids}
     forgotten_owner = "person-0000"
     kept_owner = next(s.owner for s in samples if s.owner != forgotten_owner

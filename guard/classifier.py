@@ -16,15 +16,17 @@ Classifiers are scikit-learn estimators chosen by name; add one with `register_c
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -156,6 +158,19 @@ def refit(model: GuardModel, new_positives: np.ndarray) -> GuardModel:
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@contextmanager
+def versions_lock(root: Path) -> Iterator[None]:
+    """Hold `<root>/.lock` (flock) while versions are saved and pruned: replicas that share the
+    guard folder and refit at once never prune the version another is making current."""
+    Path(root).mkdir(parents=True, exist_ok=True)
+    fd = os.open(Path(root) / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def save_model(model: GuardModel, root: Path) -> str:

@@ -22,7 +22,8 @@ from typing import Literal
 
 import numpy as np
 
-from .classifier import GuardModel, load_model, prune_versions, refit, save_model
+from .classifier import (GuardModel, load_model, prune_versions, refit, save_model,
+                         versions_lock)
 from .errors import GuardError
 from .exemplars import ExemplarIndex
 from .prompts import strip_markup
@@ -154,8 +155,9 @@ class Guard:
                 return self.model
             model = refit(self.model, np.concatenate(entries))
             if self.root is not None:
-                save_model(model, self.root)
-                prune_versions(self.root, self.keep_versions)
+                with versions_lock(self.root):
+                    save_model(model, self.root)
+                    prune_versions(self.root, self.keep_versions)
             self.model = model
             self.folded.update(keys)
             return model
