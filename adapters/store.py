@@ -183,26 +183,42 @@ class ShardStore:
             with self.registry.staging() as staged:
                 stats = train_adapter(self.model_path, samples, self.train_config, seed, staged,
                                       progress)
-                # The loss-table row exists before the version is published: a server routing
-                # meanwhile never finds a current version without its row.
-                self._put_losses(Version(shard, weights_hash(staged), staged))
-                version = self.registry.publish(shard, staged, {
-                    "sample_ids": ids,
-                    "sample_set_hash": id_set_hash(ids),
-                    "previous": previous,  # the version this one replaced when first published
-                    "data_hash": id_set_hash(self.lineage.content_hash(s) for s in samples),
-                    "train_config": self.train_config.model_dump(mode="json"),
-                    "seed": seed,
-                    "base_model": self.info["base_model"],
-                    "versions": _package_versions(),
-                    "created_at": time.time(),
-                    "train_seconds": stats.seconds,
-                    "steps": stats.steps,
-                    "final_loss": stats.final_loss,
-                }).id
+                # Samples tombstoned while it trained (the tombstone does not wait for the lock)
+                # would make this version hold forgotten data: it is never published, however
+                # the lock fared (a lost database connection drops it), and the shard is trained
+                # again on what is live now.
+                stale = [s.id for s in self.lineage.shard_samples(shard)] != ids
+                if stale:
+                    version = None
+                else:
+                    # The loss-table row exists before the version is published: a server
+                    # routing meanwhile never finds a current version without its row.
+                    self._put_losses(Version(shard, weights_hash(staged), staged))
+                    version = self._publish(shard, staged, samples, previous, seed, stats)
+            if stale:
+                return self._train_locked(shard, progress)
             steps, seconds = stats.steps, stats.seconds
         self.registry.collect_garbage(shard, KEEP_VERSIONS, self.lineage.forgotten_ids())
         return ShardResult(shard, version, previous, len(samples), id_set_hash(ids), steps, seconds)
+
+    def _publish(self, shard: int, staged: Path, samples: list[Sample], previous: str | None,
+                 seed: int, stats) -> str:
+        """Publish the adapter staged for `shard`, with its provenance; returns its version."""
+        ids = [s.id for s in samples]
+        return self.registry.publish(shard, staged, {
+            "sample_ids": ids,
+            "sample_set_hash": id_set_hash(ids),
+            "previous": previous,  # the version this one replaced when first published
+            "data_hash": id_set_hash(self.lineage.content_hash(s) for s in samples),
+            "train_config": self.train_config.model_dump(mode="json"),
+            "seed": seed,
+            "base_model": self.info["base_model"],
+            "versions": _package_versions(),
+            "created_at": time.time(),
+            "train_seconds": stats.seconds,
+            "steps": stats.steps,
+            "final_loss": stats.final_loss,
+        }).id
 
     def forget_samples(self, ids: list[str], progress: ProgressFn = lambda shard: None,
                        release: list[str] = ()) -> list[ShardResult]:

@@ -89,3 +89,27 @@ def test_a_shard_already_trained_on_its_live_samples_is_not_trained_again(make_s
     [again] = store.train([0])
     assert first.steps > 0 and again.steps == 0
     assert again.version == first.version == store.registry.current(0).id
+
+
+def test_a_sample_tombstoned_during_a_retrain_is_in_no_version_it_publishes(make_store):
+    # The tombstone does not wait for the shard's lock (and a lock can be lost with a database
+    # connection): the retrain checks, before publishing, that its samples are still live.
+    store = make_store(synth_people(6, seed=2, facts_per_person=2), train_config=SLOW_TRAIN)
+    alice, bob = [s.id for s in store.lineage.shard_samples(0)[:2]]
+    store.lineage.tombstone([alice])  # what this retrain is for
+    published, publish = [], store.registry.publish
+
+    def record(shard, staged, manifest):
+        published.append(manifest["sample_ids"])
+        return publish(shard, staged, manifest)
+
+    store.registry.publish = record
+
+    def forget_bob_midway(step, total, loss):
+        if bob not in store.lineage.forgotten_ids():
+            store.lineage.tombstone([bob])  # after the retrain read bob as live
+
+    [result] = store.train([0], lambda k: forget_bob_midway)
+    assert store.lineage.forgotten_ids() == {alice, bob}
+    assert len(published) == 1 and bob not in published[0]  # the stale version never went out
+    assert result.version == store.registry.current(0).id
