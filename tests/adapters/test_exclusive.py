@@ -22,15 +22,20 @@ def trained_on(store: ShardStore, shard: int) -> set[str]:
 def test_a_retrain_that_read_a_sample_before_its_tombstone_never_publishes_last(make_store):
     store = make_store(synth_people(6, seed=2, facts_per_person=2), train_config=SLOW_TRAIN)
     shard = 0
-    bob = store.lineage.shard_samples(shard)[0].id
+    alice, bob = [s.id for s in store.lineage.shard_samples(shard)[:2]]
+    store.lineage.tombstone([alice])  # the stale retrain's own reason to train
     started, tombstoned, published = threading.Event(), threading.Event(), threading.Event()
 
+    steps = []
+
     def stall(step, total, loss):
-        # The stale retrain has read the live samples (bob included): let the forget tombstone
-        # him, and give the forget's retrain every chance to publish first.
-        started.set()
-        tombstoned.wait(30)
-        published.wait(3)  # with the lock the forget cannot publish: this times out
+        # At its first step the stale retrain has read the live samples (bob included): let the
+        # forget tombstone him, and give the forget's retrain every chance to publish first.
+        steps.append(step)
+        if len(steps) == 1:
+            started.set()
+            tombstoned.wait(30)
+            published.wait(3)  # with the lock the forget cannot publish: this times out
 
     def stale_retrain():
         ShardStore(store.root).train([shard], lambda k: stall if k == shard else None)
@@ -49,6 +54,7 @@ def test_a_retrain_that_read_a_sample_before_its_tombstone_never_publishes_last(
         t.start()
     for t in threads:
         t.join(120)
+    assert started.is_set() and len(steps) > SLOW_TRAIN.max_steps  # stalled, then trained again
     assert bob not in trained_on(ShardStore(store.root), shard)
 
 
@@ -59,7 +65,8 @@ def test_a_retrain_in_another_process_and_a_forget_run_one_at_a_time(make_store,
     store = make_store(synth_people(6, seed=2, facts_per_person=2), train_config=SLOW_TRAIN,
                        database=database)
     shard = 0
-    bob = store.lineage.shard_samples(shard)[0].id
+    alice, bob = [s.id for s in store.lineage.shard_samples(shard)[:2]]
+    store.lineage.tombstone([alice])  # the other process's retrain has real work to do
     staging = store.registry.staging_root
     # What `lethe retrain --shard 0` runs, slowed down per step so that, unserialised, it would
     # publish its stale version (bob included) after the forget's.

@@ -28,12 +28,13 @@ def test_retrain_without_a_sample_equals_training_from_scratch_without_it(
     assert forgotten.id not in store.registry.current(k).manifest["sample_ids"]
 
 
-def test_retraining_an_unchanged_shard_gives_the_same_version(make_store, people):
+def test_retraining_an_unchanged_shard_keeps_its_version_and_trains_nothing(make_store, people):
     store = make_store(people)
     versions = [v.id for v in store.current_versions()]
     results = store.train([0, 1])
     assert [r.version for r in results] == versions
     assert [r.previous for r in results] == versions
+    assert [r.steps for r in results] == [0, 0]
 
 
 def test_training_data_order_does_not_depend_on_input_order(make_store):
