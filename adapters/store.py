@@ -302,8 +302,11 @@ class ShardStore:
         inputs = RouteInputs(
             query=query, centroids=self.centroids[shards], validation=self.validation_embeddings,
             losses=None if self.validation_embeddings is None else self.losses.matrix(versions))
-        held = self.lineage.quarantined() if avoid_held else set()
-        return route(inputs, config, shards, set(excluded) | held)
+        # Read for every request, used or not: whether a request touches the lineage never
+        # depends on `avoid_held` (a flagged prompt's), so an unreachable database fails every
+        # request alike and tells no client which were flagged.
+        held = self.lineage.quarantined()
+        return route(inputs, config, shards, set(excluded) | (held if avoid_held else set()))
 
     def resolve(self, query: np.ndarray, config: RouteConfig, avoid_held: bool = True
                 ) -> Mixture | None:

@@ -3,6 +3,7 @@ errors (api/errors.py), metrics."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import uuid
@@ -15,7 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..engines import EngineError
 from ..errors import LetheError
-from ..forget import ForgetService, WorkerSupervisor
+from ..forget import ForgetService, QueueError, WorkerSupervisor
 from .errors import AuthenticationError, error_response
 from .forget import forget_router
 from .protocol import ChatCompletionRequest, CompletionRequest
@@ -60,17 +61,23 @@ def build_app(serving: OpenAIServing, forget: ForgetService | None,
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        """200 when the engine serves and the forget worker runs (if this server runs one);
-        503 otherwise, with the part that is down."""
-        status = {"engine": "ok", "worker": "none" if worker is None else
-                  "running" if worker.alive else "down",
+        """200 when the engine serves, the forget store answers and the forget worker runs (if
+        this server runs one); 503 otherwise, with the part that is down."""
+        status = {"engine": "ok", "store": "none" if forget is None else "ok",
+                  "worker": "none" if worker is None else "running" if worker.alive else "down",
                   "worker_restarts": 0 if worker is None else worker.restarts}
         try:
             await serving.engine.check_health()
         except EngineError as e:
             log.error("health check failed: %s", e)
             status["engine"] = "down"
-        healthy = status["engine"] == "ok" and status["worker"] != "down"
+        if forget is not None:
+            try:  # the queue's database (and the lineage's: one store.url)
+                await asyncio.to_thread(forget.queue.counts)
+            except QueueError as e:
+                log.error("health check failed: %s", e)
+                status["store"] = "down"
+        healthy = "down" not in (status["engine"], status["store"], status["worker"])
         return JSONResponse(status, status_code=200 if healthy else 503)
 
     @app.get("/metrics")

@@ -8,9 +8,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from adapters import UnknownSampleError
+from adapters import DatabaseError, UnknownSampleError
 
 from ..errors import LetheError
+from ..forget import QueueError
 from .protocol import ErrorInfo, ErrorResponse
 
 log = logging.getLogger("lethe.api")
@@ -56,6 +57,15 @@ class AuthenticationError(APIError):
     code = "invalid_api_key"
 
 
+class StoreUnavailable(APIError):
+    """The database of the queue or the lineage cannot be reached: nothing was stored, and no
+    request is served without knowing which shards are held (fail closed)."""
+
+    http_status = 503
+    type = "service_unavailable"
+    code = "store_unavailable"
+
+
 class EngineFailure(APIError):
     http_status = 500
     type = "internal_server_error"
@@ -66,6 +76,9 @@ def error_response(exc: Exception) -> JSONResponse:
     the client's to fix and says why; any other failure is logged and answered with no detail."""
     if isinstance(exc, UnknownSampleError):  # the one library error a client's input causes
         exc = NotFoundError(str(exc))
+    if isinstance(exc, (QueueError, DatabaseError)):  # details for the log, not the client
+        log.error("store unavailable: %s", exc)
+        exc = StoreUnavailable("the forget store is unavailable: nothing was stored; retry later")
     if isinstance(exc, APIError):
         status, info = exc.http_status, ErrorInfo(message=exc.message, type=exc.type,
                                                   param=exc.param, code=exc.code)

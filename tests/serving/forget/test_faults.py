@@ -40,7 +40,8 @@ def health(server) -> tuple[int, dict]:
 def test_a_dead_worker_is_restarted_and_health_says_so(tiny_world, start_server):
     config = tiny_world()
     server = start_server(config)
-    assert health(server) == (200, {"engine": "ok", "worker": "running", "worker_restarts": 0})
+    assert health(server) == (200, {"engine": "ok", "store": "ok", "worker": "running",
+                                    "worker_restarts": 0})
     first = worker_pid(server)
     subprocess.run(["kill", "-9", first], check=True)
     deadline = time.monotonic() + 5

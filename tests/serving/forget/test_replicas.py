@@ -11,6 +11,7 @@ import signal
 import time
 from pathlib import Path
 
+import openai
 import pytest
 
 from adapters import ShardStore, open_database
@@ -151,3 +152,35 @@ def test_a_replica_started_while_requests_are_pending_guards_them_before_it_is_h
     flagged = metric(late, "lethe:guard_flagged_total")
     assert city not in ask(late, question)
     assert metric(late, "lethe:guard_flagged_total") == flagged + 1
+
+
+def test_an_unreachable_database_fails_every_request_alike_with_503(cluster_home, start_server,
+                                                                    postgres_server):
+    import psycopg
+
+    config = cluster_home(worker=False)
+    server = start_server(config)
+    forgotten, _ = fact("person-0003")
+    api(server, "POST", "/v1/forget", json={"owner": "person-0003"})
+    name = config["store"]["url"].partition("?")[0].rsplit("/", 1)[1]
+    with psycopg.connect(postgres_server.get_uri(), autocommit=True) as admin:
+        admin.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                      "WHERE datname = %s", (name,))
+    try:
+        refused = api(server, "POST", "/v1/forget", json={"owner": "person-0002"})
+        assert refused.status_code == 503
+        assert refused.json()["error"]["code"] == "store_unavailable"
+        assert name not in refused.text  # no database detail for the client
+        # A flagged prompt and an unflagged one get the same answer: no side channel.
+        for question in (forgotten, "Write a haiku about rain."):
+            with pytest.raises(openai.APIStatusError) as info:
+                ask(server, question)
+            assert info.value.status_code == 503
+        health = api(server, "GET", "/health")
+        assert health.status_code == 503 and health.json()["store"] == "down"
+    finally:
+        with psycopg.connect(postgres_server.get_uri(), autocommit=True) as admin:
+            admin.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
+    assert api(server, "POST", "/v1/forget", json={"owner": "person-0002"}).status_code == 202
+    assert api(server, "GET", "/health").status_code == 200
