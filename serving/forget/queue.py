@@ -3,9 +3,9 @@
 A request moves through `received -> guarded -> retraining -> completed`, or to `failed` (with
 the reason) and back to `retraining` on its next attempt: a forget request is a legal obligation
 that does not expire, so failures are retried for as long as it takes, after a wait that doubles
-per attempt up to a cap. It is durable before the API answers
-202: `SQLiteQueue` commits in WAL mode with `synchronous=FULL` (NORMAL can lose a committed
-transaction on power loss). Workers take requests under a lease that they extend with
+per attempt up to a cap. It is durable before the API answers 202: SQLite commits in WAL mode
+with `synchronous=FULL` (NORMAL can lose a committed transaction on power loss), PostgreSQL
+with `synchronous_commit=on`. Workers take requests under a lease that they extend with
 heartbeats; a dead worker's lease runs out and its requests are taken again.
 
 A lease takes one group of requests that share shards (the oldest waiting request, and every
