@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -187,3 +189,38 @@ def test_an_unreachable_database_fails_every_request_alike_with_503(cluster_home
         assert time.monotonic() < deadline, "the server did not recover with its database"
         time.sleep(0.5)
     assert api(server, "POST", "/v1/forget", json={"owner": "person-0002"}).status_code == 202
+
+
+def test_two_workers_retrain_different_shards_at_the_same_time(cluster_home, tmp_path):
+    config = cluster_home(worker=False)
+    path = write_config(merge(config, forget={"coalesce_seconds": 0, "poll_seconds": 0.1}),
+                        tmp_path / "config.yaml")
+    logs = [tmp_path / f"worker{n}.log" for n in range(2)]
+    workers = [subprocess.Popen([sys.executable, "-m", "serving.cli", "worker", "--config",
+                                 str(path)], stderr=open(log, "w")) for log in logs]
+    try:
+        deadline = time.monotonic() + 120
+        while not all("polling the forget queue" in log.read_text() for log in logs):
+            assert time.monotonic() < deadline, [log.read_text()[-2000:] for log in logs]
+            time.sleep(0.1)
+        lineage = store_of(config).lineage
+        queue = queue_of(config)
+        ids = []
+        for k in lineage.shard_ids():  # one request per shard, both waiting at once
+            owner = lineage.shard_samples(k)[0].owner
+            ids.append(queue.submit(owner, lineage.owner_sample_ids(owner), [], [k])[0].id)
+        deadline = time.monotonic() + 300
+        while not all(queue.get(i).state == "completed" for i in ids):
+            assert time.monotonic() < deadline, [queue.get(i).public() for i in ids]
+            time.sleep(0.1)
+    finally:
+        for worker in workers:
+            worker.terminate()
+            worker.wait()
+
+    done = [queue.get(i) for i in ids]
+    assert len({r.receipt["worker"] for r in done}) == 2  # one shard each
+    (a_start, a_end), (b_start, b_end) = [(r.times["retraining"], r.times["completed"])
+                                          for r in done]
+    assert max(a_start, b_start) < min(a_end, b_end)  # retraining at the same time
+    assert all(s["forgotten_ids_absent"] for r in done for s in r.receipt["shards"])
