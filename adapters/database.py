@@ -226,7 +226,7 @@ class _PostgresListener(Listener):
                 self._db = self.database._connect()
                 self._db.execute(f"LISTEN {self.channel}")
             return any(True for _ in self._db.notifies(timeout=timeout, stop_after=1))
-        except psycopg.Error:
+        except (psycopg.Error, DatabaseError):  # the server gone or unreachable
             if self._db is not None:
                 self._db.close()
             self._db = None

@@ -143,8 +143,8 @@ async def _sync_forever(sync, queue, seconds: float) -> None:
     """`sync` every `seconds`, and at once when the queue hears of a request submitted or
     completed elsewhere (another replica, the worker)."""
     while True:
-        await asyncio.to_thread(queue.wait, seconds)
         try:
+            await asyncio.to_thread(queue.wait, seconds)
             await asyncio.to_thread(sync)
         except Exception:  # a failed sync is retried next round; serving goes on
             log.exception("guard sync with the forget queue failed")

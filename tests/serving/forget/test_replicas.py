@@ -189,6 +189,15 @@ def test_an_unreachable_database_fails_every_request_alike_with_503(cluster_home
         assert time.monotonic() < deadline, "the server did not recover with its database"
         time.sleep(0.5)
     assert api(server, "POST", "/v1/forget", json={"owner": "person-0002"}).status_code == 202
+    # Its sync with the queue outlived the outage: a request from elsewhere is guarded here.
+    guarded = metric(server, "lethe:guard_exemplars")
+    lineage = store_of(config).lineage
+    ids = lineage.owner_sample_ids("person-0001")
+    queue_of(config).submit("person-0001", ids, [], sorted(lineage.shards_of(ids)))
+    deadline = time.monotonic() + 10
+    while metric(server, "lethe:guard_exemplars") == guarded:
+        assert time.monotonic() < deadline, "the server stopped syncing with the queue"
+        time.sleep(0.1)
 
 
 def test_two_workers_retrain_different_shards_at_the_same_time(cluster_home, tmp_path):
