@@ -109,6 +109,9 @@ class Database(ABC):
     def _legacy_version(self, db: Connection) -> int:
         return 0
 
+    def close(self) -> None:
+        """Release what this process holds open on the database (its connections)."""
+
 
 # --- SQLite ---------------------------------------------------------------------------------
 
@@ -309,6 +312,12 @@ class PostgresDatabase(Database):
 
     def listener(self, channel):
         return _PostgresListener(self, channel)
+
+    def close(self):
+        self._pool.close()
+        with _OPENED_LOCK:
+            for key in [k for k, v in _OPENED.items() if v is self]:
+                del _OPENED[key]
 
 
 def _redact(url: str) -> str:

@@ -12,16 +12,17 @@ lineage and the queue in PostgreSQL and one home that every process shares. Trai
 (`--train-steps` per shard, 64 tokens): this measures the machinery, not what is learned.
 
 1. guard on every replica: two `lethe serve` replicas A and B (workers off, so nothing
-   retires an exemplar meanwhile). For `--guard-requests` owners in turn: POST /v1/forget on A;
+   retires an exemplar meanwhile). For up to `--guard-requests` owners in turn: POST /v1/forget
+   on A;
    guard-active is the time from A's 202 until B's `lethe:guard_exemplars` counts the request
    (/metrics polled every 5 ms); then B is asked the owner's question (max_tokens 1), which
    must be flagged (`lethe:guard_flagged_total`): the time from the 202 to the end of that
    answer, and the answer's own latency. p50 / p99.
-2. forget throughput: a burst of `--burst` requests, one owner each, spread over every shard, is
-   submitted on A; then 1 (or 2) `lethe worker` processes start and the time from their start to
-   the last `completed` is measured (after one warm-up request, not counted, so that each
-   worker's model load is paid alike). Requests per minute, with one and with two workers, the
-   same burst size on fresh copies of the same trained store.
+2. forget throughput: 1 (or 2) `lethe worker` processes start beside a replica; after one
+   warm-up request (not counted: the workers are up and polling), a burst of `--burst`
+   requests, one owner each, spread over every shard, is submitted and the time from its
+   submission to the last `completed` is measured. Requests per minute, with one and with two
+   workers, the same burst on fresh copies of the same trained store.
 
 Writes bench/results/replicas.json and prints Markdown tables.
 """
@@ -123,13 +124,15 @@ def train(args, work: Path, databases: Databases, model: Path | None) -> tuple[P
     if lethe(["train", "--config", str(work / "train.yaml"),
               "--data", str(work / "people.jsonl")]) != 0:
         raise SystemExit("lethe train failed")
-    lineage = ShardStore(home / "apa", database=open_database(url)).lineage
+    database = open_database(url)
+    lineage = ShardStore(home / "apa", database=database).lineage
     owners = sorted({s.owner for s in samples})
-    return home, url, {
-        "train_s": round(time.perf_counter() - started, 1),
-        "shard_of": {o: next(iter(lineage.shards_of(lineage.owner_sample_ids(o))))
-                     for o in owners},
-        "question": {s.owner: s.prompt for s in samples if s.id.endswith("fact0")}}
+    info = {"train_s": round(time.perf_counter() - started, 1),
+            "shard_of": {o: next(iter(lineage.shards_of(lineage.owner_sample_ids(o))))
+                         for o in owners},
+            "question": {s.owner: s.prompt for s in samples if s.id.endswith("fact0")}}
+    database.close()  # the template database is copied: no session may stay on it
+    return home, url, info
 
 
 def copy_world(template: Path, url: str, databases: Databases, work: Path, name: str
@@ -161,7 +164,8 @@ def guard_latency(args, world: tuple[Path, str], info: dict, work: Path) -> dict
         for owner in sorted(info["question"])[:args.guard_requests]:
             before = scrape(b.url)
             _, accepted = forget(a, owner)
-            while scrape(b.url).get("lethe:guard_exemplars", 0) <= before["lethe:guard_exemplars"]:
+            while (scrape(b.url).get("lethe:guard_exemplars", 0)
+                   <= before.get("lethe:guard_exemplars", 0)):
                 time.sleep(0.005)
             active.append(time.perf_counter() - accepted)
             start = time.perf_counter()
@@ -170,7 +174,8 @@ def guard_latency(args, world: tuple[Path, str], info: dict, work: Path) -> dict
                 messages=[{"role": "user", "content": info["question"][owner]}])
             flagged.append(time.perf_counter() - accepted)
             asked.append(time.perf_counter() - start)
-            if scrape(b.url)["lethe:guard_flagged_total"] <= before["lethe:guard_flagged_total"]:
+            flagged_total = "lethe:guard_flagged_total"  # absent until the first flag
+            if scrape(b.url).get(flagged_total, 0) <= before.get(flagged_total, 0):
                 raise SystemExit(f"replica B did not flag {owner}'s question")
     finally:
         for server in servers:
