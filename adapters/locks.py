@@ -1,9 +1,9 @@
-"""Exclusive locks across processes, held by a file descriptor: `flock(2)`.
+"""Locks across processes, held by a file descriptor: `flock(2)` (exclusive, or shared).
 
 The kernel drops a lock when its holder exits, SIGKILL included, so a dead holder never blocks
 anyone and no lease has to run out. flock locks belong to an open file, so two threads of one
-process that each open the file exclude each other too. (One host; on several hosts the forget
-queue's database provides the cluster-wide lease.)
+process that each open the file exclude each other too. (One host; across hosts a shard's retrain
+lock is PostgreSQL's, database.py.)
 """
 
 from __future__ import annotations
