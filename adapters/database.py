@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import threading
+import time
 from abc import ABC, abstractmethod
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -109,6 +110,18 @@ class Database(ABC):
     def _legacy_version(self, db: Connection) -> int:
         return 0
 
+    @abstractmethod
+    def _driver_error(self) -> type[Exception]:
+        """The base of the errors the backend's driver raises."""
+
+    @contextmanager
+    def _errors(self, context: str | None = None) -> Iterator[None]:
+        """The driver's errors as DatabaseError, saying where (`context`, else the URL)."""
+        try:
+            yield
+        except self._driver_error() as e:
+            raise DatabaseError(f"{context or self.url}: {e}") from e
+
     def close(self) -> None:
         """Release what this process holds open on the database (its connections)."""
 
@@ -128,11 +141,8 @@ class _SQLiteConnection(Connection):
 
 
 class _Sleeper(Listener):
-    def __init__(self):
-        self._never = threading.Event()
-
     def wait(self, timeout):
-        self._never.wait(timeout)
+        time.sleep(timeout)
         return False
 
 
@@ -148,21 +158,18 @@ class SQLiteDatabase(Database):
         except OSError as e:
             raise DatabaseError(f"cannot create {self.path.parent}: {e.strerror}") from e
 
+    def _driver_error(self):
+        return sqlite3.Error
+
     @contextmanager
     def read(self):
-        try:
-            with closing(connect(self.path, self.synchronous)) as db:
-                yield _SQLiteConnection(db)
-        except sqlite3.Error as e:
-            raise DatabaseError(f"{self.path}: {e}") from e
+        with self._errors(), closing(connect(self.path, self.synchronous)) as db:
+            yield _SQLiteConnection(db)
 
     @contextmanager
     def write(self):
-        try:
-            with transaction(self.path, self.synchronous) as db:
-                yield _SQLiteConnection(db)
-        except sqlite3.Error as e:
-            raise DatabaseError(f"{self.path}: {e}") from e
+        with self._errors(), transaction(self.path, self.synchronous) as db:
+            yield _SQLiteConnection(db)
 
     @contextmanager
     def exclusive(self, name):
@@ -171,10 +178,8 @@ class SQLiteDatabase(Database):
             yield
 
     def purged(self, table):
-        try:
+        with self._errors():
             checkpoint(self.path, self.synchronous)
-        except sqlite3.Error as e:
-            raise DatabaseError(f"{self.path}: {e}") from e
 
     def listener(self, channel):
         return _Sleeper()
@@ -220,7 +225,6 @@ class _PostgresListener(Listener):
     def __init__(self, database: "PostgresDatabase", channel: str):
         self.database, self.channel = database, channel
         self._db = None
-        self._idle = threading.Event()
 
     def wait(self, timeout):
         psycopg = _psycopg()
@@ -233,7 +237,7 @@ class _PostgresListener(Listener):
             if self._db is not None:
                 self._db.close()
             self._db = None
-            self._idle.wait(timeout)
+            time.sleep(timeout)
             return False
 
 
@@ -263,47 +267,40 @@ class PostgresDatabase(Database):
         self._pool = ConnectionPool(self._dsn, kwargs=self._kwargs, min_size=1,
                                     max_size=self.POOL_SIZE, timeout=self.WAIT_SECONDS,
                                     check=ConnectionPool.check_connection, open=False)
-        try:  # fail now, naming the server, rather than on the first request
-            self._pool.open(wait=True, timeout=10)
-        except _psycopg().Error as e:
+        # Fail now, at once, naming the server and the driver's reason (the pool would retry
+        # for its timeout and report only that), rather than on the first request.
+        self._connect().close()
+        try:
+            with self._errors(f"cannot connect to {self.url}"):
+                self._pool.open(wait=True, timeout=10)
+        except DatabaseError:
             self._pool.close()
-            raise DatabaseError(f"cannot connect to {self.url}: {e}") from e
+            raise
+
+    def _driver_error(self):
+        return _psycopg().Error
 
     def _connect(self):
         """A connection of its own, outside the pool (held for a lock or a LISTEN)."""
-        psycopg = _psycopg()
-        try:
-            return psycopg.connect(self._dsn, **self._kwargs)
-        except psycopg.Error as e:
-            raise DatabaseError(f"cannot connect to {self.url}: {e}") from e
+        with self._errors(f"cannot connect to {self.url}"):
+            return _psycopg().connect(self._dsn, **self._kwargs)
 
     @contextmanager
     def read(self):
-        psycopg = _psycopg()
-        try:
-            with self._pool.connection() as db:
-                yield _PostgresConnection(db)
-        except psycopg.Error as e:
-            raise DatabaseError(f"{self.url}: {e}") from e
+        with self._errors(), self._pool.connection() as db:
+            yield _PostgresConnection(db)
 
     @contextmanager
     def write(self):
-        psycopg = _psycopg()
-        try:
-            with self._pool.connection() as db, db.transaction():
-                db.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key("write"),))
-                yield _PostgresConnection(db)
-        except psycopg.Error as e:
-            raise DatabaseError(f"{self.url}: {e}") from e
+        with self._errors(), self._pool.connection() as db, db.transaction():
+            db.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key("write"),))
+            yield _PostgresConnection(db)
 
     @contextmanager
     def exclusive(self, name):
-        psycopg = _psycopg()
         with closing(self._connect()) as db:  # closing it (or the holder dying) drops the lock
-            try:
+            with self._errors(f"{self.url}: lock {name}"):
                 db.execute("SELECT pg_advisory_lock(%s)", (_lock_key(name),))
-            except psycopg.Error as e:
-                raise DatabaseError(f"{self.url}: lock {name}: {e}") from e
             yield
 
     def purged(self, table):

@@ -79,17 +79,13 @@ class Databases:
             url = self.server.get_uri()
         self.url = url
 
-    def new(self) -> str:
+    def new(self, copy_of: str | None = None) -> str:
+        """A new database, empty or a copy of the one at `copy_of` (CREATE DATABASE ... TEMPLATE);
+        its URL."""
         name = f"lethe_bench_{uuid.uuid4().hex[:8]}"
+        template = f" TEMPLATE {_database_of(copy_of)}" if copy_of else ""
         with psycopg.connect(self.url, autocommit=True) as db:
-            db.execute(f"CREATE DATABASE {name}")
-        return _with_database(self.url, name)
-
-    def clone(self, source: str) -> str:
-        """A copy of the database at `source` (CREATE DATABASE ... TEMPLATE)."""
-        name = f"lethe_bench_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect(self.url, autocommit=True) as db:
-            db.execute(f"CREATE DATABASE {name} TEMPLATE {_database_of(source)}")
+            db.execute(f"CREATE DATABASE {name}{template}")
         return _with_database(self.url, name)
 
     def close(self) -> None:
@@ -140,7 +136,7 @@ def copy_world(template: Path, url: str, databases: Databases, work: Path, name:
     """A fresh copy of the trained home and its database."""
     home = work / name
     shutil.copytree(template, home, symlinks=True)
-    return home, databases.clone(url)
+    return home, databases.new(copy_of=url)
 
 
 def forget(server: ServerProcess, owner: str) -> tuple[dict, float]:
