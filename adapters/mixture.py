@@ -9,6 +9,10 @@ the factors (peft's `add_weighted_adapter(..., combination_type="cat")`)
 gives B @ A = sum_k w_k s_k B_k A_k with no approximation; the mixture has rank sum r_k and
 alpha = rank (scaling 1). It is written in peft format, so any engine loads it as one LoRA.
 
+With every w_k = 1 it is the *stack* of the shards: an engine that scales each rank component
+per request (engines/base.py, LoRA.scales) serves every weighting of the same shard versions from
+that one adapter, with the weights as scales; nothing is built per weight vector.
+
 Mixtures are cached on disk under a name that hashes their (shard, version, weight) parts: a name
 is never reused for other weights (vLLM serves stale weights for a reused name, DESIGN.md).
 Engines read a mixture's files when they schedule the request, so the process that hands a
@@ -50,6 +54,8 @@ class Mixture:
     name: str
     path: Path
     built: bool  # built by this call (a cache miss); False: found in the cache
+    # of a stack: the request's weight of each rank component (shard k's weight over its r_k)
+    scales: tuple[float, ...] | None = None
 
 
 def mixture_name(parts: list[tuple[Version, float]]) -> str:

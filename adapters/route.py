@@ -11,7 +11,7 @@ quantised to a step (so similar requests share one cached mixture) and renormali
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -31,6 +31,10 @@ class RouteConfig(BaseModel):
     # Weights are rounded to multiples of this: fewer distinct mixtures, more cache hits.
     quantum: float = Field(default=0.05, ge=0, le=1)
     mixture_cache: int = Field(default=64, gt=0)  # mixtures kept on disk (LRU)
+    # in-engine: the engine holds the shards stacked once per set of versions and applies each
+    # request's weights itself; materialised: each weight vector becomes an adapter on disk,
+    # loaded by the engine (the first request of a vector pays ~0.4 s, bench_mixtures.py).
+    mixing: Literal["in-engine", "materialised"] = "in-engine"
 
     @field_validator("scheme")
     @classmethod

@@ -21,6 +21,7 @@ requests' quarantine holds) then `receipt`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import threading
@@ -37,7 +38,7 @@ from .lineage import Lineage, LineageError, id_set_hash
 from .losses import LossTable, LossTableError, adapter_losses
 from .mixture import Mixture, MixtureCache
 from .partition import partition
-from .registry import AdapterRegistry, RegistryError, Version, weights_hash, write_atomic
+from .registry import CONFIG, AdapterRegistry, RegistryError, Version, weights_hash, write_atomic
 from .route import RouteConfig, RouteInputs, route
 from .samples import Sample, read_samples, write_samples
 from .train import TrainConfig, train_adapter
@@ -90,6 +91,7 @@ class ShardStore:
         self.validation_embeddings = (np.load(self.root / "validation.npy")
                                       if self.info["validation_hash"] else None)  # (V, d)
         self._mixture_lock = threading.Lock()  # one build per mixture; sweeps see every pin
+        self._ranks: dict[str, int] = {}  # shard version id -> its LoRA rank
 
     @classmethod
     def create(cls, root: Path, samples: list[Sample], embed: EmbedFn, shards: int,
@@ -308,25 +310,27 @@ class ShardStore:
         held = self.lineage.quarantined()
         return route(inputs, config, shards, set(excluded) | (held if avoid_held else set()))
 
-    def resolve(self, query: np.ndarray, config: RouteConfig, avoid_held: bool = True
-                ) -> Mixture | None:
+    def resolve(self, query: np.ndarray, config: RouteConfig, avoid_held: bool = True,
+                stacked: bool = False) -> Mixture | None:
         """The mixture adapter for a request with embedding `query` (d,), pinned until
         `release`: an engine reads its files when it schedules the request. None: no shard has
-        weight (the base model serves). `avoid_held`: as in `weights`."""
+        weight (the base model serves). `avoid_held`: as in `weights`. `stacked`: the stack of
+        the current versions with the request's weights as scales (`stack`), else the weighted
+        mixture materialised (`mixture`)."""
         try:
-            return self._resolve(query, config, avoid_held)
+            return self._resolve(query, config, avoid_held, stacked)
         except (RegistryError, LossTableError, FileNotFoundError):
             # A worker published a retrain between reading the versions and the files (the
             # old version, its loss row or a retired shard is gone): route again on the new.
-            return self._resolve(query, config, avoid_held)
+            return self._resolve(query, config, avoid_held, stacked)
 
-    def _resolve(self, query: np.ndarray, config: RouteConfig, avoid_held: bool
+    def _resolve(self, query: np.ndarray, config: RouteConfig, avoid_held: bool, stacked: bool
                  ) -> Mixture | None:
         weights = self.weights(query, config, avoid_held=avoid_held)
         if not weights:
             return None
         with self._mixture_lock:
-            mixture = self.mixture(weights)
+            mixture = self.stack(weights) if stacked else self.mixture(weights)
             self.mixtures.pin(mixture.name)
         return mixture
 
@@ -341,6 +345,20 @@ class ShardStore:
         in another process never deletes a mixture an engine is about to read."""
         with self._mixture_lock:
             return self.mixtures.sweep({v.shard: v.id for v in self.current_versions()})
+
+    def stack(self, weights: dict[int, float]) -> Mixture:
+        """Every current shard adapter stacked (mixture.py; built once per set of versions),
+        with the scales that make it the mixture of `weights` (shard id -> weight; a shard
+        without one, e.g. quarantined, gets 0)."""
+        versions = self.current_versions()
+        stack = self.mixtures.get([(v, 1.0) for v in versions])
+        scales = tuple(weights.get(v.shard, 0.0) for v in versions for _ in range(self._rank(v)))
+        return dataclasses.replace(stack, scales=scales)
+
+    def _rank(self, version: Version) -> int:
+        if version.id not in self._ranks:  # versions never change: read once
+            self._ranks[version.id] = json.loads((version.path / CONFIG).read_text())["r"]
+        return self._ranks[version.id]
 
     def mixture(self, weights: dict[int, float]) -> Mixture | None:
         """The cached mixture adapter for these weights; None for no weights (the base model)."""

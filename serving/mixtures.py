@@ -1,6 +1,10 @@
-"""The LoRA resolver over a shard store: each request's weighted shard mixture materialised as
-one adapter on disk (adapters.ShardStore.resolve: routed, built once, cached, pinned while the
-engine may read it). This is the first implementation of `engines.LoRAResolver`."""
+"""The LoRA resolver over a shard store (engines.LoRAResolver): each request's weighted shard
+mixture, routed, pinned while the engine may read its files (adapters.ShardStore.resolve).
+
+`in-engine` (default): the stack of the current shard versions, built once per set of versions,
+with the request's weights as per-rank scales that the engine applies; `materialised`: each
+weight vector's mixture as an adapter of its own on disk (built once, cached).
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from .engines import LoRA
 from .metrics import Metrics
 
 
-class MaterialisedMixtures:
+class ShardMixtures:
     def __init__(self, store: ShardStore, route: RouteConfig, metrics: Metrics,
                  quarantine: Literal["flagged", "all", "none"] = "flagged"):
         self.store = store
@@ -24,11 +28,12 @@ class MaterialisedMixtures:
 
     def resolve(self, query: np.ndarray, flagged: bool) -> LoRA | None:
         avoid = self.quarantine == "all" or (self.quarantine == "flagged" and flagged)
-        mixture = self.store.resolve(query, self.route, avoid_held=avoid)
+        mixture = self.store.resolve(query, self.route, avoid_held=avoid,
+                                     stacked=self.route.mixing == "in-engine")
         if mixture is None:
             return None
         (self.metrics.mixture_misses if mixture.built else self.metrics.mixture_hits).inc()
-        return LoRA(mixture.name, mixture.path)
+        return LoRA(mixture.name, mixture.path, mixture.scales)
 
     def release(self, lora: LoRA) -> None:
         self.store.release(lora.name)

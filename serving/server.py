@@ -22,7 +22,7 @@ from .engines import engine_class
 from .forget import ForgetService, WorkerSupervisor, open_queue
 from .logs import configure_logging
 from .metrics import Metrics
-from .mixtures import MaterialisedMixtures
+from .mixtures import ShardMixtures
 from .model import embedder_name, input_embeddings, resolve_model, sentence_embedder
 from .pipeline import Pipeline
 from .shards import open_store
@@ -80,7 +80,7 @@ def create_app(config: Config):
              if (config.store_dir / "store.json").exists() else None)
     guard = load_guard(config, store)
     corruption = served_corruption(config)
-    resolver = (MaterialisedMixtures(store, config.route, metrics, config.forget.quarantine)
+    resolver = (ShardMixtures(store, config.route, metrics, config.forget.quarantine)
                 if store else None)
     config.home_dir.mkdir(parents=True, exist_ok=True)
     pipeline = Pipeline(tokenizer, input_embeddings(model_path) if guard else None, guard,

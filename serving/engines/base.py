@@ -34,19 +34,28 @@ class Sampling:
     stop: tuple[str, ...] = ()  # generation ends before the first of these strings
     seed: int | None = None  # same seed, same request: same output
     n: int = 1  # choices per prompt
+    logprobs: int = 0  # the k most likely tokens' log-probabilities with each token (tests)
 
 
 @dataclass(frozen=True)
 class LoRA:
-    """A peft-format adapter folder. Names are content-addressed: one name, one set of weights."""
+    """A peft-format adapter folder. Names are content-addressed: one name, one set of weights.
+
+    `scales`: per-request multipliers of the adapter's rank components, one per rank (the
+    adapter's r, after its alpha / r scaling). The engine computes, per token,
+    delta(x) = B @ (scales * (A @ x)): a stacked adapter of K shards (A* = [A_1; ...; A_K],
+    B* = [s_1 B_1, ..., s_K B_K]) with scales repeating shard k's weight over its ranks is exactly
+    the weighted mixture, with nothing built per weight vector. None: the adapter as written.
+    """
 
     name: str
     path: Path
+    scales: tuple[float, ...] | None = None
 
 
 class LoRAResolver(Protocol):
-    """What the pipeline asks for a request's adapter. One implementation materialises each
-    weighted shard mixture as an adapter on disk (serving/mixtures.py)."""
+    """What the pipeline asks for a request's adapter (serving/mixtures.py): the shard mixture,
+    in the engine (a stacked adapter and per-request scales) or materialised on disk."""
 
     def resolve(self, query: np.ndarray, flagged: bool) -> LoRA | None:
         """The adapter for a request embedded as `query` (d,), held for the request until
@@ -78,6 +87,8 @@ class Delta:
     text: str
     token_ids: list[int] = field(default_factory=list)
     finish_reason: FinishReason | None = None
+    # per token of token_ids: {token id: log-probability} of the `Sampling.logprobs` most likely
+    logprobs: list[dict[int, float]] = field(default_factory=list)
 
 
 class Engine(ABC):

@@ -2,7 +2,8 @@
 
 One worker thread decodes; the event loop only moves deltas. Requests waiting when a batch starts
 are decoded together (static batching, up to max_num_seqs sequences): prompts are left-padded and
-each row keeps its own sampling parameters, seed and LoRA adapter (peft mixed-adapter batches).
+each row keeps its own sampling parameters, seed and LoRA adapter with its own per-rank scales
+(engines/lora.py: one shrink and one expand per adapter in the batch).
 A request that arrives mid-batch waits for that batch to end: simpler than vLLM's continuous
 batching, and slower under load (see README benchmarks).
 """
@@ -12,13 +13,12 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable
 
-from .base import Delta, Engine, EngineError, EngineRequest, FinishReason, LoRA
+from .base import Delta, Engine, EngineError, EngineRequest, FinishReason
+from .lora import MultiLoRA
 
-BASE = "__base__"  # peft's name for "no adapter" in a mixed-adapter batch
 _STOP = object()
 
 
@@ -56,8 +56,7 @@ class HFEngine(Engine):
         self._base = AutoModelForCausalLM.from_pretrained(
             self.model_path, dtype=getattr(torch, self.dtype)
         ).eval()
-        self._peft = None  # wraps the base model once a first adapter is loaded
-        self._loras: OrderedDict[str, LoRA] = OrderedDict()  # LRU, newest last
+        self._loras = MultiLoRA(self._base, capacity=self.max_loras)
         eos = {self.tokenizer.eos_token_id}
         try:
             gen_eos = GenerationConfig.from_pretrained(self.model_path).eos_token_id
@@ -105,7 +104,8 @@ class HFEngine(Engine):
                 jobs.append(nxt)
                 rows += nxt.request.sampling.n
             try:
-                with self._torch.inference_mode():
+                loras = [j.request.lora for j in jobs for _ in range(j.request.sampling.n)]
+                with self._torch.inference_mode(), self._loras.batch(loras):
                     self._decode(jobs)
             except Exception as e:  # report to every waiting request; the worker lives on
                 for j in jobs:
@@ -115,7 +115,6 @@ class HFEngine(Engine):
         torch = self._torch
         rows = [_Row(job, i) for job in jobs for i in range(job.request.sampling.n)]
         generators = {id(j): _generator(torch, j.request.sampling.seed) for j in jobs}
-        model, adapter_kwargs = self._model_for(rows)
 
         # Prefill: every row as embeddings, left-padded to the longest prompt.
         embed = self._base.get_input_embeddings()
@@ -132,9 +131,8 @@ class HFEngine(Engine):
             inputs[b, T - p.shape[0]:] = p.to(self._base.dtype)
             mask[b, T - p.shape[0]:] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [B, T]
-        out = model(
+        out = self._base(
             inputs_embeds=inputs, attention_mask=mask, position_ids=positions, use_cache=True,
-            **adapter_kwargs,
         )
         cache, logits = out.past_key_values, out.logits[:, -1]  # logits: [B, V]
 
@@ -143,8 +141,11 @@ class HFEngine(Engine):
                 self._sample(logits[b], r.job.request.sampling, generators[id(r.job)])
                 for b, r in enumerate(rows)
             ]
+            top = [_top_logprobs(logits[b], r.job.request.sampling.logprobs)
+                   for b, r in enumerate(rows)]
             for job in jobs:
-                deltas = [self._advance(r, t) for r, t in zip(rows, next_ids) if r.job is job]
+                deltas = [self._advance(r, t, lp)
+                          for r, t, lp in zip(rows, next_ids, top) if r.job is job]
                 deltas = [dl for dl in deltas if dl is not None]
                 if deltas and not job.cancelled.is_set():
                     job.emit(deltas)
@@ -154,9 +155,9 @@ class HFEngine(Engine):
             step = torch.tensor(next_ids)[:, None]  # [B, 1]
             mask = torch.cat([mask, torch.ones(B, 1, dtype=torch.long)], dim=1)
             positions = positions[:, -1:] + 1
-            out = model(
+            out = self._base(
                 input_ids=step, attention_mask=mask, position_ids=positions,
-                past_key_values=cache, use_cache=True, **adapter_kwargs,
+                past_key_values=cache, use_cache=True,
             )
             cache, logits = out.past_key_values, out.logits[:, -1]
         for job in jobs:
@@ -175,7 +176,7 @@ class HFEngine(Engine):
             probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
         return int(torch.multinomial(probs, 1, generator=generator))
 
-    def _advance(self, row: _Row, token: int) -> Delta | None:
+    def _advance(self, row: _Row, token: int, logprobs: dict[int, float]) -> Delta | None:
         """Append a token to a live row; return its new text (None once the row is done)."""
         if row.finish is not None:
             return None
@@ -193,41 +194,7 @@ class HFEngine(Engine):
             text = text[: len(text) - _held_back(text, sampling.stop)]
         delta = text[len(row.emitted):]
         row.emitted += delta
-        return Delta(row.index, delta, [token], row.finish)
-
-    def _model_for(self, rows: list[_Row]):
-        """The model to call and the peft kwargs that give each row its adapter."""
-        names = []
-        for r in rows:
-            lora = r.job.request.lora
-            if lora is not None:
-                self._load_lora(lora)
-            names.append(lora.name if lora is not None else BASE)
-        if self._peft is None:
-            return self._base, {}
-        self._evict(keep=set(names))
-        return self._peft, {"adapter_names": names}
-
-    def _load_lora(self, lora: LoRA) -> None:
-        if lora.name in self._loras:
-            self._loras.move_to_end(lora.name)
-            return
-        from peft import PeftModel
-
-        if self._peft is None:
-            self._peft = PeftModel.from_pretrained(self._base, lora.path, adapter_name=lora.name)
-            self._peft.eval()
-        else:
-            self._peft.load_adapter(lora.path, adapter_name=lora.name)
-        self._loras[lora.name] = lora
-
-    def _evict(self, keep: set[str]) -> None:
-        for name in list(self._loras):
-            if len(self._loras) <= self.max_loras:
-                break
-            if name not in keep:
-                self._peft.delete_adapter(name)
-                del self._loras[name]
+        return Delta(row.index, delta, [token], row.finish, [logprobs] if logprobs else [])
 
 
 def _generator(torch, seed: int | None):
@@ -237,6 +204,14 @@ def _generator(torch, seed: int | None):
     else:
         g.manual_seed(seed)
     return g
+
+
+def _top_logprobs(logits, k: int) -> dict[int, float]:
+    """The k most likely next tokens and their log-probabilities, from logits (V,)."""
+    if k == 0:
+        return {}
+    top = logits.float().log_softmax(-1).topk(k)
+    return dict(zip(top.indices.tolist(), top.values.tolist()))
 
 
 def _held_back(text: str, stops: tuple[str, ...]) -> int:

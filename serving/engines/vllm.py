@@ -1,18 +1,20 @@
 """vLLM in-process (AsyncLLM), with LoRA and prompt embeddings enabled.
 
-vLLM is imported on start(), so the rest of Lethe works where it is not installed.
-vLLM keys its adapter cache and prefix cache by LoRA name: a name is never reused for other
-weights (callers pass content-addressed names), and each name keeps one integer id for life.
+vLLM is imported on start(), so the rest of Lethe works where it is not installed. LoRA runs
+through Lethe's vLLM plugin (vllm_mixtures.py): per-request scales of an adapter's rank
+components, so one stacked adapter serves every weighting of its shards.
+vLLM keys its adapter cache by LoRA name: a name is never reused for other weights (callers pass
+content-addressed names), and each name keeps one integer id for life. Its prefix cache keys by
+adapter too, so requests with scales salt it with them (the KV of a prompt depends on them).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
+import math
 import os
-import shutil
-import tempfile
-from pathlib import Path
 from typing import AsyncIterator
 
 # LoRA is served on attention and MLP projections only. Wrapping the embedding layer too (vLLM's
@@ -20,16 +22,11 @@ from typing import AsyncIterator
 # under LoRAs (`einsum(): subscript b has size ...`); Lethe's adapters never train embeddings.
 from adapters import LORA_TARGET_MODULES
 
+from . import vllm_mixtures
 from .base import Delta, Engine, EngineError, EngineRequest, LoRA
 
 
 class VLLMEngine(Engine):
-    """vLLM with a workaround for a vLLM 0.32 CPU bug: in a batch that mixes requests with and
-    without a LoRA, the ones without get the LoRA in the engine's last slot (the CPU punica ops
-    index the adapter stack with -1). Requests without an adapter therefore run under an
-    all-zero "identity" adapter, whose delta is exactly 0, in a slot of its own.
-    """
-
     async def start(self) -> None:
         try:
             from vllm import AsyncEngineArgs
@@ -41,13 +38,19 @@ class VLLMEngine(Engine):
             ) from e
         # vLLM on CPU reads its KV cache size (GiB) from the environment.
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.kv_cache_gib))
+        # Lethe's plugin, in this process and the engine's (they inherit the environment).
+        os.environ[vllm_mixtures.ENV] = "1"
+        try:
+            vllm_mixtures.register()
+        except vllm_mixtures.UnsupportedVLLM as e:
+            raise EngineError(str(e)) from e
         args = AsyncEngineArgs(
             model=str(self.model_path),
             dtype=self.dtype,
             max_model_len=self.max_model_len,
             max_num_seqs=self.max_num_seqs,
             enable_lora=True,
-            max_loras=self.max_loras + 1,  # + the identity adapter
+            max_loras=self.max_loras,
             max_lora_rank=self.max_lora_rank,
             lora_target_modules=list(LORA_TARGET_MODULES),
             enable_prompt_embeds=True,
@@ -56,10 +59,6 @@ class VLLMEngine(Engine):
             self._llm = AsyncLLM.from_engine_args(args)
         except Exception as e:  # vLLM raises many types on start-up; name the engine
             raise EngineError(f"vLLM failed to start on {self.model_path}: {e}") from e
-        # Written once vLLM is up, so a failed start leaves no folder behind.
-        self._identity = write_identity_lora(
-            self.model_path, Path(tempfile.mkdtemp(prefix="lethe-identity-lora-"))
-        )
         self._lora_ids: dict[str, int] = {}
         self._next_lora_id = itertools.count(1)
 
@@ -77,24 +76,40 @@ class VLLMEngine(Engine):
             top_p=s.top_p,
             stop=list(s.stop),
             seed=s.seed,
+            logprobs=s.logprobs or None,
             output_kind=RequestOutputKind.DELTA,
+            extra_args=self._scales_args(request.lora),
         )
+        salt = _cache_salt(request.lora)
         if request.prompt_embeds is not None:
             prompt = EmbedsPrompt(prompt_embeds=request.prompt_embeds)
         else:
             prompt = TokensPrompt(prompt_token_ids=request.prompt_token_ids)
-        adapter = request.lora or self._identity
-        if adapter.name not in self._lora_ids:
-            self._lora_ids[adapter.name] = next(self._next_lora_id)
-        lora = LoRARequest(adapter.name, self._lora_ids[adapter.name], str(adapter.path))
+        if salt is not None:
+            prompt["cache_salt"] = salt
+        lora = None
+        if request.lora is not None:
+            name = request.lora.name
+            if name not in self._lora_ids:
+                self._lora_ids[name] = next(self._next_lora_id)
+            lora = LoRARequest(name, self._lora_ids[name], str(request.lora.path))
         # Closing the vLLM stream early (client gone) makes vLLM abort the request.
         stream = self._llm.generate(prompt, params, request.request_id, lora_request=lora)
         async with contextlib.aclosing(stream):
             async for output in stream:
                 yield [
-                    Delta(c.index, c.text, list(c.token_ids), c.finish_reason)
+                    Delta(c.index, c.text, list(c.token_ids), c.finish_reason,
+                          [{t: p.logprob for t, p in top.items()} for top in c.logprobs or []])
                     for c in output.outputs
                 ]
+
+    def _scales_args(self, lora: LoRA | None) -> dict | None:
+        if lora is None or lora.scales is None:
+            return None
+        if len(lora.scales) > self.max_lora_rank or not all(map(math.isfinite, lora.scales)):
+            raise EngineError(f"LoRA adapter {lora.name}: its scales must be at most "
+                              f"engine.max_lora_rank ({self.max_lora_rank}) finite numbers")
+        return {vllm_mixtures.SCALES: [float(x) for x in lora.scales]}
 
     async def check_health(self) -> None:
         llm = getattr(self, "_llm", None)
@@ -106,20 +121,11 @@ class VLLMEngine(Engine):
         if llm is not None:
             llm.shutdown()
             self._llm = None
-            shutil.rmtree(self._identity.path, ignore_errors=True)
 
 
-def write_identity_lora(model_path: Path, out: Path, rank: int = 8) -> LoRA:
-    """An adapter with A = B = 0 on LORA_TARGET_MODULES: applying it changes nothing, exactly."""
-    import torch
-    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
-    from safetensors.torch import save_file
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    with torch.device("meta"):  # shapes only: no weights are loaded
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_path))
-    config = LoraConfig(r=rank, lora_alpha=rank, target_modules=list(LORA_TARGET_MODULES))
-    state = get_peft_model_state_dict(get_peft_model(model, config))
-    save_file({k: torch.zeros(v.shape) for k, v in state.items()}, out / "adapter_model.safetensors")
-    config.save_pretrained(out)
-    return LoRA(name="lethe-identity", path=out)
+def _cache_salt(lora: LoRA | None) -> str | None:
+    """Prefix-cache salt of a request with scales: its KV differs from the same prompt's under
+    other scales of the same adapter."""
+    if lora is None or lora.scales is None:
+        return None
+    return hashlib.sha256(repr(lora.scales).encode()).hexdigest()[:16]

@@ -36,7 +36,7 @@ from ..config import Config
 from ..errors import LetheError
 from ..forget import ForgetService, Worker, open_queue
 from ..metrics import Metrics
-from ..mixtures import MaterialisedMixtures
+from ..mixtures import ShardMixtures
 from ..model import input_embeddings, resolve_model, sentence_embedder
 from ..pipeline import Pipeline
 from ..server import served_corruption
@@ -136,11 +136,13 @@ class Lifecycle:
                corruption: Corruption | None = None, quarantine: str | None = None
                ) -> ServedSubject:
         """The server's pipeline over `store` (its configured route, corruption and
-        quarantine, unless given)."""
+        quarantine, unless given). Mixtures are materialised: the subjects' model runs them as
+        peft adapters (the same weights as in the engine, bench_mixtures / test_engines)."""
         metrics = Metrics()
+        route = (route or self.config.route).model_copy(update={"mixing": "materialised"})
         pipeline = Pipeline(self.tokenizer, self.embedding, guard, corruption or self.corruption,
-                            MaterialisedMixtures(store, route or self.config.route, metrics,
-                                                 quarantine or self.config.forget.quarantine),
+                            ShardMixtures(store, route, metrics,
+                                          quarantine or self.config.forget.quarantine),
                             self.config.forget.on_flag, metrics, self.noise_key)
         return ServedSubject(self.model, self.tokenizer, pipeline)
 

@@ -13,7 +13,7 @@ from transformers import AutoTokenizer
 from adapters import RouteConfig, ShardStore
 from guard import Corruption, Guard, SentenceEmbedder
 from serving.metrics import Metrics
-from serving.mixtures import MaterialisedMixtures
+from serving.mixtures import ShardMixtures
 from serving.model import input_embeddings
 from serving.pipeline import GuardRefusal, Pipeline
 from tests.serving.conftest import fact
@@ -36,8 +36,8 @@ def parts(tiny_world, tiny_model_dir, minilm):
         return Pipeline(AutoTokenizer.from_pretrained(tiny_model_dir),
                         input_embeddings(tiny_model_dir), guard,
                         Corruption("rand_noise_first_n", 1.0),
-                        MaterialisedMixtures(store, RouteConfig(scheme="semantic", top_m=1),
-                                             metrics, quarantine), on_flag, metrics,
+                        ShardMixtures(store, RouteConfig(scheme="semantic", top_m=1),
+                                      metrics, quarantine), on_flag, metrics,
                         b"server secret")
 
     return pipeline, store

@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from serving.engines import EngineRequest, LoRA, Sampling, engine_class, engine_names
+from adapters import LORA_TARGET_MODULES, Version, combine
+from serving.engines import (EngineError, EngineRequest, LoRA, Sampling, engine_class,
+                             engine_names)
 
 PROMPTS = ["Where does Kalo Venmi live?", "What pet does Dar Torsel have?"]
 _ids = itertools.count()
@@ -29,17 +33,21 @@ class Harness:
             max_loras=2, max_lora_rank=16, kv_cache_gib=1,
         )
         self.loop.run_until_complete(self.engine.start())
+        self.logprobs: dict[str, list[dict[int, float]]] = {}  # request id -> per token (choice 0)
 
     async def _one(self, request: EngineRequest):
         tokens = {i: [] for i in range(request.sampling.n)}
         text = {i: "" for i in range(request.sampling.n)}
         finish = {}
+        logprobs = self.logprobs.setdefault(request.request_id, [])
         async for deltas in self.engine.generate(request):
             for d in deltas:
                 tokens[d.index] += d.token_ids
                 text[d.index] += d.text
                 if d.finish_reason:
                     finish[d.index] = d.finish_reason
+                if d.index == 0:
+                    logprobs += d.logprobs
         return [(tokens[i], text[i], finish.get(i)) for i in range(request.sampling.n)]
 
     def request(self, ids, sampling, embeds=None, lora=None) -> EngineRequest:
@@ -175,3 +183,90 @@ def test_sampling_with_a_seed_is_reproducible_and_n_gives_n_choices(engine, refe
     first, second = engine.generate(engine.request(ids, sampling), engine.request(ids, sampling))
     assert len(first) == 3 and all(choice[2] in ("stop", "length") for choice in first)
     assert [c[0] for c in first] == [c[0] for c in second]
+
+
+# --- shard mixtures in the engine -------------------------------------------------------------
+
+WEIGHTS = [(0.5, 0.3, 0.2), (0.0, 1.0, 0.0), (0.1, 0.15, 0.75)]
+
+
+@pytest.fixture(scope="module")
+def shards(tiny_model_dir, tmp_path_factory) -> list[Version]:
+    """Three shard adapters (r=4, each its own alpha) on the projections Lethe trains."""
+    versions = []
+    for k, alpha in enumerate((4, 8, 16)):
+        torch.manual_seed(10 + k)
+        base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+        config = LoraConfig(r=4, lora_alpha=alpha, init_lora_weights=False,
+                            target_modules=list(LORA_TARGET_MODULES))
+        path = tmp_path_factory.mktemp(f"shard{k}")
+        get_peft_model(base, config).save_pretrained(path)
+        versions.append(Version(k, f"v{k}", path))
+    return versions
+
+
+def materialise(parts: list[tuple[Version, float]], path) -> LoRA:
+    """The concatenated mixture written as one peft adapter (adapters.combine)."""
+    state, config = combine(parts)
+    path.mkdir()
+    save_file(state, path / "adapter_model.safetensors")
+    (path / "adapter_config.json").write_text(json.dumps(config))
+    return LoRA(path.name, path)
+
+
+def relative_error(got: list[dict[int, float]], expected: list[dict[int, float]]) -> float:
+    """Largest per-token max |got - expected| / max |expected| over the top log-probabilities
+    (log-softmax of the logits), which must name the same tokens."""
+    assert len(got) == len(expected) > 0
+    worst = 0.0
+    for g, e in zip(got, expected):
+        assert g.keys() == e.keys()
+        worst = max(worst, max(abs(g[t] - e[t]) for t in e) / max(abs(v) for v in e.values()))
+    return worst
+
+
+def test_in_engine_mixtures_equal_the_materialised_mixtures_in_one_mixed_batch(
+        engine, reference, shards, tmp_path):
+    """A stacked adapter with per-request scales is exactly the weighted mixture: in one batch
+    mixing weight vectors, token prompts, corrupted prompt embeddings and a request without an
+    adapter, each answer equals the materialised mixture's (greedy tokens; log-probabilities to
+    fp32 rounding); scales of 0 give the base model."""
+    tokenizer, model = reference
+    stack = materialise([(v, 1.0) for v in shards], tmp_path / "stack")
+    mixtures = [materialise(list(zip(shards, w)), tmp_path / f"mix-{i}")
+                for i, w in enumerate(WEIGHTS)]
+    ids, corrupted_ids = encode(tokenizer, PROMPTS[0]), encode(tokenizer, PROMPTS[1])
+    torch.manual_seed(0)
+    embeds = model.get_input_embeddings()(torch.tensor(corrupted_ids)).detach()
+    corrupted = embeds + 0.5 * torch.randn_like(embeds)  # (T, d) as the guard would
+    sampling = greedy(8, logprobs=5)
+
+    def in_engine(w, prompt_embeds=None):
+        scales = tuple(x for x in w for _ in range(4))  # shard k's weight over its 4 ranks
+        return engine.request(corrupted_ids if prompt_embeds is not None else ids, sampling,
+                              prompt_embeds, LoRA("stack", stack.path, scales))
+
+    batch = [in_engine(w, e) for w in WEIGHTS for e in (None, corrupted)]
+    batch += [engine.request(ids, sampling), in_engine((0.0, 0.0, 0.0))]
+    expected = [engine.request(corrupted_ids if e is not None else ids, sampling, e, mix)
+                for mix in mixtures for e in (None, corrupted)]
+    expected += [engine.request(ids, sampling), engine.request(ids, sampling)]
+    got_out, expected_out = engine.generate(*batch), engine.generate(*expected)
+
+    assert [o[0][0] for o in got_out] == [o[0][0] for o in expected_out]
+    for g, e in zip(batch, expected):
+        assert relative_error(engine.logprobs[g.request_id],
+                              engine.logprobs[e.request_id]) < 1e-5
+    # the weights really differ: different vectors, different answers (to the same prompt)
+    assert len({tuple(got_out[i][0][0]) for i in (0, 2, 4, 6)}) > 1
+
+
+def test_in_engine_mixture_scales_are_checked(engine, shards, tmp_path):
+    stack = materialise([(v, 1.0) for v in shards], tmp_path / "stack-bad")
+    bad = engine.request([1, 2, 3], greedy(2), lora=LoRA("stack-bad", stack.path,
+                                                          (1.0, float("nan")) * 6))
+    with pytest.raises(EngineError, match="scales"):
+        engine.generate(bad)
+    # and the engine serves on
+    [[(tokens, _, _)]] = engine.generate(engine.request([1, 2, 3], greedy(2)))
+    assert len(tokens) > 0
