@@ -355,6 +355,10 @@ class ShardStore:
         scales = tuple(weights.get(v.shard, 0.0) for v in versions for _ in range(self._rank(v)))
         return dataclasses.replace(stack, scales=scales)
 
+    def stack_rank(self) -> int:
+        """The rank of the current shard adapters stacked: sum of r_k (K x r)."""
+        return sum(self._rank(v) for v in self.current_versions())
+
     def _rank(self, version: Version) -> int:
         if version.id not in self._ranks:  # versions never change: read once
             self._ranks[version.id] = json.loads((version.path / CONFIG).read_text())["r"]

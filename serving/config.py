@@ -61,9 +61,9 @@ class EngineConfig(_Section):
     max_num_seqs: int = Field(default=8, gt=0)
     # LoRA adapters held in the engine at once (LRU beyond that).
     max_loras: int = Field(default=4, gt=0)
-    # A per-request mixture concatenates shard adapters: rank sum(r_k), e.g. 4 shards x r=8 = 32.
-    # vLLM on CPU pads every adapter to this rank, and its LoRA cost grows with it (bench/).
-    max_lora_rank: Literal[8, 16, 32, 64, 128, 256] = 32
+    # Shard mixtures stack the shard adapters: rank sum(r_k), e.g. 4 shards x r=8 = 32; must be
+    # at least that. vLLM pads every adapter to this rank (its cap: 512), so set it no higher.
+    max_lora_rank: Literal[8, 16, 32, 64, 128, 256, 512] = 32
     # vLLM CPU KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE); small models need little.
     kv_cache_gib: int = Field(default=2, gt=0)
 

@@ -18,6 +18,7 @@ from guard import Corruption, Guard, load_corruption
 
 from .api import OpenAIServing, build_app
 from .config import Config
+from .errors import UsageError
 from .engines import engine_class
 from .forget import ForgetService, WorkerSupervisor, open_queue
 from .logs import configure_logging
@@ -78,6 +79,10 @@ def create_app(config: Config):
     replica = f"{socket.gethostname()}-{config.server.port}"
     store = (open_store(config, mixtures=replica)
              if (config.store_dir / "store.json").exists() else None)
+    if store is not None and store.stack_rank() > config.engine.max_lora_rank:
+        raise UsageError(
+            f"engine.max_lora_rank is {config.engine.max_lora_rank}, below the rank of the shard "
+            f"adapters stacked ({store.stack_rank()}: K shards x r); set it to at least that")
     guard = load_guard(config, store)
     corruption = served_corruption(config)
     resolver = (ShardMixtures(store, config.route, metrics, config.forget.quarantine)

@@ -270,3 +270,23 @@ def test_in_engine_mixture_scales_are_checked(engine, shards, tmp_path):
     # and the engine serves on
     [[(tokens, _, _)]] = engine.generate(engine.request([1, 2, 3], greedy(2)))
     assert len(tokens) > 0
+
+
+def test_a_prompt_cached_under_one_weight_vector_is_not_reused_under_another(
+        engine, reference, shards, tmp_path):
+    # vLLM caches a prompt's KV blocks by adapter; under other scales of the same stacked
+    # adapter the KV differs, so the second request must compute its own.
+    tokenizer, _ = reference
+    stack = materialise([(v, 1.0) for v in shards], tmp_path / "stack-cache")
+    ids = encode(tokenizer, " ".join(PROMPTS * 8))  # several KV blocks
+    sampling = greedy(6, logprobs=5)
+    for i, w in enumerate(WEIGHTS[:2]):
+        scales = tuple(x for x in w for _ in range(4))
+        mixture = materialise(list(zip(shards, w)), tmp_path / f"mix-cache-{i}")
+        first = engine.request(ids, sampling, lora=LoRA("stack-cache", stack.path, scales))
+        [[got]] = engine.generate(first)
+        expected = engine.request(ids, sampling, lora=mixture)
+        [[want]] = engine.generate(expected)
+        assert got[0] == want[0]
+        assert relative_error(engine.logprobs[first.request_id],
+                              engine.logprobs[expected.request_id]) < 1e-5

@@ -189,3 +189,47 @@ def test_quarantine_gives_pending_shards_weight_zero_until_retrained(tiny_world,
            retry_max=1, poll_seconds=0.1).run_once()
     assert store.lineage.quarantined() == set()
     server.stop()
+
+
+def files(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under root: (size, mtime) by path, except SQLite's shared-memory index,
+    which readers update."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in root.rglob("*") if p.is_file() and not p.name.endswith("-shm")}
+
+
+@pytest.mark.parametrize("engine,mixing", [("vllm", "in-engine"), ("hf", "in-engine"),
+                                           ("hf", "materialised")])
+def test_in_engine_mixtures_write_nothing_per_request_and_outlive_a_retrain(
+        tiny_world, start_server, engine, mixing):
+    # Every shard weighs in, unrounded: each question has a weight vector of its own.
+    config = merge(tiny_world(engine), route={"top_m": None, "quantum": 0.0, "tau": 5.0,
+                                              "mixing": mixing})
+    server, home = start_server(config), Path(config["home"])
+    questions = [fact(f"person-000{i}", j)[0] for i in range(4) for j in range(2)]
+    ask(server, questions[0])  # the first request builds what its set of shard versions needs
+    before, built = files(home), metric(server, "lethe:mixture_cache_misses_total")
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda q: ask(server, q), questions[1:]))
+    assert all(answers)
+    if mixing == "materialised":  # the contrast: a mixture on disk per weight vector
+        assert metric(server, "lethe:mixture_cache_misses_total") == built + len(questions) - 1
+        assert len(files(home)) > len(before)
+        return
+    assert files(home) == before  # nothing written under the data directory
+    assert metric(server, "lethe:mixture_cache_misses_total") == built
+
+    # A retrain publishes a new shard version under load: no request fails; new requests use
+    # the new set of versions (one new stack), the old stack is deleted once no request holds it.
+    request = api(server, "POST", "/v1/forget", json={"owner": "person-0002"}).json()
+    asked = 0
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        while api(server, "GET", f"/v1/forget/{request['id']}").json()["state"] != "completed":
+            assert all(pool.map(lambda q: ask(server, q), questions[:4]))
+            asked += 4
+    assert asked
+    time.sleep(1)  # the server sweeps superseded mixtures when it syncs (every 0.2 s)
+    assert all(ask(server, q) for q in questions)
+    stacks = list((home / "apa" / "mixtures").glob("*/mix-*"))
+    assert len(stacks) == 1, stacks
+    assert metric(server, "lethe:mixture_cache_misses_total") == built + 1
