@@ -351,6 +351,8 @@ class ShardStore:
         with the scales that make it the mixture of `weights` (shard id -> weight; a shard
         without one, e.g. quarantined, gets 0)."""
         versions = self.current_versions()
+        if set(weights) - {v.shard for v in versions}:  # retired since the weights were read
+            raise RegistryError("a weighted shard is no longer published")  # resolve: again
         stack = self.mixtures.get([(v, 1.0) for v in versions])
         scales = tuple(weights.get(v.shard, 0.0) for v in versions for _ in range(self._rank(v)))
         return dataclasses.replace(stack, scales=scales)

@@ -91,12 +91,14 @@ def cmd_route(args) -> None:
     route = store.effective_route(config.route)
     query = sentence_embedder(config.guard.embedder, config.home_dir)([args.prompt])[0]
     weights = store.weights(query, route)
-    name = mixture_name([(store.registry.current(k), w) for k, w in weights.items()]) \
-        if weights else None
+    # in-engine: the stack of the current versions, the weights applied by the engine
+    parts = ([(v, 1.0) for v in store.current_versions()] if route.mixing == "in-engine"
+             else [(store.registry.current(k), w) for k, w in weights.items()])
+    name = mixture_name(parts) if weights else None
     emit(args, {"scheme": route.scheme, "weights": {str(k): w for k, w in weights.items()},
-                "mixture": name},
+                "mixing": route.mixing, "mixture": name},
          [f"scheme {route.scheme}"] + [f"shard {k}: {w:.3f}" for k, w in weights.items()]
-         + [f"mixture {name or '(none: base model)'}"])
+         + [f"mixture {name or '(none: base model)'} ({route.mixing})"])
 
 
 def add_commands(sub) -> None:

@@ -88,6 +88,7 @@ class Delta:
     token_ids: list[int] = field(default_factory=list)
     finish_reason: FinishReason | None = None
     # per token of token_ids: {token id: log-probability} of the `Sampling.logprobs` most likely
+    # (vLLM adds the sampled token when it is not among them)
     logprobs: list[dict[int, float]] = field(default_factory=list)
 
 

@@ -1,4 +1,4 @@
-"""transformers + peft: the reference engine.
+"""transformers: the reference engine.
 
 One worker thread decodes; the event loop only moves deltas. Requests waiting when a batch starts
 are decoded together (static batching, up to max_num_seqs sequences): prompts are left-padded and
@@ -56,7 +56,7 @@ class HFEngine(Engine):
         self._base = AutoModelForCausalLM.from_pretrained(
             self.model_path, dtype=getattr(torch, self.dtype)
         ).eval()
-        self._loras = MultiLoRA(self._base, capacity=self.max_loras)
+        self._loras = MultiLoRA(self._base, capacity=self.max_loras, max_rank=self.max_lora_rank)
         eos = {self.tokenizer.eos_token_id}
         try:
             gen_eos = GenerationConfig.from_pretrained(self.model_path).eos_token_id

@@ -60,9 +60,10 @@ class MultiLoRA:
     """The LoRA wrappers of one model and the adapters loaded in them (least recently used
     evicted beyond `capacity`, never one the current batch uses)."""
 
-    def __init__(self, model: nn.Module, capacity: int):
+    def __init__(self, model: nn.Module, capacity: int, max_rank: int):
         self.model = model
         self.capacity = capacity
+        self.max_rank = max_rank
         self._groups: list[_Group] = []
         self._layers: dict[str, LoRALinear] = {}  # module name -> its wrapper
         self._ranks: OrderedDict[str, int] = OrderedDict()  # adapter -> rank, newest last
@@ -74,22 +75,24 @@ class MultiLoRA:
         try:
             config = json.loads((lora.path / "adapter_config.json").read_text())
             state = load_file(lora.path / "adapter_model.safetensors")
-        except (OSError, ValueError) as e:
+            rank, scaling = config["r"], config["lora_alpha"] / config["r"]
+            pairs = {key.removeprefix(PREFIX).split(".lora_A.")[0]:
+                     (a, state[key.replace(".lora_A.", ".lora_B.")])
+                     for key, a in state.items() if ".lora_A." in key}
+        except (OSError, ValueError, KeyError, ZeroDivisionError) as e:
             raise EngineError(f"cannot read LoRA adapter {lora.name} at {lora.path}: {e}") from e
         if config.get("use_dora") or config.get("use_rslora") or config.get("rank_pattern") \
                 or config.get("alpha_pattern"):
             raise EngineError(f"LoRA adapter {lora.name}: DoRA, rsLoRA and per-layer ranks are "
                               "not supported by the hf engine")
-        scaling = config["lora_alpha"] / config["r"]
+        if rank > self.max_rank:
+            raise EngineError(f"LoRA adapter {lora.name} has rank {rank}, above "
+                              f"engine.max_lora_rank ({self.max_rank})")
+        layers = {module: self._layer(module, lora.name) for module in pairs}  # may raise
         dtype = next(self.model.parameters()).dtype
-        for key, a in state.items():
-            if ".lora_A." not in key:
-                continue
-            module = key.removeprefix(PREFIX).split(".lora_A.")[0]
-            b = state[key.replace(".lora_A.", ".lora_B.")]
-            self._layer(module, lora.name).adapters[lora.name] = (
-                a.to(dtype), (b * scaling).to(dtype))
-        self._ranks[lora.name] = config["r"]
+        for module, (a, b) in pairs.items():
+            layers[module].adapters[lora.name] = (a.to(dtype), (b * scaling).to(dtype))
+        self._ranks[lora.name] = rank
 
     def _layer(self, module: str, adapter: str) -> LoRALinear:
         if module not in self._layers:
@@ -119,11 +122,13 @@ class MultiLoRA:
             if lora is not None:
                 by_name.setdefault(lora.name, []).append(i)
         dtype = next(self.model.parameters()).dtype
+        groups = []
         for name, rows in by_name.items():
             scales = torch.stack([self._scales(loras[i]) for i in rows])  # (n, r)
             scales = scales[:, None, :].to(dtype)  # (n, 1, r): the same over a row's tokens
             everyone = len(rows) == len(loras)
-            self._groups.append(_Group(name, None if everyone else torch.tensor(rows), scales))
+            groups.append(_Group(name, None if everyone else torch.tensor(rows), scales))
+        self._groups[:] = groups  # the list every wrapper holds
         try:
             yield
         finally:
@@ -136,7 +141,7 @@ class MultiLoRA:
         scales = torch.tensor(lora.scales, dtype=torch.float32)
         if scales.shape != (rank,) or not torch.isfinite(scales).all():
             raise EngineError(f"LoRA adapter {lora.name} has rank {rank}: its scales must be "
-                              f"{rank} finite numbers, got {len(lora.scales)}")
+                              f"{rank} finite numbers")
         return scales
 
     def _evict(self, keep: set[str]) -> None:

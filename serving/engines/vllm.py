@@ -1,7 +1,7 @@
 """vLLM in-process (AsyncLLM), with LoRA and prompt embeddings enabled.
 
 vLLM is imported on start(), so the rest of Lethe works where it is not installed. LoRA runs
-through Lethe's vLLM plugin (vllm_mixtures.py): per-request scales of an adapter's rank
+through Lethe's vLLM plugin (vllm_plugin/): per-request scales of an adapter's rank
 components, so one stacked adapter serves every weighting of its shards.
 vLLM keys its adapter cache by LoRA name: a name is never reused for other weights (callers pass
 content-addressed names), and each name keeps one integer id for life. Its prefix cache keys by
@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import itertools
+import json
 import math
 import os
 from typing import AsyncIterator
@@ -22,7 +23,7 @@ from typing import AsyncIterator
 # under LoRAs (`einsum(): subscript b has size ...`); Lethe's adapters never train embeddings.
 from adapters import LORA_TARGET_MODULES
 
-from . import vllm_mixtures
+from . import vllm_plugin
 from .base import Delta, Engine, EngineError, EngineRequest, LoRA
 
 
@@ -39,10 +40,10 @@ class VLLMEngine(Engine):
         # vLLM on CPU reads its KV cache size (GiB) from the environment.
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.kv_cache_gib))
         # Lethe's plugin, in this process and the engine's (they inherit the environment).
-        os.environ[vllm_mixtures.ENV] = "1"
+        os.environ[vllm_plugin.ENV] = "1"
         try:
-            vllm_mixtures.register()
-        except vllm_mixtures.UnsupportedVLLM as e:
+            vllm_plugin.register()
+        except vllm_plugin.UnsupportedVLLM as e:
             raise EngineError(str(e)) from e
         args = AsyncEngineArgs(
             model=str(self.model_path),
@@ -59,7 +60,20 @@ class VLLMEngine(Engine):
             self._llm = AsyncLLM.from_engine_args(args)
         except Exception as e:  # vLLM raises many types on start-up; name the engine
             raise EngineError(f"vLLM failed to start on {self.model_path}: {e}") from e
+        # Without the plugin in the engine's process, scales would be ignored (every shard at
+        # weight 1, quarantined ones too): refuse to serve rather than serve that.
+        try:
+            active = all(await self._llm.collective_rpc("lethe_plugin_active"))
+        except Exception:  # the worker lacks the method: the plugin is not loaded there
+            active = False
+        if not active:
+            await self.shutdown()
+            raise EngineError(
+                "vLLM's engine process runs without Lethe's plugin (is VLLM_PLUGINS set without "
+                "lethe_mixtures, or the package installed without its entry points? `make "
+                "setup` installs them)")
         self._lora_ids: dict[str, int] = {}
+        self._lora_ranks: dict[str, int] = {}
         self._next_lora_id = itertools.count(1)
 
     async def generate(self, request: EngineRequest) -> AsyncIterator[list[Delta]]:
@@ -106,10 +120,18 @@ class VLLMEngine(Engine):
     def _scales_args(self, lora: LoRA | None) -> dict | None:
         if lora is None or lora.scales is None:
             return None
-        if len(lora.scales) > self.max_lora_rank or not all(map(math.isfinite, lora.scales)):
-            raise EngineError(f"LoRA adapter {lora.name}: its scales must be at most "
-                              f"engine.max_lora_rank ({self.max_lora_rank}) finite numbers")
-        return {vllm_mixtures.SCALES: [float(x) for x in lora.scales]}
+        if lora.name not in self._lora_ranks:  # names are content-addressed: read once
+            try:
+                config = json.loads((lora.path / "adapter_config.json").read_text())
+                self._lora_ranks[lora.name] = int(config["r"])
+            except (OSError, ValueError, KeyError) as e:
+                raise EngineError(f"cannot read LoRA adapter {lora.name} at {lora.path}: "
+                                  f"{e}") from e
+        rank = self._lora_ranks[lora.name]
+        if len(lora.scales) != rank or not all(map(math.isfinite, lora.scales)):
+            raise EngineError(f"LoRA adapter {lora.name} has rank {rank}: its scales must be "
+                              f"{rank} finite numbers")
+        return {vllm_plugin.SCALES: [float(x) for x in lora.scales]}
 
     async def check_health(self) -> None:
         llm = getattr(self, "_llm", None)

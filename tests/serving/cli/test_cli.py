@@ -52,6 +52,7 @@ def test_train_then_forget_then_retrain(lethe):
 
     routed = output(lethe("route", "Where does Venvos Midarra live?", "--json"))
     assert routed["scheme"] == "apa" and routed["mixture"].startswith("mix-")
+    assert routed["mixing"] == "in-engine"  # the stack of every shard, weights in the engine
     assert sum(routed["weights"].values()) == pytest.approx(1.0, abs=1e-5)
 
     forgotten = output(lethe("forget-samples", "--id", "person-0000-fact0", "person-0000-fact1",

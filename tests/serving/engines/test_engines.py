@@ -290,3 +290,12 @@ def test_a_prompt_cached_under_one_weight_vector_is_not_reused_under_another(
         assert got[0] == want[0]
         assert relative_error(engine.logprobs[first.request_id],
                               engine.logprobs[expected.request_id]) < 1e-5
+
+
+def test_vllm_refuses_to_serve_without_its_plugin_in_the_engine_process(
+        tiny_model_dir, monkeypatch):
+    # Without the plugin, vLLM would ignore the scales: every shard at weight 1, quarantined
+    # ones too. VLLM_PLUGINS without it keeps it out of vLLM's engine process.
+    monkeypatch.setenv("VLLM_PLUGINS", "lora_filesystem_resolver")
+    with pytest.raises(EngineError, match="without Lethe's plugin"):
+        Harness("vllm", tiny_model_dir)
