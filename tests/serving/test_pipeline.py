@@ -72,8 +72,7 @@ def test_a_mixture_in_flight_survives_a_retrain_until_released(parts):
     pipeline, store = parts
     p = pipeline()
     prompt = p.chat(chat(fact("person-0003")[0]))
-    [part] = json.loads((prompt.lora.path / "mixture.json").read_text())["parts"]
-    shard = part["shard"]
+    [shard] = shards_of(prompt)
     store.forget_samples([s.id for s in store.lineage.shard_samples(shard)][:1])  # new version
 
     p.sweep()
@@ -84,8 +83,14 @@ def test_a_mixture_in_flight_survives_a_retrain_until_released(parts):
 
 
 def shards_of(prompt) -> set[int]:
-    return {part["shard"] for part in
-            json.loads((prompt.lora.path / "mixture.json").read_text())["parts"]}
+    """The shards with weight in a prompt's mixture: of a stack (in-engine mixing), those whose
+    rank components it scales by more than 0."""
+    parts = json.loads((prompt.lora.path / "mixture.json").read_text())["parts"]
+    if prompt.lora.scales is None:
+        return {part["shard"] for part in parts}
+    r = len(prompt.lora.scales) // len(parts)  # every shard has the same rank here
+    return {part["shard"] for i, part in enumerate(parts)
+            if any(prompt.lora.scales[i * r:(i + 1) * r])}
 
 
 def test_flagged_prompts_skip_the_shards_that_pending_forget_requests_hold(parts):
