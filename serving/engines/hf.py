@@ -104,8 +104,7 @@ class HFEngine(Engine):
                 jobs.append(nxt)
                 rows += nxt.request.sampling.n
             try:
-                loras = [j.request.lora for j in jobs for _ in range(j.request.sampling.n)]
-                with self._torch.inference_mode(), self._loras.batch(loras):
+                with self._torch.inference_mode():
                     self._decode(jobs)
             except Exception as e:  # report to every waiting request; the worker lives on
                 for j in jobs:
@@ -115,6 +114,11 @@ class HFEngine(Engine):
         torch = self._torch
         rows = [_Row(job, i) for job in jobs for i in range(job.request.sampling.n)]
         generators = {id(j): _generator(torch, j.request.sampling.seed) for j in jobs}
+        with self._loras.batch([r.job.request.lora for r in rows]):  # row b: its request's
+            self._decode_rows(jobs, rows, generators)
+
+    def _decode_rows(self, jobs: list[_Job], rows: list[_Row], generators: dict) -> None:
+        torch = self._torch
 
         # Prefill: every row as embeddings, left-padded to the longest prompt.
         embed = self._base.get_input_embeddings()

@@ -64,6 +64,7 @@ class MultiLoRA:
         self.model = model
         self.capacity = capacity
         self.max_rank = max_rank
+        self.dtype = next(model.parameters()).dtype  # adapters and scales are cast to it
         self._groups: list[_Group] = []
         self._layers: dict[str, LoRALinear] = {}  # module name -> its wrapper
         self._ranks: OrderedDict[str, int] = OrderedDict()  # adapter -> rank, newest last
@@ -89,9 +90,8 @@ class MultiLoRA:
             raise EngineError(f"LoRA adapter {lora.name} has rank {rank}, above "
                               f"engine.max_lora_rank ({self.max_rank})")
         layers = {module: self._layer(module, lora.name) for module in pairs}  # may raise
-        dtype = next(self.model.parameters()).dtype
         for module, (a, b) in pairs.items():
-            layers[module].adapters[lora.name] = (a.to(dtype), (b * scaling).to(dtype))
+            layers[module].adapters[lora.name] = (a.to(self.dtype), (b * scaling).to(self.dtype))
         self._ranks[lora.name] = rank
 
     def _layer(self, module: str, adapter: str) -> LoRALinear:
@@ -121,11 +121,10 @@ class MultiLoRA:
         for i, lora in enumerate(loras):
             if lora is not None:
                 by_name.setdefault(lora.name, []).append(i)
-        dtype = next(self.model.parameters()).dtype
         groups = []
         for name, rows in by_name.items():
             scales = torch.stack([self._scales(loras[i]) for i in rows])  # (n, r)
-            scales = scales[:, None, :].to(dtype)  # (n, 1, r): the same over a row's tokens
+            scales = scales[:, None, :].to(self.dtype)  # (n, 1, r): the same over a row's tokens
             everyone = len(rows) == len(loras)
             groups.append(_Group(name, None if everyone else torch.tensor(rows), scales))
         self._groups[:] = groups  # the list every wrapper holds

@@ -8,9 +8,10 @@ than the one it was written against (SUPPORTED): it replaces two internals.
 - The model runner's `set_active_loras` (once per step) also builds a (tokens, max_lora_rank)
   scale matrix from each request's `SamplingParams.extra_args[SCALES]` (ones for requests
   without it) and hands it to the Punica wrapper.
-- `punica.MixturePunicaWrapper.add_lora_linear` (every LoRA layer, every step) computes, for the tokens
-  of each adapter slot in the batch, ((x @ A^T) * scales) @ B^T as two dense matmuls: one shrink
-  and one expand per slot in the batch, whatever the requests' scales. vLLM's CPU ops instead
+- `punica.MixturePunicaWrapper.add_lora_linear` (every LoRA layer, every step) computes, for the
+  tokens of each adapter slot in the batch, ((x @ A^T) * scales) @ B^T as two dense matmuls:
+  one shrink and one expand per slot in the batch, whatever the requests' scales. vLLM's CPU ops
+  instead
   gather each token's own (rank, in) and (out, rank) matrices (bgmv/sgmv in torch), which is what
   made LoRA cost 3.4x on CPU (bench/). Tokens without an adapter (slot -1) get no delta: vLLM
   0.32's CPU ops gave them the adapter in the last slot.
@@ -81,9 +82,13 @@ def _active(worker) -> bool:
     from .punica import MixturePunicaWrapper
 
     runner = worker.model_runner
-    wrappers = runner.lora_manager._adapter_manager.punica_wrapper_mapping.values()
     return (getattr(type(runner).set_active_loras, "_lethe", False)
-            and all(isinstance(w, MixturePunicaWrapper) for w in wrappers))
+            and all(isinstance(w, MixturePunicaWrapper) for w in _wrappers(runner)))
+
+
+def _wrappers(runner) -> list:
+    """The model's Punica wrappers (one for a text model: the language model's)."""
+    return list(runner.lora_manager._adapter_manager.punica_wrapper_mapping.values())
 
 
 def _set_scales(runner, input_batch, num_scheduled_tokens: np.ndarray) -> None:
@@ -97,6 +102,5 @@ def _set_scales(runner, input_batch, num_scheduled_tokens: np.ndarray) -> None:
             rows[i] = 0.0  # ranks beyond the adapter's are padding
             rows[i, :len(scales)] = scales
     per_token = np.repeat(rows, num_scheduled_tokens[:n], axis=0)  # (tokens, R)
-    # Lethe serves text models: one wrapper, the language model's.
-    for wrapper in runner.lora_manager._adapter_manager.punica_wrapper_mapping.values():
+    for wrapper in _wrappers(runner):
         wrapper.set_scales(torch.from_numpy(per_token))
