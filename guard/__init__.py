@@ -22,7 +22,8 @@ from .metrics import (ANSWER_TOKENS, MetricError, ModelSubject, Subject, answer_
                       forget_quality, greedy_ids, metric, metric_names, model_utility,
                       register_metric, rouge_l_recall, token_logprobs, truth_ratio_closer_to_1,
                       truth_ratio_true_better)
-from .tune import TuneResult, forget_score, load_corruption, save_corruption, tune
+from .tune import (TuneResult, forget_score, forget_scores, load_corruption,
+                   save_corruption, tune)
 from .views import views
 
 __all__ = [
@@ -31,7 +32,7 @@ __all__ = [
     "GuardConfig", "GuardError", "GuardModel", "Item", "MetricError", "PromptFileError",
     "ModelSubject", "SentenceEmbedder", "Subject", "TuneConfig", "TuneResult", "Verdict",
     "answer_ids", "chat_prompt",
-    "classifier_names", "corruption_names", "embedder_names", "forget_quality", "forget_score",
+    "classifier_names", "corruption_names", "embedder_names", "forget_quality", "forget_score", "forget_scores",
     "general_prompts", "greedy_ids", "load_corruption", "load_model", "metric", "metric_names",
     "model_utility", "read_items", "register_classifier", "register_corruption",
     "register_embedder", "register_metric", "request_seed", "rouge_l_recall", "salient_terms",

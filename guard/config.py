@@ -24,8 +24,9 @@ class CorruptionConfig(_Section):
     """The corruption used until `lethe guard tune` has saved a tuned one."""
 
     name: str = "rand_noise_first_n"  # ECO's default
-    # SmolLM2's token embeddings have std 0.14 per dimension: sigma 1 drowns the prompt.
-    sigma: float = Field(default=1.0, ge=0)
+    # Noise std. SmolLM2's token embeddings have std 0.14 per dimension: sigma 1 drowns the
+    # prompt. None: the server chooses by its forget policy (serving/server.py).
+    sigma: float | None = Field(default=None, ge=0)
     k: int | None = Field(default=None, gt=0)  # dimensions per token; None: all
 
     _known = field_validator("name")(lambda name: _registered(name, corruption_names(), "corruption"))
@@ -33,13 +34,26 @@ class CorruptionConfig(_Section):
 
 class TuneConfig(_Section):
     budget: int = Field(default=30, gt=0)  # evaluations; ~2 s each for 40 TOFU items on SmolLM2
-    score: str = "probability"  # a metric (metrics.py): per-token answer probability
+    # Metrics (metrics.py) the tuned corruption must match the reference on; one name or a
+    # list. probability: computable from any prompt/response file (truth_ratio needs TOFU's
+    # paraphrased and perturbed answers); alone it over-forgets (README, "TOFU").
+    score: list[str] = ["probability"]
     penalty: float = Field(default=0.1, ge=0)  # weight of retain damage in the objective
     sigma_min: float = Field(default=0.01, gt=0)
     sigma_max: float = Field(default=10.0, gt=0)
     retain_items: int = Field(default=8, ge=0)  # "a few retain prompts" for the damage term
 
-    _known = field_validator("score")(lambda name: _registered(name, metric_names(), "metric"))
+    @field_validator("score", mode="before")
+    @classmethod
+    def _one_or_many(cls, value):
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("score")
+    @classmethod
+    def _known(cls, names: list[str]) -> list[str]:
+        if not names:
+            raise ValueError("needs at least one metric")
+        return [_registered(name, metric_names(), "metric") for name in names]
 
 
 class GuardConfig(_Section):

@@ -1,10 +1,12 @@
 """Zeroth-order tuning of the corruption (ECO's sigma search, done with nevergrad).
 
 The model never changes; only the corruption's variant, strength sigma and width k are searched,
-so that the model's score on the forget set under corruption matches the score of a reference model
-that never saw the forget data (the exact-unlearned shard mixture, or a given value):
+so that the model's scores on the forget set under corruption match the scores of a reference
+model that never saw the forget data (the exact-unlearned shard mixture, or given values), on
+one metric or several (e.g. truth ratio and ROUGE-L: probability alone over-forgets, README):
 
-    objective(c) = |score_forget(c) - target| + penalty * max(0, score_retain(none) - score_retain(c))
+    objective(c) = sum over metrics m of |score_m(c) - target_m|
+                   + penalty * max(0, score_retain(none) - score_retain(c))
 
 The second term prefers, among corruptions that reach the target, one that leaves the model able
 to answer at all: retain prompts under the same corruption should lose as little as possible.
@@ -36,32 +38,46 @@ def forget_score(kind: str, subject: Subject, items: list[Item]) -> float:
     return float(metric(kind)(subject, items).mean())
 
 
+def forget_scores(kinds: list[str], subject: Subject, items: list[Item]) -> dict[str, float]:
+    """{kind: forget_score(kind, ...)} for each metric in `kinds`."""
+    return {kind: forget_score(kind, subject, items) for kind in kinds}
+
+
 @dataclass
 class TuneResult:
-    corruption: Corruption
-    target: float
-    score_before: float  # forget score without corruption
-    score_after: float
+    corruption: Corruption  # the best corruption evaluated (never "none")
+    target: dict[str, float]  # per metric
+    score_before: dict[str, float]  # forget scores without corruption
+    score_after: dict[str, float]
     objective_before: float
     objective_after: float
     evaluations: list[dict] = field(default_factory=list)
 
 
-def tune(score: Callable[[Corruption | None], float], target: float, *,
+def tune(score: Callable[[Corruption | None], dict[str, float]], target: dict[str, float], *,
          retain: Callable[[Corruption | None], float] | None, penalty: float, names: list[str],
          dim: int, sigma_range: tuple[float, float], budget: int, seed: int,
          log: Callable[[dict], None] | None = None) -> TuneResult:
     """Search corruptions (variant in names, sigma in sigma_range, k in 1..dim) with nevergrad's
-    NGOpt for `budget` evaluations of `score` (and `retain`); returns the best one evaluated."""
+    NGOpt for `budget` evaluations of `score` (and `retain`); returns the best one evaluated.
+    `score` gives a value per metric of `target`. No corruption may score best: when the model
+    under corruption is already the reference (a flagged prompt routed around the shards that
+    hold its data), the search finds the mildest corruption and the result says how far it is
+    (objective_after against objective_before)."""
     import nevergrad as ng
 
+    if not target:
+        raise GuardError("tuning needs a target for at least one metric")
     retain_clean = retain(None) if retain is not None else 0.0
 
-    def objective(c: Corruption | None) -> tuple[float, float]:
-        value = score(c)
+    def objective(c: Corruption | None) -> tuple[dict[str, float], float]:
+        values = score(c)
+        if set(values) != set(target):
+            raise GuardError(f"the score gave metrics {sorted(values)}, the target has "
+                             f"{sorted(target)}")
         damage = max(0.0, retain_clean - retain(c)) if retain is not None and c else 0.0
-        total = abs(value - target) + penalty * damage
-        return value, total if math.isfinite(total) else NON_FINITE
+        total = sum(abs(values[m] - target[m]) for m in target) + penalty * damage
+        return values, total if math.isfinite(total) else NON_FINITE
 
     score_before, objective_before = objective(None)
     space = ng.p.Instrumentation(
@@ -70,24 +86,23 @@ def tune(score: Callable[[Corruption | None], float], target: float, *,
         k=ng.p.Log(lower=1, upper=dim).set_integer_casting())
     space.random_state = np.random.RandomState(seed)
     optimizer = ng.optimizers.NGOpt(parametrization=space, budget=budget)
-    best = (objective_before, None, score_before)
+    best = (math.inf, None, {})
     evaluations = []
     for step in range(1, budget + 1):
         candidate = optimizer.ask()
         params = candidate.kwargs
         corruption = Corruption(params["name"], sigma=params["sigma"] if uses_sigma(params["name"])
                                 else 0.0, k=int(params["k"]))
-        value, total = objective(corruption)
+        values, total = objective(corruption)
         optimizer.tell(candidate, total)
-        record = {"step": step, **asdict(corruption), "score": value, "objective": total}
+        record = {"step": step, **asdict(corruption), "scores": values, "objective": total}
         evaluations.append(record)
         if log is not None:
             log(record)
-        if total < best[0]:
-            best = (total, corruption, value)
+        if total < min(best[0], NON_FINITE):
+            best = (total, corruption, values)
     if best[1] is None:
-        raise GuardError(f"no corruption in {budget} evaluations beat no corruption "
-                         f"(objective {objective_before:.4f}); raise the budget or check the target")
+        raise GuardError(f"no corruption in {budget} evaluations gave a finite score")
     return TuneResult(best[1], target, score_before, best[2], objective_before, best[0], evaluations)
 
 

@@ -50,10 +50,25 @@ def load_guard(config: Config, store: ShardStore | None) -> Guard | None:
     return Guard.exemplars_only(embed, config.guard.exemplar_threshold)
 
 
+# guard.corruption.sigma when it is null. Where the quarantine routes flagged prompts around the
+# shards of pending forget requests (forget.quarantine: flagged or all), the weights that answer
+# never saw the forgotten data: the corruption tuned against them (`lethe eval tofu`'s second
+# tier, README "TOFU") is mild, and ECO's strength would only drag answers off the question,
+# which tells the client the guard fired. Without the quarantine (none) the weights hold the
+# data until the retrain and the corruption alone must hide it: ECO's strength.
+SIGMA_ROUTED, SIGMA_UNROUTED = 0.05, 1.0
+
+
 def served_corruption(config: Config) -> Corruption:
     """What corrupts a flagged prompt: the tuned corruption (`lethe guard tune`) if there is
-    one, else `guard.corruption`."""
-    return load_corruption(config.guard_dir) or Corruption(**config.guard.corruption.model_dump())
+    one, else `guard.corruption` (its sigma by the forget policy when not set)."""
+    tuned = load_corruption(config.guard_dir)
+    if tuned is not None:
+        return tuned
+    c = config.guard.corruption
+    routed = config.forget.quarantine != "none"
+    sigma = c.sigma if c.sigma is not None else SIGMA_ROUTED if routed else SIGMA_UNROUTED
+    return Corruption(c.name, sigma, c.k)
 
 
 def create_app(config: Config):

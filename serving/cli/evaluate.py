@@ -35,8 +35,8 @@ def cmd_tofu(args) -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="tofu-", dir=_mkdir(config.home_dir / "eval")))
     try:
         result = run_tofu(config, data, work, aggregation=args.aggregation,
-                          variants=args.variants,
-                          progress=shard_progress)
+                          variants=args.variants, tune_items=args.tune_items,
+                          tune_budget=args.tune_budget, progress=shard_progress)
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -73,6 +73,11 @@ def _table(result: dict, phases) -> list[str]:
     for name, v in (result["guarded_variants"] or {}).items():
         lines.append(f"guarded, {name}: forget quality {v['forget_quality']:.3g}, forget ROUGE-L "
                      f"{v['forget']['rouge_l']:.3f}")
+    tier = result["second_tier"]
+    c = tier["corruption"]
+    lines.append(f"second tier: {c['name']} sigma {c['sigma']:.3g} k {c['k']}: " + ", ".join(
+        f"{m} {tier['score_after'][m]:.3f} (held-out {tier['target'][m]:.3f})"
+        for m in tier["scores"]) + f" on {tier['items']} forget questions")
     lines.append(f"exact state equals the reference (every shard's version): "
                  f"{result['exact_equals_reference']}")
     for name, record in (result["aggregation"] or {}).items():
@@ -138,6 +143,12 @@ def add_commands(sub) -> None:
                       help="also score the forget set, while the request is pending, under "
                            "other choices of what acts on a flagged prompt (corruption only, "
                            "routing around only, routing around with sigma 0.1)")
+    # ~1 minute per evaluation of 8 questions on 2 vCPUs (a truth ratio and a greedy answer each)
+    tofu.add_argument("--tune-items", type=positive_int, default=8,
+                      help="forget questions the second tier tunes the corruption on "
+                           "(default 8, spread over the forget set)")
+    tofu.add_argument("--tune-budget", type=positive_int, default=6,
+                      help="the second tier's evaluations (nevergrad; default 6)")
     tofu.add_argument("--work", type=Path, help="keep the stores here (a new folder); "
                                                 "default: a temporary one, deleted")
     tofu.add_argument("--out", type=Path, help="also write the JSON record here")

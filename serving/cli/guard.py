@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from guard import (Guard, ModelSubject, corruption_names, forget_score, metric_names, read_items,
-                   save_corruption, save_model, train_guard, tune)
+from guard import (Guard, ModelSubject, corruption_names, forget_score, forget_scores,
+                   metric_names, read_items, save_corruption, save_model, train_guard, tune)
 
+from ..errors import UsageError
 from ..model import embedder_name, resolve_model, sentence_embedder
 from .common import add_command, config_of, emit, positive_int, rate
 
@@ -99,27 +100,35 @@ def cmd_tune(args) -> None:
 
     config = config_of(args)
     settings = config.guard.tune
-    kind = args.score or settings.score
+    kinds = args.score or settings.score
     forget = read_items(args.forget)[:args.forget_items]
     retain = read_items(args.retain)[:settings.retain_items]
     model_path = resolve_model(config.model.source, config.home_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     try:
-        target = float(args.reference)
-        reference = {"target": target}
+        numbers = [float(x) for x in args.reference.split(",")]
     except ValueError:
+        numbers = None
+    if numbers is not None:
+        if len(numbers) != len(kinds):
+            raise UsageError(f"--reference gives {len(numbers)} target(s) for {len(kinds)} "
+                             f"metric(s) ({', '.join(kinds)}): one number per --score")
+        target = dict(zip(kinds, numbers))
+        reference = {"target": target}
+    else:
         reference_model = _model(model_path, Path(args.reference))
-        target = forget_score(kind, ModelSubject(reference_model, tokenizer), forget)
+        target = forget_scores(kinds, ModelSubject(reference_model, tokenizer), forget)
         reference = {"reference_adapter": str(args.reference), "target": target}
         del reference_model
     model = _model(model_path, args.adapter)
 
     def log(record: dict) -> None:
         print(f"eval {record['step']:>3}: {record['name']} sigma={record['sigma']:.4g} "
-              f"k={record['k']} score={record['score']:.4f} objective={record['objective']:.4f}",
-              file=sys.stderr)
+              f"k={record['k']} {_scores(record['scores'])} "
+              f"objective={record['objective']:.4f}", file=sys.stderr)
 
-    result = tune(lambda c: forget_score(kind, ModelSubject(model, tokenizer, c), forget), target,
+    result = tune(lambda c: forget_scores(kinds, ModelSubject(model, tokenizer, c), forget),
+                  target,
                   retain=(lambda c: forget_score("probability", ModelSubject(model, tokenizer, c),
                                                  retain))
                   if retain else None,
@@ -128,17 +137,24 @@ def cmd_tune(args) -> None:
                   sigma_range=(settings.sigma_min, settings.sigma_max),
                   budget=args.budget or settings.budget, seed=config.guard.seed, log=log)
     out = save_corruption(_guard_dir(args, config), result, {
-        "score": kind, "adapter": str(args.adapter) if args.adapter else None, **reference,
+        "score": kinds, "adapter": str(args.adapter) if args.adapter else None, **reference,
         "forget_items": len(forget), "retain_items": len(retain)})
     c = result.corruption
+    worse = result.objective_after >= result.objective_before
     emit(args, {"corruption": {"name": c.name, "sigma": c.sigma, "k": c.k}, "target": target,
-          "score": kind, "score_before": result.score_before, "score_after": result.score_after,
+          "score": kinds, "score_before": result.score_before, "score_after": result.score_after,
           "objective_before": result.objective_before, "objective_after": result.objective_after,
           "evaluations": len(result.evaluations), "log": result.evaluations, "out": str(out)},
-         [f"{c.name} sigma={c.sigma:.4g} k={c.k}: {kind} {result.score_before:.4f} -> "
-          f"{result.score_after:.4f} (target {target:.4f})",
+         [f"{c.name} sigma={c.sigma:.4g} k={c.k}: {_scores(result.score_before)} -> "
+          f"{_scores(result.score_after)} (target {_scores(target)})",
           f"objective {result.objective_before:.4f} -> {result.objective_after:.4f} in "
-          f"{len(result.evaluations)} evaluations; saved to {out}"])
+          f"{len(result.evaluations)} evaluations; saved to {out}",
+          *(["no corruption is closer to the reference than the best one found: the model "
+             "under test already answers like it"] if worse else [])])
+
+
+def _scores(values: dict[str, float]) -> str:
+    return " ".join(f"{name}={value:.4f}" for name, value in values.items())
 
 
 def add_commands(sub) -> None:
@@ -170,11 +186,12 @@ def add_commands(sub) -> None:
     tune.add_argument("--retain", type=Path, required=True, help="retain items with answers")
     tune.add_argument("--reference", required=True,
                       help="adapter folder of a model that never saw the forget data, or the "
-                           "target score itself (a number)")
+                           "target scores themselves (numbers, comma-separated, one per --score)")
     tune.add_argument("--adapter", type=Path, help="adapter of the model under test (default: "
                                                    "the base model)")
     tune.add_argument("--budget", type=positive_int, help="evaluations (overrides guard.tune.budget)")
-    tune.add_argument("--score", choices=metric_names(),
-                      help="overrides guard.tune.score")
+    tune.add_argument("--score", choices=metric_names(), action="append",
+                      help="a metric to match the reference on (repeatable; overrides "
+                           "guard.tune.score)")
     tune.add_argument("--forget-items", type=positive_int, help="use the first N forget items")
     tune.add_argument("--guard", type=Path, help="guard folder (default <home>/guard)")

@@ -5,6 +5,11 @@ scores unlearning (guard/metrics.py).
                and N retained authors, served through the pipeline
     guarded    each forget author forgotten by the code behind POST /v1/forget (ForgetService:
                durable request, exemplars, quarantine by policy), scored before the worker runs
+    second tier  right after the requests are accepted, the corruption is tuned (nevergrad,
+               guard/tune.py) against the mixture without the shards they hold: an exactly-
+               unlearned model that exists the moment a request is accepted. Its result says
+               which corruption makes a flagged prompt's answers look like that model's
+               (`second_tier`; it chose `guard.corruption.sigma`'s default, README "TOFU")
     exact      after the forget worker's round (tombstones, retrain of the affected shards,
                publish) and the server's sync (exemplars retired)
     reference  the same partition without the forget authors, trained from scratch
@@ -29,8 +34,8 @@ import numpy as np
 from transformers import AutoTokenizer
 
 from adapters import RouteConfig, ShardStore, load_secret
-from guard import (Corruption, Guard, Item, forget_quality, metric, model_utility,
-                   truth_ratio_closer_to_1, truth_ratio_true_better)
+from guard import (Corruption, Guard, Item, forget_quality, forget_scores, metric, model_utility,
+                   truth_ratio_closer_to_1, truth_ratio_true_better, tune)
 
 from ..config import Config
 from ..errors import LetheError
@@ -53,6 +58,9 @@ VARIANTS = {
     "route_around_sigma_0.1": {"corruption": Corruption(sigma=0.1)},
 }
 UTILITY_SETS = ("retain", "real_authors", "world_facts")
+# What the second tier matches the held-out mixture on: the distribution TOFU's forget quality
+# tests (truth ratio) and the answers' form (ROUGE-L). Probability alone over-forgets (README).
+SECOND_TIER_SCORES = ["truth_ratio", "rouge_l"]
 
 
 class EvaluationError(LetheError):
@@ -162,7 +170,7 @@ class Lifecycle:
 
 
 def run_tofu(config: Config, data: TofuData, work: Path, *, aggregation: bool = False,
-             variants: bool = False,
+             variants: bool = False, tune_items: int = 8, tune_budget: int = 6,
              progress=lambda shard: None, log=lambda line: print(line, file=sys.stderr)) -> dict:
     """Every phase, in the order the product goes through them; the --json record."""
     start = time.perf_counter()
@@ -189,6 +197,7 @@ def run_tofu(config: Config, data: TofuData, work: Path, *, aggregation: bool = 
     requests = [service.submit(owner, None, [])[0] for owner in data.forget_owners]
     life.seconds["forget_accepted"] = round(time.perf_counter() - started, 3)
     phases["guarded"], ratios["guarded"] = life.score("guarded", served, data.sets)
+    second_tier = _second_tier(life, store, guard, data.sets["forget"], tune_items, tune_budget)
     tried = {}
     for name, choice in VARIANTS.items() if variants else ():
         tried[name], ratios[name] = life.score(f"guarded, {name}", life.served(
@@ -219,8 +228,41 @@ def run_tofu(config: Config, data: TofuData, work: Path, *, aggregation: bool = 
             "versions": {"exact": exact_versions, "reference": reference_versions},
             "receipts": [queue.get(r.id).receipt for r in requests],
             "guarded_variants": tried if variants else None,
+            "second_tier": second_tier,
             "aggregation": aggregated,
             "seconds": life.seconds}
+
+
+def _second_tier(life: Lifecycle, store: ShardStore, guard: Guard, forget: list[Item],
+                 items: int, budget: int) -> dict:
+    """Tune the configured corruption's sigma and k against the held-out mixture (every flagged
+    prompt routed around the held shards, uncorrupted) on `items` of the pending requests'
+    questions, spread over the forget set; scored as served (the configured quarantine)."""
+    start = time.perf_counter()
+    chosen = forget[::max(1, len(forget) // items)][:items]
+    name, k = life.corruption.name, life.corruption.k
+    held_out = life.served(store, guard, corruption=Corruption(name, 0.0, k), quarantine="all")
+    target = forget_scores(SECOND_TIER_SCORES, held_out, chosen)
+    settings = life.config.guard.tune
+
+    def log(record: dict) -> None:
+        life.log(f"  second tier {record['step']}: sigma {record['sigma']:.4g} k {record['k']}: "
+                 + ", ".join(f"{m} {v:.3f}" for m, v in record["scores"].items())
+                 + f", objective {record['objective']:.4f}")
+
+    life.log("second tier: target " + ", ".join(f"{m} {v:.3f}" for m, v in target.items()))
+    result = tune(lambda c: forget_scores(SECOND_TIER_SCORES, life.served(
+        store, guard, corruption=c or Corruption(name, 0.0, k)), chosen), target,
+        retain=None, penalty=0.0, names=[name], dim=life.embedding.shape[1],
+        sigma_range=(settings.sigma_min, settings.sigma_max), budget=budget,
+        seed=life.config.guard.seed, log=log)
+    life.seconds["second_tier"] = round(time.perf_counter() - start, 1)
+    c = result.corruption
+    return {"corruption": {"name": c.name, "sigma": c.sigma, "k": c.k},
+            "scores": SECOND_TIER_SCORES, "items": len(chosen), "target": result.target,
+            "score_before": result.score_before, "score_after": result.score_after,
+            "objective_before": result.objective_before,
+            "objective_after": result.objective_after, "evaluations": result.evaluations}
 
 
 def _aggregation(life: Lifecycle, store: ShardStore, data: TofuData, apa: dict, progress

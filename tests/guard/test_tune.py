@@ -5,8 +5,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from adapters import synth_people
-from guard import (Corruption, GuardError, Item, ModelSubject, corruption_names, forget_score, load_corruption,
-                   save_corruption, tune)
+from guard import (Corruption, GuardError, Item, ModelSubject, corruption_names, forget_score,
+                   forget_scores, load_corruption, save_corruption, tune)
 
 
 @pytest.fixture(scope="module")
@@ -32,14 +32,15 @@ def test_scores_are_finite_and_change_under_corruption(model, items):
 
 
 def test_tuning_with_a_tiny_budget_improves_its_objective(model, items, tmp_path):
-    score = lambda c: forget_score("probability", ModelSubject(*model, c), items)  # noqa: E731
-    target = score(None) / 2  # a reference that never saw the data scores lower
+    score = lambda c: {"probability": forget_score("probability", ModelSubject(*model, c),  # noqa: E731
+                                                   items)}
+    target = {"probability": score(None)["probability"] / 2}  # a reference that never saw it
     log = []
     result = tune(score, target, retain=lambda c: forget_score("probability", ModelSubject(*model, c), items[:2]),
                   penalty=0.1, names=corruption_names(), dim=128, sigma_range=(0.01, 10.0),
                   budget=8, seed=0, log=log.append)
 
-    assert result.objective_before == pytest.approx(target)  # |score - score / 2|
+    assert result.objective_before == pytest.approx(abs(target["probability"]))  # |s - s / 2|
     assert result.objective_after < result.objective_before
     assert len(result.evaluations) == len(log) == 8
     assert min(e["objective"] for e in log) == result.objective_after
@@ -47,3 +48,38 @@ def test_tuning_with_a_tiny_budget_improves_its_objective(model, items, tmp_path
     save_corruption(tmp_path, result, {"target": target})
     assert load_corruption(tmp_path) == result.corruption
     assert load_corruption(tmp_path / "untuned") is None
+
+
+def test_the_objective_sums_the_distance_to_the_target_over_every_metric(model, items):
+    kinds = ["probability", "truth_ratio", "rouge_l"]
+    target = {kind: 0.5 for kind in kinds}
+    before = forget_scores(kinds, ModelSubject(*model), items)
+    result = tune(lambda c: forget_scores(kinds, ModelSubject(*model, c), items), target,
+                  retain=None, penalty=0.0, names=["rand_noise_first_n"], dim=128,
+                  sigma_range=(0.01, 10.0), budget=2, seed=0)
+    assert result.score_before == before
+    assert result.objective_before == pytest.approx(sum(abs(before[k] - 0.5) for k in kinds))
+    for record in result.evaluations:
+        assert record["objective"] == pytest.approx(
+            sum(abs(record["scores"][k] - 0.5) for k in kinds))
+
+
+def test_a_model_that_already_is_the_reference_gets_the_mildest_corruption_found(model, items):
+    """Routed around the shards that hold its data, a flagged prompt is answered by the
+    reference itself: no corruption scores best, and tuning returns the best corruption it
+    evaluated (never 'none') with its distance, instead of failing."""
+    score = lambda c: {"rouge_l": forget_score("rouge_l", ModelSubject(*model, c), items)}  # noqa: E731
+    result = tune(score, score(None), retain=None, penalty=0.0, names=["rand_noise_first_n"],
+                  dim=128, sigma_range=(0.01, 10.0), budget=4, seed=0)
+    assert result.objective_before == 0.0
+    assert result.corruption is not None and result.objective_after >= 0.0
+    assert result.objective_after == min(e["objective"] for e in result.evaluations)
+
+
+def test_a_score_that_does_not_give_the_targets_metrics_is_refused(model, items):
+    with pytest.raises(GuardError, match="target"):
+        tune(lambda c: {"rouge_l": 0.0}, {}, retain=None, penalty=0.0, names=["rand_noise_first_n"],
+             dim=128, sigma_range=(0.01, 10.0), budget=1, seed=0)
+    with pytest.raises(GuardError, match=r"metrics \['rouge_l'\], the target has \['probability'\]"):
+        tune(lambda c: {"rouge_l": 0.0}, {"probability": 0.0}, retain=None, penalty=0.0,
+             names=["rand_noise_first_n"], dim=128, sigma_range=(0.01, 10.0), budget=1, seed=0)

@@ -80,3 +80,24 @@ def test_a_store_url_must_name_a_registered_database(tmp_path):
     config = load_config(overrides={"store.url": "postgresql://u:pw@db/lethe"}, environ={})
     assert config.queue_target == "postgresql://u:pw@db/lethe"
     assert load_config(environ={"LETHE_HOME": str(tmp_path)}).queue_target == tmp_path / "forget.db"
+
+
+def test_the_corruption_strength_follows_the_forget_policy_unless_set_or_tuned(tmp_path):
+    """Routed around the shards that hold the forgotten data, a flagged prompt is answered by
+    weights that never saw it: mild noise (tuned against them); without the quarantine the
+    noise alone hides the data: ECO's strength. A set sigma, or `lethe guard tune`'s, wins."""
+    from guard import Corruption, TuneResult, save_corruption
+    from serving.server import SIGMA_ROUTED, SIGMA_UNROUTED, served_corruption
+
+    env = {"LETHE_HOME": str(tmp_path)}
+    assert SIGMA_ROUTED < SIGMA_UNROUTED
+    for quarantine in ("flagged", "all"):
+        config = load_config(overrides={"forget.quarantine": quarantine}, environ=env)
+        assert served_corruption(config).sigma == SIGMA_ROUTED
+    unrouted = load_config(overrides={"forget.quarantine": "none"}, environ=env)
+    assert served_corruption(unrouted).sigma == SIGMA_UNROUTED
+    assert served_corruption(load_config(overrides={"guard.corruption.sigma": 0.3},
+                                         environ=env)).sigma == 0.3
+    tuned = Corruption("rand_noise_rand_n", 2.0, 8)
+    save_corruption(unrouted.guard_dir, TuneResult(tuned, {}, {}, {}, 0.0, 0.0), {})
+    assert served_corruption(unrouted) == served_corruption(load_config(environ=env)) == tuned

@@ -77,6 +77,21 @@ def test_tune_saves_the_best_corruption_it_found(lethe, tmp_path):
                          "--budget", "4", "--guard", str(tmp_path), "--json"))
     assert tuned["evaluations"] == len(tuned["log"]) == 4
     assert tuned["objective_after"] < tuned["objective_before"]
-    assert tuned["target"] == -12.0
+    assert tuned["target"] == {"probability": -12.0} and tuned["score"] == ["probability"]
     saved = json.loads((tmp_path / "corruption.json").read_text())
     assert saved["corruption"] == tuned["corruption"] and saved["forget_items"] == 4
+
+
+def test_tune_matches_the_reference_on_several_metrics(lethe, tmp_path):
+    tuned = output(lethe("guard", "tune", "--forget", str(lethe.data / "forget.jsonl"),
+                         "--forget-items", "3", "--retain", str(lethe.data / "retain.jsonl"),
+                         "--score", "probability", "--score", "rouge_l",
+                         "--reference=-12.0,0.1", "--budget", "2", "--guard", str(tmp_path),
+                         "--json"))
+    assert tuned["target"] == {"probability": -12.0, "rouge_l": 0.1}
+    assert all(set(e["scores"]) == {"probability", "rouge_l"} for e in tuned["log"])
+    mismatched = lethe("guard", "tune", "--forget", str(lethe.data / "forget.jsonl"),
+                       "--retain", str(lethe.data / "retain.jsonl"), "--score", "probability",
+                       "--score", "rouge_l", "--reference", "-12.0", "--guard", str(tmp_path))
+    assert mismatched.returncode == 2
+    assert "--reference gives 1 target(s) for 2 metric(s)" in mismatched.stderr

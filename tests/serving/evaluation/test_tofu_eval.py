@@ -26,7 +26,7 @@ def run(tofu_dir, lethe_home, tiny_model_dir, tmp_path_factory):
     work = tmp_path_factory.mktemp("tofu-eval") / "work"
     result = lethe(lethe_home, tiny_model_dir, "--data", str(tofu_dir), "--forget", "forget01",
                    "--retain-authors", "4", "--shards", "2", "--max-steps", "2", "--json",
-                   "--aggregation", "--variants",
+                   "--aggregation", "--variants", "--tune-items", "4", "--tune-budget", "2",
                    "--work", str(work))
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout), work
@@ -45,6 +45,18 @@ def test_every_phase_has_forget_quality_and_model_utility(run):
                                                "route_around_sigma_0.1"}
     for variant in record["guarded_variants"].values():
         assert 0 <= variant["forget_quality"] <= 1 and "rouge_l" in variant["forget"]
+
+
+def test_the_second_tier_tunes_the_corruption_against_the_held_out_mixture(run):
+    tier = run[0]["second_tier"]
+    assert tier["scores"] == ["truth_ratio", "rouge_l"] and tier["items"] == 4
+    assert set(tier["target"]) == set(tier["score_after"]) == {"truth_ratio", "rouge_l"}
+    # Routed around the held shards (quarantine: flagged) and not corrupted, a flagged prompt
+    # is answered by the held-out mixture itself: nothing to match, objective 0.
+    assert tier["score_before"] == tier["target"] and tier["objective_before"] == 0.0
+    assert len(tier["evaluations"]) == 2
+    assert tier["objective_after"] == min(e["objective"] for e in tier["evaluations"])
+    assert tier["corruption"]["name"] == "rand_noise_first_n" and tier["corruption"]["sigma"] > 0
 
 
 def test_the_exact_state_is_the_reference_trained_from_scratch(run):
