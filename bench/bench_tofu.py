@@ -2,7 +2,7 @@
 scores unlearning, next to open-unlearning's published figures.
 
     .venv/bin/python bench/bench_tofu.py [--forget forget01] [--retain-authors 38] [--shards 4]
-                                         [--epochs 2] [--learning-rate 1e-3] [--eval-items 10]
+                                         [--epochs 2] [--learning-rate 3e-3] [--eval-items 10]
                                          [--variants] [--aggregation]
 
 Trains SmolLM2-135M shard adapters on TOFU's forget authors plus the first N other authors,
@@ -16,11 +16,13 @@ scoring one question (probability, 6 truth-ratio answers, a greedy answer) ~6 s.
 the first attempt (bench/results/tofu-full-partial.txt): training the original 40 authors for 2
 epochs took 21.5 minutes, a phase's scoring (40 forget + 3 x 15 questions) 9-11, each guarded
 variant 4-6. So training the original and the reference, the exact retrain of one shard and
-scoring 4 phases (10 questions per utility set) take about 90 minutes; the variants and the
-aggregation (a single adapter trained on everything; the ensemble scores every question once
-per shard) are opt-in. The learning rate
-is raised from the serving default (3e-4) so that 2 epochs teach the original model its
-training answers (its forget ROUGE-L above the reference's).
+scoring 4 phases (10 questions per utility set) and the second tier's tuning (6
+evaluations of 8 forget questions) take about 90 minutes; the variants and the aggregation (a
+single adapter trained on everything; the ensemble scores every question once per shard) are
+opt-in. The learning rate is raised from the serving default (3e-4) so that 2 epochs teach the
+original model its training answers: one shard adapter on forget01's authors and 8 others
+(200 samples, 2 epochs) answers its forget questions with ROUGE-L 0.419 and probability 0.394
+at 3e-3, 0.380 and 0.264 at 1e-3 (measured on this machine, 2026-11-23).
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ def main() -> None:
     parser.add_argument("--retain-authors", default="38")
     parser.add_argument("--shards", default="4")
     parser.add_argument("--epochs", default="2")
-    parser.add_argument("--learning-rate", default="1e-3")
+    parser.add_argument("--learning-rate", default="3e-3")
     parser.add_argument("--eval-items", default="10")
     parser.add_argument("--variants", action="store_true",
                         help="also the guarded variants (~20 more minutes here)")

@@ -19,7 +19,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 
@@ -57,9 +57,12 @@ class TuneResult:
 def tune(score: Callable[[Corruption | None], dict[str, float]], target: dict[str, float], *,
          retain: Callable[[Corruption | None], float] | None, penalty: float, names: list[str],
          dim: int, sigma_range: tuple[float, float], budget: int, seed: int,
+         k: int | None | Literal["search"] = "search", sigma_init: float | None = None,
          log: Callable[[dict], None] | None = None) -> TuneResult:
-    """Search corruptions (variant in names, sigma in sigma_range, k in 1..dim) with nevergrad's
-    NGOpt for `budget` evaluations of `score` (and `retain`); returns the best one evaluated.
+    """Search corruptions (variant in names, sigma in sigma_range, k in 1..dim, or the given
+    k: None for every dimension) with nevergrad's NGOpt for `budget` evaluations of `score`
+    (and `retain`), from sigma_init (None: the middle of the range on a log scale); returns the
+    best one evaluated.
     `score` gives a value per metric of `target`. No corruption may score best: when the model
     under corruption is already the reference (a flagged prompt routed around the shards that
     hold its data), the search finds the mildest corruption and the result says how far it is
@@ -80,10 +83,11 @@ def tune(score: Callable[[Corruption | None], dict[str, float]], target: dict[st
         return values, total if math.isfinite(total) else NON_FINITE
 
     score_before, objective_before = objective(None)
+    searched = {"k": ng.p.Log(lower=1, upper=dim).set_integer_casting()} if k == "search" else {}
     space = ng.p.Instrumentation(
         name=ng.p.Choice(names),
-        sigma=ng.p.Log(lower=sigma_range[0], upper=sigma_range[1]),
-        k=ng.p.Log(lower=1, upper=dim).set_integer_casting())
+        sigma=ng.p.Log(init=sigma_init, lower=sigma_range[0], upper=sigma_range[1]),
+        **searched)
     space.random_state = np.random.RandomState(seed)
     optimizer = ng.optimizers.NGOpt(parametrization=space, budget=budget)
     best = (math.inf, None, {})
@@ -92,7 +96,7 @@ def tune(score: Callable[[Corruption | None], dict[str, float]], target: dict[st
         candidate = optimizer.ask()
         params = candidate.kwargs
         corruption = Corruption(params["name"], sigma=params["sigma"] if uses_sigma(params["name"])
-                                else 0.0, k=int(params["k"]))
+                                else 0.0, k=int(params["k"]) if k == "search" else k)
         values, total = objective(corruption)
         optimizer.tell(candidate, total)
         record = {"step": step, **asdict(corruption), "scores": values, "objective": total}

@@ -56,7 +56,7 @@ def load_guard(config: Config, store: ShardStore | None) -> Guard | None:
 # tier, README "TOFU") is mild, and ECO's strength would only drag answers off the question,
 # which tells the client the guard fired. Without the quarantine (none) the weights hold the
 # data until the retrain and the corruption alone must hide it: ECO's strength.
-SIGMA_ROUTED, SIGMA_UNROUTED = 0.05, 1.0
+SIGMA_ROUTED, SIGMA_UNROUTED = 0.02, 1.0
 
 
 def served_corruption(config: Config) -> Corruption:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
 from ..errors import UsageError
@@ -20,6 +21,7 @@ PUBLISHED = {
 
 def cmd_tofu(args) -> None:
     from ..evaluation import PHASES, load_tofu, run_tofu
+    from ..server import served_corruption
 
     if args.engine != "hf":
         raise UsageError("--engine vllm: the evaluation scores answers with teacher-forced "
@@ -46,7 +48,7 @@ def cmd_tofu(args) -> None:
         "eval_items": {name: len(items) for name, items in data.sets.items()},
         "shards": config.shards.count, "train": config.train.model_dump(mode="json"),
         "route": config.route.model_dump(mode="json"),
-        "corruption": config.guard.corruption.model_dump(mode="json"),
+        "corruption": asdict(served_corruption(config)),  # as served: sigma by policy
         "forget_policy": config.forget.model_dump(mode="json", include={"on_flag", "quarantine"}),
         "embedder": config.guard.embedder, "model": config.model.source, "engine": args.engine}
     result["published_forget10_llama_3_2_1b"] = PUBLISHED

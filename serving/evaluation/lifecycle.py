@@ -44,7 +44,7 @@ from ..metrics import Metrics
 from ..mixtures import ShardMixtures
 from ..model import input_embeddings, resolve_model, sentence_embedder
 from ..pipeline import Pipeline
-from ..server import served_corruption
+from ..server import SIGMA_UNROUTED, served_corruption
 from ..shards import create_store
 from .subjects import AdapterModel, EnsembleSubject, ServedSubject
 from .tofu import TofuData
@@ -53,7 +53,8 @@ PHASES = ("original", "guarded", "exact", "reference")
 # What else could act on a flagged prompt while its request is pending: the guarded phase's
 # forget set scored under each (see README, "TOFU"), against the configured policy.
 VARIANTS = {
-    "corruption_only": {"quarantine": "none"},  # ECO alone, on every shard's weights
+    # ECO alone, on every shard's weights, at the strength served without the quarantine
+    "corruption_only": {"quarantine": "none", "corruption": Corruption(sigma=SIGMA_UNROUTED)},
     "route_around_only": {"corruption": Corruption(sigma=0.0)},  # no noise
     "route_around_sigma_0.1": {"corruption": Corruption(sigma=0.1)},
 }
@@ -235,15 +236,16 @@ def run_tofu(config: Config, data: TofuData, work: Path, *, aggregation: bool = 
 
 def _second_tier(life: Lifecycle, store: ShardStore, guard: Guard, forget: list[Item],
                  items: int, budget: int) -> dict:
-    """Tune the configured corruption's sigma and k against the held-out mixture (every flagged
-    prompt routed around the held shards, uncorrupted) on `items` of the pending requests'
-    questions, spread over the forget set; scored as served (the configured quarantine)."""
+    """Tune the configured corruption's sigma (at its k) against the held-out mixture (every
+    flagged prompt routed around the held shards, uncorrupted) on `items` of the pending
+    requests' questions, spread over the forget set; scored as served (the configured
+    quarantine). Its sigma is comparable with the served one's, where the search starts."""
     start = time.perf_counter()
     chosen = forget[::max(1, len(forget) // items)][:items]
     name, k = life.corruption.name, life.corruption.k
     held_out = life.served(store, guard, corruption=Corruption(name, 0.0, k), quarantine="all")
     target = forget_scores(SECOND_TIER_SCORES, held_out, chosen)
-    settings = life.config.guard.tune
+    lo, hi = life.config.guard.tune.sigma_min, life.config.guard.tune.sigma_max
 
     def log(record: dict) -> None:
         life.log(f"  second tier {record['step']}: sigma {record['sigma']:.4g} k {record['k']}: "
@@ -254,8 +256,8 @@ def _second_tier(life: Lifecycle, store: ShardStore, guard: Guard, forget: list[
     result = tune(lambda c: forget_scores(SECOND_TIER_SCORES, life.served(
         store, guard, corruption=c or Corruption(name, 0.0, k)), chosen), target,
         retain=None, penalty=0.0, names=[name], dim=life.embedding.shape[1],
-        sigma_range=(settings.sigma_min, settings.sigma_max), budget=budget,
-        seed=life.config.guard.seed, log=log)
+        sigma_range=(lo, hi), budget=budget, seed=life.config.guard.seed, k=k,
+        sigma_init=min(max(life.corruption.sigma, lo), hi), log=log)
     life.seconds["second_tier"] = round(time.perf_counter() - start, 1)
     c = result.corruption
     return {"corruption": {"name": c.name, "sigma": c.sigma, "k": c.k},

@@ -56,8 +56,9 @@ def test_the_objective_sums_the_distance_to_the_target_over_every_metric(model, 
     before = forget_scores(kinds, ModelSubject(*model), items)
     result = tune(lambda c: forget_scores(kinds, ModelSubject(*model, c), items), target,
                   retain=None, penalty=0.0, names=["rand_noise_first_n"], dim=128,
-                  sigma_range=(0.01, 10.0), budget=2, seed=0)
+                  sigma_range=(0.01, 10.0), budget=2, seed=0, k=None)  # sigma alone
     assert result.score_before == before
+    assert [e["k"] for e in result.evaluations] == [None, None] and result.corruption.k is None
     assert result.objective_before == pytest.approx(sum(abs(before[k] - 0.5) for k in kinds))
     for record in result.evaluations:
         assert record["objective"] == pytest.approx(
