@@ -65,8 +65,8 @@ def tune(score: Callable[[Corruption | None], dict[str, float]], target: dict[st
     best one evaluated.
     `score` gives a value per metric of `target`. No corruption may score best: when the model
     under corruption is already the reference (a flagged prompt routed around the shards that
-    hold its data), the search finds the mildest corruption and the result says how far it is
-    (objective_after against objective_before)."""
+    hold its data), the result is still the closest corruption evaluated, and says how far it
+    is (objective_after against objective_before)."""
     import nevergrad as ng
 
     if not target:

@@ -206,7 +206,9 @@ def run_tofu(config: Config, data: TofuData, work: Path, *, aggregation: bool = 
 
     worker = Worker.from_config(config, queue, store.root)
     started = time.perf_counter()
-    done = worker.run_once()
+    done = []  # a round takes one shard group: authors in different shards take a round each
+    while finished := worker.run_once():
+        done += finished
     life.seconds["forget_exact"] = round(time.perf_counter() - started, 1)
     if sorted(done) != sorted(r.id for r in requests):
         states = {r.id: queue.get(r.id).state for r in requests}

@@ -32,13 +32,16 @@ def test_scores_are_finite_and_change_under_corruption(model, items):
 
 
 def test_tuning_with_a_tiny_budget_improves_its_objective(model, items, tmp_path):
-    score = lambda c: {"probability": forget_score("probability", ModelSubject(*model, c),  # noqa: E731
-                                                   items)}
+    def score(c):
+        return {"probability": forget_score("probability", ModelSubject(*model, c), items)}
+
+    def retain(c):
+        return forget_score("probability", ModelSubject(*model, c), items[:2])
+
     target = {"probability": score(None)["probability"] / 2}  # a reference that never saw it
     log = []
-    result = tune(score, target, retain=lambda c: forget_score("probability", ModelSubject(*model, c), items[:2]),
-                  penalty=0.1, names=corruption_names(), dim=128, sigma_range=(0.01, 10.0),
-                  budget=8, seed=0, log=log.append)
+    result = tune(score, target, retain=retain, penalty=0.1, names=corruption_names(), dim=128,
+                  sigma_range=(0.01, 10.0), budget=8, seed=0, log=log.append)
 
     assert result.objective_before == pytest.approx(abs(target["probability"]))  # |s - s / 2|
     assert result.objective_after < result.objective_before
@@ -65,11 +68,13 @@ def test_the_objective_sums_the_distance_to_the_target_over_every_metric(model, 
             sum(abs(record["scores"][k] - 0.5) for k in kinds))
 
 
-def test_a_model_that_already_is_the_reference_gets_the_mildest_corruption_found(model, items):
+def test_a_model_that_already_is_the_reference_gets_the_closest_corruption_tried(model, items):
     """Routed around the shards that hold its data, a flagged prompt is answered by the
     reference itself: no corruption scores best, and tuning returns the best corruption it
     evaluated (never 'none') with its distance, instead of failing."""
-    score = lambda c: {"rouge_l": forget_score("rouge_l", ModelSubject(*model, c), items)}  # noqa: E731
+    def score(c):
+        return {"rouge_l": forget_score("rouge_l", ModelSubject(*model, c), items)}
+
     result = tune(score, score(None), retain=None, penalty=0.0, names=["rand_noise_first_n"],
                   dim=128, sigma_range=(0.01, 10.0), budget=4, seed=0)
     assert result.objective_before == 0.0
@@ -79,8 +84,9 @@ def test_a_model_that_already_is_the_reference_gets_the_mildest_corruption_found
 
 def test_a_score_that_does_not_give_the_targets_metrics_is_refused(model, items):
     with pytest.raises(GuardError, match="target"):
-        tune(lambda c: {"rouge_l": 0.0}, {}, retain=None, penalty=0.0, names=["rand_noise_first_n"],
-             dim=128, sigma_range=(0.01, 10.0), budget=1, seed=0)
-    with pytest.raises(GuardError, match=r"metrics \['rouge_l'\], the target has \['probability'\]"):
+        tune(lambda c: {"rouge_l": 0.0}, {}, retain=None, penalty=0.0,
+             names=["rand_noise_first_n"], dim=128, sigma_range=(0.01, 10.0), budget=1, seed=0)
+    with pytest.raises(GuardError,
+                       match=r"metrics \['rouge_l'\], the target has \['probability'\]"):
         tune(lambda c: {"rouge_l": 0.0}, {"probability": 0.0}, retain=None, penalty=0.0,
              names=["rand_noise_first_n"], dim=128, sigma_range=(0.01, 10.0), budget=1, seed=0)

@@ -7,7 +7,8 @@ TRADES = ["beekeeper", "clockmaker", "cartographer", "glassblower", "ferrier", "
 
 
 def write_tofu(root, authors: int = 6) -> None:
-    """A folder in TOFU's format, 20 questions per fictitious author; forget01 is the last."""
+    """A folder in TOFU's format, 20 questions per fictitious author; forget01 is the last,
+    forget05 the last two."""
     full, perturbed = [], []
     for a in range(authors):
         name = f"Author{a} Ulk{a}"
@@ -23,6 +24,7 @@ def write_tofu(root, authors: int = 6) -> None:
     options = [{"question": f"Which town is number {i}?", "answer": TOWNS[i],
                 "perturbed_answer": [t for t in TOWNS if t != TOWNS[i]][:3]} for i in range(4)]
     files = {"full": full, "forget01": full[-20:], "forget01_perturbed": perturbed[-20:],
+             "forget05": full[-40:], "forget05_perturbed": perturbed[-40:],  # two authors
              "retain_perturbed": perturbed[:60:3], "real_authors_perturbed": options,
              "world_facts_perturbed": options[::-1]}
     for name, records in files.items():
