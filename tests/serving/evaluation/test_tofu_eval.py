@@ -97,13 +97,13 @@ def test_forget_authors_in_different_shards_are_all_retrained_before_the_exact_s
     """A worker round retrains one shard group; the evaluation runs rounds until every request
     is exact."""
     result = lethe(lethe_home, tiny_model_dir, "--data", str(tofu_dir), "--forget", "forget05",
-                   "--retain-authors", "2", "--shards", "4", "--max-steps", "1",
+                   "--retain-authors", "4", "--shards", "3", "--max-steps", "1",
                    "--eval-items", "1", "--tune-items", "2", "--tune-budget", "1", "--json",
                    "--work", str(tmp_path / "work"))
     assert result.returncode == 0, result.stderr
     record = json.loads(result.stdout)
     shards = [{s["shard"] for s in r["shards"]} for r in record["receipts"]]
-    assert len(shards) == 2 and not shards[0] & shards[1]  # two groups: two rounds
+    assert len(shards) == 2 and not shards[0] & shards[1], shards  # two groups: two rounds
     assert record["exact_equals_reference"] is True
     assert record["phases"]["exact"]["flagged"]["forget"] == 0.0
 
