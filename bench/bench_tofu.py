@@ -17,13 +17,14 @@ the first attempt (bench/results/tofu-full-partial.txt): training the original 4
 epochs took 21.5 minutes, a phase's scoring (40 forget + 3 x 15 questions) 9-11, each guarded
 variant 4-6. So training the original and the reference, the exact retrain of one shard and
 scoring 4 phases (10 questions per utility set) and the second tier's tuning (6
-evaluations of 8 forget questions) take about 90 minutes (on 2026-11-23 the machine was slower:
-61 minutes to the end of the second tier, bench/results/tofu-full-partial-2.txt); the variants and the aggregation (a
-single adapter trained on everything; the ensemble scores every question once per shard) are
-opt-in. The learning rate is raised from the serving default (3e-4) so that 2 epochs teach the
-original model its training answers: one shard adapter on forget01's authors and 8 others
-(200 samples, 2 epochs) answers its forget questions with ROUGE-L 0.419 and probability 0.394
-at 3e-3, 0.380 and 0.264 at 1e-3 (measured on this machine, 2026-11-23).
+evaluations of 8 forget questions) take about 90 minutes (on 2026-11-23 the machine was
+slower: 61 minutes to the end of the second tier, bench/results/tofu-full-partial-2.txt); the
+variants and the aggregation (a single adapter trained on everything; the ensemble scores every
+question once per shard) are opt-in. The learning rate is raised from the serving default
+(3e-4) so that 2 epochs teach the original model its training answers: one shard adapter on
+forget01's authors and 8 others (200 samples, 2 epochs) answers its forget questions with
+ROUGE-L 0.419 and probability 0.394 at 3e-3, 0.380 and 0.264 at 1e-3 (measured on this
+machine, 2026-11-23).
 """
 
 from __future__ import annotations

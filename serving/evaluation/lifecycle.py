@@ -28,6 +28,7 @@ from __future__ import annotations
 import shutil
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -261,12 +262,7 @@ def _second_tier(life: Lifecycle, store: ShardStore, guard: Guard, forget: list[
         sigma_range=(lo, hi), budget=budget, seed=life.config.guard.seed, k=k,
         sigma_init=min(max(life.corruption.sigma, lo), hi), log=log)
     life.seconds["second_tier"] = round(time.perf_counter() - start, 1)
-    c = result.corruption
-    return {"corruption": {"name": c.name, "sigma": c.sigma, "k": c.k},
-            "scores": SECOND_TIER_SCORES, "items": len(chosen), "target": result.target,
-            "score_before": result.score_before, "score_after": result.score_after,
-            "objective_before": result.objective_before,
-            "objective_after": result.objective_after, "evaluations": result.evaluations}
+    return {**asdict(result), "scores": SECOND_TIER_SCORES, "items": len(chosen)}
 
 
 def _aggregation(life: Lifecycle, store: ShardStore, data: TofuData, apa: dict, progress
