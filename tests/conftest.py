@@ -29,9 +29,11 @@ def real_model_dir(lethe_home) -> Path:
     return prepare_smollm2(lethe_home)
 
 
-@pytest.fixture(scope="session")
-def start_server(tmp_path_factory, lethe_home):
-    """Factory: start_server(config_dict) -> ServerProcess; all stop at the end of the session."""
+def _servers(tmp_path_factory, lethe_home):
+    """A factory start(config_dict) -> ServerProcess; each server it started stops when the
+    generator resumes. A server holds a model and, with vLLM, its KV cache: kept to the end of
+    the session they add up to the 2-vCPU, 24 GB CI machine's memory, and vLLM then refuses to
+    start for want of it."""
     from serving.launch import ServerProcess
 
     servers = []
@@ -44,6 +46,19 @@ def start_server(tmp_path_factory, lethe_home):
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture
+def start_server(tmp_path_factory, lethe_home):
+    """Factory: start_server(config_dict) -> ServerProcess; each stops at the end of the test."""
+    yield from _servers(tmp_path_factory, lethe_home)
+
+
+@pytest.fixture(scope="module")
+def start_module_server(tmp_path_factory, lethe_home):
+    """start_server for module-scoped fixtures: each server stops at the end of the module, or
+    before if the fixture stops it."""
+    yield from _servers(tmp_path_factory, lethe_home)
 
 
 @pytest.fixture(scope="session")

@@ -39,8 +39,8 @@ def hostile_forms(question: str) -> dict[str, list[dict]]:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_world, start_server):
-    server = start_server(merge(tiny_world(), forget={"worker": False},
+def server(tiny_world, start_module_server):
+    server = start_module_server(merge(tiny_world(), forget={"worker": False},
                                 model={"max_model_len": 512}))  # the tiny model's own
     assert api(server, "POST", "/v1/forget", json={"owner": "person-0001"}).status_code == 202
     return server

@@ -32,8 +32,8 @@ def test_model_prepare_is_done_once_with_a_provenance_record(real_model_dir, let
 
 
 @pytest.fixture(scope="module", params=["hf", "vllm"])
-def server(request, start_server, real_model_dir):
-    server = start_server({"engine": {"name": request.param}})
+def server(request, start_module_server, real_model_dir):
+    server = start_module_server({"engine": {"name": request.param}})
     yield server
     server.stop()
 

@@ -17,8 +17,8 @@ MAX_LEN = 256
 
 
 @pytest.fixture(scope="module")
-def server(start_server, tiny_model_dir):
-    return start_server({
+def server(start_module_server, tiny_model_dir):
+    return start_module_server({
         "model": {"source": str(tiny_model_dir), "name": MODEL, "max_model_len": MAX_LEN},
         "engine": {"name": "hf"},
         "server": {"api_keys": [KEY], "admin_keys": [ADMIN]},

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, real_model_dir, start_server):
+def server(tmp_path_factory, real_model_dir, start_module_server):
     root = tmp_path_factory.mktemp("real-world")
     people = [s for s in PEOPLE if s.owner != "person-0003"]  # 3 people x 2 facts, 2 shards
     write_samples(people, root / "people.jsonl")
@@ -27,7 +27,7 @@ def server(tmp_path_factory, real_model_dir, start_server):
                    train={"learning_rate": 0.002, "epochs": 15})
     config_file = write_config(config, root / "config.yaml")
     assert main(["train", "--config", str(config_file), "--data", str(root / "people.jsonl")]) == 0
-    return start_server(config)
+    return start_module_server(config)
 
 
 def test_forgetting_an_owner_on_the_default_model(server):
