@@ -15,7 +15,7 @@ import torch
 from .errors import AdapterError
 from .registry import Version
 from .samples import Sample
-from .train import IGNORE, collate, encode
+from .train import collate, encode, pad_token, response_nll
 
 
 class LossTableError(AdapterError, LookupError):
@@ -25,20 +25,17 @@ class LossTableError(AdapterError, LookupError):
 def response_losses(model, tokenizer, samples: list[Sample], max_length: int,
                     batch_size: int = 8) -> np.ndarray:
     """(N,) mean negative log-likelihood of each sample's response tokens given its prompt."""
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_token(tokenizer)
     model.eval()
     out = []
     with torch.inference_mode():
         for i in range(0, len(samples), batch_size):
             batch = collate([encode(tokenizer, s, max_length) for s in samples[i:i + batch_size]],
                             pad_id)
-            logits = model(input_ids=batch["input_ids"],
-                           attention_mask=batch["attention_mask"]).logits  # (B, T, V)
-            labels = batch["labels"][:, 1:]  # (B, T-1): token t+1 is predicted at t
-            nll = torch.nn.functional.cross_entropy(
-                logits[:, :-1].transpose(1, 2).float(), labels.clamp(min=0), reduction="none")
-            mask = (labels != IGNORE).float()  # (B, T-1)
-            out.append((nll * mask).sum(1) / mask.sum(1).clamp(min=1))
+            nll, rows = response_nll(model, batch)  # (N,), (N,)
+            size = len(batch["input_ids"])
+            total = torch.zeros(size).index_add_(0, rows, nll)  # (B,)
+            out.append(total / torch.bincount(rows, minlength=size).clamp(min=1))
     return torch.cat(out).numpy()
 
 

@@ -1,7 +1,12 @@
-"""Exactness: retraining a shard without a sample equals training from scratch without it."""
+"""Exactness: retraining a shard without a sample equals training from scratch without it; what
+one training step computes."""
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from adapters import synth_people, train_adapter
 from adapters.registry import WEIGHTS
+from adapters.train import IGNORE, collate, encode, epoch_batches, response_nll
 from tests.adapters.conftest import TINY_TRAIN
 
 
@@ -42,3 +47,32 @@ def test_training_data_order_does_not_depend_on_input_order(make_store):
     a = make_store(people, name="a")
     b = make_store(list(reversed(people)), name="b")
     assert [v.id for v in a.current_versions()] == [v.id for v in b.current_versions()]
+
+
+def test_an_epoch_takes_every_sample_once_in_batches_of_like_length():
+    lengths = [int(n) for n in torch.randint(10, 200, (300,), generator=torch.Generator()
+                                             .manual_seed(0))]
+    batches = epoch_batches(lengths, 8, torch.Generator().manual_seed(0))
+    assert sorted(i for b in batches for i in b) == list(range(300))
+    assert sorted(map(len, batches)) == [4] + [8] * 37  # 300 = 37 x 8 + 4: one short batch
+
+    def padding(bs):
+        return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in bs)
+
+    shuffled = torch.randperm(300, generator=torch.Generator().manual_seed(0)).tolist()
+    assert padding(batches) < padding([shuffled[i:i + 8] for i in range(0, 300, 8)]) / 4
+    # the same generator state, the same epoch; another, another order
+    assert batches == epoch_batches(lengths, 8, torch.Generator().manual_seed(0))
+    assert batches != epoch_batches(lengths, 8, torch.Generator().manual_seed(1))
+
+
+def test_the_response_loss_is_the_models_own_loss_on_the_response_tokens(tiny_model_dir, people):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    batch = collate([encode(tokenizer, s, 64) for s in people[:4]], tokenizer.eos_token_id)
+    with torch.no_grad():
+        nll, rows = response_nll(model, batch)
+        expected = model(**batch).loss  # logits at every position, the ignored ones dropped
+    assert torch.allclose(nll.mean(), expected, atol=1e-6)
+    assert rows.tolist() == sorted(rows.tolist()) and set(rows.tolist()) == {0, 1, 2, 3}
+    assert len(nll) == int((batch["labels"][:, 1:] != IGNORE).sum())
