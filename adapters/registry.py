@@ -168,8 +168,12 @@ class AdapterRegistry:
                       if (p / "CURRENT").exists())
 
     def versions(self, shard: int) -> list[Version]:
-        """Every stored version of a shard, oldest first."""
-        dirs = [p for p in self._shard_dir(shard).iterdir() if (p / MANIFEST).is_file()]
+        """Every stored version of a shard, oldest first (none for a shard never published:
+        a store derived without all of its samples, e.g. the evaluation's reference)."""
+        folder = self._shard_dir(shard)
+        if not folder.is_dir():
+            return []
+        dirs = [p for p in folder.iterdir() if (p / MANIFEST).is_file()]
         dirs.sort(key=lambda p: json.loads((p / MANIFEST).read_text())["created_at"])
         return [Version(shard, p.name, p) for p in dirs]
 

@@ -38,7 +38,8 @@ from .lineage import Lineage, LineageError, id_set_hash
 from .losses import LossTable, LossTableError, adapter_losses
 from .mixture import Mixture, MixtureCache
 from .partition import partition
-from .registry import CONFIG, AdapterRegistry, RegistryError, Version, weights_hash, write_atomic
+from .registry import (CONFIG, WEIGHTS, AdapterRegistry, RegistryError, Version, weights_hash,
+                       write_atomic)
 from .route import RouteConfig, RouteInputs, route
 from .samples import Sample, read_samples, write_samples
 from .train import TrainConfig, train_adapter
@@ -126,11 +127,16 @@ class ShardStore:
         return cls(root, database=database)
 
     @classmethod
-    def derive(cls, root: Path, source: "ShardStore", without: set[str]) -> "ShardStore":
+    def derive(cls, root: Path, source: "ShardStore", without: set[str], *,
+               reuse_unchanged: bool = False) -> "ShardStore":
         """A new store with `source`'s partition, base model, training config and validation
         set, holding its live samples except `without`: what an exact forget of `without` must
         reproduce, shard for shard, once trained (training is deterministic; versions are
-        weight hashes)."""
+        weight hashes). `reuse_unchanged`: a shard whose current version in `source` was trained
+        on exactly the samples it keeps here (none of `without`, no tombstone awaiting a
+        retrain) gets that version (trained from scratch on the same samples with the same
+        seed: what training it again gives), which `train` then skips; the others are left to
+        train."""
         root = Path(root)
         if (root / "store.json").exists():
             raise LineageError(f"{root} already holds a shard store; use another LETHE_HOME")
@@ -145,7 +151,17 @@ class ShardStore:
         write_atomic(root / "store.json", json.dumps({
             **source.info, "created_at": time.time(), "derived_from": str(source.root),
             "data_hash": id_set_hash(lineage.content_hash(s) for s, _ in kept)}, indent=2))
-        return cls(root)
+        derived = cls(root)
+        for version in source.current_versions() if reuse_unchanged else ():
+            manifest = version.manifest
+            ids = [s.id for s, k in kept if k == version.shard]
+            if manifest["sample_set_hash"] == id_set_hash(ids):  # train's own skip rule
+                with derived.registry.staging() as staged:
+                    for name in (CONFIG, WEIGHTS):
+                        shutil.copyfile(version.path / name, staged / name)
+                    derived.registry.publish(version.shard, staged,
+                                             {**manifest, "reused_from": str(version.path)})
+        return derived
 
     # --- training ----------------------------------------------------------------------------
 

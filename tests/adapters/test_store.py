@@ -61,6 +61,33 @@ def test_a_shard_whose_samples_are_all_forgotten_serves_nothing(store):
     assert set(w) <= {1, 2} and sum(w.values()) == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("reuse_unchanged", [False, True])
+def test_a_store_derived_without_samples_trains_to_the_exact_forget(store, tmp_path,
+                                                                    reuse_unchanged):
+    """Training from scratch without the samples (shard 0 emptied, one of shard 2's gone)
+    gives, shard for shard, the versions that forgetting them gives; reused, the untouched
+    shard 1 is not trained again."""
+    ids = [s.id for s in store.lineage.shard_samples(0)] + [store.lineage.shard_samples(2)[0].id]
+    reference = ShardStore.derive(tmp_path / "reference", store, set(ids),
+                                  reuse_unchanged=reuse_unchanged)
+    results = reference.train(reference.lineage.shard_ids())
+    assert {r.shard: r.steps > 0 for r in results} == {0: False, 1: not reuse_unchanged, 2: True}
+    store.forget_samples(ids)
+    assert [v.shard for v in reference.current_versions()] == [1, 2]
+    assert ({v.shard: v.id for v in reference.current_versions()}
+            == {v.shard: v.id for v in store.current_versions()})
+
+
+def test_a_derived_store_never_reuses_a_version_trained_on_a_tombstoned_sample(store, tmp_path):
+    """Tombstoned but not yet retrained: the source's version of shard 1 still holds the
+    sample, so the derived store trains that shard itself."""
+    store.lineage.tombstone([store.lineage.shard_samples(1)[0].id])
+    reference = ShardStore.derive(tmp_path / "reference", store, set(), reuse_unchanged=True)
+    assert reference.registry.shards() == [0, 2]
+    results = reference.train(reference.lineage.shard_ids())
+    assert {r.shard: r.steps > 0 for r in results} == {0: False, 1: True, 2: False}
+
+
 def test_quarantined_shards_get_no_weight_and_reopening_keeps_state(store):
     store.lineage.hold_quarantine("request-a", [1])
     reopened = ShardStore(store.root)
