@@ -19,9 +19,9 @@ from .mask import chat_prompt, token_mask
 from .prompts import Item, PromptFileError, read_items, salient_terms, strip_markup
 from .train import EmbedFn, train_guard
 from .metrics import (ANSWER_TOKENS, MetricError, ModelSubject, Subject, answer_ids,
-                      forget_quality, greedy_ids, metric, metric_names, model_utility,
-                      register_metric, rouge_l_recall, token_logprobs, truth_ratio_closer_to_1,
-                      truth_ratio_true_better)
+                      by_question, forget_quality, greedy_ids, metric, metric_names,
+                      model_utility, register_metric, rouge_l_recall, token_logprobs,
+                      truth_ratio_closer_to_1, truth_ratio_true_better)
 from .tune import (TuneResult, forget_score, forget_scores, load_corruption,
                    save_corruption, tune)
 from .views import views
@@ -31,7 +31,7 @@ __all__ = [
     "ExemplarIndex", "Guard",
     "GuardConfig", "GuardError", "GuardModel", "Item", "MetricError", "PromptFileError",
     "ModelSubject", "SentenceEmbedder", "Subject", "TuneConfig", "TuneResult", "Verdict",
-    "answer_ids", "chat_prompt",
+    "answer_ids", "by_question", "chat_prompt",
     "classifier_names", "corruption_names", "embedder_names", "forget_quality", "forget_score",
     "forget_scores",
     "general_prompts", "greedy_ids", "load_corruption", "load_model", "metric", "metric_names",

@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import math
 import re
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
@@ -37,6 +38,10 @@ from .mask import chat_prompt
 from .prompts import Item
 
 Metric = Callable[..., np.ndarray]  # (subject, items) -> (N,)
+# How a forward runs row j through adapter labels[j]: a context for the forward (or forwards, a
+# decode) that yields its extra keyword arguments. peft's is below; serving's hf engine has its
+# own (engines.MultiLoRA: a stacked adapter with per-row scales).
+AdapterRows = Callable[[list], AbstractContextManager[dict[str, Any]]]
 ANSWER_TOKENS = 48  # greedy answers' length: TOFU's answers are one or two sentences
 _METRICS: dict[str, Metric] = {}
 
@@ -90,14 +95,32 @@ class ModelSubject:
         return embeds
 
     def logprobs(self, pairs: list[tuple[str, str]]) -> np.ndarray:
-        scored = token_logprobs(self.model, [self._prompt(q) for q, _ in pairs],
-                                [answer_ids(self.tokenizer, q, a) for q, a in pairs])
-        return np.array([t.mean().item() for t in scored])
+        questions, answers, where = by_question(pairs)
+        scored = token_logprobs(self.model, [self._prompt(q) for q in questions],
+                                [[answer_ids(self.tokenizer, q, a) for a in group]
+                                 for q, group in zip(questions, answers)])
+        return np.array([scored[g][j].mean().item() for g, j in where])
 
     def answers(self, prompts: list[str]) -> list[str]:
         out = greedy_ids(self.model, [self._prompt(q) for q in prompts],
                          eos={self.tokenizer.eos_token_id}, max_tokens=self.max_tokens)
         return [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in out]
+
+
+def by_question(pairs: list[tuple[str, str]]
+                ) -> tuple[list[str], list[list[str]], list[tuple[int, int]]]:
+    """(question, answer) pairs grouped by question: the distinct questions, each one's answers,
+    and where each pair went (question index, answer index)."""
+    index: dict[str, int] = {}
+    answers: list[list[str]] = []
+    where = []
+    for question, answer in pairs:
+        g = index.setdefault(question, len(index))
+        if g == len(answers):
+            answers.append([])
+        where.append((g, len(answers[g])))
+        answers[g].append(answer)
+    return list(index), answers, where
 
 
 def answer_ids(tokenizer, question: str, answer: str) -> list[int]:
@@ -109,47 +132,86 @@ def answer_ids(tokenizer, question: str, answer: str) -> list[int]:
     return tokenizer(full[len(prompt):], add_special_tokens=False).input_ids
 
 
-def token_logprobs(model, prompts: list[torch.Tensor], answers: list[list[int]],
-                   adapters: list[str] | None = None, batch_size: int = 8) -> list[torch.Tensor]:
-    """(Ta_i,) log-probability of each answer token after prompt i's embeddings (Tp_i, D);
-    with `adapters`, row i runs through the peft adapter adapters[i] (a mixed-adapter batch)."""
-    embedding = model.get_input_embeddings()
+def peft_rows(labels: list[str]) -> AbstractContextManager[dict[str, Any]]:
+    """peft's mixed-adapter batch: row j runs the adapter named labels[j]."""
+    return nullcontext({"adapter_names": labels})
+
+
+def token_logprobs(model, prompts: list[torch.Tensor], answers: list[list[list[int]]],
+                   adapters: list | None = None, batch_size: int = 16,
+                   rows_with: AdapterRows = peft_rows) -> list[list[torch.Tensor]]:
+    """For prompt i's embeddings (Tp_i, D), the (Ta,) log-probability of each token of each of
+    its answers answers[i]. A prompt runs once; its answers continue from its key-value cache
+    (TOFU asks 7 answers of a question). With `adapters`, prompt i and its answers run through
+    adapter adapters[i] (`rows_with` says how). `batch_size`: answers per forward."""
     out = []
     with torch.inference_mode():
-        for i in range(0, len(prompts), batch_size):
-            rows = [torch.cat([p, embedding(torch.tensor(a))])  # (T, D)
-                    for p, a in zip(prompts[i:i + batch_size], answers[i:i + batch_size])]
-            width = max(len(r) for r in rows)
-            batch = torch.zeros(len(rows), width, rows[0].shape[1])  # (B, T, D), right-padded
-            attention = torch.zeros(len(rows), width, dtype=torch.long)  # (B, T)
-            for b, r in enumerate(rows):
-                batch[b, :len(r)], attention[b, :len(r)] = r, 1
-            kwargs = {"adapter_names": adapters[i:i + batch_size]} if adapters else {}
-            logits = model(inputs_embeds=batch.to(embedding.weight.dtype),
-                           attention_mask=attention, **kwargs).logits  # (B, T, V)
-            for b, (p, a) in enumerate(zip(prompts[i:i + batch_size], answers[i:i + batch_size])):
-                start = len(p)  # the token at position t is predicted at t - 1
-                logprobs = logits[b, start - 1:start - 1 + len(a)].float().log_softmax(-1)
-                out.append(logprobs.gather(1, torch.tensor(a)[:, None])[:, 0])  # (Ta,)
+        start = 0
+        while start < len(prompts):
+            end, rows = start + 1, len(answers[start])
+            while end < len(prompts) and rows + len(answers[end]) <= batch_size:
+                rows, end = rows + len(answers[end]), end + 1
+            out += _score_batch(model, prompts[start:end], answers[start:end],
+                                adapters[start:end] if adapters else None, rows_with)
+            start = end
+    return out
+
+
+def _score_batch(model, prompts, answers, adapters, rows_with) -> list[list[torch.Tensor]]:
+    G, Tp, D = len(prompts), max(len(p) for p in prompts), prompts[0].shape[1]
+    embedding = model.get_input_embeddings()
+    inputs = torch.zeros(G, Tp, D, dtype=embedding.weight.dtype)  # (G, Tp, D), left-padded
+    mask = torch.zeros(G, Tp, dtype=torch.long)  # (G, Tp)
+    for g, p in enumerate(prompts):
+        inputs[g, Tp - len(p):], mask[g, Tp - len(p):] = p, 1
+    with rows_with(adapters) if adapters else nullcontext({}) as kwargs:
+        result = model(inputs_embeds=inputs, attention_mask=mask,
+                       position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True, **kwargs)
+    first = result.logits[:, -1].float().log_softmax(-1)  # (G, V): each answer's first token
+
+    flat = [(g, a) for g, group in enumerate(answers) for a in group]  # one row per answer
+    owner = torch.tensor([g for g, _ in flat])  # (R,) prompt of each row
+    R, Ta = len(flat), max(1, max(len(a) for _, a in flat) - 1)  # the last token predicts nothing
+    ids = torch.zeros(R, Ta, dtype=torch.long)  # (R, Ta), right-padded
+    answer_mask = torch.zeros(R, Ta, dtype=torch.long)  # (R, Ta)
+    for r, (_, a) in enumerate(flat):
+        fed = a[:-1]  # the tokens after which the next one is scored
+        ids[r, :len(fed)], answer_mask[r, :len(fed)] = torch.tensor(fed, dtype=torch.long), 1
+    cache = result.past_key_values
+    cache.reorder_cache(owner)  # (G, ...) -> (R, ...): each row continues its prompt
+    with rows_with([adapters[g] for g, _ in flat]) if adapters else nullcontext({}) as kwargs:
+        logits = model(input_ids=ids, attention_mask=torch.cat([mask[owner], answer_mask], 1),
+                       position_ids=mask.sum(-1)[owner, None] + torch.arange(Ta),
+                       past_key_values=cache, **kwargs).logits  # (R, Ta, V)
+
+    out: list[list[torch.Tensor]] = [[] for _ in prompts]
+    for r, (g, a) in enumerate(flat):
+        fed = len(a[:-1])
+        logprobs = torch.cat([first[g:g + 1], logits[r, :fed].float().log_softmax(-1)])
+        out[g].append(logprobs[:len(a)].gather(1, torch.tensor(a, dtype=torch.long)[:, None])[:, 0])
     return out
 
 
 def greedy_ids(model, prompts: list[torch.Tensor], eos: set[int], max_tokens: int,
-               adapters: list[list[str]] | None = None, batch_size: int = 8) -> list[list[int]]:
+               adapters: list[list] | None = None, batch_size: int = 8,
+               rows_with: AdapterRows = peft_rows) -> list[list[int]]:
     """Greedy continuation (token ids, up to the first of `eos`) of each prompt's embeddings
-    (T_i, D). With `adapters`, prompt i runs once per peft adapter named in adapters[i] and each
-    next token is the argmax of their mean probabilities (SISA's output ensemble; one name: that
-    adapter alone)."""
+    (T_i, D). With `adapters`, prompt i runs once per adapter in adapters[i] (`rows_with` says
+    how) and each next token is the argmax of their mean probabilities (SISA's output ensemble;
+    one adapter: that adapter alone)."""
     names = adapters or [[None]] * len(prompts)
     out = []
     with torch.inference_mode():
         for i in range(0, len(prompts), batch_size):
-            out += _greedy_batch(model, prompts[i:i + batch_size], names[i:i + batch_size], eos,
-                                 max_tokens)
+            batch = names[i:i + batch_size]
+            labels = [name for group in batch for name in group]  # one row per adapter
+            with rows_with(labels) if adapters else nullcontext({}) as kwargs:
+                out += _greedy_batch(model, prompts[i:i + batch_size], batch, eos, max_tokens,
+                                     kwargs)
     return out
 
 
-def _greedy_batch(model, prompts, names, eos, max_tokens) -> list[list[int]]:
+def _greedy_batch(model, prompts, names, eos, max_tokens, kwargs) -> list[list[int]]:
     rows = [(p, name) for p, group in zip(prompts, names) for name in group]  # one per adapter
     owner = torch.tensor([j for j, group in enumerate(names) for _ in group])  # (B,) prompt of row
     B, T, D = len(rows), max(len(p) for p, _ in rows), prompts[0].shape[1]
@@ -159,7 +221,6 @@ def _greedy_batch(model, prompts, names, eos, max_tokens) -> list[list[int]]:
     for b, (p, _) in enumerate(rows):
         inputs[b, T - len(p):], mask[b, T - len(p):] = p, 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
-    kwargs = {"adapter_names": [n for _, n in rows]} if rows[0][1] is not None else {}
     result = model(inputs_embeds=inputs, attention_mask=mask, position_ids=positions,
                    use_cache=True, **kwargs)
     tokens: list[list[int]] = [[] for _ in prompts]
@@ -195,26 +256,26 @@ def probability(subject: Subject, items: list[Item]) -> np.ndarray:
     return np.exp(subject.logprobs([(i.prompt, i.answer) for i in items]))
 
 
-def _perturbed_probabilities(subject: Subject, items: list[Item]) -> list[np.ndarray]:
-    """Per item, (P,) per-token probabilities of its perturbed answers."""
-    flat = iter(np.exp(subject.logprobs([(i.prompt, a) for i in items
-                                         for a in i.perturbed_answers])))
-    return [np.array([next(flat) for _ in i.perturbed_answers]) for i in items]
+def _probabilities(subject: Subject, items: list[Item], answers_of) -> list[np.ndarray]:
+    """Per item, the per-token probability of each of its answers `answers_of(item)`, asked in
+    one call (a subject reads each question once for all of its answers)."""
+    flat = iter(np.exp(subject.logprobs([(i.prompt, a) for i in items for a in answers_of(i)])))
+    return [np.array([next(flat) for _ in answers_of(i)]) for i in items]
 
 
 def probability_options(subject: Subject, items: list[Item]) -> np.ndarray:
+    _needs(items, "answer", "probability_options")
     _needs(items, "perturbed_answers", "probability_options")
-    correct = probability(subject, items)
-    wrong = _perturbed_probabilities(subject, items)
-    return np.array([c / (c + w.sum()) for c, w in zip(correct, wrong)])
+    scored = _probabilities(subject, items, lambda i: [i.answer, *i.perturbed_answers])
+    return np.array([s[0] / s.sum() for s in scored])  # the answer's share among the options
 
 
 def truth_ratio(subject: Subject, items: list[Item]) -> np.ndarray:
     _needs(items, "paraphrased_answer", "truth_ratio")
     _needs(items, "perturbed_answers", "truth_ratio")
-    paraphrased = np.exp(subject.logprobs([(i.prompt, i.paraphrased_answer) for i in items]))
-    wrong = _perturbed_probabilities(subject, items)
-    return np.array([w.mean() / p for w, p in zip(wrong, paraphrased)])
+    scored = _probabilities(subject, items,
+                            lambda i: [i.paraphrased_answer, *i.perturbed_answers])
+    return np.array([s[1:].mean() / s[0] for s in scored])
 
 
 def words(text: str) -> list[str]:

@@ -2,6 +2,7 @@
 
 from .base import Delta, Engine, EngineError, EngineRequest, LoRA, LoRAResolver, Sampling
 from .hf import HFEngine
+from .lora import MultiLoRA
 from .registry import UnknownEngineError, engine_class, engine_names, register_engine
 from .vllm import VLLMEngine
 
@@ -16,6 +17,7 @@ __all__ = [
     "HFEngine",
     "LoRA",
     "LoRAResolver",
+    "MultiLoRA",
     "Sampling",
     "UnknownEngineError",
     "VLLMEngine",

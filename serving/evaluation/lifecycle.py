@@ -13,14 +13,21 @@ scores unlearning (guard/metrics.py).
     exact      after the forget worker's round (tombstones, retrain of the affected shards,
                publish) and the server's sync (exemplars retired)
     reference  the same partition without the forget authors, trained from scratch
-               (ShardStore.derive); `exact_equals_reference`: every shard's version (a hash
-               of its weights) is the same in both
+               (ShardStore.derive): the shards that held a forget author are trained again;
+               the others keep the original's adapters, each trained from scratch on the
+               same samples with the same seed (training them again gives the same weights,
+               tests/adapters/test_store.py; ~6 minutes a shard in the full run).
+               `exact_equals_reference`: every shard's version (a hash of its weights) is the
+               same in both
     aggregation  APA's Table 1 on TOFU, before any forget: APA's weights (= original), uniform
                weights, one adapter trained on everything, SISA's output ensemble
 
 Per phase: forget quality (KS test of its forget truth ratios against the reference's), model
 utility (harmonic mean of probability, ROUGE-L and truth ratio on retain, real authors and world
-facts), each set's scores, and the share of each set's questions the guard flagged.
+facts), each set's scores, the share of each set's questions the guard flagged, and the share of
+its scorings an earlier phase had computed: no computation runs twice (subjects.ServedSubject),
+so an unflagged question while requests are pending is the original's, and the reference, when
+its versions are the exact state's, is the exact phase's computation over again.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from __future__ import annotations
 import shutil
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
@@ -92,6 +100,8 @@ def score_set(subject, name: str, items: list[Item]) -> tuple[dict, np.ndarray]:
     world_facts are multiple choice: their probability is the answer's share among the options
     (TOFU's normalised probability); the forget set's truth ratio is TOFU's "closer to 1"."""
     subject = _ScoredOnce(subject)
+    subject.logprobs([(i.prompt, a) for i in items  # every answer of a question in one pass
+                      for a in (i.answer, i.paraphrased_answer, *i.perturbed_answers) if a])
     kind = "probability_options" if name in ("real_authors", "world_facts") else "probability"
     ratios = metric("truth_ratio")(subject, items)
     scores = {"probability": float(metric(kind)(subject, items).mean()),
@@ -103,22 +113,28 @@ def score_set(subject, name: str, items: list[Item]) -> tuple[dict, np.ndarray]:
 
 def score_subject(subject, sets: dict[str, list[Item]], log) -> tuple[dict, np.ndarray | None]:
     """(a phase's record, its forget truth ratios or None)."""
-    record, forget_ratios = {}, None
+    record, forget_ratios, reused = {}, None, {}
+    served = isinstance(subject, ServedSubject)
     for name, items in sets.items():
-        start = time.perf_counter()
+        start, before = time.perf_counter(), Counter(subject.counts) if served else None
         record[name], ratios = score_set(subject, name, items)
         if name == "forget":
             forget_ratios = ratios
+        if served:
+            done = subject.counts - before
+            reused[name] = done["reused"] / (done["reused"] + done["computed"])
         log(f"  {name}: {len(items)} questions, " + ", ".join(
             f"{k} {v:.3f}" for k, v in record[name].items()) +
-            f" ({time.perf_counter() - start:.0f} s)")
+            f" ({time.perf_counter() - start:.0f} s" +
+            (f", {reused[name]:.0%} computed before)" if served else ")"))
     if set(UTILITY_SETS) <= set(sets):
         record["model_utility"] = model_utility([record[s][k] for s in UTILITY_SETS
                                                  for k in ("probability", "rouge_l",
                                                            "truth_ratio")])
-    if isinstance(subject, ServedSubject):
+    if served:
         record["flagged"] = {name: subject.flagged_rate([i.prompt for i in items])
                              for name, items in sets.items()}
+        record["reused"] = reused
     return record, forget_ratios
 
 
@@ -132,9 +148,13 @@ class Lifecycle:
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self.embed = sentence_embedder(config.guard.embedder, config.home_dir)
         self.embedding = input_embeddings(self.model_path)  # (V, D)
-        self.model = AdapterModel(self.model_path)
+        # the largest adapter it runs: a stack of every shard (the aggregation's single adapter
+        # has one shard's rank)
+        self.model = AdapterModel(self.model_path,
+                                  max_rank=self.config.shards.count * self.config.train.r)
         self.corruption = served_corruption(config)
         self.noise_key = load_secret(self.work / "secret.key")
+        self.computed: dict = {}  # what every served subject computed (ServedSubject)
         self.seconds: dict[str, float] = {}
 
     def guard(self) -> Guard:
@@ -145,23 +165,25 @@ class Lifecycle:
     def served(self, store: ShardStore, guard: Guard, route: RouteConfig | None = None, *,
                corruption: Corruption | None = None, quarantine: str | None = None
                ) -> ServedSubject:
-        """The server's pipeline over `store` (its configured route, corruption and
-        quarantine, unless given). Mixtures are materialised: the subjects' model runs them as
-        peft adapters (the same weights as in the engine, bench_mixtures / test_engines)."""
+        """The server's pipeline over `store` (its configured route, mixing, corruption and
+        quarantine, unless given)."""
         metrics = Metrics()
-        route = (route or self.config.route).model_copy(update={"mixing": "materialised"})
+        route = route or self.config.route
         pipeline = Pipeline(self.tokenizer, self.embedding, guard, corruption or self.corruption,
                             ShardMixtures(store, route, metrics,
                                           quarantine or self.config.forget.quarantine),
                             self.config.forget.on_flag, metrics, self.noise_key)
-        return ServedSubject(self.model, self.tokenizer, pipeline)
+        return ServedSubject(self.model, self.tokenizer, pipeline, self.computed)
 
     def train(self, name: str, store: ShardStore, progress) -> None:
         start = time.perf_counter()
         results = store.train(store.lineage.shard_ids(), progress)
         self.seconds[f"train_{name}"] = round(time.perf_counter() - start, 1)
-        self.log(f"{name}: trained {len(results)} shard(s) ({sum(r.steps for r in results)} "
-                 f"steps) in {self.seconds[f'train_{name}']:.0f} s")
+        trained = [r for r in results if r.steps]
+        self.log(f"{name}: trained {len(trained)} shard(s) ({sum(r.steps for r in trained)} "
+                 f"steps) in {self.seconds[f'train_{name}']:.0f} s"
+                 + (f", {len(results) - len(trained)} already trained on their samples"
+                    if len(trained) < len(results) else ""))
 
     def score(self, name: str, subject, sets: dict[str, list[Item]]):
         self.log(f"{name}: scoring")
@@ -180,8 +202,9 @@ def run_tofu(config: Config, data: TofuData, work: Path, *, aggregation: bool = 
     forget_ids = {s.id for s in data.train if s.owner in set(data.forget_owners)}
     store = create_store(config, life.work / "original", data.train, data.validation,
                          embed=life.embed)
-    reference = ShardStore.derive(life.work / "reference", store, forget_ids)
     life.train("original", store, progress)
+    reference = ShardStore.derive(life.work / "reference", store, forget_ids,
+                                  reuse_unchanged=True)
     phases, ratios = {}, {}
 
     guard = life.guard()
@@ -219,16 +242,17 @@ def run_tofu(config: Config, data: TofuData, work: Path, *, aggregation: bool = 
     phases["exact"], ratios["exact"] = life.score("exact", served, data.sets)
 
     life.train("reference", reference, progress)
+    exact_versions = {v.shard: v.id for v in store.current_versions()}
+    reference_versions = {v.shard: v.id for v in reference.current_versions()}
+    identical = exact_versions == reference_versions
     phases["reference"], ratios["reference"] = life.score(
         "reference", life.served(reference, life.guard()), data.sets)
 
     for name, record in (*phases.items(), *tried.items()):
         record["forget_quality"] = forget_quality(ratios[name], ratios["reference"])
-    exact_versions = {v.shard: v.id for v in store.current_versions()}
-    reference_versions = {v.shard: v.id for v in reference.current_versions()}
     life.seconds["total"] = round(time.perf_counter() - start, 1)
     return {"phases": phases,
-            "exact_equals_reference": exact_versions == reference_versions,
+            "exact_equals_reference": identical,
             "versions": {"exact": exact_versions, "reference": reference_versions},
             "receipts": [queue.get(r.id).receipt for r in requests],
             "guarded_variants": tried if variants else None,

@@ -7,10 +7,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, DynamicCache
 
-from guard import (GuardError, Item, MetricError, ModelSubject, answer_ids, forget_quality,
-                   greedy_ids, metric, metric_names, model_utility, register_metric,
+from guard import (GuardError, Item, MetricError, ModelSubject, answer_ids, by_question,
+                   forget_quality, greedy_ids, metric, metric_names, model_utility, register_metric,
                    rouge_l_recall, token_logprobs, truth_ratio_closer_to_1,
                    truth_ratio_true_better)
 
@@ -26,8 +26,10 @@ class Uniform(torch.nn.Module):
     def get_input_embeddings(self):
         return self.embedding
 
-    def forward(self, inputs_embeds, attention_mask):  # (B, T, D), (B, T)
-        return SimpleNamespace(logits=torch.zeros(*inputs_embeds.shape[:2], self.vocab))
+    def forward(self, inputs_embeds=None, input_ids=None, **kwargs):  # (B, T, D) or (B, T)
+        shape = (inputs_embeds if inputs_embeds is not None else input_ids).shape[:2]
+        return SimpleNamespace(logits=torch.zeros(*shape, self.vocab),
+                               past_key_values=DynamicCache())
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +119,35 @@ def test_greedy_answers_in_a_padded_batch_are_generates_answers_one_by_one(tiny)
         assert answer == tokenizer.decode(out[0], skip_special_tokens=True)
 
 
+def test_answers_scored_after_one_pass_over_their_prompt_equal_each_scored_alone(tiny):
+    # prompts of different lengths in one forward (left padding), answers of different lengths
+    # (right padding), a one-token answer, and more answers than fit one forward (batch_size 4)
+    model, tokenizer = tiny
+    subject = ModelSubject(model, tokenizer)
+    questions = ["Where does Vosmi Ulkathi live?", "What?", "Who?"]
+    answers = [[answer_ids(tokenizer, questions[0], a)
+                for a in ("Quillmoor.", "Vosmi Ulkathi lives in the town of Quillmoor.")],
+               [answer_ids(tokenizer, questions[1], "Yes."), [tokenizer.eos_token_id]],
+               [answer_ids(tokenizer, questions[2], "No one, ever.")]]
+    prompts = [subject._prompt(q) for q in questions]
+    scored = token_logprobs(model, prompts, answers, batch_size=4)
+    embedding = model.get_input_embeddings()
+    with torch.inference_mode():
+        for prompt, group, got in zip(prompts, answers, scored, strict=True):
+            for answer, logprobs in zip(group, got, strict=True):
+                row = torch.cat([prompt, embedding(torch.tensor(answer))])  # (T, D): no padding
+                expected = model(inputs_embeds=row[None]).logits[0, len(prompt) - 1:-1]
+                expected = expected.log_softmax(-1).gather(1, torch.tensor(answer)[:, None])[:, 0]
+                assert logprobs.shape == (len(answer),)
+                assert torch.allclose(logprobs, expected, atol=1e-5)
+
+
+def test_pairs_are_grouped_by_question_and_each_pair_knows_where_it_went():
+    questions, answers, where = by_question([("q1", "a"), ("q2", "b"), ("q1", "c")])
+    assert questions == ["q1", "q2"] and answers == [["a", "c"], ["b"]]
+    assert where == [(0, 0), (1, 0), (0, 1)]
+
+
 def test_an_ensembles_next_token_is_the_argmax_of_its_adapters_mean_probabilities(tiny_model_dir):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -141,9 +172,10 @@ def test_an_ensembles_next_token_is_the_argmax_of_its_adapters_mean_probabilitie
             embeds = torch.cat([embeds, model.get_input_embeddings()(torch.tensor(expected[-1:]))])
         # and one adapter's answer scored in a mixed batch equals that adapter alone
         answer = answer_ids(tokenizer, "Where does Vosmi Ulkathi live?", "Quillmoor.")
-        mixed = token_logprobs(peft, [prompt, prompt], [answer, answer], adapters=["one", "two"])
+        [[one], [two]] = token_logprobs(peft, [prompt, prompt], [[answer], [answer]],
+                                        adapters=["one", "two"])
         peft.set_adapter("two")
-        alone = token_logprobs(peft, [prompt], [answer])
+        [[alone]] = token_logprobs(peft, [prompt], [[answer]])
     assert ids == expected
-    assert torch.allclose(mixed[1], alone[0], atol=1e-5)
-    assert not torch.allclose(mixed[0], mixed[1])
+    assert torch.allclose(two, alone, atol=1e-5)
+    assert not torch.allclose(one, two)

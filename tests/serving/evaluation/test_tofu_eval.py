@@ -63,6 +63,12 @@ def test_the_exact_state_is_the_reference_trained_from_scratch(run):
     record, _ = run
     assert record["exact_equals_reference"] is True
     assert record["versions"]["exact"] == record["versions"]["reference"]
+    # Same weights, nothing flagged: serving the reference is the exact phase's computation,
+    # reused whole (and the same scores).
+    exact, reference = record["phases"]["exact"], record["phases"]["reference"]
+    assert set(reference["reused"].values()) == {1.0}
+    assert {k: v for k, v in reference.items() if k not in ("reused", "forget_quality")} == \
+        {k: v for k, v in exact.items() if k not in ("reused", "forget_quality")}
     [receipt] = record["receipts"]
     assert receipt["request"]["owner"] == "author-005"
     assert all(shard["forgotten_ids_absent"] for shard in receipt["shards"])
@@ -73,6 +79,23 @@ def test_the_guard_flags_forget_questions_only_while_the_request_is_pending(run)
     assert flagged["guarded"]["forget"] == 1.0  # the exemplars are the questions themselves
     assert flagged["original"]["forget"] == flagged["exact"]["forget"] == 0.0  # none / retired
     assert flagged["reference"]["forget"] == 0.0
+
+
+def test_only_what_a_state_serves_differently_is_computed_again(run):
+    phases = run[0]["phases"]
+    # the first state: all new, but for a question asked twice (this folder's world facts are
+    # its real-author questions, conftest.write_tofu)
+    assert phases["original"]["reused"] == {"forget": 0.0, "retain": 0.0, "real_authors": 0.0,
+                                            "world_facts": 1.0}
+    guarded = phases["guarded"]
+    # A flagged question is corrupted (new noise each time); an unflagged one is served as
+    # the original served it, its scores are the original's.
+    assert guarded["reused"]["forget"] == 0.0
+    for name in ("retain", "real_authors", "world_facts"):
+        assert guarded["flagged"][name] == 0.0 and guarded["reused"][name] == 1.0
+        assert guarded[name] == phases["original"][name]
+    # a retrained shard: new mixtures
+    assert phases["exact"]["reused"] == phases["original"]["reused"]
 
 
 def test_aggregation_compares_apa_with_one_adapter_uniform_and_ensemble(run):
@@ -95,16 +118,19 @@ def test_no_file_left_holds_a_forget_authors_text(run, tofu_dir):
 def test_forget_authors_in_different_shards_are_all_retrained_before_the_exact_state(
         tofu_dir, lethe_home, tiny_model_dir, tmp_path):
     """A worker round retrains one shard group; the evaluation runs rounds until every request
-    is exact."""
+    is exact. One author per shard: forgetting empties two shards, which the reference (trained
+    from scratch without them) never publishes either."""
     result = lethe(lethe_home, tiny_model_dir, "--data", str(tofu_dir), "--forget", "forget05",
-                   "--retain-authors", "4", "--shards", "3", "--max-steps", "1",
+                   "--retain-authors", "1", "--shards", "3", "--max-steps", "1",
                    "--eval-items", "1", "--tune-items", "2", "--tune-budget", "1", "--json",
                    "--work", str(tmp_path / "work"))
     assert result.returncode == 0, result.stderr
     record = json.loads(result.stdout)
     shards = [{s["shard"] for s in r["shards"]} for r in record["receipts"]]
     assert len(shards) == 2 and not shards[0] & shards[1], shards  # two groups: two rounds
+    assert all(s["new_version"] is None for r in record["receipts"] for s in r["shards"])
     assert record["exact_equals_reference"] is True
+    assert len(record["versions"]["reference"]) == 1  # the retained author's shard
     assert record["phases"]["exact"]["flagged"]["forget"] == 0.0
 
 
