@@ -11,20 +11,23 @@ and reference (and APA's aggregation against one adapter, uniform weights and SI
 Writes bench/results/tofu.json and bench/results/tofu.png. Needs TOFU in ../shared/data/tofu
 (or --data) and matplotlib (`make bench-setup`).
 
-Why these sizes: on this 2-vCPU machine one training step (8 TOFU samples) takes ~5.5 s and
-scoring one question (probability, 6 truth-ratio answers, a greedy answer) ~6 s. Measured in
-the first attempt (bench/results/tofu-full-partial.txt): training the original 40 authors for 2
-epochs took 21.5 minutes, a phase's scoring (40 forget + 3 x 15 questions) 9-11, each guarded
-variant 4-6. So training the original and the reference, the exact retrain of one shard and
-scoring 4 phases (10 questions per utility set) and the second tier's tuning (6
-evaluations of 8 forget questions) take about 90 minutes (on 2026-11-23 the machine was
-slower: 61 minutes to the end of the second tier, bench/results/tofu-full-partial-2.txt); the
-variants and the aggregation (a single adapter trained on everything; the ensemble scores every
-question once per shard) are opt-in. The learning rate is raised from the serving default
-(3e-4) so that 2 epochs teach the original model its training answers: one shard adapter on
-forget01's authors and 8 others (200 samples, 2 epochs) answers its forget questions with
-ROUGE-L 0.419 and probability 0.394 at 3e-3, 0.380 and 0.264 at 1e-3 (measured on this
-machine, 2026-11-23).
+Why these sizes: on this 2-vCPU machine one training step (8 TOFU samples) takes 6-10 s
+depending on the day's machine (AVX-512 or AVX2 only), ~0.8x that since batches group like
+lengths and the LM head runs at the response tokens (bench/bench_train.py), and scoring one
+forget question (probability, 6 truth-ratio answers, a greedy answer) 10-20 s, ~0.65x that since
+the question's prompt runs once for its answers and the subjects run the engine's LoRA (README,
+"TOFU"). The run trains the original (200 steps), then the worker's retrain and the reference's
+training of the shards that held a forget author (~50 steps each; the reference keeps the
+original's other shards, trained on the same samples with the same seed), and scores original,
+guarded (its unflagged questions are the original's computation, reused), the second tier's 6
+evaluations of 8 forget questions, exact, and the reference (the exact phase's computation,
+reused, when their versions are the same): README, "TOFU", and bench/results/tofu.json
+"seconds" say how long it took. The variants and the aggregation (a single adapter trained on
+everything; the ensemble scores every question once per shard) are opt-in. The learning rate
+is raised from the serving default (3e-4) so that 2 epochs teach the original model its
+training answers: one shard adapter on forget01's authors and 8 others (200 samples, 2 epochs)
+answers its forget questions with ROUGE-L 0.419 and probability 0.394 at 3e-3, 0.380 and 0.264
+at 1e-3 (measured on this machine, 2026-11-23, with the shuffled batches of then).
 """
 
 from __future__ import annotations
