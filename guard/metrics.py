@@ -137,6 +137,19 @@ def peft_rows(labels: list[str]) -> AbstractContextManager[dict[str, Any]]:
     return nullcontext({"adapter_names": labels})
 
 
+def _left_padded(model, prompts: list[torch.Tensor]
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Prompts' embeddings (T_i, D) as one batch that ends where each prompt ends: (B, T, D)
+    inputs left-padded to the longest, (B, T) attention mask, (B, T) positions from 0 at each
+    prompt's first token."""
+    B, T, D = len(prompts), max(len(p) for p in prompts), prompts[0].shape[1]
+    inputs = torch.zeros(B, T, D, dtype=model.get_input_embeddings().weight.dtype)
+    mask = torch.zeros(B, T, dtype=torch.long)
+    for b, p in enumerate(prompts):
+        inputs[b, T - len(p):], mask[b, T - len(p):] = p, 1
+    return inputs, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+
 def token_logprobs(model, prompts: list[torch.Tensor], answers: list[list[list[int]]],
                    adapters: list | None = None, batch_size: int = 16,
                    rows_with: AdapterRows = peft_rows) -> list[list[torch.Tensor]]:
@@ -158,15 +171,10 @@ def token_logprobs(model, prompts: list[torch.Tensor], answers: list[list[list[i
 
 
 def _score_batch(model, prompts, answers, adapters, rows_with) -> list[list[torch.Tensor]]:
-    G, Tp, D = len(prompts), max(len(p) for p in prompts), prompts[0].shape[1]
-    embedding = model.get_input_embeddings()
-    inputs = torch.zeros(G, Tp, D, dtype=embedding.weight.dtype)  # (G, Tp, D), left-padded
-    mask = torch.zeros(G, Tp, dtype=torch.long)  # (G, Tp)
-    for g, p in enumerate(prompts):
-        inputs[g, Tp - len(p):], mask[g, Tp - len(p):] = p, 1
+    inputs, mask, positions = _left_padded(model, prompts)  # (G, Tp, D), (G, Tp), (G, Tp)
     with rows_with(adapters) if adapters else nullcontext({}) as kwargs:
-        result = model(inputs_embeds=inputs, attention_mask=mask,
-                       position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True, **kwargs)
+        result = model(inputs_embeds=inputs, attention_mask=mask, position_ids=positions,
+                       use_cache=True, **kwargs)
     first = result.logits[:, -1].float().log_softmax(-1)  # (G, V): each answer's first token
 
     flat = [(g, a) for g, group in enumerate(answers) for a in group]  # one row per answer
@@ -212,15 +220,10 @@ def greedy_ids(model, prompts: list[torch.Tensor], eos: set[int], max_tokens: in
 
 
 def _greedy_batch(model, prompts, names, eos, max_tokens, kwargs) -> list[list[int]]:
-    rows = [(p, name) for p, group in zip(prompts, names) for name in group]  # one per adapter
     owner = torch.tensor([j for j, group in enumerate(names) for _ in group])  # (B,) prompt of row
-    B, T, D = len(rows), max(len(p) for p, _ in rows), prompts[0].shape[1]
-    embedding = model.get_input_embeddings()
-    inputs = torch.zeros(B, T, D, dtype=embedding.weight.dtype)  # (B, T, D), left-padded
-    mask = torch.zeros(B, T, dtype=torch.long)  # (B, T)
-    for b, (p, _) in enumerate(rows):
-        inputs[b, T - len(p):], mask[b, T - len(p):] = p, 1
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
+    B = len(owner)  # one row per adapter
+    # (B, T, D), (B, T), (B, T)
+    inputs, mask, positions = _left_padded(model, [prompts[j] for j in owner.tolist()])
     result = model(inputs_embeds=inputs, attention_mask=mask, position_ids=positions,
                    use_cache=True, **kwargs)
     tokens: list[list[int]] = [[] for _ in prompts]
