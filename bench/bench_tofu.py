@@ -55,9 +55,9 @@ def main() -> None:
     parser.add_argument("--learning-rate", default="3e-3")
     parser.add_argument("--eval-items", default="10")
     parser.add_argument("--variants", action="store_true",
-                        help="also the guarded variants (~20 more minutes here)")
+                        help="also the guarded variants (~3 more minutes on 2026-12-02's machine)")
     parser.add_argument("--aggregation", action="store_true",
-                        help="also APA vs one adapter, uniform, ensemble (~50 more minutes here)")
+                        help="also APA vs one adapter, uniform, ensemble (~15 more minutes then)")
     args = parser.parse_args()
     require_extras("matplotlib")
     os.environ["LETHE_TRAIN__LEARNING_RATE"] = args.learning_rate

@@ -29,6 +29,9 @@ def cmd_tofu(args) -> None:
                          "only --engine hf is supported")
     if args.plot:
         _require_matplotlib()
+    for flag, path in (("--out", args.out), ("--plot", args.plot)):
+        if path and (path.is_dir() or not path.parent.is_dir()):  # found out after the run
+            raise UsageError(f"{flag} {path}: not a file in an existing folder")
     config = config_of(args, **{"shards.count": args.shards, "train.max_steps": args.max_steps,
                                 "train.epochs": args.epochs})
     data = load_tofu(args.data, args.forget, args.retain_authors, args.eval_items)

@@ -142,6 +142,9 @@ def test_the_data_and_sizes_are_checked_before_any_work(tofu_dir, lethe_home, ti
     assert missing.returncode == 2 and "full.json" in missing.stderr
     vllm = lethe(lethe_home, tiny_model_dir, "--data", str(tofu_dir), "--engine", "vllm")
     assert vllm.returncode == 2 and "only --engine hf" in vllm.stderr
+    nowhere = lethe(lethe_home, tiny_model_dir, "--data", str(tofu_dir), "--retain-authors", "1",
+                    "--out", str(tmp_path / "missing" / "tofu.json"))
+    assert nowhere.returncode == 2 and "--out" in nowhere.stderr
 
 
 def test_the_training_data_is_the_forget_authors_and_the_first_retained_ones(tofu_dir):
