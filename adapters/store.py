@@ -66,6 +66,12 @@ class ShardResult:
     seconds: float
 
 
+def _trained_on(manifest: dict, ids: list[str]) -> bool:
+    """Whether the version of `manifest` was trained on exactly the samples `ids`: training is
+    deterministic, so training on them again would publish the same weights."""
+    return manifest["sample_set_hash"] == id_set_hash(ids)
+
+
 def _lineage(root: Path, database: Database | None) -> Lineage:
     """The store's lineage: in `database`, else in `<root>/lineage.db`."""
     return Lineage(database or open_database(root / "lineage.db"), root / "secret.key")
@@ -155,7 +161,7 @@ class ShardStore:
         for version in source.current_versions() if reuse_unchanged else ():
             manifest = version.manifest
             ids = [s.id for s, k in kept if k == version.shard]
-            if manifest["sample_set_hash"] == id_set_hash(ids):  # train's own skip rule
+            if _trained_on(manifest, ids):  # what train skips
                 with derived.registry.staging() as staged:
                     for name in (CONFIG, WEIGHTS):
                         shutil.copyfile(version.path / name, staged / name)
@@ -189,7 +195,7 @@ class ShardStore:
         except RegistryError:
             current = None
         previous = current and current.id
-        if current is not None and current.manifest["sample_set_hash"] == id_set_hash(ids):
+        if current is not None and _trained_on(current.manifest, ids):
             # Already trained on exactly these samples (another worker's retrain, after the
             # same tombstones): training is deterministic, so it would publish the same weights.
             return ShardResult(shard, previous, previous, len(samples), id_set_hash(ids), 0, 0.0)
