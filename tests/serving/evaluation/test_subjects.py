@@ -10,6 +10,7 @@ import pytest
 from serving.config import load_config
 from serving.evaluation import load_tofu
 from serving.evaluation.lifecycle import Lifecycle
+from serving.evaluation.subjects import ServedSubject
 from serving.shards import create_store
 
 
@@ -36,8 +37,11 @@ def test_mixtures_in_the_engine_score_and_answer_as_materialised_ones(lifecycle)
     in_engine, materialised = [s.logprobs(pairs) for s in subjects]
     assert np.isfinite(in_engine).all()
     assert np.allclose(in_engine, materialised, atol=1e-4)
-    # and in a batch each row runs its own mixture: as each question scored alone
-    alone = [subjects[0].logprobs([pair])[0] for pair in pairs[::4]]
+    # and in a batch each row runs its own mixture: as each question scored alone (by a subject
+    # of its own, which has computed nothing yet: the evaluation's would reuse the batch's rows)
+    fresh = ServedSubject(life.model, life.tokenizer, subjects[0].pipeline)
+    alone = [fresh.logprobs([pair])[0] for pair in pairs[::4]]
+    assert fresh.counts["reused"] == 0
     assert np.allclose(in_engine[::4], alone, atol=1e-4)
     questions = [i.prompt for i in items]
     assert subjects[0].answers(questions) == subjects[1].answers(questions)
