@@ -1,6 +1,6 @@
 """ECO: prompt embeddings, classifier, exemplar index, corruption, sigma tuning.
 
-Public surface: a `Guard` (check, add_exemplar, retire_exemplar, refit) loaded from a folder
+Public surface: a `Guard` (check, add_exemplar, retire_exemplar, settle) loaded from a folder
 written by `train_guard` + `save_model`, the corruptions and their token masks, `tune`, and the
 unlearning metrics (TOFU's, by name).
 """

@@ -1,12 +1,17 @@
-"""Train-time augmentation of forget items: the hostile forms a client would try, so that the
-classifier has seen their shape (never tuned on test data: only the fitting share is augmented).
+"""Hostile forms of forget items, the ones a client would try, so that the guard has seen their
+shape.
 
-Each prompt also appears lower-cased, with typos, behind a jailbreak prefix, before a long
-unrelated suffix, and wrapped between unrelated sentences. The guard's views (views.py) cut
-most wrappers away at check time; augmentation covers what is left of them in a view.
+- Training (train.py): each fitting prompt also appears lower-cased, with typos, behind a
+  jailbreak prefix, before a long unrelated suffix, and wrapped between unrelated sentences
+  (never tuned on test data: only the fitting share is augmented).
+- A pending forget request (guard.py): its texts and `EXEMPLAR_TYPOS` misspelt copies of each
+  become its exemplars. Case needs no copy (the guard normalises case, and MiniLM is uncased),
+  nor do wrappers (the guard's views cut them away); misspellings survive both.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 import numpy as np
 
@@ -32,6 +37,21 @@ def typos(text: str, rng: np.random.Generator, rate: float = 0.08) -> str:
             words[i] = (word[:j] + word[j + 1] + word[j] + word[j + 2:] if edit == 0 else
                         word[:j] + word[j + 1:] if edit == 1 else word[:j] + word[j] + word[j:])
     return " ".join(words)
+
+
+# Misspelt copies of each exemplar text, and how misspelt: the hostile form "typos in 15% of the
+# words, names included" (issue 29) edits about a word in seven; copies at twice that rate cover
+# it and heavier ones.
+EXEMPLAR_TYPOS = 2
+EXEMPLAR_TYPO_RATE = 0.1  # typos() edits about 3x this share of the longer words
+
+
+def exemplar_forms(texts: list[str], key: str) -> list[str]:
+    """`texts` and misspelt copies of each, drawn from a generator seeded by `key` (the same
+    request always gets the same forms)."""
+    rng = np.random.default_rng(int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big"))
+    copies = [typos(t, rng, EXEMPLAR_TYPO_RATE) for t in texts for _ in range(EXEMPLAR_TYPOS)]
+    return list(dict.fromkeys(texts + copies))
 
 
 def hostile_forms(text: str, rng: np.random.Generator) -> list[str]:

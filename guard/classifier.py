@@ -16,17 +16,14 @@ Classifiers are scikit-learn estimators chosen by name; add one with `register_c
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
-import shutil
 import time
 import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 
@@ -83,7 +80,7 @@ def max_similarity(vectors: np.ndarray, support: np.ndarray) -> np.ndarray:
 
 @dataclass
 class GuardModel:
-    """A fitted, calibrated classifier with the vectors it was fitted on (for refits)."""
+    """A fitted, calibrated classifier with the vectors it was fitted and calibrated on."""
 
     kind: str
     estimator: Any
@@ -117,11 +114,12 @@ class GuardModel:
                 "n_positives": len(positives), "n_negatives": len(negatives)}
 
 
-def fit_guard(vectors: dict[str, np.ndarray], *, kind: str, target_fpr: float, seed: int
-              ) -> GuardModel:
+def fit_guard(vectors: dict[str, np.ndarray], *, kind: str, target_fpr: float, seed: int,
+              support_floor: float | None = None) -> GuardModel:
     """Fit on vectors['fit_pos'] vs ['fit_neg'], calibrate on ['cal_pos'] and ['cal_neg'].
 
     All (N, D) unit vectors. Classes are weighted to balance (forget sets are small).
+    `support_floor`: the neighbourhood gate's similarity, when not calibrated on ['cal_pos'].
     """
     from sklearn.utils.class_weight import compute_sample_weight
 
@@ -138,19 +136,11 @@ def fit_guard(vectors: dict[str, np.ndarray], *, kind: str, target_fpr: float, s
     model = GuardModel(kind=kind, estimator=estimator, threshold=0.0, support_floor=0.0,
                        exemplar_threshold=0.0, target_fpr=target_fpr, seed=seed, vectors=vectors)
     model.threshold = threshold_at_fpr(model.scores(vectors["cal_neg"]), target_fpr)
-    model.support_floor = float(max_similarity(vectors["cal_pos"], model.support).min())
+    model.support_floor = (float(max_similarity(vectors["cal_pos"], model.support).min())
+                           if support_floor is None else support_floor)
     model.exemplar_threshold = threshold_at_fpr(
         max_similarity(vectors["cal_neg"], model.support), target_fpr)
     return model
-
-
-def refit(model: GuardModel, new_positives: np.ndarray) -> GuardModel:
-    """The same classifier fitted again with `new_positives` (M, D) added to the forget class."""
-    vectors = dict(model.vectors, fit_pos=np.concatenate([model.vectors["fit_pos"], new_positives]))
-    fitted = fit_guard(vectors, kind=model.kind, target_fpr=model.target_fpr, seed=model.seed)
-    fitted.manifest = dict(model.manifest, parent=model.manifest.get("version"),
-                           refit_positives=model.manifest.get("refit_positives", 0) + len(new_positives))
-    return fitted
 
 
 # --- on disk: <root>/<version>/{classifier.joblib, vectors.npz, manifest.json}, <root>/CURRENT
@@ -158,19 +148,6 @@ def refit(model: GuardModel, new_positives: np.ndarray) -> GuardModel:
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-@contextmanager
-def versions_lock(root: Path) -> Iterator[None]:
-    """Hold `<root>/.lock` (flock) while versions are saved and pruned: replicas that share the
-    guard folder and refit at once never prune the version another is making current."""
-    Path(root).mkdir(parents=True, exist_ok=True)
-    fd = os.open(Path(root) / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def save_model(model: GuardModel, root: Path) -> str:
@@ -219,21 +196,6 @@ def save_model(model: GuardModel, root: Path) -> str:
     finally:
         os.close(directory)
     return version
-
-
-def prune_versions(root: Path, keep: int) -> list[str]:
-    """Delete all but the newest `keep` superseded versions under root (CURRENT always stays);
-    returns the deleted ones. A refit folds the embeddings (never the text) of forgotten items
-    into each new version: pruning bounds how many copies of them exist."""
-    root = Path(root)
-    current = (root / "CURRENT").read_text().strip()
-    old = sorted((p for p in root.iterdir() if p.is_dir() and p.name != current
-                  and (p / "manifest.json").is_file()),
-                 key=lambda p: json.loads((p / "manifest.json").read_text())["created_at"])
-    doomed = old[:max(0, len(old) - keep)]
-    for path in doomed:
-        shutil.rmtree(path)
-    return [p.name for p in doomed]
 
 
 def load_model(root: Path) -> GuardModel:

@@ -69,10 +69,6 @@ class GuardConfig(_Section):
     # no classifier is trained (a trained one carries its calibrated threshold). MiniLM on
     # synthetic people: rewordings of a forgotten question >= 0.84, other people's <= 0.79.
     exemplar_threshold: float = Field(default=0.8, gt=-1, lt=1)
-    # Superseded classifier versions kept when a refit (forget.retire: fold) saves a new one.
-    # Each refit folds embeddings of forgotten text (never the text) into the new version; 0
-    # keeps them in the current version alone.
-    keep_versions: int = Field(default=0, ge=0)
     corruption: CorruptionConfig = CorruptionConfig()
     tune: TuneConfig = TuneConfig()
 

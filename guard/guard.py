@@ -1,10 +1,18 @@
-"""The guard as the server uses it: check prompts, add and retire exemplars, refit.
+"""The guard as the server uses it: check prompts, add and retire the exemplars of pending
+forget requests.
 
-check() reads every view of a request's texts (views.py: each text, the join, sentences,
-windows) and flags the request when any view is near a pending forget item's exemplar (instant,
-exemplars.py) or when the calibrated classifier flags one (classifier.py). Exemplars folded into
-the classifier by a refit stay covered by it after the exemplars themselves are retired. A guard
-without a trained classifier (`Guard.exemplars_only`) flags by exemplars alone.
+check() reads every view of a request's texts (views.py: each text normalised, the join,
+segments, windows) and flags the request when a view
+  - is near a pending forget request's exemplar (instant: exemplars.py), or
+  - is flagged by the window head: a classifier fitted, in the background, on the exemplars of
+    the pending requests against the reference negatives (it catches forms the exemplar rule
+    misses, such as heavy typos; ready seconds after a request is added), or
+  - is flagged by the trained classifier (`lethe guard train`, classifier.py), if there is one.
+
+Exemplars hold a request's texts and generated hostile forms (augment.py: typos) as vectors,
+never text. When a request is exact, its exemplars go, and so does every head fitted on them:
+the next head is fitted on the requests still pending, the one that fitting on them alone gives.
+Nothing derived from a request is ever written to disk by the guard.
 
 Each exemplar's threshold is calibrated when it is added, against reference negatives: texts
 the guard must not flag (`set_negatives`: the server passes the training prompts that are not
@@ -15,6 +23,7 @@ model's calibrated exemplar threshold, or the configured one.
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,13 +31,16 @@ from typing import Literal
 
 import numpy as np
 
-from .classifier import (GuardModel, load_model, prune_versions, refit, save_model,
-                         versions_lock)
+from .augment import exemplar_forms
+from .classifier import GuardModel, fit_guard, load_model, max_similarity
 from .errors import GuardError
 from .exemplars import ExemplarIndex
+from .normalize import normalize
 from .prompts import strip_markup
 from .train import EmbedFn
 from .views import views
+
+log = logging.getLogger("lethe.guard")
 
 # The threshold lets at most 0.1% of the reference negatives through, plus MARGIN for negatives
 # never seen. Measured (bench/bench_guard.py, MiniLM): on TOFU, the most similar negative alone
@@ -41,47 +53,69 @@ NEGATIVE_QUANTILE = 0.999
 MARGIN = 0.05
 FLOOR, CEILING = 0.6, 0.95  # never flag the merely topical; never demand a verbatim copy
 SAME_TEXT = 0.999  # a negative this close to an exemplar is the exemplar's own text
+# The window head flags a view only this near a pending request's exemplar rows: a classifier
+# fitted on a few people extrapolates far from them (classifier.py, rule 2); the exemplar rule's
+# own floor, so the head reaches past the exemplar threshold but never into the merely topical.
+HEAD_SUPPORT = FLOOR
+# ... and only when it takes the view for a positive. Measured on synthetic people (12 owners, 3
+# facts each, one forgotten): misspelt forms it catches score 0.92-0.99, another owner's question
+# of the same shape 0.02 (above the threshold its fitted-on negatives alone give).
+HEAD_MIN_SCORE = 0.5
 
 
 @dataclass(frozen=True)
 class Verdict:
     flagged: bool
-    rule: Literal["exemplar", "classifier"] | None  # which rule fired
-    score: float  # highest classifier score among the views
+    rule: Literal["exemplar", "head", "classifier"] | None  # which rule fired
+    score: float  # highest classifier score among the views (trained classifier, else head)
     similarity: float  # highest similarity of a view to an exemplar (-1: no exemplars)
     exemplar: str | None  # the key of the exemplar entry that fired
     vectors: np.ndarray  # (N, D) embeddings of the N texts checked (not their views): routing
 
 
+@dataclass(frozen=True)
+class _Head:
+    model: GuardModel
+    keys: frozenset[str]  # the pending requests it was fitted on
+
+
 class Guard:
-    def __init__(self, model: GuardModel | None, embed: EmbedFn, root: Path | None = None,
-                 exemplar_threshold: float | None = None, keep_versions: int = 0):
+    def __init__(self, model: GuardModel | None, embed: EmbedFn, *,
+                 exemplar_threshold: float | None = None, kind: str = "mlp",
+                 target_fpr: float = 0.01, seed: int = 0):
         dim = embed(["dimension probe"]).shape[1]
         if model is not None and dim != model.support.shape[1]:
             raise GuardError(f"the embedder gives {dim}-dim vectors; this guard was trained on "
                              f"{model.support.shape[1]}-dim ones ({model.manifest.get('embedder')})")
         if model is None and exemplar_threshold is None:
             raise GuardError("a guard without a classifier needs an exemplar threshold")
-        self.model = model
+        self.model = model  # the trained classifier; never refitted here
         self.dim = dim
         self.exemplar_threshold = exemplar_threshold  # used while there is no classifier
         self.embed = embed
-        self.root = Path(root) if root else None
-        self.keep_versions = keep_versions  # superseded classifier versions kept by a refit
+        self.kind, self.target_fpr, self.seed = kind, target_fpr, seed  # the head's fit
         self.exemplars = ExemplarIndex(dim)
-        self.folded: set[str] = set()  # exemplar keys the classifier has been refitted on
-        self._refit_lock = threading.Lock()
         self._negatives: dict[str, np.ndarray] = {}  # id -> (D,) reference negative
-        self._negative_rows = np.zeros((0, dim), np.float32)  # (M, D) snapshot of the above
+        self._negative_rows = np.zeros((0, dim), np.float32)  # (M, D) the above, less covered
+        self._covers: dict[str, list[str]] = {}  # pending key -> negative ids it forgets
+        # The head: fitted by a background thread whenever the pending set changes.
+        self._head: _Head | None = None
+        self._changes = threading.Condition()
+        self._wanted = 0  # bumped by every change of the pending set
+        self._fitted = 0  # the change the head (or its absence) reflects
+        self._fitter: threading.Thread | None = None
 
     @classmethod
-    def load(cls, root: Path, embed: EmbedFn, keep_versions: int = 0) -> Guard:
-        return cls(load_model(root), embed, root, keep_versions=keep_versions)
+    def load(cls, root: Path, embed: EmbedFn, **head) -> Guard:
+        return cls(load_model(root), embed, **head)
 
     @classmethod
-    def exemplars_only(cls, embed: EmbedFn, exemplar_threshold: float) -> Guard:
-        """A guard with no classifier yet: it flags prompts near pending forget items only."""
-        return cls(None, embed, exemplar_threshold=exemplar_threshold)
+    def exemplars_only(cls, embed: EmbedFn, exemplar_threshold: float, **head) -> Guard:
+        """A guard with no trained classifier: it flags prompts near pending forget items, by
+        their exemplars and the window head."""
+        return cls(None, embed, exemplar_threshold=exemplar_threshold, **head)
+
+    # --- checking ----------------------------------------------------------------------------
 
     def check(self, texts: list[str]) -> Verdict:
         """Flag the request if any view of its texts (every message of every role, or a
@@ -90,34 +124,35 @@ class Guard:
         if not texts:
             return Verdict(False, None, 0.0, -1.0, None, np.zeros((0, self.dim), np.float32))
         vectors = self.embed(views(texts))  # (V, D): the N texts first, then their pieces
-        model = self.model  # one model for the whole check, even if a refit swaps it meanwhile
-        if model is None:
-            flags, scores = np.zeros(len(vectors), bool), np.zeros(len(vectors))
-        else:
-            flags, scores = model.flags(vectors)
+        model, head = self.model, self._head  # one of each for the whole check
         sims, margins, keys = self.exemplars.nearest(vectors)
         best = int(np.argmax(margins))
+        scores = np.zeros(1)
+        rule, key = None, None
         if margins[best] > 0:
             rule, key = "exemplar", keys[best]
-        else:
-            rule, key = ("classifier" if flags.any() else None), None
+        if head is not None:
+            flags, scores = head.model.flags(vectors)
+            rule = rule or ("head" if flags.any() else None)
+        if model is not None:
+            flags, scores = model.flags(vectors)
+            rule = rule or ("classifier" if flags.any() else None)
         return Verdict(rule is not None, rule, float(scores.max()), float(sims.max()), key,
                        vectors[:len(texts)])
 
+    # --- reference negatives -----------------------------------------------------------------
+
     def set_negatives(self, negatives: dict[str, np.ndarray]) -> None:
         """Reference texts the guard must not flag, as id -> (D,) embedding (replacing any set
-        before); exemplars added from now on are calibrated against them."""
-        self._negatives = {k: np.asarray(v, np.float32) for k, v in negatives.items()}
-        self._rebuild_negatives()
-
-    def drop_negatives(self, ids: list[str]) -> None:
-        """Forget reference negatives (e.g. the embeddings of samples now forgotten)."""
-        for i in ids:
-            self._negatives.pop(i, None)
-        self._rebuild_negatives()
+        before); exemplars added from now on are calibrated against them, and the head is
+        fitted against them."""
+        with self._changes:
+            self._negatives = {k: np.asarray(v, np.float32) for k, v in negatives.items()}
+            self._rebuild_negatives()
 
     def _rebuild_negatives(self) -> None:
-        rows = list(self._negatives.values())
+        covered = {i for ids in self._covers.values() for i in ids}
+        rows = [v for k, v in sorted(self._negatives.items()) if k not in covered]
         self._negative_rows = np.stack(rows) if rows else np.zeros((0, self.dim), np.float32)
 
     def exemplar_threshold_for(self, vectors: np.ndarray) -> float:
@@ -130,34 +165,92 @@ class Guard:
         near = float(np.quantile(sims, NEGATIVE_QUANTILE)) if sims.size else FLOOR
         return min(max(near + MARGIN, FLOOR), CEILING)
 
-    def add_exemplar(self, key: str, texts: list[str]) -> None:
-        """Flag prompts near `texts` (a forget item's prompts and responses) from now on."""
-        texts = [t for t in (strip_markup(t) for t in texts) if t]
+    # --- pending requests --------------------------------------------------------------------
+
+    def add_exemplar(self, key: str, texts: list[str], covers: list[str] = ()) -> None:
+        """Flag prompts near `texts` (a forget request's prompts and responses) and their hostile
+        forms from now on; `covers` are the ids of the reference negatives the request forgets
+        (no longer negatives: they are what must be flagged)."""
+        texts = [t for t in (normalize(strip_markup(t)) for t in texts) if t]
         if not texts:
             raise GuardError(f"forget item {key!r} has no text to guard")
-        vectors = self.embed(texts)  # (n, D)
+        with self._changes:
+            self._covers[key] = list(covers)
+            self._rebuild_negatives()
+        vectors = self.embed(exemplar_forms(texts, key))  # (n, D)
         self.exemplars.add(key, vectors, self.exemplar_threshold_for(vectors))
+        self._changed()
 
     def retire_exemplar(self, key: str) -> bool:
-        return self.exemplars.remove(key)
+        """The request is exact: drop its exemplars, the negatives it forgot, and the head if it
+        was fitted on them (a new one is fitted without them). False if there was no entry."""
+        found = self.exemplars.remove(key)
+        with self._changes:
+            for i in self._covers.pop(key, ()):
+                self._negatives.pop(i, None)
+            self._rebuild_negatives()
+            if self._head is not None and key in self._head.keys:
+                self._head = None
+        self._changed()
+        return found
 
-    def refit(self) -> GuardModel:
-        """Fit the classifier again with every exemplar not yet folded in; swap it in atomically
-        (and save it as the new current version when the guard has a folder, deleting all but
-        `keep_versions` superseded ones)."""
-        if self.model is None:
-            raise GuardError("this guard has no classifier to refit (train one with "
-                             "`lethe guard train`)")
-        with self._refit_lock:
-            keys = [k for k in self.exemplars.keys() if k not in self.folded]
-            entries = [e for e in (self.exemplars.get(k) for k in keys) if e is not None]  # (n, D) each
-            if not entries:
-                return self.model
-            model = refit(self.model, np.concatenate(entries))
-            if self.root is not None:
-                with versions_lock(self.root):
-                    save_model(model, self.root)
-                    prune_versions(self.root, self.keep_versions)
-            self.model = model
-            self.folded.update(keys)
-            return model
+    @property
+    def head(self) -> GuardModel | None:
+        head = self._head
+        return None if head is None else head.model
+
+    def settle(self, timeout: float | None = None) -> bool:
+        """Wait until the head reflects the pending requests as they are now; False on time-out."""
+        with self._changes:
+            wanted = self._wanted
+            return self._changes.wait_for(lambda: self._fitted >= wanted, timeout)
+
+    def _changed(self) -> None:
+        with self._changes:
+            self._wanted += 1
+            if self._fitter is None:
+                self._fitter = threading.Thread(target=self._fit_forever, name="guard-head",
+                                                daemon=True)
+                self._fitter.start()
+            self._changes.notify_all()
+
+    def _fit_forever(self) -> None:
+        while True:
+            with self._changes:
+                self._changes.wait_for(lambda: self._fitted < self._wanted)
+                wanted = self._wanted
+                keys = sorted(self.exemplars.keys())
+                positives = [self.exemplars.get(k) for k in keys]
+                negatives = self._negative_rows
+            head = None
+            if keys and len(negatives) >= 2 and all(p is not None for p in positives):
+                try:
+                    head = _Head(fit_head(np.concatenate(positives), negatives, kind=self.kind,
+                                          target_fpr=self.target_fpr, seed=self.seed),
+                                 frozenset(keys))
+                except GuardError:  # the exemplar rule still acts; the next change tries again
+                    log.exception("the guard's window head could not be fitted")
+            with self._changes:
+                if head is None or head.keys <= set(self.exemplars.keys()):
+                    self._head = head  # never one fitted on a request retired meanwhile
+                self._fitted = wanted
+                self._changes.notify_all()
+
+
+def fit_head(positives: np.ndarray, negatives: np.ndarray, *, kind: str, target_fpr: float,
+             seed: int) -> GuardModel:
+    """A classifier of pending requests' exemplar rows `positives` (P, D) against the reference
+    negatives (M, D), fitted on all of both. It flags a view within HEAD_SUPPORT of a positive
+    whose score passes a threshold calibrated on the negatives that near (the only ones it
+    could flag) at `target_fpr`: with few of them, none is flagged. The reference negatives are
+    what must not be flagged (other owners asked the same way), so they calibrate it rather
+    than a held-out share; as it was fitted on them too, their scores are low, and the
+    threshold is never below HEAD_MIN_SCORE. Deterministic: the same rows give the same bytes."""
+    near = max_similarity(negatives, positives) >= HEAD_SUPPORT  # (M,)
+    model = fit_guard({"fit_pos": positives, "fit_neg": negatives, "cal_pos": positives,
+                       "cal_neg": negatives[near] if near.any() else negatives},
+                      kind=kind, target_fpr=target_fpr, seed=seed, support_floor=HEAD_SUPPORT)
+    if not np.isfinite(model.scores(positives[:1])).all():
+        raise GuardError("the window head's scores are not finite")
+    model.threshold = max(model.threshold, HEAD_MIN_SCORE)
+    return model

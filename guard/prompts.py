@@ -68,8 +68,9 @@ _MARKUP = re.compile(r"<\|[a-z_]+\|>(?:(?:system|user|assistant)\n)?")
 
 
 def strip_markup(text: str) -> str:
-    """The text a user wrote, without chat-template markup, so a classifier sees content only."""
-    return re.sub(r"\s+", " ", _MARKUP.sub(" ", text)).strip()
+    """The text a user wrote, without chat-template markup, so a classifier sees content only;
+    runs of spaces become one, line breaks stay (a line is a view of its own, views.py)."""
+    return re.sub(r"[^\S\n]+", " ", _MARKUP.sub(" ", text)).strip()
 
 
 # Question words and other capitalised function words that carry nothing about the item.

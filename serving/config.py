@@ -70,16 +70,37 @@ class EngineConfig(_Section):
     _known = _registered("name", "engine", engine_names)
 
 
+# Shortest key accepted: an empty or short entry (what `"[$KEY]"` gives with KEY unset) would
+# let a bare or guessed `Authorization: Bearer` in.
+MIN_KEY_CHARS = 16
+# Config keys whose values are secrets: an error about them never prints the value.
+SECRET_KEYS = ("server.api_keys", "server.admin_keys", "store.url")
+
+
+def _keys(keys: list[str]) -> list[str]:
+    short = [i for i, key in enumerate(keys) if len(key) < MIN_KEY_CHARS]
+    if short:
+        raise ValueError(f"entries {short} are shorter than {MIN_KEY_CHARS} characters (empty "
+                         "or short keys are refused: set long random keys)")
+    return keys
+
+
 class ServerConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
-    # Bearer keys accepted on /v1/*. Empty: no authentication.
+    # Bearer keys accepted on /v1/*, each at least MIN_KEY_CHARS long. Empty: no authentication.
     api_keys: list[str] = Field(default_factory=list)
     # Keys for the forget endpoints (/v1/forget*), also accepted on every /v1 endpoint. With any
     # key configured (here or in api_keys), forget requests need one of these.
     admin_keys: list[str] = Field(default_factory=list)
+    # Largest request body (bytes), refused with 413 before it is parsed. 1 MiB holds a full
+    # context of text many times over (2048 tokens are ~8 KiB); the limit bounds what one
+    # request can make the server read, parse and tokenize.
+    max_body_bytes: int = Field(default=1 << 20, gt=0)
     # Longest completion a request gets when it sets no max_tokens (None: the rest of the context).
     default_max_tokens: int | None = Field(default=None, gt=0)
+
+    _long_keys = field_validator("api_keys", "admin_keys")(_keys)
 
 
 class ShardsConfig(_Section):
@@ -112,9 +133,6 @@ class ForgetConfig(_Section):
     @classmethod
     def _quarantine_bool(cls, value):
         return {True: "all", False: "none"}.get(value, value) if isinstance(value, bool) else value
-    # When a request is exact: fold (refit the classifier on its exemplars, then drop them;
-    # without a trained classifier the same as drop) | drop (drop the exemplars only).
-    retire: Literal["fold", "drop"] = "fold"
     # FULL: a committed request survives power loss. NORMAL can lose the last commits.
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
     # `lethe serve` starts a worker process beside the server.
@@ -226,14 +244,17 @@ def load_config(
     try:
         return Config.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_describe(e)) from e
+        raise ConfigError(_describe(e)) from None  # its text would show the values of secrets
 
 
 def _parse_yaml(text: str, where: str) -> Any:
     try:
         parsed = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{where}: not valid YAML: {e}") from e
+    except yaml.YAMLError as e:  # str(e) quotes the text around the error, which may hold a key
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{where}: not valid YAML ({getattr(e, 'problem', None) or 'unparsable'}"
+                          f"{at})") from None
     return {} if parsed is None else parsed
 
 
@@ -263,6 +284,8 @@ def _describe(error: ValidationError) -> str:
         if err["type"] == "extra_forbidden":
             known = ", ".join(_section_at(err["loc"][:-1]).model_fields)
             lines.append(f"unknown config key '{key}' (known keys here: {known})")
+        elif key.startswith(SECRET_KEYS):
+            lines.append(f"config key '{key}': {err['msg']} (value not shown: a secret)")
         else:
             lines.append(f"config key '{key}': {err['msg']} (got {err.get('input')!r})")
     return "; ".join(lines)

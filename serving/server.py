@@ -19,7 +19,7 @@ from guard import Corruption, Guard, load_corruption
 from .api import OpenAIServing, build_app
 from .config import Config
 from .errors import UsageError
-from .engines import engine_class
+from .engines import Engine, engine_class
 from .forget import ForgetService, WorkerSupervisor, open_queue
 from .logs import configure_logging
 from .metrics import Metrics
@@ -39,7 +39,7 @@ def load_guard(config: Config, store: ShardStore | None) -> Guard | None:
         return None
     embed = sentence_embedder(config.guard.embedder, config.home_dir)
     if trained:
-        guard = Guard.load(config.guard_dir, embed, keep_versions=config.guard.keep_versions)
+        guard = Guard.load(config.guard_dir, embed, **head_options(config))
         fitted_on, served_with = (guard.model.manifest.get("embedder"),
                                   embedder_name(config.guard.embedder))
         if fitted_on != served_with:
@@ -47,7 +47,13 @@ def load_guard(config: Config, store: ShardStore | None) -> Guard | None:
                         "is calibrated for the former (train it again with `lethe guard train`)",
                         fitted_on, served_with)
         return guard
-    return Guard.exemplars_only(embed, config.guard.exemplar_threshold)
+    return Guard.exemplars_only(embed, config.guard.exemplar_threshold, **head_options(config))
+
+
+def head_options(config: Config) -> dict:
+    """How the guard fits its window head (guard/guard.py): the trained classifier's settings."""
+    return {"kind": config.guard.classifier, "target_fpr": config.guard.target_fpr,
+            "seed": config.guard.seed}
 
 
 # guard.corruption.sigma when it is null. Where the quarantine routes flagged prompts around the
@@ -110,7 +116,6 @@ def create_app(config: Config):
                                        config.secret_file),
                             store.lineage, guard,
                             quarantine=config.forget.quarantine != "none",
-                            retire=config.forget.retire,
                             metrics=metrics) if store else None)
     serving = OpenAIServing(
         engine,
@@ -136,8 +141,8 @@ def create_app(config: Config):
         await engine.start()
         async with contextlib.AsyncExitStack() as stack:
             if forget is not None:
-                sync = functools.partial(_sync, forget, pipeline)
-                await asyncio.to_thread(sync)  # guard pending requests before serving
+                sync = functools.partial(_sync, forget, resolver, engine)
+                await sync()  # guard pending requests before serving
                 stack.push_async_callback(_cancel, asyncio.create_task(
                     _sync_forever(sync, forget.queue, config.forget.poll_seconds)))
                 if supervisor is not None:
@@ -150,13 +155,16 @@ def create_app(config: Config):
                 await engine.shutdown()
 
     return build_app(serving, forget, supervisor, api_keys=config.server.api_keys,
-                     admin_keys=config.server.admin_keys, lifespan=lifespan)
+                     admin_keys=config.server.admin_keys,
+                     max_body_bytes=config.server.max_body_bytes, lifespan=lifespan)
 
 
-def _sync(forget: ForgetService, pipeline: Pipeline) -> None:
-    """Guard what is pending, retire what is exact, delete mixtures of superseded versions."""
-    forget.sync()
-    pipeline.sweep()
+async def _sync(forget: ForgetService, resolver: ShardMixtures, engine: Engine) -> None:
+    """Guard what is pending, retire what is exact, delete mixtures of superseded versions from
+    disk and from the engine (their weights may hold forgotten data)."""
+    await asyncio.to_thread(forget.sync)
+    for name in await asyncio.to_thread(resolver.sweep):
+        await engine.evict(name)
 
 
 async def _sync_forever(sync, queue, seconds: float) -> None:
@@ -165,7 +173,7 @@ async def _sync_forever(sync, queue, seconds: float) -> None:
     while True:
         try:
             await asyncio.to_thread(queue.wait, seconds)
-            await asyncio.to_thread(sync)
+            await sync()
         except Exception:  # a failed sync is retried next round; serving goes on
             log.exception("guard sync with the forget queue failed")
 

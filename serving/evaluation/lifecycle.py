@@ -53,7 +53,7 @@ from ..metrics import Metrics
 from ..mixtures import ShardMixtures
 from ..model import input_embeddings, resolve_model, sentence_embedder
 from ..pipeline import Pipeline
-from ..server import SIGMA_UNROUTED, served_corruption
+from ..server import SIGMA_UNROUTED, head_options, served_corruption
 from ..shards import create_store
 from .subjects import AdapterModel, EnsembleSubject, ServedSubject
 from .tofu import TofuData
@@ -158,9 +158,11 @@ class Lifecycle:
         self.seconds: dict[str, float] = {}
 
     def guard(self) -> Guard:
-        """A guard of exemplars alone (no classifier is trained on TOFU here): it flags what
-        forget requests put in it; it also embeds every request for routing."""
-        return Guard.exemplars_only(self.embed, self.config.guard.exemplar_threshold)
+        """A guard with no trained classifier (none is trained on TOFU here): it flags what
+        forget requests put in it, by their exemplars and the window head; it also embeds every
+        request for routing."""
+        return Guard.exemplars_only(self.embed, self.config.guard.exemplar_threshold,
+                                    **head_options(self.config))
 
     def served(self, store: ShardStore, guard: Guard, route: RouteConfig | None = None, *,
                corruption: Corruption | None = None, quarantine: str | None = None
@@ -216,11 +218,12 @@ def run_tofu(config: Config, data: TofuData, work: Path, *, aggregation: bool = 
 
     queue = open_queue(life.work / "forget.db", "NORMAL", life.work / "secret.key")
     service = ForgetService(queue, store.lineage, guard,
-                            quarantine=config.forget.quarantine != "none",
-                            retire=config.forget.retire, metrics=Metrics())
+                            quarantine=config.forget.quarantine != "none", metrics=Metrics())
     started = time.perf_counter()
     requests = [service.submit(owner, None, [])[0] for owner in data.forget_owners]
     life.seconds["forget_accepted"] = round(time.perf_counter() - started, 3)
+    guard.settle()  # the window head covers the requests (seconds, in the server's background)
+    life.seconds["forget_head_ready"] = round(time.perf_counter() - started, 3)
     phases["guarded"], ratios["guarded"] = life.score("guarded", served, data.sets)
     second_tier = _second_tier(life, store, guard, data.sets["forget"], tune_items, tune_budget)
     tried = {}

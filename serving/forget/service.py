@@ -10,7 +10,8 @@ sync():    keep the guard in step with the queue, every `forget.poll_seconds` an
            queue says a request was submitted or completed anywhere (PostgreSQL's NOTIFY):
            exemplars for active requests it has none for (accepted before a restart, or by
            another replica),
-           and retirement of the exemplars of completed ones (the worker made them exact);
+           and retirement of the exemplars of completed ones (the worker made them exact:
+           the guard then keeps nothing derived from them, guard/guard.py);
            quarantine holds of requests no longer pending are released (a worker that died
            between completing a request and releasing its holds leaves none behind).
 
@@ -22,8 +23,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Literal
-
 from adapters import Lineage
 from guard import Guard, GuardError, general_prompts
 
@@ -35,11 +34,13 @@ log = logging.getLogger("lethe.forget")
 
 class ForgetService:
     def __init__(self, queue: ForgetQueue, lineage: Lineage, guard: Guard, *, quarantine: bool,
-                 retire: Literal["fold", "drop"], metrics: Metrics):
+                 metrics: Metrics):
         self.queue, self.lineage, self.guard = queue, lineage, guard
-        self.quarantine, self.retire = quarantine, retire
+        self.quarantine = quarantine
         self.metrics = metrics
-        self._lock = threading.Lock()  # submit and sync never interleave their guard updates
+        # submit and sync never interleave their guard updates. Nothing slow runs under it: the
+        # guard fits its window head in a thread of its own.
+        self._lock = threading.Lock()
         self._active: dict[str, list[str]] = {}  # requests guarded here, until exact -> ids
         self._set_negatives()
 
@@ -82,14 +83,10 @@ class ForgetService:
                         self._activate(request)
                     except Exception:  # one request never stops the others; retried next sync
                         log.exception("forget request %s could not be guarded", request.id)
-            done = sorted(set(self._active) - set(active))
-            if done and self.retire == "fold" and self.guard.model is not None:
-                self.guard.refit()  # the classifier keeps covering them
-            for key in done:
-                self.guard.retire_exemplar(key)
-                self.guard.drop_negatives(self._active.pop(key))  # forgotten: no reference
-                log.info("forget request %s is exact: its exemplars are retired (%s)", key,
-                         self.retire)
+            for key in sorted(set(self._active) - set(active)):
+                self.guard.retire_exemplar(key)  # and the negatives it forgot
+                del self._active[key]
+                log.info("forget request %s is exact: the guard no longer holds it", key)
             self.lineage.release_quarantine(holders - set(active))
             self.metrics.guard_exemplars.set(len(self.guard.exemplars))
             for state, count in self.queue.counts().items():
@@ -98,7 +95,7 @@ class ForgetService:
     def _activate(self, request: ForgetRequest) -> None:
         texts = self.lineage.sample_texts(request.sample_ids) + (request.prompts or [])
         try:
-            self.guard.add_exemplar(request.id, texts)
+            self.guard.add_exemplar(request.id, texts, covers=request.sample_ids)
         except GuardError:  # the text is purged already: the worker has published the retrain
             log.info("forget request %s has no text left to guard", request.id)
         if self.quarantine:

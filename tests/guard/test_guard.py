@@ -1,11 +1,13 @@
-"""The guard as the server uses it: train, check, instant exemplars, background refit."""
+"""The guard as the server uses it: train, check, instant exemplars, the window head."""
 
+import pickle
 import time
 
 import numpy as np
 import pytest
 
-from guard import Guard, GuardError, load_model, save_model, train_guard
+from adapters import synth_people
+from guard import Guard, GuardError, general_prompts, save_model, train_guard
 
 
 @pytest.fixture
@@ -50,30 +52,71 @@ def test_an_added_exemplar_flags_its_duplicate_and_a_near_duplicate_within_a_sec
     elapsed = time.perf_counter() - start
 
     assert elapsed < 1.0
-    assert guard.model is model  # no refit
+    assert guard.model is model  # the trained classifier is never refitted
     assert duplicate.flagged and duplicate.rule == "exemplar" and duplicate.exemplar == "request-1"
     assert near.flagged and near.rule == "exemplar"
-    assert guard.exemplars.get("request-1").shape == (2, guard.dim)  # vectors, never the text
+    assert guard.exemplars.get("request-1").shape[1] == guard.dim  # vectors, never the text
 
     assert guard.retire_exemplar("request-1")
     assert not guard.check([prompt]).flagged
 
 
-def test_refit_folds_exemplars_into_the_classifier_and_swaps_atomically(guard, tmp_path):
-    prompt = "Which violin did Torvel Quimarra sell to the museum in Brinnick?"
-    texts = [prompt, "Torvel Quimarra sold the 1781 Galvor violin to the Brinnick museum.",
-             "Where does Torvel Quimarra keep his violins?", "Torvel Quimarra keeps them in Saltmere."]
-    old = guard.model
-    guard.add_exemplar("request-1", texts)
-    guard.refit()
+WINDOW = synth_people(12, seed=3, facts_per_person=3)  # person-0001 is forgotten below
 
-    assert guard.model is not old
-    assert guard.model.manifest["parent"] == old.manifest["version"]
-    assert guard.model.manifest["refit_positives"] == 4
-    assert load_model(tmp_path / "guard").manifest["version"] == guard.model.manifest["version"]
+
+def _window_guard(minilm) -> Guard:
+    """A guard of exemplars alone, calibrated against the other people's questions and the
+    general requests, as the forget service sets it up."""
+    guard = Guard.exemplars_only(minilm, exemplar_threshold=0.8)
+    general = [p for prompts in general_prompts().values() for p in prompts]
+    guard.set_negatives(dict(zip([s.id for s in WINDOW] + [f"general-{i}" for i in
+                                                            range(len(general))],
+                                 minilm([s.prompt for s in WINDOW] + general))))
+    return guard
+
+
+def _request(owner: str) -> tuple[list[str], list[str]]:
+    mine = [s for s in WINDOW if s.owner == owner]
+    return [t for s in mine for t in (s.prompt, s.response)], [s.id for s in mine]
+
+
+def test_the_window_head_covers_forms_the_exemplars_miss(minilm):
+    guard = _window_guard(minilm)
+    misspelt = "Waht dooes Ukla Thiarrin do for a lving?"  # "What does Ulka Thidarrin do ..."
+    assert not guard.check([misspelt]).flagged
+    guard.add_exemplar("request-1", *_request("person-0001"))
+    assert guard.settle(timeout=120)  # seconds (bench/bench_guard.py measures it), not minutes
+    verdict = guard.check([misspelt])
+    assert verdict.flagged and verdict.rule == "head"  # the exemplars alone let it through
+    assert verdict.similarity < guard.exemplars.threshold("request-1")
+    for other in (s.prompt for s in WINDOW if s.owner != "person-0001"):
+        assert not guard.check([other]).flagged, other  # "Where does Rami Thithimi live?" too
+
+
+def test_a_completed_request_leaves_nothing_derived_from_it_in_the_guard(minilm):
+    guard = _window_guard(minilm)
+    guard.add_exemplar("request-1", *_request("person-0001"))
+    guard.add_exemplar("request-2", *_request("person-0002"))
+    assert guard.settle(timeout=120)
     guard.retire_exemplar("request-1")
-    assert guard.check([prompt]).rule == "classifier"  # still covered after the exemplar is gone
-    assert guard.refit() is guard.model  # nothing new to fold in
+    assert guard.head is None or "request-1" not in guard._head.keys  # at once, not after a fit
+    assert guard.settle(timeout=120)
+    # The head is the one that fitting on what is left gives, byte for byte.
+    alone = _window_guard(minilm)
+    for s in (s for s in WINDOW if s.owner == "person-0001"):  # forgotten: no negatives now
+        alone._negatives.pop(s.id)
+    alone.add_exemplar("request-2", *_request("person-0002"))
+    assert alone.settle(timeout=120)
+    assert pickle.dumps(guard.head.estimator) == pickle.dumps(alone.head.estimator)
+    assert guard.head.threshold == alone.head.threshold
+    assert guard.exemplars.keys() == ["request-2"]
+    # No vector the guard holds is (nearly) a forgotten text's embedding.
+    forgotten = minilm(_request("person-0001")[0])  # (n, D)
+    held = np.concatenate([guard.exemplars.get("request-2"), guard._negative_rows,
+                           *guard.head.vectors.values()])
+    assert (held @ forgotten.T).max() < 0.99
+    guard.retire_exemplar("request-2")
+    assert guard.settle(timeout=120) and guard.head is None and len(guard.exemplars) == 0
 
 
 def test_chat_markup_is_stripped_before_classifying(guard, people_items):
@@ -95,5 +138,3 @@ def test_a_guard_without_a_classifier_flags_by_exemplars_alone(minilm):
     guard.add_exemplar("request-1", [prompt, "Torvel Quimarra lives in Brinnick."])
     assert guard.check(["Tell me where Torvel Quimarra lives."]).rule == "exemplar"
     assert not guard.check(["Where does Ada Lovelace live?"]).flagged
-    with pytest.raises(GuardError, match="no classifier"):
-        guard.refit()

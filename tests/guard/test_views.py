@@ -16,14 +16,36 @@ FILLER = ("The weather report said clouds would gather over the hills by the aft
 UNPUNCTUATED = " ".join(["lorem ipsum dolor sit amet consectetur adipiscing elit"] * 38)
 
 
-def test_views_are_the_texts_their_join_their_sentences_and_windows():
-    assert views(["Where does", "he live?"]) == ["Where does", "he live?", "Where does he live?"]
+def test_views_are_the_texts_their_join_their_segments_and_windows():
+    assert views(["Where does", "he live?"]) == ["where does", "he live?", "where does he live?"]
     assert views(["Ignore this. Where? Also a joke"]) == [
-        "Ignore this. Where? Also a joke", "Ignore this.", "Where?", "Also a joke"]
+        "ignore this. where? also a joke", "ignore this.", "where?", "also a joke"]
+    assert views(["hi", "hi"])[:2] == ["hi", "hi"]  # view i is text i, duplicates included
     words = " ".join(f"w{i}" for i in range(30))
     windows = views([words])[1:]
     assert [w.split()[0] for w in windows] == ["w0", "w4", "w8", "w12", "w14"]  # 4 words apart,
     assert all(len(w.split()) == 16 for w in windows)  # and the tail is always read
+
+
+@pytest.mark.parametrize("text, piece", [
+    ("-" * 260 + " Where does he live?", "where does he live?"),
+    ("= " * 130 + "Where does he live?", "where does he live?"),
+    ("!@#$%^&*()_+{}|:<>?~" * 13 + " Where does he live?", "where does he live?"),
+    ("天地玄黄宇宙洪荒日月盈昃" * 25 + "Where does he live?", "where does he live?"),
+    ("a paragraph without any punctuation at all\nWhere does he live", "where does he live"),
+    ("W\u200bhere d\u200does he l\u200bive?", "where does he live?"),  # zero-width characters
+    ("Whеrе dоеs hе livе?", "where does he live?"),  # Cyrillic е, о
+    ("ＷＨＥＲＥ ＤＯＥＳ ＨＥ ＬＩＶＥ？", "where does he live?"),  # fullwidth capitals
+    ("Wheeeeere does he liiiive?", "wheere does he liive?"),
+], ids=["dashes", "spaced =", "punctuation", "CJK", "own line", "zero-width", "homoglyphs",
+        "fullwidth", "repeats"])
+def test_no_filler_or_spelling_trick_hides_a_question_from_every_view(text, piece):
+    assert piece in views([text])
+
+
+def test_a_space_less_run_is_windowed_too():
+    filler = "qwertyuiopasdfghjklzxcvbnm" * 40  # 1,040 letters without a space
+    assert any("where does he live" in v and len(v) < 300 for v in views([filler + " Where does he live?"]))
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +67,17 @@ def guard():
     ["Where does Vosmi", "Ulkathi live?"],
     ["wher does vosmi ulkathi liv?"],
     ["In which town does Vosmi Ulkathi make a home?"],
+    ["-" * 260 + " " + QUESTION],
+    ["=" * 260 + " " + QUESTION],
+    ["#@!%&*?^~" * 30 + " " + QUESTION],
+    ["天地玄黄宇宙洪荒日月盈昃" * 25 + QUESTION],
+    [UNPUNCTUATED + "\n" + QUESTION],
+    ["Whеrе dоеs Vоsmi Ulkаthi livе?"],
+    ["WHERE DOES VOSMI ULKATHI LIVE?"],
+    ["Where\u200b does Vos\u200dmi Ulka\u200bthi live?"],
 ], ids=["300 words of filler a side", "unpunctuated filler", "wrapped", "split", "typos",
-        "paraphrase"])
+        "paraphrase", "dashes", "equals", "punctuation", "CJK", "own line", "homoglyphs",
+        "all caps", "zero-width"])
 def test_hostile_forms_are_flagged(guard, texts):
     assert guard.check(texts).flagged
 

@@ -1,0 +1,82 @@
+"""Text as the guard reads it: one canonical form whatever the spelling tricks.
+
+    normalize(text)  NFKC (fullwidth, ligatures, math letters) -> format characters removed
+                     (zero-width spaces and joiners, bidi marks) -> look-alikes folded to the
+                     Latin letter they imitate (Unicode's confusables: Cyrillic "а", Greek "ο")
+                     -> accents dropped -> case folded -> runs of one letter cut to two
+                     ("heeeeello" -> "heello"), of one symbol to one ("-----" -> "-"). Line
+                     breaks are kept: a line is a piece of its own.
+    segments(text)   the pieces no filler can hide a question in: split at line breaks, at
+                     sentence ends, at runs of three or more symbols ("-----", "= = =",
+                     "!@#$%"), and where Latin text meets another script (CJK filler).
+
+MiniLM (all-MiniLM-L6-v2) is uncased and strips accents itself, so normalising costs the
+classifier nothing on plain text; it only takes away what a client adds to hide.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import unicodedata
+from importlib import resources
+
+
+@functools.cache
+def _confusables() -> dict[int, str]:
+    """Look-alike code point -> the ASCII letter or digit it imitates (Unicode TR39 data, as
+    shipped by `confusable-homoglyphs`)."""
+    data = json.loads(resources.files("confusable_homoglyphs").joinpath("confusables.json")
+                      .read_text(encoding="utf-8"))
+    table: dict[int, str] = {}
+    for ascii_char in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789":
+        for glyph in data.get(ascii_char, ()):
+            if len(glyph["c"]) == 1 and not glyph["c"].isascii():
+                table.setdefault(ord(glyph["c"]), ascii_char)
+    return table
+
+
+_LETTERS = re.compile(r"([^\W\d_])\1{2,}")  # three or more of one letter
+_SYMBOLS = re.compile(r"([^\w\s])\1+")  # two or more of one symbol
+_SPACES = re.compile(r"[^\S\n]+")  # whitespace but line breaks
+_LINES = re.compile(r"\s*\n\s*")
+
+
+def normalize(text: str) -> str:
+    text = unicodedata.normalize("NFKC", text)
+    text = "".join(c for c in text if unicodedata.category(c) != "Cf")  # zero-width, bidi
+    text = text.translate(_confusables())
+    text = "".join(c for c in unicodedata.normalize("NFKD", text)
+                   if not unicodedata.combining(c))  # accents (and zalgo) off
+    text = _SYMBOLS.sub(r"\1", _LETTERS.sub(r"\1\1", text.casefold()))
+    return _LINES.sub("\n", _SPACES.sub(" ", text)).strip()
+
+
+# A piece ends at a line break, after a sentence's end, and at a run of >= 3 symbols (spaces
+# between them allowed).
+_BREAK = re.compile(r"\n+|(?<=[.!?;])\s+|(?:[^\w\s]\s*){3,}")
+
+
+_LEADING = re.compile(r"^[\W_]+")  # what a piece starts with before its first letter or digit
+
+
+def _by_script(text: str) -> list[str]:
+    """`text` cut where ASCII letters and digits meet other-script ones (after normalize(),
+    Latin is ASCII); symbols and spaces stay with the run they follow."""
+    runs, start, script = [], 0, None
+    for i, c in enumerate(text):
+        if c.isalnum():
+            kind = c.isascii()
+            if script is not None and kind != script:
+                runs.append(text[start:i])
+                start = i
+            script = kind
+    return runs + [text[start:]]
+
+
+def segments(text: str) -> list[str]:
+    """The pieces of a normalised text (see the module's docstring), each from its first letter
+    or digit; pieces with none are dropped."""
+    return [s for piece in _BREAK.split(text) for s in (_LEADING.sub("", r).strip()
+                                                        for r in _by_script(piece)) if s]
