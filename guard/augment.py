@@ -46,11 +46,14 @@ EXEMPLAR_TYPOS = 2
 EXEMPLAR_TYPO_RATE = 0.1  # typos() edits about 3x this share of the longer words
 
 
-def exemplar_forms(texts: list[str], key: str) -> list[str]:
-    """`texts` and misspelt copies of each, drawn from a generator seeded by `key` (the same
-    request always gets the same forms)."""
-    rng = np.random.default_rng(int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big"))
-    copies = [typos(t, rng, EXEMPLAR_TYPO_RATE) for t in texts for _ in range(EXEMPLAR_TYPOS)]
+def exemplar_forms(texts: list[str]) -> list[str]:
+    """`texts` and misspelt copies of each, drawn from a generator seeded by the text (a text
+    always gets the same forms, whichever request holds it)."""
+    copies = []
+    for text in texts:
+        rng = np.random.default_rng(int.from_bytes(hashlib.sha256(text.encode()).digest()[:8],
+                                                   "big"))
+        copies += [typos(text, rng, EXEMPLAR_TYPO_RATE) for _ in range(EXEMPLAR_TYPOS)]
     return list(dict.fromkeys(texts + copies))
 
 

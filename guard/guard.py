@@ -177,7 +177,7 @@ class Guard:
         with self._changes:
             self._covers[key] = list(covers)
             self._rebuild_negatives()
-        vectors = self.embed(exemplar_forms(texts, key))  # (n, D)
+        vectors = self.embed(exemplar_forms(texts))  # (n, D)
         self.exemplars.add(key, vectors, self.exemplar_threshold_for(vectors))
         self._changed()
 

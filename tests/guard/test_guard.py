@@ -82,7 +82,7 @@ def _request(owner: str) -> tuple[list[str], list[str]]:
 
 def test_the_window_head_covers_forms_the_exemplars_miss(minilm):
     guard = _window_guard(minilm)
-    misspelt = "Waht dooes Ukla Thiarrin do for a lving?"  # "What does Ulka Thidarrin do ..."
+    misspelt = "Waht deos Ullka Thidarrrin do for a livving?"  # "What does Ulka Thidarrin ..."
     assert not guard.check([misspelt]).flagged
     guard.add_exemplar("request-1", *_request("person-0001"))
     assert guard.settle(timeout=120)  # seconds (bench/bench_guard.py measures it), not minutes
