@@ -38,5 +38,5 @@ class ShardMixtures:
     def release(self, lora: LoRA) -> None:
         self.store.release(lora.name)
 
-    def sweep(self) -> None:
-        self.store.sweep_mixtures()
+    def sweep(self) -> list[str]:
+        return self.store.sweep_mixtures()

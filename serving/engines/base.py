@@ -65,8 +65,9 @@ class LoRAResolver(Protocol):
     def release(self, lora: LoRA) -> None:
         """The engine is done with a request that `resolve` gave `lora`."""
 
-    def sweep(self) -> None:
-        """Drop what superseded shard versions left behind and no request holds."""
+    def sweep(self) -> list[str]:
+        """Drop what superseded shard versions left behind and no request holds; returns the
+        names of the adapters dropped, for the engine to evict (`Engine.evict`)."""
 
 
 @dataclass
@@ -121,6 +122,12 @@ class Engine(ABC):
     @abstractmethod
     def generate(self, request: EngineRequest) -> AsyncIterator[list[Delta]]:
         """Stream deltas until every choice has a finish_reason. Closing the iterator aborts."""
+
+    @abstractmethod
+    async def evict(self, name: str) -> None:
+        """Drop the adapter `name` from the engine's memory: a superseded stack or mixture,
+        whose weights may hold forgotten data. No request in flight uses it; a name the engine
+        does not hold is ignored. Served again later, the name is read again from its files."""
 
     @abstractmethod
     async def check_health(self) -> None:

@@ -78,6 +78,9 @@ class HFEngine(Engine):
         finally:
             job.cancelled.set()
 
+    async def evict(self, name: str) -> None:
+        await asyncio.to_thread(self._loras.evict, name)  # waits for the batch in progress
+
     async def check_health(self) -> None:
         if getattr(self, "_worker", None) is None or not self._worker.is_alive():
             raise EngineError("the hf engine's worker thread is not running (see the server log)")

@@ -15,6 +15,7 @@ The adapter's alpha / r is folded into B at load, so scales of 1 give the adapte
 from __future__ import annotations
 
 import json
+import threading
 from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -58,7 +59,8 @@ class LoRALinear(nn.Module):
 
 class MultiLoRA:
     """The LoRA wrappers of one model and the adapters loaded in them (least recently used
-    evicted beyond `capacity`, never one the current batch uses)."""
+    evicted beyond `capacity`, never one the current batch uses; `evict` drops one by name).
+    One thread runs batches; `evict` may come from another and waits for the batch to end."""
 
     def __init__(self, model: nn.Module, capacity: int, max_rank: int):
         self.model = model
@@ -68,6 +70,7 @@ class MultiLoRA:
         self._groups: list[_Group] = []
         self._layers: dict[str, LoRALinear] = {}  # module name -> its wrapper
         self._ranks: OrderedDict[str, int] = OrderedDict()  # adapter -> rank, newest last
+        self._lock = threading.Lock()  # held by a batch, from loading to its end, and by evict
 
     def load(self, lora: LoRA) -> None:
         if lora.name in self._ranks:
@@ -113,25 +116,26 @@ class MultiLoRA:
     @contextmanager
     def batch(self, loras: list[LoRA | None]):
         """Serve row i of the batches run inside this block with loras[i] (None: none)."""
-        for lora in loras:
-            if lora is not None:
-                self.load(lora)
-        self._evict(keep={lora.name for lora in loras if lora is not None})
-        by_name: dict[str, list[int]] = {}
-        for i, lora in enumerate(loras):
-            if lora is not None:
-                by_name.setdefault(lora.name, []).append(i)
-        groups = []
-        for name, rows in by_name.items():
-            scales = torch.stack([self._scales(loras[i]) for i in rows])  # (n, r)
-            scales = scales[:, None, :].to(self.dtype)  # (n, 1, r): the same over a row's tokens
-            everyone = len(rows) == len(loras)
-            groups.append(_Group(name, None if everyone else torch.tensor(rows), scales))
-        self._groups[:] = groups  # the list every wrapper holds
-        try:
-            yield
-        finally:
-            self._groups.clear()
+        with self._lock:
+            for lora in loras:
+                if lora is not None:
+                    self.load(lora)
+            self._evict(keep={lora.name for lora in loras if lora is not None})
+            by_name: dict[str, list[int]] = {}
+            for i, lora in enumerate(loras):
+                if lora is not None:
+                    by_name.setdefault(lora.name, []).append(i)
+            groups = []
+            for name, rows in by_name.items():
+                scales = torch.stack([self._scales(loras[i]) for i in rows])  # (n, r)
+                scales = scales[:, None, :].to(self.dtype)  # (n, 1, r): one per row, all tokens
+                everyone = len(rows) == len(loras)
+                groups.append(_Group(name, None if everyone else torch.tensor(rows), scales))
+            self._groups[:] = groups  # the list every wrapper holds
+            try:
+                yield
+            finally:
+                self._groups.clear()
 
     def _scales(self, lora: LoRA) -> torch.Tensor:
         rank = self._ranks[lora.name]
@@ -143,11 +147,19 @@ class MultiLoRA:
                               f"{rank} finite numbers")
         return scales
 
+    def evict(self, name: str) -> None:
+        """Drop the adapter `name` (nothing if it is not loaded)."""
+        with self._lock:
+            self._drop(name)
+
     def _evict(self, keep: set[str]) -> None:
         for name in list(self._ranks):
             if len(self._ranks) <= self.capacity:
                 break
             if name not in keep:
-                for layer in self._layers.values():
-                    layer.adapters.pop(name, None)
-                del self._ranks[name]
+                self._drop(name)
+
+    def _drop(self, name: str) -> None:
+        for layer in self._layers.values():
+            layer.adapters.pop(name, None)
+        self._ranks.pop(name, None)

@@ -4,8 +4,19 @@ vLLM is imported on start(), so the rest of Lethe works where it is not installe
 through Lethe's vLLM plugin (vllm_plugin/): per-request scales of an adapter's rank
 components, so one stacked adapter serves every weighting of its shards.
 vLLM keys its adapter cache by LoRA name: a name is never reused for other weights (callers pass
-content-addressed names), and each name keeps one integer id for life. Its prefix cache keys by
-adapter too, so requests with scales salt it with them (the KV of a prompt depends on them).
+content-addressed names), and each name keeps one integer id until `evict` drops it.
+
+Prefix caching is off. A flagged prompt reaches vLLM as prompt_embeds noised on every client
+token (seeded by the whole text), so none of its blocks can hit the cache, while an unflagged
+prompt reuses the blocks an earlier request left: with the cache on, time to first token tells a
+client whether the guard fired (bench/bench_timing.py, README). Keeping the cache would need both
+kinds of prompt to hit exactly the same blocks, i.e. flagged prompts' unmatched spans served
+uncorrupted, which the guard does not do (it corrupts every client token). With the cache off,
+vLLM 0.32 hashes no blocks (v1/engine/core.py: no block hasher without prefix caching or a KV
+connector) and holds a request's prompt_embeds for that request only: token and embedding prompts
+share no state across requests. ENV_PREFIX_CACHING=1 turns it on again, with the per-weight-vector
+salt it then needs; only for measuring the oracle, or where flagging is visible anyway
+(`forget.on_flag: refuse`, or no guard). With it on, tenants also share one cache.
 """
 
 from __future__ import annotations
@@ -26,6 +37,16 @@ from adapters import LORA_TARGET_MODULES
 from . import vllm_plugin
 from .base import Delta, Engine, EngineError, EngineRequest, LoRA
 
+ENV_PREFIX_CACHING = "LETHE_VLLM_PREFIX_CACHING"  # "1": vLLM's prefix cache on (see above)
+
+
+def _prefix_caching() -> bool:
+    """Whether ENV_PREFIX_CACHING turns vLLM's prefix cache on (unset: off)."""
+    value = os.environ.get(ENV_PREFIX_CACHING, "0")
+    if value not in ("0", "1"):
+        raise EngineError(f"{ENV_PREFIX_CACHING} must be 0 or 1, not {value!r}")
+    return value == "1"
+
 
 class VLLMEngine(Engine):
     async def start(self) -> None:
@@ -39,6 +60,7 @@ class VLLMEngine(Engine):
             ) from e
         # vLLM on CPU reads its KV cache size (GiB) from the environment.
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.kv_cache_gib))
+        self._prefix_caching = _prefix_caching()
         # Lethe's plugin, in this process and the engine's (they inherit the environment).
         os.environ[vllm_plugin.ENV] = "1"
         try:
@@ -55,6 +77,7 @@ class VLLMEngine(Engine):
             max_lora_rank=self.max_lora_rank,
             lora_target_modules=list(LORA_TARGET_MODULES),
             enable_prompt_embeds=True,
+            enable_prefix_caching=self._prefix_caching,
         )
         try:
             self._llm = AsyncLLM.from_engine_args(args)
@@ -94,11 +117,11 @@ class VLLMEngine(Engine):
             output_kind=RequestOutputKind.DELTA,
             extra_args=self._scales_args(request.lora),
         )
-        salt = _cache_salt(request.lora)
         if request.prompt_embeds is not None:
             prompt = EmbedsPrompt(prompt_embeds=request.prompt_embeds)
         else:
             prompt = TokensPrompt(prompt_token_ids=request.prompt_token_ids)
+        salt = _cache_salt(request.lora) if self._prefix_caching else None
         if salt is not None:
             prompt["cache_salt"] = salt
         lora = None
@@ -132,6 +155,12 @@ class VLLMEngine(Engine):
             raise EngineError(f"LoRA adapter {lora.name} has rank {rank}: its scales must be "
                               f"{rank} finite numbers")
         return {vllm_plugin.SCALES: [float(x) for x in lora.scales]}
+
+    async def evict(self, name: str) -> None:
+        self._lora_ranks.pop(name, None)
+        lora_id = self._lora_ids.pop(name, None)
+        if lora_id is not None:  # removed from every cache level of the engine process
+            await self._llm.remove_lora(lora_id)
 
     async def check_health(self) -> None:
         llm = getattr(self, "_llm", None)

@@ -16,8 +16,9 @@ from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from adapters import LORA_TARGET_MODULES, Version, combine
-from serving.engines import (EngineError, EngineRequest, LoRA, Sampling, engine_class,
-                             engine_names)
+from serving.engines import (EngineError, EngineRequest, LoRA, Sampling, VLLMEngine,
+                             engine_class, engine_names)
+from serving.engines.vllm import ENV_PREFIX_CACHING
 
 PROMPTS = ["Where does Kalo Venmi live?", "What pet does Dar Torsel have?"]
 _ids = itertools.count()
@@ -58,6 +59,9 @@ class Harness:
         async def all_():
             return await asyncio.gather(*(self._one(r) for r in requests))
         return self.loop.run_until_complete(all_())
+
+    def evict(self, name: str) -> None:
+        self.loop.run_until_complete(self.engine.evict(name))
 
     def close(self):
         self.loop.run_until_complete(self.engine.shutdown())
@@ -154,6 +158,22 @@ def test_concurrent_mix_of_token_and_embedding_prompts_under_different_loras(
     alone = [engine.generate(engine.request(ids, greedy(), **r))[0] for r in requests]
     assert [t[0][0] for t in together] == [a[0][0] for a in alone]
     assert together[0][0][0] != together[2][0][0]  # the adapters really were applied
+
+
+def test_an_evicted_adapter_is_read_again_from_its_files(engine, reference, loras):
+    # The server evicts a superseded stack (its weights may hold forgotten data). An engine that
+    # still held it would serve the old weights under its name (DESIGN.md); served after the
+    # eviction from other files, the name must give those files' output.
+    tokenizer, model = reference
+    ids = encode(tokenizer, PROMPTS[1])
+    [[(before, _, _)]] = engine.generate(
+        engine.request(ids, greedy(), lora=LoRA("superseded", loras[0].path)))
+    engine.evict("superseded")
+    engine.evict("never-loaded")  # a name the engine does not hold: nothing to do
+    [[(after, _, _)]] = engine.generate(
+        engine.request(ids, greedy(), lora=LoRA("superseded", loras[1].path)))
+    assert before == reference_greedy(model, ids, lora=loras[0])
+    assert after == reference_greedy(model, ids, lora=loras[1]) != before
 
 
 def test_stop_string_ends_output_before_it(engine, reference):
@@ -274,8 +294,31 @@ def test_in_engine_mixture_scales_are_checked(engine, shards, tmp_path):
 
 def test_a_prompt_cached_under_one_weight_vector_is_not_reused_under_another(
         engine, reference, shards, tmp_path):
-    # vLLM caches a prompt's KV blocks by adapter; under other scales of the same stacked
-    # adapter the KV differs, so the second request must compute its own.
+    # Under other scales of the same stacked adapter a prompt's KV differs, so an engine that
+    # caches it must not reuse it (no engine caches it by default; vLLM's prefix cache, turned
+    # on, is tested below).
+    assert_no_kv_reuse_across_weight_vectors(engine, reference, shards, tmp_path)
+
+
+def test_vllm_prefix_caching_is_off_and_salted_per_weight_vector_when_turned_on(
+        engine, reference, shards, tmp_path, tiny_model_dir, monkeypatch):
+    # Off: the prefix cache would tell a client whether the guard fired (serving/engines/vllm.py)
+    if not isinstance(engine.engine, VLLMEngine):
+        pytest.skip("vLLM's prefix cache")
+    assert not engine.engine._llm.vllm_config.cache_config.enable_prefix_caching
+    monkeypatch.setenv(ENV_PREFIX_CACHING, "1")
+    cached = Harness("vllm", tiny_model_dir)
+    try:
+        assert cached.engine._llm.vllm_config.cache_config.enable_prefix_caching
+        assert_no_kv_reuse_across_weight_vectors(cached, reference, shards, tmp_path)
+    finally:
+        cached.close()
+
+
+def assert_no_kv_reuse_across_weight_vectors(engine, reference, shards, tmp_path):
+    """The same long prompt under two weight vectors of one stacked adapter, one after the other,
+    each equals its materialised mixture's answer (a cache keyed by the adapter alone would
+    serve the second from the first's KV)."""
     tokenizer, _ = reference
     stack = materialise([(v, 1.0) for v in shards], tmp_path / "stack-cache")
     ids = encode(tokenizer, " ".join(PROMPTS * 8))  # several KV blocks
