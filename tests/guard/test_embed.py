@@ -4,6 +4,7 @@ prepared once per cache folder, also by two processes at once."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import subprocess
 import sys
@@ -91,3 +92,15 @@ def test_two_processes_preparing_one_cache_both_get_the_whole_graph(tmp_path):
     graphs = {p: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
     SentenceEmbedder(backend="onnx-int8", cache_dir=tmp_path)  # reused, not written again
     assert {p: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == graphs
+
+
+def test_threads_embedding_at_once_get_what_each_would_alone(backends):
+    """The server embeds chats and forget requests from several threads; no lock is held for a
+    whole call, and no backend mixes the threads' texts up."""
+    texts = [f"Where does person number {i} live, and since when?" for i in range(24)]
+    for name, embed in backends.items():
+        alone = embed(texts)
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            together = list(pool.map(lambda i: embed(texts[i::4]), range(4)))
+        for i, rows in enumerate(together):
+            np.testing.assert_allclose(rows, alone[i::4], atol=1e-5, err_msg=name)

@@ -149,3 +149,13 @@ def test_the_flag_count_is_for_operators_only(server):
                      ).status_code == 401
     assert httpx.get(f"{server.url}/metrics", headers={"Authorization": f"Bearer {ADMIN}"}
                      ).status_code == 200
+
+
+def test_forget_submissions_answer_at_once_while_the_head_is_fitted(server):
+    """The head is fitted again after every submission, in a thread of its own: nothing that a
+    submission waits for (last in this module: it adds pending requests)."""
+    for body in ({"owner": "person-0002"}, {"sample_ids": ["person-0003-fact0"]},
+                 {"sample_ids": ["person-0003-fact1"]}):
+        start = time.perf_counter()
+        response = api(server, "POST", "/v1/forget", json=body)
+        assert response.status_code == 202 and time.perf_counter() - start < 1.0, response.text

@@ -18,9 +18,13 @@ import pytest
 
 from adapters import RouteConfig, ShardStore
 from guard import SentenceEmbedder
+from guard.augment import exemplar_forms
+from guard.normalize import normalize
 from serving.forget import SQLiteQueue
 from serving.forget import Worker
-from tests.serving.conftest import KEY, api, ask, fact, merge, metric, wait_for, write_config
+from tests.serving.conftest import (KEY, PEOPLE, api, ask, fact, merge, metric, wait_for,
+                                    write_config)
+from tests.support.embeddings import nearest_stored
 
 @pytest.fixture(scope="module", params=["vllm", "hf"])
 def world(request, tiny_world, start_module_server):
@@ -76,6 +80,17 @@ def test_a_forgotten_owner_is_guarded_at_once_and_exactly_retrained_later(world)
     assert lineage.execute("SELECT prompt, response FROM samples WHERE owner = 'person-0000'"
                            ).fetchall() == [(None, None)] * 2
     assert SQLiteQueue(home / "forget.db").get(request["id"]).prompts is None
+
+    # Nothing derived from the texts either: no file under home holds a vector within cosine
+    # 0.99 of their embeddings, the guard's exemplar forms included (the guard keeps them in
+    # memory while the request is pending, and drops them and its head fitted on them now).
+    # models/ holds the embedder's exported graph, written before any request.
+    texts = [s.prompt for s in PEOPLE if s.owner == "person-0000"] + [
+        s.response for s in PEOPLE if s.owner == "person-0000"] + [
+        "Which town is home to Quivos Rinvenzor?"]
+    forms = exemplar_forms([normalize(t) for t in texts])
+    similarity, where = nearest_stored(home, SentenceEmbedder()(texts + forms), skip=("models",))
+    assert similarity < 0.99, where
 
 
 def test_serving_goes_on_while_the_worker_retrains_and_publishes(world):
