@@ -12,7 +12,7 @@ import yaml
 from adapters import synth_people, write_samples
 
 PEOPLE = synth_people(4, seed=3, facts_per_person=2)
-ADMIN, KEY = "admin-key", "user-key"
+ADMIN, KEY = "admin-key-for-tests", "user-key-for-tests"  # keys are >= 16 chars
 
 
 def fact(owner: str, index: int = 0) -> tuple[str, str]:

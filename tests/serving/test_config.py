@@ -1,9 +1,12 @@
+import os
 import subprocess
 import sys
 
 import pytest
 
 from serving.config import Config, ConfigError, load_config
+
+KEY_A, KEY_B = "key-a-0123456789abcdef", "key-b-0123456789abcdef"
 
 
 def test_defaults_come_from_the_embedded_yaml_and_match_the_typed_defaults():
@@ -15,19 +18,19 @@ def test_defaults_come_from_the_embedded_yaml_and_match_the_typed_defaults():
 
 def test_file_then_environment_then_overrides_win_in_that_order(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("server:\n  port: 9000\n  api_keys: [a]\nengine:\n  name: hf\n")
+    path.write_text(f"server:\n  port: 9000\n  api_keys: [{KEY_A}]\nengine:\n  name: hf\n")
     env = {"LETHE_SERVER__PORT": "9100", "LETHE_HOME": str(tmp_path / "h")}
     config = load_config(path, overrides={"server.port": 9200, "server.host": None}, environ=env)
     assert config.server.port == 9200
-    assert config.server.api_keys == ["a"]
+    assert config.server.api_keys == [KEY_A]
     assert config.engine.name == "hf"
     assert config.home_dir == tmp_path / "h"
     assert load_config(path, environ=env).server.port == 9100
 
 
 def test_environment_values_are_parsed_as_yaml():
-    config = load_config(environ={"LETHE_SERVER__API_KEYS": "[k1, k2]"})
-    assert config.server.api_keys == ["k1", "k2"]
+    config = load_config(environ={"LETHE_SERVER__API_KEYS": f"[{KEY_A}, {KEY_B}]"})
+    assert config.server.api_keys == [KEY_A, KEY_B]
 
 
 def test_unknown_key_is_named_with_the_known_keys(tmp_path):
@@ -101,3 +104,35 @@ def test_the_corruption_strength_follows_the_forget_policy_unless_set_or_tuned(t
     tuned = Corruption("rand_noise_rand_n", 2.0, 8)
     save_corruption(unrouted.guard_dir, TuneResult(tuned, {}, {}, {}, 0.0, 0.0), {})
     assert served_corruption(unrouted) == served_corruption(load_config(environ=env)) == tuned
+
+
+@pytest.mark.parametrize("field", ["api_keys", "admin_keys"])
+@pytest.mark.parametrize("key", ["", "short-secret-15"])
+def test_an_empty_or_short_key_is_refused_naming_the_field_never_the_value(field, key):
+    with pytest.raises(ConfigError, match=rf"server\.{field}.*shorter than 16 characters") as info:
+        load_config(environ={f"LETHE_SERVER__{field.upper()}": f'["{KEY_A}", "{key}"]'})
+    assert "[1]" in str(info.value)  # which entry, by position
+    assert not key or key not in str(info.value)
+    assert KEY_A not in str(info.value)
+
+
+@pytest.mark.parametrize("env", [
+    {"LETHE_SERVER__ADMIN_KEYS": "[[key-0123456789-secret]]"},  # not a list of strings
+    {"LETHE_SERVER__API_KEYS": "[key-0123456789-secret"},  # not YAML
+    {"LETHE_STORE__URL": "[postgresql://u:key-0123456789-secret@db/lethe]"},
+])
+def test_config_errors_never_print_secrets(env):
+    with pytest.raises(ConfigError) as info:
+        load_config(environ=env)
+    assert "secret" not in str(info.value).replace("a secret", "")
+    assert info.value.__cause__ is None and info.value.__suppress_context__  # nor its cause
+
+
+def test_the_server_refuses_to_start_with_an_empty_key(tmp_path):
+    """`"[$KEY]"` with KEY unset gives [""]: a bare `Authorization: Bearer` would be a key."""
+    result = subprocess.run([sys.executable, "-m", "serving.cli", "serve"], capture_output=True,
+                            text=True, timeout=120,
+                            env={**os.environ, "LETHE_HOME": str(tmp_path),
+                                 "LETHE_SERVER__API_KEYS": '[""]'})
+    assert result.returncode == 2
+    assert "config key 'server.api_keys'" in result.stderr and "shorter than 16" in result.stderr

@@ -35,7 +35,7 @@ import yaml
 from adapters import ShardStore, synth_people, write_samples
 from serving.launch import ServerProcess
 
-ADMIN = "chaos-admin"
+ADMIN = "chaos-admin-key-0001"  # keys are >= 16 characters
 
 
 def _config(home: Path, model_dir: Path, shards: int, max_steps: int) -> dict:

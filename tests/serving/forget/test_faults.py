@@ -15,7 +15,7 @@ import httpx
 
 from adapters import ShardStore
 from serving.forget import QueueError, SQLiteQueue, Worker
-from tests.serving.conftest import api, ask, fact, merge, wait_for, write_config
+from tests.serving.conftest import ADMIN, api, ask, fact, merge, wait_for, write_config
 from tests.serving.forget.test_worker import dead, owner_ids
 
 
@@ -140,7 +140,7 @@ def test_poison_forget_input_is_refused_before_it_is_stored(tiny_world, start_se
     }
     for param, body in cases.items():
         response = httpx.post(server.url + "/v1/forget", content=body, timeout=60,
-                              headers={"Authorization": "Bearer admin-key",
+                              headers={"Authorization": f"Bearer {ADMIN}",
                                        "Content-Type": "application/json"})
         assert response.status_code == 400, (param, response.text)
         assert response.json()["error"]["param"] == param
