@@ -61,25 +61,32 @@ class Pipeline:
         self.metrics = metrics
         self.noise_key = noise_key  # the server's secret: seeds the corruption noise
 
-    def chat(self, messages: list[dict]) -> Prompt:
-        """The chat prompt (template applied, assistant header added) of `messages`."""
+    def chat_ids(self, messages: list[dict]) -> list[int]:
+        """The chat prompt's token ids (template applied, assistant header added): what the
+        context-length check counts, before `chat` is given them."""
+        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                                  tokenize=False)
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def chat(self, messages: list[dict], token_ids: list[int]) -> Prompt:
+        """The chat prompt of `messages`, whose `chat_ids` are `token_ids`."""
         texts = [m["content"] for m in messages]  # every role: the model reads them all
         verdict = self._check(texts)
         if verdict is None or not verdict.flagged:
-            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
-                                                      tokenize=False)
-            return Prompt(self.tokenizer.encode(text, add_special_tokens=False), None,
-                          self._lora(verdict))
+            return Prompt(token_ids, None, self._lora(verdict))
         # Every token a client wrote, in any role, is corrupted (guard/tune.py tunes with the
         # same mask). Corrupting only the item's salient words (names) is not enough: an adapter
         # that holds the item still answers "Where does ... live?" with its fact (measured on
-        # SmolLM2, tests/serving/forget/test_forget_real.py).
+        # SmolLM2, tests/serving/forget/test_forget_real.py). chat_prompt tokenizes the same
+        # text as chat_ids, so its ids are `token_ids`.
         ids, mask = chat_prompt(self.tokenizer, messages)
         return self._flagged(ids, mask, "\n".join(texts), verdict)
 
-    def completion(self, token_ids: list[int]) -> Prompt:
-        """A raw completion prompt: all of it is the user's text."""
-        text = self.tokenizer.decode(token_ids)
+    def completion(self, token_ids: list[int], text: str | None = None) -> Prompt:
+        """A raw completion prompt: all of it is the user's text (`text`, as the client sent
+        it; None: the ids' decoding)."""
+        if text is None:
+            text = self.tokenizer.decode(token_ids)
         verdict = self._check([text])
         if verdict is None or not verdict.flagged:
             return Prompt(token_ids, None, self._lora(verdict))

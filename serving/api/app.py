@@ -8,6 +8,7 @@ import hmac
 import logging
 import uuid
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -19,6 +20,7 @@ from ..errors import LetheError
 from ..forget import ForgetService, QueueError, WorkerSupervisor
 from .errors import AuthenticationError, error_response
 from .forget import forget_router
+from .limits import BodyLimit
 from .protocol import ChatCompletionRequest, CompletionRequest
 from .serving import OpenAIServing
 
@@ -29,12 +31,18 @@ ADMIN_PATHS = ("/v1/forget", "/metrics", "/docs", "/redoc", "/openapi.json")
 
 def build_app(serving: OpenAIServing, forget: ForgetService | None,
               worker: WorkerSupervisor | None, *, api_keys: list[str], admin_keys: list[str],
-              lifespan=None) -> FastAPI:
+              max_body_bytes: int, lifespan=None) -> FastAPI:
     app = FastAPI(title="Lethe", lifespan=lifespan)
     metrics = serving.metrics
+    # /health's store check on a thread of its own: never queued behind guard work or forget
+    # submissions, so it answers as fast under load as idle.
+    health_pool = ThreadPoolExecutor(1, thread_name_prefix="lethe-health")
 
     for exc_type in (LetheError, RequestValidationError, StarletteHTTPException, Exception):
         app.add_exception_handler(exc_type, lambda request, exc: error_response(exc))
+    # Inside request_context (added later, so outside this): a 413 has its request id and is
+    # counted, and a client without a key is refused before its body is read.
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
 
     @app.middleware("http")
     async def request_context(request: Request, call_next):
@@ -73,7 +81,8 @@ def build_app(serving: OpenAIServing, forget: ForgetService | None,
             status["engine"] = "down"
         if forget is not None:
             try:  # the queue's database (and the lineage's: one store.url)
-                await asyncio.to_thread(forget.queue.counts)
+                await asyncio.get_running_loop().run_in_executor(health_pool,
+                                                                 forget.queue.counts)
             except QueueError as e:
                 log.error("health check failed: %s", e)
                 status["store"] = "down"

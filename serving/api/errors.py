@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -49,6 +50,11 @@ class ConflictError(APIError):
     """The request is valid but the server's state does not allow it (yet)."""
 
     http_status = 409
+
+
+class RequestTooLarge(APIError):
+    http_status = 413
+    code = "request_too_large"
 
 
 class AuthenticationError(APIError):
@@ -99,14 +105,30 @@ def error_response(exc: Exception) -> JSONResponse:
 
 
 def _validation_info(exc: RequestValidationError) -> ErrorInfo:
-    first = exc.errors()[0]
-    if first["type"] == "json_invalid":
-        detail = first.get("ctx", {}).get("error", "")
+    errors = exc.errors()
+    if errors[0]["type"] == "json_invalid":
+        detail = errors[0].get("ctx", {}).get("error", "")
         return ErrorInfo(message=f"request body is not valid JSON: {detail}".rstrip(": "),
                          type="invalid_request_error", code="invalid_json")
-    loc = [str(p) for p in first["loc"] if p != "body"]
-    param = ".".join(loc) or None
-    message = f"{param}: {first['msg']}" if param else first["msg"]
-    if len(exc.errors()) > 1:
-        message += f" (and {len(exc.errors()) - 1} more error(s))"
+    # A value no member of a union (`prompt`, `content`) accepts fails once per member: the
+    # member whose error lies deepest is the one the client meant.
+    best = max(errors, key=lambda e: len(e["loc"]))
+    loc = _field_path(best["loc"])
+    others = {_field_path(e["loc"]) for e in errors} - {loc[:i] for i in range(len(loc) + 1)}
+    param = ".".join(map(str, loc)) or None
+    message = f"{param}: {best['msg']}" if param else best["msg"]
+    if others:
+        message += f" (and {len(others)} more error(s))"
     return ErrorInfo(message=message, type="invalid_request_error", param=param)
+
+
+# A union member or validator in pydantic's `loc` ("function-after[_utf8(), str]",
+# "list[int]", "str", "TextPart"), which names no field the client sent.
+_FIELD = re.compile(r"[a-z_][a-z0-9_]*")
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "bytes", "list", "dict", "none"})
+
+
+def _field_path(loc: tuple) -> tuple:
+    """The fields and indexes of `loc` in the body: its union members and validators left out."""
+    return tuple(p for p in loc[1:] if isinstance(p, int) or (
+        _FIELD.fullmatch(p) and p not in _TYPE_TAGS))

@@ -7,9 +7,11 @@ The app's middleware admits only admin keys here (when any key is configured). T
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 
 from fastapi import APIRouter
 
+from ..embedder import embed_first
 from ..forget import ForgetRequest, ForgetService
 from .errors import ConflictError
 from .protocol import ForgetBody, ForgetStatus
@@ -17,6 +19,10 @@ from .protocol import ForgetBody, ForgetStatus
 
 def forget_router(forget: ForgetService | None) -> APIRouter:
     router = APIRouter()
+    # Submissions (the store's writes and the guard's new exemplar) on threads of their own, never
+    # queued behind the chats' guard checks or tokenizing, whose embeddings wait for theirs
+    # (serving/embedder.py); two, so one slow store write does not hold up the next submission.
+    pool = ThreadPoolExecutor(2, thread_name_prefix="lethe-forget", initializer=embed_first)
 
     def service() -> ForgetService:
         if forget is None:
@@ -26,8 +32,8 @@ def forget_router(forget: ForgetService | None) -> APIRouter:
 
     @router.post("/v1/forget", status_code=202)
     async def submit_forget(body: ForgetBody) -> ForgetStatus:
-        request, _ = await asyncio.to_thread(service().submit, body.owner, body.sample_ids,
-                                             body.prompts)
+        request, _ = await asyncio.get_running_loop().run_in_executor(
+            pool, service().submit, body.owner, body.sample_ids, body.prompts)
         return _status(request)
 
     @router.get("/v1/forget/{request_id}")

@@ -112,9 +112,20 @@ class CompletionResponse(BaseModel):
 # --- /v1/chat/completions --------------------------------------------------------------------
 
 
+class TextPart(OpenAIModel):
+    """A content part: only text is served (an image or audio part is a 400 naming its type)."""
+
+    type: Literal["text"]
+    text: Text
+
+
 class ChatMessage(OpenAIModel):
     role: Literal["system", "user", "assistant", "developer"]
-    content: Text | list[dict]
+    content: Text | list[TextPart]
+
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(
+            part.text for part in self.content)
 
 
 class ChatCompletionRequest(SamplingFields):

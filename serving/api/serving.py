@@ -11,10 +11,12 @@ import functools
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import AsyncIterator, Callable
 
 from pydantic import BaseModel
+from tokenizers import pre_tokenizers
 
 from ..engines import Delta, Engine, EngineRequest, Sampling
 from ..metrics import Metrics
@@ -42,6 +44,11 @@ from .protocol import (
 
 DONE = "data: [DONE]\n\n"
 log = logging.getLogger("lethe.api")
+# Threads that run prompts through the pipeline (guard, corruption, routing). The guard's
+# embedder encodes one batch at a time (guard/embed.py), so more would only queue on it; two let
+# one prompt's Python (views, routing, corruption) overlap another's encoding. A pool of its
+# own: a queue of guard checks never delays /health, forget submissions or tokenizing.
+GUARD_THREADS = 2
 
 
 @dataclass
@@ -65,11 +72,14 @@ class OpenAIServing:
     ):
         self.engine = engine
         self.tokenizer = tokenizer
+        self.vocab_size = len(tokenizer)
+        self.token_chars = max_token_chars(tokenizer)
         self.pipeline = pipeline
         self.model_name = model_name
         self.max_model_len = max_model_len
         self.default_max_tokens = default_max_tokens
         self.metrics = metrics
+        self._guard_pool = ThreadPoolExecutor(GUARD_THREADS, thread_name_prefix="lethe-guard")
 
     def models(self) -> ModelList:
         return ModelList(data=[ModelCard(id=self.model_name, max_model_len=self.max_model_len)])
@@ -80,9 +90,16 @@ class OpenAIServing:
         self._check_common(req)
         if req.echo:
             raise InvalidRequestError("echo is not supported", param="echo")
+        prompts = _prompt_list(req.prompt)
+        for p in prompts:
+            if isinstance(p, str):
+                self._check_chars(len(p), req.max_tokens, "prompt")
+        tokenized = await asyncio.to_thread(self._completion_ids, prompts)
+        max_tokens = self._budget(max(len(ids) for ids in tokenized), req.max_tokens, "prompt")
+        texts = [p if isinstance(p, str) else None for p in prompts]
         run = await self._prepare_and_start(
-            req, [functools.partial(self.pipeline.completion, ids)
-                  for ids in self._completion_prompts(req.prompt)], req.max_tokens, "prompt")
+            req, [functools.partial(self.pipeline.completion, ids, text)
+                  for ids, text in zip(tokenized, texts)], max_tokens)
         rid = new_id("cmpl")
         if req.stream:
             return self._stream_completion(rid, req, run)
@@ -99,9 +116,14 @@ class OpenAIServing:
 
     async def chat(self, req: ChatCompletionRequest) -> ChatCompletionResponse | AsyncIterator[str]:
         self._check_common(req)
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+                    for m in req.messages]
+        requested = req.max_completion_tokens or req.max_tokens
+        self._check_chars(sum(len(m["content"]) for m in messages), requested, "messages")
+        ids = await asyncio.to_thread(self.pipeline.chat_ids, messages)
+        max_tokens = self._budget(len(ids), requested, "messages")
         run = await self._prepare_and_start(
-            req, [functools.partial(self.pipeline.chat, self._chat_messages(req))],
-            req.max_completion_tokens or req.max_tokens, "messages")
+            req, [functools.partial(self.pipeline.chat, messages, ids)], max_tokens)
         rid = new_id("chatcmpl")
         if req.stream:
             return self._stream_chat(rid, req, run)
@@ -138,68 +160,63 @@ class OpenAIServing:
             raise InvalidRequestError("stream_options is only allowed with stream: true",
                                       param="stream_options")
 
-    def _completion_prompts(self, prompt) -> list[list[int]]:
-        if isinstance(prompt, str):
-            prompt = [prompt]
-        if not prompt:
-            raise InvalidRequestError("prompt must not be empty", param="prompt")
-        if isinstance(prompt[0], int):
-            prompt = [prompt]
-        prompts = []
-        for p in prompt:
-            ids = self.tokenizer.encode(p, add_special_tokens=False) if isinstance(p, str) else p
-            if not ids:
-                raise InvalidRequestError("prompt must not be empty", param="prompt")
-            if any(not 0 <= t < len(self.tokenizer) for t in ids):
-                raise InvalidRequestError(
-                    f"prompt token ids must be in [0, {len(self.tokenizer)})", param="prompt"
-                )
-            prompts.append(list(ids))
-        return prompts
+    def _check_chars(self, chars: int, max_tokens: int | None, param: str) -> None:
+        """Refuse, before anything is tokenized, a text too long in characters alone to fit:
+        no token spells more than `token_chars` of them."""
+        if self.token_chars is None:
+            return
+        at_least = -(-chars // self.token_chars)  # tokens
+        if at_least + (max_tokens or 1) > self.max_model_len:
+            raise self._too_long(at_least, max_tokens or 1, param, "at least ")
 
-    def _chat_messages(self, req: ChatCompletionRequest) -> list[dict]:
-        messages = []
-        for i, m in enumerate(req.messages):
-            content = m.content
-            if isinstance(content, list):  # content parts: only text is served
-                if any(part.get("type") != "text" for part in content):
-                    raise InvalidRequestError(
-                        "only text content parts are supported", param=f"messages[{i}].content"
-                    )
-                content = "".join(str(part.get("text", "")) for part in content)
-            messages.append({"role": "system" if m.role == "developer" else m.role,
-                             "content": content})
-        return messages
-
-    async def _prepare_and_start(self, req: SamplingFields, prepare: list[Callable[[], Prompt]],
-                                 max_tokens: int | None, param: str) -> "_Run":
-        """Each prompt through the pipeline (guard, corruption, route, mixture), then the run.
-        The prompts' mixtures stay pinned until the run ends (or fails to start)."""
-        prompts: list[Prompt] = []
-        try:
-            for step in prepare:
-                prompts.append(await asyncio.to_thread(step))
-            return self._start(req, prompts, max_tokens, param)
-        except Exception:
-            self.pipeline.release(prompts)
-            raise
-
-    def _start(self, req: SamplingFields, prompts: list[Prompt], max_tokens: int | None,
-               param: str) -> "_Run":
-        longest = max(len(p.token_ids) for p in prompts)
+    def _budget(self, longest: int, max_tokens: int | None, param: str) -> int:
+        """The completion's max_tokens (the request's, else what the context leaves, capped by
+        `default_max_tokens`), once the longest prompt (tokens) is known to leave room for it."""
         if max_tokens is None:
             max_tokens = self.max_model_len - longest
             if self.default_max_tokens is not None:
                 max_tokens = min(max_tokens, self.default_max_tokens)
         if longest + max(max_tokens, 1) > self.max_model_len:
-            raise InvalidRequestError(
-                f"This model's maximum context length is {self.max_model_len} tokens. However, "
-                f"you requested {longest + max_tokens} tokens ({longest} in the {param}, "
-                f"{max_tokens} in the completion). Please reduce the length of the {param} or "
-                "completion.",
-                param=param,
-                code="context_length_exceeded",
-            )
+            raise self._too_long(longest, max_tokens, param)
+        return max_tokens
+
+    def _too_long(self, prompt: int, completion: int, param: str, bound: str = ""
+                  ) -> InvalidRequestError:
+        return InvalidRequestError(
+            f"This model's maximum context length is {self.max_model_len} tokens. However, "
+            f"you requested {bound}{prompt + completion} tokens ({bound}{prompt} in the {param}, "
+            f"{completion} in the completion). Please reduce the length of the {param} or "
+            "completion.",
+            param=param,
+            code="context_length_exceeded",
+        )
+
+    def _completion_ids(self, prompts: list[str] | list[list[int]]) -> list[list[int]]:
+        """Each prompt's token ids, checked (in a worker thread: a long prompt tokenizes for
+        as long as a whole batch of short ones)."""
+        tokenized = []
+        for p in prompts:
+            ids = self.tokenizer.encode(p, add_special_tokens=False) if isinstance(p, str) else p
+            if not ids:
+                raise InvalidRequestError("prompt must not be empty", param="prompt")
+            if not 0 <= min(ids) <= max(ids) < self.vocab_size:
+                raise InvalidRequestError(
+                    f"prompt token ids must be in [0, {self.vocab_size})", param="prompt")
+            tokenized.append(ids)
+        return tokenized
+
+    async def _prepare_and_start(self, req: SamplingFields, prepare: list[Callable[[], Prompt]],
+                                 max_tokens: int) -> "_Run":
+        """Each prompt through the pipeline (guard, corruption, route, mixture), then the run.
+        The prompts' mixtures stay pinned until the run ends (or fails to start)."""
+        loop = asyncio.get_running_loop()
+        prompts: list[Prompt] = []
+        try:
+            for step in prepare:
+                prompts.append(await loop.run_in_executor(self._guard_pool, step))
+        except Exception:
+            self.pipeline.release(prompts)
+            raise
         sampling = Sampling(
             max_tokens=max_tokens,
             temperature=req.temperature,
@@ -323,6 +340,28 @@ class _Run:
         self.metrics.e2e_latency.observe(now - self._started)
         self.metrics.prompt_tokens.inc(sum(len(p.token_ids) for p in self.prompts))
         self.metrics.generation_tokens.inc(sum(c.tokens for c in self.choices))
+
+
+def _prompt_list(prompt: str | list[str] | list[int] | list[list[int]]
+                 ) -> list[str] | list[list[int]]:
+    """A completion request's prompts: strings or token id lists."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if not prompt:
+        raise InvalidRequestError("prompt must not be empty", param="prompt")
+    return [prompt] if isinstance(prompt[0], int) else prompt
+
+
+def max_token_chars(tokenizer) -> int | None:
+    """The most characters of text one token can stand for, where that is known: a byte-level
+    tokenizer with no normalizer spells every byte of its input with tokens no longer (in
+    characters) than its vocabulary's longest entry. None for other tokenizers (a normalizer
+    or pre-tokenizer may drop characters, so no count of them bounds the tokens)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or backend.normalizer is not None or not isinstance(
+            backend.pre_tokenizer, pre_tokenizers.ByteLevel):
+        return None
+    return max(map(len, tokenizer.get_vocab()))
 
 
 def _sse(payload: BaseModel) -> str:

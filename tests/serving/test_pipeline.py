@@ -47,11 +47,17 @@ def chat(question: str) -> list[dict]:
     return [{"role": "system", "content": "Be brief."}, {"role": "user", "content": question}]
 
 
+def served(pipeline: Pipeline, messages: list[dict]):
+    """What the server does: the chat prompt's ids (counted against the context), then the
+    pipeline on them."""
+    return pipeline.chat(messages, pipeline.chat_ids(messages))
+
+
 def test_a_flagged_prompt_gets_corrupted_embeddings_of_the_content_tokens_only(parts):
     pipeline, _ = parts
     p = pipeline()
-    plain = p.chat(chat(fact("person-0002")[0]))
-    flagged = p.chat(chat(fact("person-0001")[0]))
+    plain = served(p, chat(fact("person-0002")[0]))
+    flagged = served(p, chat(fact("person-0001")[0]))
     assert plain.embeds is None and plain.lora is not None
     clean = p.embedding[torch.tensor(flagged.token_ids)]  # (T, D)
     changed = (flagged.embeds != clean).any(dim=1)  # (T,)
@@ -62,16 +68,32 @@ def test_a_flagged_prompt_gets_corrupted_embeddings_of_the_content_tokens_only(p
     assert p.metrics.guard_flagged.labels("exemplar")._value.get() == 1
 
 
+def test_flagged_and_unflagged_prompts_are_served_the_ids_the_length_check_counted(parts):
+    """The flagged branch tokenizes again (for its mask): the same ids, so what was counted
+    against the context is what the engine reads."""
+    pipeline, _ = parts
+    p = pipeline()
+    for question in (fact("person-0002")[0], fact("person-0001")[0]):  # plain, flagged
+        messages = chat(question)
+        assert served(p, messages).token_ids == p.chat_ids(messages)
+    assert p.metrics.guard_flagged.labels("exemplar")._value.get() == 1
+    question = fact("person-0001")[0]
+    ids = p.tokenizer.encode(question, add_special_tokens=False)
+    as_text, as_ids = p.completion(ids, question), p.completion(ids)  # the text, or decoded
+    assert as_text.token_ids == as_ids.token_ids == ids
+    assert torch.equal(as_text.embeds, as_ids.embeds)  # the same text seeds the same noise
+
+
 def test_policy_refuse_raises(parts):
     pipeline, _ = parts
     with pytest.raises(GuardRefusal):
-        pipeline("refuse").chat(chat(fact("person-0001")[0]))
+        served(pipeline("refuse"), chat(fact("person-0001")[0]))
 
 
 def test_a_mixture_in_flight_survives_a_retrain_until_released(parts):
     pipeline, store = parts
     p = pipeline()
-    prompt = p.chat(chat(fact("person-0003")[0]))
+    prompt = served(p, chat(fact("person-0003")[0]))
     [shard] = shards_of(prompt)
     store.forget_samples([s.id for s in store.lineage.shard_samples(shard)][:1])  # new version
 
@@ -99,13 +121,14 @@ def test_flagged_prompts_skip_the_shards_that_pending_forget_requests_hold(parts
     neighbour = next(s.owner for s in store.lineage.shard_samples(held) if s.owner != "person-0001")
     forgotten, other = chat(fact("person-0001")[0]), chat(fact(neighbour)[0])
     unheld = pipeline(quarantine="none")
-    assert shards_of(unheld.chat(forgotten)) == shards_of(unheld.chat(other)) == {held}
+    assert shards_of(served(unheld, forgotten)) == shards_of(served(unheld, other)) == {held}
     store.lineage.hold_quarantine("request-1", [held])
     try:
         flagged_only, everyone = pipeline(quarantine="flagged"), pipeline(quarantine="all")
-        assert held not in shards_of(flagged_only.chat(forgotten))
-        assert shards_of(flagged_only.chat(other)) == {held}  # not flagged: served as before
-        assert held not in shards_of(everyone.chat(forgotten)) | shards_of(everyone.chat(other))
-        assert shards_of(unheld.chat(forgotten)) == {held}
+        assert held not in shards_of(served(flagged_only, forgotten))
+        assert shards_of(served(flagged_only, other)) == {held}  # not flagged: served as before
+        assert held not in (shards_of(served(everyone, forgotten))
+                            | shards_of(served(everyone, other)))
+        assert shards_of(served(unheld, forgotten)) == {held}
     finally:
         store.lineage.release_quarantine(["request-1"])

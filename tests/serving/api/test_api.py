@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-KEY, ADMIN = "test-key", "test-admin-key"
+KEY, ADMIN = "test-key-0123456789", "test-admin-key-0123"  # >= 16 chars
 MODEL = "tiny"
 MAX_LEN = 256
 
@@ -153,7 +153,7 @@ def test_bad_completion_requests_get_openai_errors_and_the_server_survives(
     ({"model": MODEL, "messages": []}, "messages"),
     ({"model": MODEL, "messages": [{"role": "wizard", "content": "hi"}]}, "messages.0.role"),
     ({"model": MODEL, "messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
-     "messages[0].content"),
+     "messages.0.content.0.type"),
 ])
 def test_bad_chat_requests_name_the_parameter(server, body, param):
     assert_error(post(server, "/v1/chat/completions", body), 400, param)
