@@ -367,6 +367,7 @@ def plot_rates(guard: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    guard = {rule: rates for rule, rates in guard.items() if isinstance(rates, dict)}
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
     for ax, prefix, title in ((axes[0], "tpr_", "TPR (higher is better)"),
                               (axes[1], "fpr_", "FPR (lower is better)")):
