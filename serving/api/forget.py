@@ -20,7 +20,7 @@ from .protocol import ForgetBody, ForgetStatus
 def forget_router(forget: ForgetService | None) -> APIRouter:
     router = APIRouter()
     # Submissions (the store's writes and the guard's new exemplar) on threads of their own, never
-    # queued behind the chats' guard checks or tokenizing, whose embeddings wait for theirs
+    # queued behind the chats' guard checks or tokenizing, and embedding before them
     # (serving/embedder.py); two, so one slow store write does not hold up the next submission.
     pool = ThreadPoolExecutor(2, thread_name_prefix="lethe-forget", initializer=embed_first)
 

@@ -44,10 +44,11 @@ from .protocol import (
 
 DONE = "data: [DONE]\n\n"
 log = logging.getLogger("lethe.api")
-# Threads that run prompts through the pipeline (guard, corruption, routing). The guard's
-# embedder encodes one batch at a time (guard/embed.py), so more would only queue on it; two let
-# one prompt's Python (views, routing, corruption) overlap another's encoding. A pool of its
-# own: a queue of guard checks never delays /health, forget submissions or tokenizing.
+# Prompts run through the pipeline (guard, corruption, routing) at once: the bound on guard work
+# in progress. Each embedder run already uses every core (guard/embed.py), so more checks at
+# once would only divide them; two let one check's Python (views, routing, corruption) overlap
+# another's embedding. A pool of its own: a queue of checks never delays /health, forget
+# submissions or tokenizing, which run on other threads.
 GUARD_THREADS = 2
 
 
