@@ -106,13 +106,14 @@ def test_a_4_mib_body_gets_413_in_half_a_second_declared_or_chunked(server):
 
 def test_a_prompt_too_long_is_refused_before_the_guard_reads_it(server, tokenizer):
     question = fact(FORGOTTEN)[0]
+    fitting = longest_fitting(tokenizer, question)
     flagged = metric(server, "lethe:guard_flagged_total")
-    assert post(server, "/v1/chat/completions", chat_body(question)).status_code == 200
+    assert post(server, "/v1/chat/completions", chat_body(fitting)).status_code == 200
     assert metric(server, "lethe:guard_flagged_total") == flagged + 1  # the guard reads it
 
     bound = max_token_chars(tokenizer) * MAX_LEN
     by_chars = f"{question} {filler(bound // 5)}"  # refused on its length in characters
-    by_tokens = f"{longest_fitting(tokenizer, question)} {filler(20, seed=2)}"
+    by_tokens = f"{fitting} {filler(20, seed=2)}"
     assert len(by_chars) > bound > len(by_tokens)  # the latter needs the tokenizer
     for endpoint, body, param in [
         *[("/v1/chat/completions", chat_body(content), "messages")
