@@ -6,7 +6,7 @@ database (SQLite, PostgreSQL) and keyed-hash helpers are public because the serv
 (the forget queue, prepared models) keep the same durability and privacy rules.
 """
 
-from .database import (Database, DatabaseError, database_schemes, open_database,
+from .database import (Database, DatabaseError, database_schemes, finish_purges, open_database,
                        register_database)
 from .errors import AdapterError
 from .lineage import Lineage, LineageError, UnknownSampleError
@@ -26,7 +26,7 @@ __all__ = [
     "LineageError", "LossTableError", "Mixture", "MixtureCache", "MixtureError", "PartitionError",
     "RegistryError", "RouteConfig", "RouteError", "Sample", "SampleFormatError", "ShardResult",
     "ShardStore", "TrainConfig", "TrainingError", "UnknownSampleError", "Version",
-    "combine", "database_schemes", "fsync_tree", "keyed_hash", "load_secret", "mixture_name", "open_database", "partition",
+    "combine", "database_schemes", "finish_purges", "fsync_tree", "keyed_hash", "load_secret", "mixture_name", "open_database", "partition",
     "partitioner_names", "read_samples", "register_database", "register_partitioner", "register_scheme", "route",
     "scheme_names", "sha256_file",
     "synth_people", "train_adapter", "write_samples",

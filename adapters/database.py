@@ -17,12 +17,17 @@ names differ. What differs is here:
   flock(2) on a file beside the SQLite database; on PostgreSQL a session advisory lock, which the
   server drops with the holder's connection. At most one holder anywhere in the cluster.
 - `purged(table)`: after raw text is removed. SQLite: the WAL is truncated (secure_delete has
-  zeroed the pages). PostgreSQL: the table is vacuumed, so no live or dead row holds the text;
+  zeroed the pages); a reader that holds the WAL past a few seconds leaves that pending
+  (`purge_pending()`) for `finish_purges()` (sqlite.py). PostgreSQL: the table is vacuumed, so
+  no live or dead row holds the text;
   the server's own WAL segments and free space keep old bytes until they are recycled and
   overwritten (README, "Several replicas": what the database's storage must guarantee).
 - `notify(channel)` in a write transaction, `listener(channel).wait(timeout)`: PostgreSQL's
   LISTEN/NOTIFY, so another replica learns of a forget request at once; SQLite has none (its
   listener just waits out the timeout: the caller's periodic sync is the mechanism there).
+
+`url` and every error message name the database without its password (`user:***@`,
+`?password=***`), also where the driver's own message quotes it.
 """
 
 from __future__ import annotations
@@ -35,10 +40,12 @@ from abc import ABC, abstractmethod
 from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
+from urllib.parse import unquote
 
 from .errors import AdapterError
 from .locks import file_lock
-from .sqlite import Synchronous, checkpoint, connect, transaction
+from .sqlite import (Synchronous, checkpoint, checkpoint_pending, connect, finish_checkpoints,
+                     transaction)
 
 
 class DatabaseError(AdapterError, RuntimeError):
@@ -69,6 +76,7 @@ class Listener(ABC):
 class Database(ABC):
     url: str  # for messages: never holds a password
     types: dict[str, str]  # {real}, {bytes} in DDL
+    _secrets: tuple[str, ...] = ()  # texts that no message may show (a URL's passwords)
 
     @abstractmethod
     def read(self) -> Iterator[Connection]: ...
@@ -83,7 +91,13 @@ class Database(ABC):
         """Hold the cluster-wide lock `name` for the block (waiting for it if need be)."""
 
     @abstractmethod
-    def purged(self, table: str) -> None: ...
+    def purged(self, table: str) -> None:
+        """Raw text was removed from `table`: leave no copy of it in the database's files, or
+        leave that pending (`purge_pending`) when a reader holds it up."""
+
+    def purge_pending(self) -> bool:
+        """Whether a purge in this process left removed text in a file (until `finish_purges`)."""
+        return False
 
     @abstractmethod
     def listener(self, channel: str) -> Listener: ...
@@ -120,7 +134,11 @@ class Database(ABC):
         try:
             yield
         except self._driver_error() as e:
-            raise DatabaseError(f"{context or self.url}: {e}") from e
+            text = _scrub(str(e), self._secrets)
+            # A driver message that quoted a password is not chained: a logged traceback would
+            # print it.
+            raise DatabaseError(f"{context or self.url}: {text}") from (
+                e if text == str(e) else None)
 
     def close(self) -> None:
         """Release what this process holds open on the database (its connections)."""
@@ -180,6 +198,9 @@ class SQLiteDatabase(Database):
     def purged(self, table):
         with self._errors():
             checkpoint(self.path, self.synchronous)
+
+    def purge_pending(self):
+        return checkpoint_pending(self.path)
 
     def listener(self, channel):
         return _Sleeper()
@@ -259,6 +280,7 @@ class PostgresDatabase(Database):
 
         self._dsn = url
         self.url = _redact(url)
+        self._secrets = _passwords(url)
         # synchronous: PostgreSQL commits durably by default (synchronous_commit=on); NORMAL
         # maps to synchronous_commit=off, which, like SQLite's NORMAL, may lose the last commits.
         self._kwargs = {"autocommit": True, "connect_timeout": 10,
@@ -317,13 +339,40 @@ class PostgresDatabase(Database):
                 del _OPENED[key]
 
 
+def finish_purges() -> list[str]:
+    """Try once more each purge that a reader held up in this process (a SQLite WAL left
+    untruncated); the URLs of the databases still pending."""
+    try:
+        return [f"sqlite:///{path}" for path in finish_checkpoints()]
+    except sqlite3.Error as e:
+        raise DatabaseError(f"finishing a purge: {e}") from e
+
+
 def _redact(url: str) -> str:
-    """`url` without its password, for messages and logs."""
-    scheme, sep, rest = url.partition("://")
-    userinfo, at, host = rest.rpartition("@")
-    if not at or ":" not in userinfo:
-        return url
-    return f"{scheme}{sep}{userinfo.split(':', 1)[0]}:***@{host}"
+    """`url` with its passwords masked (`user:***@`, `?password=***`), for messages and logs."""
+    return _scrub(url, _passwords(url))
+
+
+def _passwords(url: str) -> tuple[str, ...]:
+    """The secrets in `url`, as written and percent-decoded (a driver's message may quote
+    either): the password of its user information, read both as libpq reads it (up to the first
+    '@' before any '/') and up to the last '@' (what an unencoded '@' or '/' in it meant), and the
+    value of every query parameter whose name holds "pass" (password, sslpassword, passfile)."""
+    rest = url.partition("://")[2]
+    first = min((i for i in (rest.find("@"), rest.find("/")) if i >= 0), default=-1)
+    ats = {i for i in (first, rest.rfind("@")) if i >= 0 and rest[i] == "@"}
+    found = [rest[:i].partition(":")[2] for i in ats]
+    for tail in [rest, *(rest[i + 1:] for i in ats)]:
+        params = (p.partition("=") for p in tail.partition("?")[2].split("&"))
+        found += [value for name, eq, value in params if eq and "pass" in unquote(name).lower()]
+    return tuple({form for secret in found if secret for form in (secret, unquote(secret))})
+
+
+def _scrub(text: str, secrets: tuple[str, ...]) -> str:
+    """`text` with each of `secrets` masked."""
+    for secret in sorted(secrets, key=len, reverse=True):  # a longer form before its part
+        text = text.replace(secret, "***")
+    return text
 
 
 # --- registry -------------------------------------------------------------------------------

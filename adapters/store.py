@@ -257,7 +257,9 @@ class ShardStore:
     def receipt(self, ids: list[str], results: list[ShardResult]) -> dict:
         """What proves `ids` forgotten, after `forget_samples` gave `results`: per shard that
         held them, its old and new version and the hash of the sample set it was trained on, and
-        whether the version current now was trained on none of them; the base model's hash."""
+        whether the version current now was trained on none of them; the base model's hash;
+        whether their text is gone from every file of the lineage (False: a reader held up the
+        purge's checkpoint, which `finish_purges` completes later)."""
         by_shard = {r.shard: r for r in results}
         forgotten, shards = set(ids), []
         for shard in sorted(self.lineage.shards_of(ids)):
@@ -278,7 +280,9 @@ class ShardStore:
                 "sample_set_hash": manifest["sample_set_hash"],
                 "forgotten_ids_absent": not (forgotten & set(manifest["sample_ids"])),
                 "train_seconds": round(result.seconds, 2)})
-        return {"shards": shards, "base_model_sha256": self.info["base_model"].get("weights_sha256")}
+        return {"shards": shards,
+                "base_model_sha256": self.info["base_model"].get("weights_sha256"),
+                "text_purged": not self.lineage.database.purge_pending()}
 
     # --- validation losses -------------------------------------------------------------------
 

@@ -99,7 +99,7 @@ def create_app(config: Config):
     )
     metrics = Metrics()
     # This replica's name among those that share home: its own mixture folder
-    # (adapters/mixture.py) and its worker's config file.
+    # (adapters/mixture.py).
     replica = f"{socket.gethostname()}-{config.server.port}"
     store = (open_store(config, mixtures=replica)
              if (config.store_dir / "store.json").exists() else None)
@@ -131,7 +131,6 @@ def create_app(config: Config):
     )
 
     supervisor = (WorkerSupervisor(config.model_dump(mode="json"),
-                                   config.home_dir / "run" / f"worker-{replica}.yaml",
                                    config.forget.worker_restart_max_seconds)
                   if forget is not None and config.forget.worker else None)
 

@@ -1,11 +1,13 @@
 """The forget worker as `lethe serve` runs it: a process of its own, started again whenever it
 dies, and reported by /health.
 
-The worker is `python -m serving.forget.worker --config <home>/run/worker-config.yaml` (0600:
-it holds the API keys), in a process that the kernel kills when the server dies (Linux
-PR_SET_PDEATHSIG). When it exits, for whatever reason, it is started again after 1 s, then twice
-as long each time it dies again soon after a start, at most `max_wait` apart; while it is down
-/health answers 503, so an orchestrator sees that forget requests are not completing.
+The worker is `python -m serving.forget.worker --config -`, its config (API and admin keys, the
+store URL and its password included) written to its stdin, a pipe: no file holds it, and each
+restart gets it again from the server's memory. It runs in a process that the kernel kills when
+the server dies (Linux PR_SET_PDEATHSIG). When it exits, for whatever reason, it is started
+again after 1 s, then twice as long each time it dies again soon after a start, at most
+`max_wait` apart; while it is down /health answers 503, so an orchestrator sees that forget
+requests are not completing.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import yaml
 
@@ -30,18 +31,12 @@ STABLE_SECONDS = 60.0  # a worker that ran this long before dying starts the bac
 
 
 class WorkerSupervisor:
-    def __init__(self, config: dict, config_file: Path, max_wait: float):
-        self.config_file = Path(config_file)
+    def __init__(self, config: dict, max_wait: float):
+        """`config`: the worker's, as `load_config` reads it (secrets included)."""
+        self._config = yaml.safe_dump(config).encode()
         self.max_wait = max_wait
         self.process: subprocess.Popen | None = None
         self.restarts = 0
-        self._write_config(config)
-
-    def _write_config(self, config: dict) -> None:
-        self.config_file.parent.mkdir(parents=True, exist_ok=True)
-        self.config_file.touch(mode=0o600)  # it holds the API keys
-        self.config_file.chmod(0o600)
-        self.config_file.write_text(yaml.safe_dump(config))
 
     @property
     def alive(self) -> bool:
@@ -50,8 +45,13 @@ class WorkerSupervisor:
     def start(self) -> None:
         log.info("starting the forget worker")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "serving.forget.worker", "--config", str(self.config_file)],
-            preexec_fn=_die_with_parent)
+            [sys.executable, "-m", "serving.forget.worker", "--config", "-"],
+            stdin=subprocess.PIPE, preexec_fn=_die_with_parent)
+        try:  # a few KiB, which the pipe's buffer (64 KiB) takes whole: no wait for the worker
+            self.process.stdin.write(self._config)
+            self.process.stdin.close()
+        except BrokenPipeError:  # the worker died at once: `watch` starts it again
+            log.error("the forget worker exited before it read its config")
 
     async def watch(self) -> None:
         """Start the worker again each time it dies, until cancelled (after `start`)."""

@@ -13,10 +13,12 @@ A failure is recorded on its requests, which are retried with backoff for as lon
 (a failed round is retried request by request, so one bad request never fails the others). A
 SIGKILL at any point loses nothing: the requests stay in the queue under a lease that runs out,
 the staging folder of an unpublished adapter is dropped by the next registry, tombstones and
-purges are idempotent, and the retrain is done again to the same weights.
+purges are idempotent, and the retrain is done again to the same weights. A purge that a long
+reader held up (the receipt's `text_purged` is false) is completed by a later round.
 
-`lethe serve` runs it as `python -m serving.forget.worker --config FILE` (supervisor.py);
-`lethe worker` runs the same loop in a process of its own.
+`lethe serve` runs it as `python -m serving.forget.worker --config -`, the config on its stdin
+(supervisor.py: no file holds its keys); `lethe worker` runs the same loop in a process of its
+own.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import time
 import uuid
 from pathlib import Path
 
-from adapters import Database, ShardStore
+from adapters import Database, DatabaseError, ShardStore, finish_purges
 
 from ..config import Config, load_config
 from ..logs import configure_logging
@@ -90,6 +92,7 @@ class Worker:
 
     def run_once(self) -> list[str]:
         """One round; returns the ids of the requests it completed."""
+        self._finish_purges()
         if self.coalesce_seconds and self.queue.list(("received", "guarded")):
             time.sleep(self.coalesce_seconds)  # the rest of a burst joins this round's retrain
         batch = self.queue.lease(self.id, self.lease_seconds)
@@ -129,6 +132,16 @@ class Worker:
                  sorted(r.shard for r in results))
         return ids
 
+    def _finish_purges(self) -> None:
+        """Complete the purges that a reader held up in an earlier round (a SQLite WAL left
+        untruncated: adapters/sqlite.py). An error is logged and tried again next round: it never
+        holds up the requests waiting."""
+        try:
+            finish_purges()
+        except DatabaseError:
+            log.exception("worker %s: finishing an earlier purge failed; trying again next round",
+                          self.id)
+
     def _heartbeat(self, ids: list[str], stop: threading.Event) -> None:
         """Renew the lease every third of it; an error (the queue busy for a moment) is logged
         and the next beat tried, so the lease does not lapse under a live worker."""
@@ -153,13 +166,15 @@ class Worker:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m serving.forget.worker --config FILE [--once]`: what `lethe serve` starts."""
+    """`python -m serving.forget.worker --config FILE|- [--once]`: what `lethe serve` starts."""
     parser = argparse.ArgumentParser(prog="python -m serving.forget.worker", description=__doc__)
-    parser.add_argument("--config", type=Path, help="YAML config (keys of configs/default.yaml)")
+    parser.add_argument("--config", type=Path,
+                        help="YAML config (keys of configs/default.yaml); -: read from stdin")
     parser.add_argument("--once", action="store_true", help="one round, then exit")
     args = parser.parse_args(argv)
     configure_logging()
-    worker = Worker.from_config(load_config(args.config))
+    config = Path("/dev/stdin") if args.config == Path("-") else args.config
+    worker = Worker.from_config(load_config(config))
     if args.once:
         worker.run_once()
     else:
