@@ -54,8 +54,8 @@ def load_guard(config: Config, store: ShardStore | None) -> Guard | None:
 
 
 def head_options(config: Config) -> dict:
-    """How the guard fits its window head (guard/guard.py): the trained classifier's settings."""
-    return {"kind": config.guard.classifier, "target_fpr": config.guard.target_fpr,
+    """How the guard fits its window head (guard/guard.py)."""
+    return {"kind": config.guard.head, "target_fpr": config.guard.target_fpr,
             "seed": config.guard.seed}
 
 
