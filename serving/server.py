@@ -133,6 +133,9 @@ def create_app(config: Config):
     supervisor = (WorkerSupervisor(config.model_dump(mode="json"),
                                    config.forget.worker_restart_max_seconds)
                   if forget is not None and config.forget.worker else None)
+    # Before 2026-12 the worker's config, keys and store password included, was written here;
+    # it now goes through a pipe. An upgraded install's old file must not outlive the upgrade.
+    (config.home_dir / "run" / f"worker-{replica}.yaml").unlink(missing_ok=True)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
