@@ -250,11 +250,13 @@ def load_config(
 def _parse_yaml(text: str, where: str) -> Any:
     try:
         parsed = yaml.safe_load(text)
-    except yaml.YAMLError as e:  # str(e) quotes the text around the error, which may hold a key
+    except yaml.YAMLError as e:
+        # Neither str(e) nor e.problem: they quote the text around the error, and the problem
+        # names an alias or a tag, either of which may be a key ("found undefined alias
+        # 'sk-...'" for a key starting with *). The kind of error and where it is, only.
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{where}: not valid YAML ({getattr(e, 'problem', None) or 'unparsable'}"
-                          f"{at})") from None
+        raise ConfigError(f"{where}: not valid YAML ({type(e).__name__}{at})") from None
     return {} if parsed is None else parsed
 
 

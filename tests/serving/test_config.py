@@ -119,6 +119,8 @@ def test_an_empty_or_short_key_is_refused_naming_the_field_never_the_value(field
 @pytest.mark.parametrize("env", [
     {"LETHE_SERVER__ADMIN_KEYS": "[[key-0123456789-secret]]"},  # not a list of strings
     {"LETHE_SERVER__API_KEYS": "[key-0123456789-secret"},  # not YAML
+    {"LETHE_SERVER__API_KEYS": "[*key-0123456789-secret]"},  # an alias YAML names
+    {"LETHE_SERVER__API_KEYS": "[!key-0123456789-secret x]"},  # a tag YAML names
     {"LETHE_STORE__URL": "[postgresql://u:key-0123456789-secret@db/lethe]"},
 ])
 def test_config_errors_never_print_secrets(env):
