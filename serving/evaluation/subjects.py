@@ -81,8 +81,8 @@ class ServedSubject:
         (question indices, their keys, prompt embeddings (T, D) each, each one's LoRA or None),
         the batch's mixtures held until the next one."""
         for i in range(0, len(questions), size):
-            prompts = [self.pipeline.chat([{"role": "user", "content": q}])
-                       for q in questions[i:i + size]]
+            chats = [[{"role": "user", "content": q}] for q in questions[i:i + size]]
+            prompts = [self.pipeline.chat(m, self.pipeline.chat_ids(m)) for m in chats]
             try:
                 todo = []
                 for r, prompt in enumerate(prompts, start=i):

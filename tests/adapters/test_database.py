@@ -57,8 +57,9 @@ def test_a_database_is_named_without_its_passwords(postgres_url):
 # --- the SQLite purge's checkpoint ----------------------------------------------------------
 
 
-def test_a_reader_bounds_the_purge_and_never_stalls_a_writer_and_the_purge_finishes_later(tmp_path):
-    path = tmp_path / "store.db"
+def _emptied_under_a_reader(path):
+    """(database, reader): SECRET_TEXT written and set to NULL while a reader holds a read
+    transaction (from before the update) open on the file."""
     db = open_database(path)
     with db.write() as conn:
         conn.execute("CREATE TABLE notes (text TEXT)")
@@ -66,6 +67,12 @@ def test_a_reader_bounds_the_purge_and_never_stalls_a_writer_and_the_purge_finis
     reader = held_reader(path)
     with db.write() as conn:
         conn.execute("UPDATE notes SET text = NULL")
+    return db, reader
+
+
+def test_a_reader_bounds_the_purge_and_never_stalls_a_writer_and_the_purge_finishes_later(tmp_path):
+    path = tmp_path / "store.db"
+    db, reader = _emptied_under_a_reader(path)
 
     waits: list[float] = []
     purging = threading.Event()
@@ -100,13 +107,7 @@ def test_a_reader_bounds_the_purge_and_never_stalls_a_writer_and_the_purge_finis
 def test_a_later_purge_completes_one_a_reader_held_up(tmp_path, monkeypatch):
     monkeypatch.setattr(sqlite_rules, "CHECKPOINT_SECONDS", 0.5)
     path = tmp_path / "store.db"
-    db = open_database(path)
-    with db.write() as conn:
-        conn.execute("CREATE TABLE notes (text TEXT)")
-        conn.execute("INSERT INTO notes VALUES (?)", (SECRET_TEXT,))
-    reader = held_reader(path)
-    with db.write() as conn:
-        conn.execute("UPDATE notes SET text = NULL")
+    db, reader = _emptied_under_a_reader(path)
     db.purged("notes")
     assert db.purge_pending()
     reader.close()
