@@ -2,4 +2,4 @@
 
 
 class GuardError(Exception):
-    """A guard that cannot be trained, loaded, refitted or applied; the message says why."""
+    """A guard that cannot be trained, loaded, fitted or applied; the message says why."""

@@ -171,13 +171,14 @@ class Guard:
     def add_exemplar(self, key: str, texts: list[str], covers: list[str] = ()) -> None:
         """Flag prompts near `texts` (a forget request's prompts and responses) and their hostile
         forms from now on; `covers` are the ids of the reference negatives the request forgets
-        (no longer negatives: they are what must be flagged)."""
+        (no longer negatives: they are what must be flagged; set aside even when the request has
+        no text left, so that retiring it drops them)."""
+        with self._changes:  # first: a request with no text left still forgets its samples
+            self._covers[key] = list(covers)
+            self._rebuild_negatives()
         texts = [t for t in (normalize(strip_markup(t)) for t in texts) if t]
         if not texts:
             raise GuardError(f"forget item {key!r} has no text to guard")
-        with self._changes:
-            self._covers[key] = list(covers)
-            self._rebuild_negatives()
         vectors = self.embed(exemplar_forms(texts))  # (n, D)
         self.exemplars.add(key, vectors, self.exemplar_threshold_for(vectors))
         self._changed()

@@ -138,3 +138,14 @@ def test_a_guard_without_a_classifier_flags_by_exemplars_alone(minilm):
     guard.add_exemplar("request-1", [prompt, "Torvel Quimarra lives in Brinnick."])
     assert guard.check(["Tell me where Torvel Quimarra lives."]).rule == "exemplar"
     assert not guard.check(["Where does Ada Lovelace live?"]).flagged
+
+
+def test_a_request_whose_text_is_purged_still_takes_its_samples_out_of_the_negatives(minilm):
+    """A replica that first hears of a request after its text was purged cannot guard it, but
+    its samples' embeddings must still go from the guard's negatives when it is retired."""
+    guard = _window_guard(minilm)
+    _, ids = _request("person-0001")
+    with pytest.raises(GuardError, match="no text"):
+        guard.add_exemplar("request-1", [], covers=ids)
+    guard.retire_exemplar("request-1")
+    assert not set(ids) & set(guard._negatives)
