@@ -5,7 +5,7 @@
 
 Set up as bench_ttft.py: `lethe demo`'s config (6 fictitious people, 2 facts each, 2 shard
 adapters of SmolLM2-135M) trained once, then per arm `lethe serve` (the engine; on vLLM its
-prefix cache off, the default, or on, as the server ran before: LETHE_VLLM_PREFIX_CACHING=1)
+prefix cache off, the default, or on, as the server ran before: engine.prefix_caching)
 with the forget worker off and one owner's forget request pending, so that questions about that
 owner are flagged. Two attacks, their trials shuffled together, one request at a time, streamed,
 greedy:
@@ -48,7 +48,6 @@ from transformers import AutoTokenizer  # noqa: E402
 
 from adapters import synth_people, write_samples  # noqa: E402
 from serving.cli import main as lethe  # noqa: E402
-from serving.engines.vllm import ENV_PREFIX_CACHING  # noqa: E402
 from serving.launch import ServerProcess  # noqa: E402
 from serving.model import resolve_model  # noqa: E402
 
@@ -214,11 +213,9 @@ def main() -> None:
         name = engine if cache is None else f"{engine}, prefix cache {cache}"
         workdir = work / name.replace(", ", "-").replace(" ", "-")
         workdir.mkdir()
-        if cache is not None:  # the server inherits it (serving/engines/vllm.py)
-            os.environ[ENV_PREFIX_CACHING] = "1" if cache == "on" else "0"
         started = time.perf_counter()
-        result = run_arm({**config, "engine": {"name": engine}}, workdir, warm, plan,
-                         args.max_tokens)
+        result = run_arm({**config, "engine": {"name": engine, "prefix_caching": cache == "on"}},
+                         workdir, warm, plan, args.max_tokens)
         runs[name] = {"n": args.n, "copies": args.copies, "prompt_tokens": lengths,
                       "max_tokens": args.max_tokens, "forgotten_owner": FORGOTTEN,
                       "kept_owner": kept_owner, "seconds": round(time.perf_counter() - started),

@@ -66,6 +66,10 @@ class EngineConfig(_Section):
     max_lora_rank: Literal[8, 16, 32, 64, 128, 256, 512] = 32
     # vLLM CPU KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE); small models need little.
     kv_cache_gib: int = Field(default=2, gt=0)
+    # vLLM's prefix cache. Off: a flagged prompt (noised embeddings) never hits the blocks an
+    # unflagged one reuses, so with it on time to first token tells a client whether the guard
+    # fired (README, "Timing"). On only where that cannot matter (no guard, on_flag: refuse).
+    prefix_caching: bool = False
 
     _known = _registered("name", "engine", engine_names)
 

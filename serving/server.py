@@ -96,6 +96,7 @@ def create_app(config: Config):
         max_loras=config.engine.max_loras,
         max_lora_rank=config.engine.max_lora_rank,
         kv_cache_gib=config.engine.kv_cache_gib,
+        prefix_caching=config.engine.prefix_caching,
     )
     metrics = Metrics()
     # This replica's name among those that share home: its own mixture folder

@@ -106,6 +106,7 @@ class Engine(ABC):
         max_loras: int,
         max_lora_rank: int,
         kv_cache_gib: int,
+        prefix_caching: bool = False,
     ):
         self.model_path = Path(model_path)
         self.dtype = dtype
@@ -114,6 +115,7 @@ class Engine(ABC):
         self.max_loras = max_loras
         self.max_lora_rank = max_lora_rank
         self.kv_cache_gib = kv_cache_gib
+        self.prefix_caching = prefix_caching  # an engine with a prefix cache uses it only if set
 
     @abstractmethod
     async def start(self) -> None:

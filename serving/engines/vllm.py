@@ -14,9 +14,9 @@ kinds of prompt to hit exactly the same blocks, i.e. flagged prompts' unmatched 
 uncorrupted, which the guard does not do (it corrupts every client token). With the cache off,
 vLLM 0.32 hashes no blocks (v1/engine/core.py: no block hasher without prefix caching or a KV
 connector) and holds a request's prompt_embeds for that request only: token and embedding prompts
-share no state across requests. ENV_PREFIX_CACHING=1 turns it on again, with the per-weight-vector
-salt it then needs; only for measuring the oracle, or where flagging is visible anyway
-(`forget.on_flag: refuse`, or no guard). With it on, tenants also share one cache.
+share no state across requests. `engine.prefix_caching: true` turns it on again, with the
+per-weight-vector salt it then needs; only for measuring the oracle, or where flagging is visible
+anyway (`forget.on_flag: refuse`, or no guard). With it on, tenants also share one cache.
 """
 
 from __future__ import annotations
@@ -37,17 +37,6 @@ from adapters import LORA_TARGET_MODULES
 from . import vllm_plugin
 from .base import Delta, Engine, EngineError, EngineRequest, LoRA
 
-ENV_PREFIX_CACHING = "LETHE_VLLM_PREFIX_CACHING"  # "1": vLLM's prefix cache on (see above)
-
-
-def _prefix_caching() -> bool:
-    """Whether ENV_PREFIX_CACHING turns vLLM's prefix cache on (unset: off)."""
-    value = os.environ.get(ENV_PREFIX_CACHING, "0")
-    if value not in ("0", "1"):
-        raise EngineError(f"{ENV_PREFIX_CACHING} must be 0 or 1, not {value!r}")
-    return value == "1"
-
-
 class VLLMEngine(Engine):
     async def start(self) -> None:
         try:
@@ -60,7 +49,6 @@ class VLLMEngine(Engine):
             ) from e
         # vLLM on CPU reads its KV cache size (GiB) from the environment.
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.kv_cache_gib))
-        self._prefix_caching = _prefix_caching()
         # Lethe's plugin, in this process and the engine's (they inherit the environment).
         os.environ[vllm_plugin.ENV] = "1"
         try:
@@ -77,7 +65,7 @@ class VLLMEngine(Engine):
             max_lora_rank=self.max_lora_rank,
             lora_target_modules=list(LORA_TARGET_MODULES),
             enable_prompt_embeds=True,
-            enable_prefix_caching=self._prefix_caching,
+            enable_prefix_caching=self.prefix_caching,
         )
         try:
             self._llm = AsyncLLM.from_engine_args(args)
@@ -121,7 +109,7 @@ class VLLMEngine(Engine):
             prompt = EmbedsPrompt(prompt_embeds=request.prompt_embeds)
         else:
             prompt = TokensPrompt(prompt_token_ids=request.prompt_token_ids)
-        salt = _cache_salt(request.lora) if self._prefix_caching else None
+        salt = _cache_salt(request.lora) if self.prefix_caching else None
         if salt is not None:
             prompt["cache_salt"] = salt
         lora = None

@@ -18,7 +18,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from adapters import LORA_TARGET_MODULES, Version, combine
 from serving.engines import (EngineError, EngineRequest, LoRA, Sampling, VLLMEngine,
                              engine_class, engine_names)
-from serving.engines.vllm import ENV_PREFIX_CACHING
 
 PROMPTS = ["Where does Kalo Venmi live?", "What pet does Dar Torsel have?"]
 _ids = itertools.count()
@@ -27,11 +26,12 @@ _ids = itertools.count()
 class Harness:
     """Runs one engine in its own event loop, so tests can call it synchronously."""
 
-    def __init__(self, name: str, model_dir, max_model_len: int = 512):
+    def __init__(self, name: str, model_dir, max_model_len: int = 512,
+                 prefix_caching: bool = False):
         self.loop = asyncio.new_event_loop()
         self.engine = engine_class(name)(
             model_dir, dtype="float32", max_model_len=max_model_len, max_num_seqs=8,
-            max_loras=2, max_lora_rank=16, kv_cache_gib=1,
+            max_loras=2, max_lora_rank=16, kv_cache_gib=1, prefix_caching=prefix_caching,
         )
         self.loop.run_until_complete(self.engine.start())
         self.logprobs: dict[str, list[dict[int, float]]] = {}  # request id -> per token (choice 0)
@@ -301,13 +301,12 @@ def test_a_prompt_cached_under_one_weight_vector_is_not_reused_under_another(
 
 
 def test_vllm_prefix_caching_is_off_and_salted_per_weight_vector_when_turned_on(
-        engine, reference, shards, tmp_path, tiny_model_dir, monkeypatch):
+        engine, reference, shards, tmp_path, tiny_model_dir):
     # Off: the prefix cache would tell a client whether the guard fired (serving/engines/vllm.py)
     if not isinstance(engine.engine, VLLMEngine):
         pytest.skip("vLLM's prefix cache")
     assert not engine.engine._llm.vllm_config.cache_config.enable_prefix_caching
-    monkeypatch.setenv(ENV_PREFIX_CACHING, "1")
-    cached = Harness("vllm", tiny_model_dir)
+    cached = Harness("vllm", tiny_model_dir, prefix_caching=True)
     try:
         assert cached.engine._llm.vllm_config.cache_config.enable_prefix_caching
         assert_no_kv_reuse_across_weight_vectors(cached, reference, shards, tmp_path)
