@@ -2,13 +2,14 @@
 
 Public surface: a `ShardStore` (create, train, forget_samples, receipt, resolve, release) and
 the pieces it is made of, each usable alone; every error derives from `AdapterError`. The file,
-database (SQLite, PostgreSQL) and keyed-hash helpers are public because the server's own stores
+database (SQLite, PostgreSQL), keyed-hash and key-ring (crypto-shredding) helpers are public because the server's own stores
 (the forget queue, prepared models) keep the same durability and privacy rules.
 """
 
 from .database import (Database, DatabaseError, database_schemes, finish_purges, open_database,
                        register_database)
 from .errors import AdapterError
+from .keyring import KeyRing, KeyRingError
 from .lineage import Lineage, LineageError, UnknownSampleError
 from .losses import LossTableError
 from .mixture import Mixture, MixtureCache, MixtureError, combine, mixture_name
@@ -22,7 +23,8 @@ from .synth import synth_people
 from .train import LORA_TARGET_MODULES, TrainConfig, TrainingError, train_adapter
 
 __all__ = [
-    "AdapterError", "AdapterRegistry", "Database", "DatabaseError", "EmbedFn", "LORA_TARGET_MODULES", "Lineage",
+    "AdapterError", "AdapterRegistry", "Database", "DatabaseError", "EmbedFn", "KeyRing", "KeyRingError",
+    "LORA_TARGET_MODULES", "Lineage",
     "LineageError", "LossTableError", "Mixture", "MixtureCache", "MixtureError", "PartitionError",
     "RegistryError", "RouteConfig", "RouteError", "Sample", "SampleFormatError", "ShardResult",
     "ShardStore", "TrainConfig", "TrainingError", "UnknownSampleError", "Version",

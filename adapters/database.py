@@ -13,9 +13,12 @@ names differ. What differs is here:
   PostgreSQL a transaction-scoped advisory lock, so a read-then-update (a lease) never races.
 - `migrate()`: forward migrations counted per component in the `lethe_schema` table (an old
   SQLite file counted them in its user_version, which seeds the count).
-- `exclusive(name)`: a lock held until the block ends or its holder dies (SIGKILL included):
-  flock(2) on a file beside the SQLite database; on PostgreSQL a session advisory lock, which the
-  server drops with the holder's connection. At most one holder anywhere in the cluster.
+- `exclusive(name, wait)`: a lock held until the block ends or its holder dies (SIGKILL
+  included): flock(2) on a file beside the SQLite database; on PostgreSQL a session advisory
+  lock, which the server drops with the holder's connection. At most one holder anywhere in the
+  cluster, waited for at most `wait` seconds: a stopped holder (SIGSTOP, a VM paused) keeps it,
+  and a PostgreSQL holder loses it unawares when its idle connection is cut, so it saves work
+  but guarantees nothing (what keeps a retrain exact is the lineage's generation fence).
 - `purged(table)`: after raw text is removed. SQLite: the WAL is truncated (secure_delete has
   zeroed the pages); a reader that holds the WAL past a few seconds leaves that pending
   (`purge_pending()`) for `finish_purges()` (sqlite.py). PostgreSQL: the table is vacuumed, so
@@ -43,7 +46,7 @@ from typing import Any, Callable, Iterator, Sequence
 from urllib.parse import unquote
 
 from .errors import AdapterError
-from .locks import file_lock
+from .locks import file_lock, poll
 from .sqlite import (Synchronous, checkpoint, checkpoint_pending, connect, finish_checkpoints,
                      transaction)
 
@@ -87,8 +90,9 @@ class Database(ABC):
         write to this database runs beside it."""
 
     @abstractmethod
-    def exclusive(self, name: str) -> Iterator[None]:
-        """Hold the cluster-wide lock `name` for the block (waiting for it if need be)."""
+    def exclusive(self, name: str, wait: float) -> Iterator[bool]:
+        """Hold the cluster-wide lock `name` for the block, waiting for it at most `wait`
+        seconds; yields whether it is held (False: another holder kept it that long)."""
 
     @abstractmethod
     def purged(self, table: str) -> None:
@@ -190,10 +194,10 @@ class SQLiteDatabase(Database):
             yield _SQLiteConnection(db)
 
     @contextmanager
-    def exclusive(self, name):
+    def exclusive(self, name, wait):
         (self.path.parent / "locks").mkdir(exist_ok=True)
-        with file_lock(self.path.parent / "locks" / f"{name}.lock"):
-            yield
+        with file_lock(self.path.parent / "locks" / f"{name}.lock", wait) as held:
+            yield held
 
     def purged(self, table):
         with self._errors():
@@ -319,11 +323,12 @@ class PostgresDatabase(Database):
             yield _PostgresConnection(db)
 
     @contextmanager
-    def exclusive(self, name):
+    def exclusive(self, name, wait):
         with closing(self._connect()) as db:  # closing it (or the holder dying) drops the lock
             with self._errors(f"{self.url}: lock {name}"):
-                db.execute("SELECT pg_advisory_lock(%s)", (_lock_key(name),))
-            yield
+                held = poll(lambda: db.execute("SELECT pg_try_advisory_lock(%s)",
+                                               (_lock_key(name),)).fetchone()[0], wait)
+            yield held
 
     def purged(self, table):
         with self.read() as db:

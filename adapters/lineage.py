@@ -5,7 +5,16 @@ tombstone survives power loss; or PostgreSQL, shared by replicas and workers). T
 a sample is kept only until its data is forgotten and its shard retrained (`purge_text`); the id,
 owner, shard and a content hash stay, so a receipt can show what was removed. The hash is keyed
 (HMAC under `secret.key` beside the database, secret.py): it proves a text's identity to whoever
-holds the key and reveals nothing to a reader of the database alone.
+holds the key and reveals nothing to a reader of the database alone. The text itself is sealed
+under a data key per sample (keyring.py), which the purge shreds: whatever copy of a purged
+sample's ciphertext the database's files keep can no longer be read.
+
+Each shard row also holds the version it serves (the pointer `CURRENT`, NULL: none) and a
+generation, the fence of publication: a tombstone and a publish each advance it, and a publish
+is a compare-and-set, "make this version current if the generation is still g, and set it to
+g+1". A retrain reads g before the shard's live samples, so a sample tombstoned after that read
+(or a version another retrain published meanwhile) makes its publish lose, however long it
+took and whether or not it still held its lock.
 
 Quarantine is a set of holds, one per (forget request, shard): a shard is quarantined while any
 request holds it, and each request releases only its own holds, so lifting one request's
@@ -22,6 +31,7 @@ from typing import Iterable
 import numpy as np
 
 from .errors import AdapterError
+from .keyring import KeyRing
 from .samples import Sample
 from .database import Database
 from .secret import keyed_hash, load_secret
@@ -32,7 +42,7 @@ CREATE TABLE IF NOT EXISTS samples (
     owner TEXT NOT NULL,
     shard INTEGER NOT NULL,
     content_hash TEXT NOT NULL,
-    prompt TEXT,               -- NULL once purged
+    prompt TEXT,               -- sealed (keyring.py: ring `samples`, name = id); NULL once purged
     response TEXT,
     forgotten_at {real}        -- NULL while live: the tombstone
 );
@@ -48,7 +58,10 @@ CREATE TABLE IF NOT EXISTS quarantine (
     PRIMARY KEY (request, shard)
 )
 """
-_MIGRATIONS: tuple[str, ...] = ()  # forward schema changes, appended in order (database.py)
+_MIGRATIONS: tuple[str, ...] = (  # forward schema changes, appended in order (database.py)
+    "ALTER TABLE shards ADD COLUMN generation INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE shards ADD COLUMN version TEXT",  # the version served; NULL: none
+)
 
 
 class LineageError(AdapterError, ValueError):
@@ -75,6 +88,8 @@ class Lineage:
         self.database = database
         self._secret = load_secret(Path(secret_file))
         database.migrate("lineage", _SCHEMA, _MIGRATIONS)
+        self.keys = KeyRing(database, Path(secret_file).parent / "keys", "samples")
+        self.keys.seal_unsealed("samples", ("prompt", "response"))  # an older lineage's
 
     def content_hash(self, sample: Sample) -> str:
         """Keyed hash of a sample's content: kept after its text is purged."""
@@ -93,11 +108,12 @@ class Lineage:
             raise LineageError(f"{self.database.url} already holds a partition; use a new data "
                                "directory")
         with self.database.write() as db:
+            sealed = self.keys.seal(db, [(s.id, (s.prompt, s.response)) for s in samples])
             db.executemany(
                 "INSERT INTO samples (id, owner, shard, content_hash, prompt, response) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                [(s.id, s.owner, int(k), self.content_hash(s), s.prompt, s.response)
-                 for s, k in zip(samples, shards)],
+                [(s.id, s.owner, int(k), self.content_hash(s), prompt, response)
+                 for s, k, (prompt, response) in zip(samples, shards, sealed)],
             )
             db.executemany("INSERT INTO shards (shard, centroid) VALUES (?, ?)",
                            [(k, c.astype(np.float32).tobytes()) for k, c in enumerate(centroids)])
@@ -114,7 +130,8 @@ class Lineage:
         """The live samples of a shard, sorted by id: the training set of its next adapter."""
         rows = self._query("SELECT id, owner, prompt, response FROM samples "
                            "WHERE shard = ? AND forgotten_at IS NULL ORDER BY id", (shard,))
-        return [Sample(*row) for row in rows]
+        texts = self.keys.open([(i, (p, r)) for i, _, p, r in rows])
+        return [Sample(i, owner, *text) for (i, owner, _, _), text in zip(rows, texts)]
 
     def shard_table(self) -> list[dict]:
         """Per shard: live and forgotten sample counts and quarantine state."""
@@ -151,34 +168,71 @@ class Lineage:
         return by_shard
 
     def tombstone(self, ids: Iterable[str]) -> dict[int, list[str]]:
-        """Mark samples forgotten (idempotent). Returns shard -> ids, as `shards_of`."""
+        """Mark samples forgotten (idempotent), advancing the generation of each shard where one
+        was live: a retrain that read it live can no longer publish. Returns shard -> ids, as
+        `shards_of`."""
         by_shard = self.shards_of(ids)
         with self.database.write() as db:
-            db.executemany("UPDATE samples SET forgotten_at = ? WHERE id = ? AND forgotten_at IS NULL",
-                           [(time.time(), i) for ids_ in by_shard.values() for i in ids_])
+            for shard, shard_ids in by_shard.items():
+                if db.executemany("UPDATE samples SET forgotten_at = ? "
+                                  "WHERE id = ? AND forgotten_at IS NULL",
+                                  [(time.time(), i) for i in shard_ids]):
+                    db.execute("UPDATE shards SET generation = generation + 1 WHERE shard = ?",
+                               (shard,))
         return by_shard
 
     def sample_texts(self, ids: Iterable[str]) -> list[str]:
         """The prompts and responses of these samples that are not purged yet."""
         ids = sorted(set(ids))
-        rows = self._query(f"SELECT prompt, response FROM samples WHERE prompt IS NOT NULL AND "
-                           f"id IN ({','.join('?' * len(ids))})", ids) if ids else []
-        return [text for row in rows for text in row]
+        rows = self._query(f"SELECT id, prompt, response FROM samples WHERE prompt IS NOT NULL "
+                           f"AND id IN ({','.join('?' * len(ids))})", ids) if ids else []
+        return [text for texts in self.keys.open([(i, (p, r)) for i, p, r in rows])
+                for text in texts]
 
     def forgotten_ids(self) -> set[str]:
         return {i for (i,) in self._query("SELECT id FROM samples WHERE forgotten_at IS NOT NULL")}
 
     def purge_text(self, ids: Iterable[str]) -> int:
-        """Drop the raw text of forgotten samples from every file of the database (secure_delete
-        zeroes it in its page; the checkpoint leaves no copy in the WAL); ids and keyed content
+        """Drop the sealed text of forgotten samples and shred their keys, then end the key
+        ring's epoch: no copy of the text left in any file of the database (a dead row version,
+        a WAL segment, a page not yet overwritten, a backup) can be read any more. SQLite also
+        zeroes it in its page (secure_delete) and checkpoints the WAL. Ids and keyed content
         hashes remain."""
+        ids = sorted(set(ids))
         with self.database.write() as db:
+            gone = [i for (i,) in db.execute(
+                f"SELECT id FROM samples WHERE forgotten_at IS NOT NULL AND "
+                f"id IN ({','.join('?' * len(ids))})", ids).fetchall()] if ids else []
             purged = db.executemany(
                 "UPDATE samples SET prompt = NULL, response = NULL "
-                "WHERE id = ? AND forgotten_at IS NOT NULL AND prompt IS NOT NULL",
-                [(i,) for i in ids])
+                "WHERE id = ? AND prompt IS NOT NULL", [(i,) for i in gone])
+            self.keys.forget(db, gone)
+        self.keys.rotate()  # also after a retry that found the text purged: a crash may have
+        # come between the commit above and the end of the epoch
         self.database.purged("samples")
         return purged
+
+    # --- publication --------------------------------------------------------------------------
+
+    def generation(self, shard: int) -> int:
+        """The shard's generation: read it before its live samples (`shard_samples`), and pass
+        it to `publish`."""
+        [(generation,)] = self._query("SELECT generation FROM shards WHERE shard = ?", (shard,))
+        return generation
+
+    def current_versions(self) -> dict[int, str]:
+        """Shard id -> the version it serves, for every shard that serves one."""
+        return dict(self._query("SELECT shard, version FROM shards WHERE version IS NOT NULL "
+                                "ORDER BY shard"))
+
+    def publish(self, shard: int, version: str | None, generation: int) -> bool:
+        """Make `version` (None: nothing) what `shard` serves if its generation is still
+        `generation`, and advance it; whether it did (False: a tombstone or another publish came
+        first, and this version must not be served)."""
+        with self.database.write() as db:
+            return db.execute("UPDATE shards SET version = ?, generation = generation + 1 "
+                              "WHERE shard = ? AND generation = ?",
+                              (version, shard, generation)).rowcount == 1
 
     # --- quarantine --------------------------------------------------------------------------
 

@@ -10,20 +10,44 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 
 @contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on `path` (created if missing), waiting for it if need be."""
+def file_lock(path: Path, wait: float | None = None) -> Iterator[bool]:
+    """Hold an exclusive lock on `path` (created if missing) for the block, waiting for it at
+    most `wait` seconds (None: as long as it takes); yields whether it is held."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+        if wait is None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield True
+        else:
+            yield poll(lambda: _try_flock(fd), wait)
     finally:
         os.close(fd)  # releases the lock
+
+
+def _try_flock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def poll(attempt: Callable[[], bool], wait: float, every: float = 0.05) -> bool:
+    """Call `attempt` every `every` seconds until it returns True (then True) or `wait` seconds
+    have passed (then False)."""
+    deadline = time.monotonic() + wait
+    while not attempt():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(every)
+    return True
 
 
 class shared_lock:

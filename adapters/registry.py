@@ -3,15 +3,16 @@
 Layout under `root`:
 
     shard-0002/<version>/adapter_config.json, adapter_model.safetensors, manifest.json
-    shard-0002/CURRENT        the version being served (one line)
     .staging/<pid>-<random>/  adapters being written; never served; a dead writer's are swept
     .staging/<pid>-<random>.lock   held (flock) by the writer while it lives
 
 A version id is the hash of the adapter's weights file, so training the same data twice gives the
-same id. Publishing is atomic: files are written and fsynced under .staging, the folder is renamed
-into place, then CURRENT is replaced by rename. A crash at any point leaves the old version serving
-and no partial version visible. A version folder found in place is reused only if its weights
-hash to its name; a damaged one is replaced.
+same id. Storing is atomic: files are written and fsynced under .staging, then the folder is
+renamed into place. Which version a shard serves is not here but in the lineage's database
+(lineage.py: `publish`, a compare-and-set there), so a crash at any point leaves the old version
+serving and no partial version visible. A version folder found in place is reused only if its
+weights hash to its name; a damaged one is replaced. (Stores published before the pointer moved
+to the database kept it in shard-0002/CURRENT: `legacy_pointers`.)
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ MANIFEST = "manifest.json"
 
 class RegistryError(AdapterError, RuntimeError):
     """A staged adapter is incomplete, or a shard has no published version."""
+
+
+LEGACY_POINTER = "CURRENT"
 
 
 @dataclass(frozen=True)
@@ -123,10 +127,11 @@ class AdapterRegistry:
                 shutil.rmtree(path, ignore_errors=True)
         path.with_suffix(".lock").unlink(missing_ok=True)
 
-    def publish(self, shard: int, staged: Path, manifest: dict) -> Version:
-        """Make a staged adapter the current version of `shard`; returns it.
+    def store(self, shard: int, staged: Path, manifest: dict) -> Version:
+        """Move a staged adapter into place as a version of `shard` (serving it is the
+        lineage's `publish`); returns it.
 
-        If the same weights were published before, that version is reused (its id is the hash).
+        If the same weights were stored before, that version is reused (its id is the hash).
         """
         missing = [name for name in (WEIGHTS, CONFIG) if not (staged / name).is_file()]
         if missing:
@@ -148,24 +153,20 @@ class AdapterRegistry:
                 os.rename(staged, target)
             # else: the same weights were published before; that version is reused as it is
         _fsync_dir(shard_dir)
-        write_atomic(shard_dir / "CURRENT", version_id + "\n")
         return Version(shard, version_id, target)
 
-    def retire(self, shard: int) -> None:
-        """The shard serves nothing any more (all its samples were forgotten)."""
-        (self._shard_dir(shard) / "CURRENT").unlink(missing_ok=True)
-
-    def current(self, shard: int) -> Version:
-        pointer = self._shard_dir(shard) / "CURRENT"
-        try:
-            version_id = pointer.read_text().strip()
-        except FileNotFoundError as e:
-            raise RegistryError(f"shard {shard} has no published adapter") from e
+    def version(self, shard: int, version_id: str) -> Version:
         return Version(shard, version_id, self._shard_dir(shard) / version_id)
 
-    def shards(self) -> list[int]:
-        return sorted(int(p.name.split("-")[1]) for p in self.root.glob("shard-*")
-                      if (p / "CURRENT").exists())
+    def legacy_pointers(self) -> dict[int, str]:
+        """Shard id -> the version its `CURRENT` file names, in a store published before the
+        lineage held the pointer (`drop_legacy_pointers` once the lineage has them)."""
+        return {int(p.parent.name.split("-")[1]): p.read_text().strip()
+                for p in self.root.glob(f"shard-*/{LEGACY_POINTER}")}
+
+    def drop_legacy_pointers(self) -> None:
+        for pointer in self.root.glob(f"shard-*/{LEGACY_POINTER}"):
+            pointer.unlink(missing_ok=True)
 
     def versions(self, shard: int) -> list[Version]:
         """Every stored version of a shard, oldest first (none for a shard never published:
@@ -177,13 +178,10 @@ class AdapterRegistry:
         dirs.sort(key=lambda p: json.loads((p / MANIFEST).read_text())["created_at"])
         return [Version(shard, p.name, p) for p in dirs]
 
-    def collect_garbage(self, shard: int, keep: int, forgotten: set[str]) -> list[Version]:
-        """Delete superseded versions: any trained on a forgotten sample, and all but the newest
-        `keep` others. The current version is never deleted. Returns what was deleted."""
-        try:
-            current = self.current(shard).id
-        except RegistryError:
-            current = None  # retired: every version is superseded
+    def collect_garbage(self, shard: int, keep: int, forgotten: set[str], current: str | None
+                        ) -> list[Version]:
+        """Delete versions other than `current` (None: the shard serves nothing): any trained on
+        a forgotten sample, and all but the newest `keep` others. Returns what was deleted."""
         old = [v for v in self.versions(shard) if v.id != current]
         tainted = [v for v in old if forgotten.intersection(v.manifest["sample_ids"])]
         clean = [v for v in old if v not in tainted]

@@ -9,7 +9,10 @@
     <root>/validation.jsonl, validation.npy   the validation set and its embeddings
 
 Several machines may share one store (README, "Several replicas"): `root` on shared storage,
-the lineage in PostgreSQL, whose locks make a shard's retrain exclusive cluster-wide.
+the lineage in PostgreSQL. Which version each shard serves is the lineage's (a compare-and-set
+on the shard's generation: lineage.py), so a retrain that read a sample before its tombstone
+never publishes, on any store; a lock per shard, waited for at most `shard_wait` seconds, only
+keeps two workers from training one shard at once.
 
 Every shard is handled the same way, keyed by its id: training all shards and retraining one
 after a forget are the same loop over a list of shard ids.
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import shutil
 import threading
 import time
@@ -48,6 +52,11 @@ EmbedFn = Callable[[list[str]], np.ndarray]  # texts -> (N, d) unit vectors; pas
 # progress(shard) -> per-step callback(step, total, loss), or None
 ProgressFn = Callable[[int], Callable[[int, int, float], None] | None]
 KEEP_VERSIONS = 1  # superseded clean versions kept per shard (for rollback); tainted ones never
+# How long a retrain waits for another holder of its shard's lock before it trains anyway (the
+# fence keeps that exact): a stopped holder keeps the lock, a live one takes minutes on TOFU.
+SHARD_WAIT_SECONDS = 60.0
+
+log = logging.getLogger("lethe.store")
 
 
 def sample_text(sample: Sample) -> str:
@@ -79,9 +88,10 @@ def _lineage(root: Path, database: Database | None) -> Lineage:
 
 class ShardStore:
     def __init__(self, root: Path, mixture_cache: int = 64, database: Database | None = None,
-                 mixtures: str = "local"):
+                 mixtures: str = "local", shard_wait: float = SHARD_WAIT_SECONDS):
         """`database`: where the lineage lives (None: `<root>/lineage.db`); `mixtures`: the name
-        of this process's mixture folder (each serving process its own, mixture.py)."""
+        of this process's mixture folder (each serving process its own, mixture.py);
+        `shard_wait`: as SHARD_WAIT_SECONDS (the forget worker passes its lease)."""
         self.root = Path(root)
         info = self.root / "store.json"
         if not info.exists():
@@ -89,6 +99,8 @@ class ShardStore:
         self.info = json.loads(info.read_text())
         self.lineage = _lineage(self.root, database)
         self.registry = AdapterRegistry(self.root / "adapters")
+        self.shard_wait = shard_wait
+        self._adopt_legacy_pointers()
         self.mixtures = MixtureCache(self.root / "mixtures", mixtures, mixture_cache)
         self.losses = LossTable(self.root / "losses", self.info["validation_hash"] or "none")
         self.train_config = TrainConfig.model_validate(self.info["train_config"])
@@ -99,6 +111,13 @@ class ShardStore:
                                       if self.info["validation_hash"] else None)  # (V, d)
         self._mixture_lock = threading.Lock()  # one build per mixture; sweeps see every pin
         self._ranks: dict[str, int] = {}  # shard version id -> its LoRA rank
+
+    def _adopt_legacy_pointers(self) -> None:
+        """A store published before the lineage held what each shard serves: its `CURRENT`
+        files become the lineage's first publication (once, whoever comes first)."""
+        for shard, version in self.registry.legacy_pointers().items():
+            self.lineage.publish(shard, version, generation=0)
+        self.registry.drop_legacy_pointers()
 
     @classmethod
     def create(cls, root: Path, samples: list[Sample], embed: EmbedFn, shards: int,
@@ -165,8 +184,10 @@ class ShardStore:
                 with derived.registry.staging() as staged:
                     for name in (CONFIG, WEIGHTS):
                         shutil.copyfile(version.path / name, staged / name)
-                    derived.registry.publish(version.shard, staged,
-                                             {**manifest, "reused_from": str(version.path)})
+                    stored = derived.registry.store(version.shard, staged,
+                                                    {**manifest, "reused_from": str(version.path)})
+                derived.lineage.publish(version.shard, stored.id,
+                                        derived.lineage.generation(version.shard))
         return derived
 
     # --- training ----------------------------------------------------------------------------
@@ -180,56 +201,64 @@ class ShardStore:
 
     def _train_one(self, shard: int, progress) -> ShardResult:
         """One retrain of `shard`, under its lock from reading the live samples through publish
-        and garbage collection: two retrains of a shard never interleave (any process, thread or
-        command, on any machine that shares the lineage's database), so a retrain that read a
-        sample before it was tombstoned always publishes before the retrain that follows the
-        tombstone."""
-        with self.lineage.database.exclusive(f"shard-{shard:04d}"):
-            return self._train_locked(shard, progress)
+        and garbage collection, so that two retrains of a shard (any process, thread or command,
+        on any machine that shares the lineage's database) do not train it twice over. The lock
+        is waited for at most `shard_wait` seconds, then the retrain runs anyway: the generation
+        fence (`_train_fenced`) is what keeps it exact, lock or none."""
+        with self.lineage.database.exclusive(f"shard-{shard:04d}", self.shard_wait) as held:
+            if not held:
+                log.warning("shard %d: its lock was held for %.0f s by another retrain (stopped, "
+                            "or slow); training it anyway, fenced by its generation", shard,
+                            self.shard_wait)
+            return self._train_fenced(shard, progress)
 
-    def _train_locked(self, shard: int, progress) -> ShardResult:
+    def _train_fenced(self, shard: int, progress) -> ShardResult:
+        """Train `shard` on its live samples and publish the version if no tombstone or other
+        publish advanced its generation meanwhile; else train again on what is live then."""
+        generation = self.lineage.generation(shard)  # first: a later tombstone fences the publish
         samples = self.lineage.shard_samples(shard)
         ids = [s.id for s in samples]
-        try:
-            current = self.registry.current(shard)
-        except RegistryError:
-            current = None
+        current = self._current_or_none(shard)
         previous = current and current.id
         if current is not None and _trained_on(current.manifest, ids):
             # Already trained on exactly these samples (another worker's retrain, after the
             # same tombstones): training is deterministic, so it would publish the same weights.
             return ShardResult(shard, previous, previous, len(samples), id_set_hash(ids), 0, 0.0)
         if not samples:
-            self.registry.retire(shard)
             version, steps, seconds = None, 0, 0.0
         else:
             seed = self.train_config.seed + shard
             with self.registry.staging() as staged:
                 stats = train_adapter(self.model_path, samples, self.train_config, seed, staged,
                                       progress)
-                # Samples tombstoned while it trained (the tombstone does not wait for the lock)
-                # would make this version hold forgotten data: it is never published, however
-                # the lock fared (a lost database connection drops it), and the shard is trained
-                # again on what is live now.
-                stale = [s.id for s in self.lineage.shard_samples(shard)] != ids
-                if stale:
-                    version = None
-                else:
-                    # The loss-table row exists before the version is published: a server
-                    # routing meanwhile never finds a current version without its row.
-                    self._put_losses(Version(shard, weights_hash(staged), staged))
-                    version = self._publish(shard, staged, samples, previous, seed, stats)
-            if stale:
-                return self._train_locked(shard, progress)
+                # The loss-table row exists before the version is published: a server routing
+                # meanwhile never finds a current version without its row.
+                self._put_losses(Version(shard, weights_hash(staged), staged))
+                version = self._store(shard, staged, samples, previous, seed, stats)
             steps, seconds = stats.steps, stats.seconds
-        self.registry.collect_garbage(shard, KEEP_VERSIONS, self.lineage.forgotten_ids())
+        if not self.lineage.publish(shard, version, generation):
+            # A sample tombstoned while it trained (the tombstone does not wait for the lock, and
+            # a lost database connection drops the lock unawares) or another retrain's publish:
+            # this version may hold forgotten data and is never served; garbage collection
+            # deletes it now if it does.
+            log.warning("shard %d: version %s lost the publish (generation %d moved on while it "
+                        "trained); discarded, training again on the live samples", shard,
+                        version, generation)
+            self._collect_garbage(shard)
+            return self._train_fenced(shard, progress)
+        self._collect_garbage(shard)
         return ShardResult(shard, version, previous, len(samples), id_set_hash(ids), steps, seconds)
 
-    def _publish(self, shard: int, staged: Path, samples: list[Sample], previous: str | None,
-                 seed: int, stats) -> str:
-        """Publish the adapter staged for `shard`, with its provenance; returns its version."""
+    def _collect_garbage(self, shard: int) -> None:
+        current = self._current_or_none(shard)
+        self.registry.collect_garbage(shard, KEEP_VERSIONS, self.lineage.forgotten_ids(),
+                                      current=current and current.id)
+
+    def _store(self, shard: int, staged: Path, samples: list[Sample], previous: str | None,
+               seed: int, stats) -> str:
+        """Store the adapter staged for `shard`, with its provenance; returns its version."""
         ids = [s.id for s in samples]
-        return self.registry.publish(shard, staged, {
+        return self.registry.store(shard, staged, {
             "sample_ids": ids,
             "sample_set_hash": id_set_hash(ids),
             "previous": previous,  # the version this one replaced when first published
@@ -264,11 +293,11 @@ class ShardStore:
         forgotten, shards = set(ids), []
         for shard in sorted(self.lineage.shards_of(ids)):
             result = by_shard[shard]
-            try:  # what serves now: a later retrain of the shard may have replaced ours
-                current = self.registry.current(shard)
-                manifest = current.manifest
-            except RegistryError:  # retired: every sample of the shard is forgotten
-                current, manifest = None, {"sample_ids": [], "sample_set_hash": id_set_hash([])}
+            # What serves now: a later retrain of the shard may have replaced ours; None:
+            # retired, every sample of the shard is forgotten.
+            current = self._current_or_none(shard)
+            manifest = (current.manifest if current else
+                        {"sample_ids": [], "sample_set_hash": id_set_hash([])})
             old = result.previous
             if current is not None and old == current.id:
                 # A retry after a crash that had published already: the version it replaced.
@@ -308,7 +337,18 @@ class ShardStore:
     # --- serving -----------------------------------------------------------------------------
 
     def current_versions(self) -> list[Version]:
-        return [self.registry.current(k) for k in self.registry.shards()]
+        """The version each shard serves, by shard id (shards that serve nothing left out)."""
+        return [self.registry.version(k, v) for k, v in self.lineage.current_versions().items()]
+
+    def current(self, shard: int) -> Version:
+        """The version `shard` serves; RegistryError if none."""
+        version = self._current_or_none(shard)
+        if version is None:
+            raise RegistryError(f"shard {shard} has no published adapter")
+        return version
+
+    def _current_or_none(self, shard: int) -> Version | None:
+        return next((v for v in self.current_versions() if v.shard == shard), None)
 
     def effective_route(self, config: RouteConfig) -> RouteConfig:
         """`config`, except that schemes that read the loss table fall back to `semantic` in a
@@ -376,9 +416,7 @@ class ShardStore:
         """Every current shard adapter stacked (mixture.py; built once per set of versions),
         with the scales that make it the mixture of `weights` (shard id -> weight; a shard
         without one, e.g. quarantined, gets 0)."""
-        versions = self.current_versions()
-        if set(weights) - {v.shard for v in versions}:  # retired since the weights were read
-            raise RegistryError("a weighted shard is no longer published")  # resolve: again
+        versions = self._serving(weights)
         stack = self.mixtures.get([(v, 1.0) for v in versions])
         scales = tuple(weights.get(v.shard, 0.0) for v in versions for _ in range(self._rank(v)))
         return dataclasses.replace(stack, scales=scales)
@@ -396,7 +434,16 @@ class ShardStore:
         """The cached mixture adapter for these weights; None for no weights (the base model)."""
         if not weights:
             return None
-        return self.mixtures.get([(self.registry.current(k), w) for k, w in sorted(weights.items())])
+        versions = {v.shard: v for v in self._serving(weights)}
+        return self.mixtures.get([(versions[k], w) for k, w in sorted(weights.items())])
+
+    def _serving(self, weights: dict[int, float]) -> list[Version]:
+        """The current versions; RegistryError if a shard that `weights` names serves nothing
+        any more (retired since the weights were read: `resolve` routes again)."""
+        versions = self.current_versions()
+        if set(weights) - {v.shard for v in versions}:
+            raise RegistryError("a weighted shard is no longer published")
+        return versions
 
 
 def _package_versions() -> dict[str, str]:

@@ -127,7 +127,7 @@ class Pipeline:
             if prompt.lora is not None:
                 self.resolver.release(prompt.lora)
 
-    def sweep(self) -> None:
-        """Drop what superseded shard versions left that no request in flight holds."""
-        if self.resolver is not None:
-            self.resolver.sweep()
+    def sweep(self) -> list[str]:
+        """Drop what superseded shard versions left that no request in flight holds; the names
+        of the adapters dropped, for the engine to evict."""
+        return [] if self.resolver is None else self.resolver.sweep()

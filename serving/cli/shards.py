@@ -93,7 +93,7 @@ def cmd_route(args) -> None:
     weights = store.weights(query, route)
     # in-engine: the stack of the current versions, the weights applied by the engine
     parts = ([(v, 1.0) for v in store.current_versions()] if route.mixing == "in-engine"
-             else [(store.registry.current(k), w) for k, w in weights.items()])
+             else [(store.current(k), w) for k, w in weights.items()])
     name = mixture_name(parts) if weights else None
     emit(args, {"scheme": route.scheme, "weights": {str(k): w for k, w in weights.items()},
                 "mixing": route.mixing, "mixture": name},

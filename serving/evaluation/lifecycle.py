@@ -241,7 +241,7 @@ def run_tofu(config: Config, data: TofuData, work: Path, *, aggregation: bool = 
         states = {r.id: queue.get(r.id).state for r in requests}
         raise EvaluationError(f"the forget worker did not complete every request: {states}")
     service.sync()
-    served.pipeline.sweep()
+    served.sweep()
     phases["exact"], ratios["exact"] = life.score("exact", served, data.sets)
 
     life.train("reference", reference, progress)

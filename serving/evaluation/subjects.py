@@ -102,6 +102,12 @@ class ServedSubject:
             finally:
                 self.pipeline.release(prompts)
 
+    def sweep(self) -> None:
+        """What the server's sync does once a forget is exact: drop the mixtures of superseded
+        versions from disk and from the model's memory (their weights may hold forgotten data)."""
+        for name in self.pipeline.sweep():
+            self.model.lora.evict(name)
+
     def logprobs(self, pairs: list[tuple[str, str]]) -> np.ndarray:
         questions, answers, where = by_question(pairs)
         scored: dict[int, list[torch.Tensor]] = {}

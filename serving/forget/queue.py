@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Literal
 
-from adapters import Database, DatabaseError, keyed_hash, load_secret, open_database
+from adapters import Database, DatabaseError, KeyRing, keyed_hash, load_secret, open_database
 
 from ..errors import LetheError
 
@@ -172,6 +172,9 @@ class SQLQueue(ForgetQueue):
         self._listener = database.listener(CHANNEL)
         with self._errors():
             database.migrate("queue", _SCHEMA, _MIGRATIONS)
+            # A request's prompts are sealed under a key of its own, shredded when it completes.
+            self.keys = KeyRing(database, Path(secret_file).parent / "keys", "requests")
+            self.keys.seal_unsealed("requests", ("prompts",))  # an older queue's
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
@@ -193,8 +196,11 @@ class SQLQueue(ForgetQueue):
     def _rows(self, db, where: str, params=()) -> list[ForgetRequest]:
         rows = db.execute(f"SELECT {_COLUMNS} FROM requests WHERE {where} ORDER BY seq",
                           tuple(params)).fetchall()
+        sealed = [(r[0], [r[4]]) for r in rows if r[4] is not None]
+        prompts = {rid: json.loads(text) for (rid, _), [text] in
+                   zip(sealed, self.keys.open(sealed))}
         return [ForgetRequest(id=r[0], owner=r[1], sample_ids=json.loads(r[2]), state=r[3],
-                              prompts=None if r[4] is None else json.loads(r[4]), attempts=r[5],
+                              prompts=prompts.get(r[0]), attempts=r[5],
                               reason=r[6], times=json.loads(r[7]),
                               receipt=None if r[8] is None else json.loads(r[8]), retry_at=r[9])
                 for r in rows]
@@ -231,11 +237,12 @@ class SQLQueue(ForgetQueue):
             request = ForgetRequest(id="fgt-" + uuid.uuid4().hex[:24], owner=owner,
                                     sample_ids=sorted(set(sample_ids)), state="received",
                                     prompts=list(prompts), times={"received": time.time()})
+            [[prompts_sealed]] = self.keys.seal(db, [(request.id, [json.dumps(request.prompts)])])
             db.execute(
                 "INSERT INTO requests (id, key, owner, sample_ids, prompts, state, times, seq, "
                 "shards) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (request.id, key, owner, json.dumps(request.sample_ids),
-                 json.dumps(request.prompts), request.state, json.dumps(request.times), seq,
+                 prompts_sealed, request.state, json.dumps(request.times), seq,
                  None if shards is None else json.dumps(sorted({int(k) for k in shards}))))
             db.notify(CHANNEL)
         return request, True
@@ -289,14 +296,17 @@ class SQLQueue(ForgetQueue):
     def complete(self, worker, receipts):
         now = time.time()
         with self._write() as db:
-            for rid in self._owned(db, worker, list(receipts)):
+            owned = self._owned(db, worker, list(receipts))
+            for rid in owned:
                 times = self._enter(db, rid, "completed", now,
                                     ", prompts = NULL, reason = NULL, lease_owner = NULL, "
                                     "retry_at = NULL")
                 db.execute("UPDATE requests SET receipt = ? WHERE id = ?",
                            (json.dumps({**receipts[rid], "times": times}), rid))
+            self.keys.forget(db, owned)
             db.notify(CHANNEL)
-        with self._errors():  # the purged prompts leave no copy in the database's files
+        with self._errors():  # the purged prompts: unreadable in any copy, and no copy left
+            self.keys.rotate()
             self.database.purged("requests")
 
     def fail(self, worker, request_ids, reason, retry_after, retry_max):

@@ -115,7 +115,10 @@ class Worker:
         tried alone, so that one failing request never fails those coalesced with it."""
         ids = [r.id for r in batch]
         try:
-            store = ShardStore(self.store_dir, database=self.database)
+            # A shard's lock is waited for as long as a request's lease: a stopped worker's
+            # requests and shards are both taken over after it.
+            store = ShardStore(self.store_dir, database=self.database,
+                               shard_wait=self.lease_seconds)
             samples = sorted({i for r in batch for i in r.sample_ids})
             results = store.forget_samples(samples, release=ids)
             receipts = {r.id: self._receipt(r, store.receipt(r.sample_ids, results), ids)

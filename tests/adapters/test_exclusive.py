@@ -16,7 +16,7 @@ SLOW_TRAIN = TrainConfig(max_steps=8, batch_size=4, max_length=64, epochs=40)
 
 
 def trained_on(store: ShardStore, shard: int) -> set[str]:
-    return set(store.registry.current(shard).manifest["sample_ids"])
+    return set(store.current(shard).manifest["sample_ids"])
 
 
 def test_a_retrain_that_read_a_sample_before_its_tombstone_never_publishes_last(make_store):
@@ -95,22 +95,24 @@ def test_a_shard_already_trained_on_its_live_samples_is_not_trained_again(make_s
     [first] = store.forget_samples([bob])
     [again] = store.train([0])
     assert first.steps > 0 and again.steps == 0
-    assert again.version == first.version == store.registry.current(0).id
+    assert again.version == first.version == store.current(0).id
 
 
 def test_a_sample_tombstoned_during_a_retrain_is_in_no_version_it_publishes(make_store):
     # The tombstone does not wait for the shard's lock (and a lock can be lost with a database
-    # connection): the retrain checks, before publishing, that its samples are still live.
+    # connection): the tombstone advances the shard's generation, so the retrain's publish, a
+    # compare-and-set on the generation it read before the samples, loses.
     store = make_store(synth_people(6, seed=2, facts_per_person=2), train_config=SLOW_TRAIN)
     alice, bob = [s.id for s in store.lineage.shard_samples(0)[:2]]
     store.lineage.tombstone([alice])  # what this retrain is for
-    published, publish = [], store.registry.publish
+    attempts, publish = [], store.lineage.publish
 
-    def record(shard, staged, manifest):
-        published.append(manifest["sample_ids"])
-        return publish(shard, staged, manifest)
+    def record(shard, version, generation):
+        won = publish(shard, version, generation)
+        attempts.append((store.registry.version(shard, version).manifest["sample_ids"], won))
+        return won
 
-    store.registry.publish = record
+    store.lineage.publish = record
 
     def forget_bob_midway(step, total, loss):
         if bob not in store.lineage.forgotten_ids():
@@ -118,5 +120,8 @@ def test_a_sample_tombstoned_during_a_retrain_is_in_no_version_it_publishes(make
 
     [result] = store.train([0], lambda k: forget_bob_midway)
     assert store.lineage.forgotten_ids() == {alice, bob}
-    assert len(published) == 1 and bob not in published[0]  # the stale version never went out
-    assert result.version == store.registry.current(0).id
+    [(stale, lost), (fresh, won)] = attempts
+    assert bob in stale and not lost  # trained on bob, refused
+    assert bob not in fresh and won
+    assert result.version == store.current(0).id
+    assert [v.id for v in store.registry.versions(0)] == [result.version]  # the stale one: gone

@@ -23,7 +23,7 @@ def test_mixture_delta_is_the_weighted_sum_of_shard_deltas_on_every_layer(make_s
     weights = {0: 0.5, 1: 0.3, 2: 0.2}
     mixture = store.mixture(weights)
     mixed = deltas(mixture.path)
-    shards = {k: deltas(store.registry.current(k).path) for k in weights}
+    shards = {k: deltas(store.current(k).path) for k in weights}
     assert len(mixed) == 2 * 7  # every projection of both layers
     for layer, delta in mixed.items():
         expected = sum(w * shards[k][layer] for k, w in weights.items())

@@ -11,7 +11,7 @@ from tests.adapters.conftest import TINY_TRAIN
 
 
 def adapter_bytes(store, shard: int) -> bytes:
-    return (store.registry.current(shard).path / WEIGHTS).read_bytes()
+    return (store.current(shard).path / WEIGHTS).read_bytes()
 
 
 def test_retrain_without_a_sample_equals_training_from_scratch_without_it(
@@ -20,7 +20,7 @@ def test_retrain_without_a_sample_equals_training_from_scratch_without_it(
     forgotten = people[0]
     [k] = store.lineage.shards_of([forgotten.id])
     shard_data = store.lineage.shard_samples(k)
-    before = store.registry.current(k).id
+    before = store.current(k).id
 
     [result] = store.forget_samples([forgotten.id])
 
@@ -30,7 +30,7 @@ def test_retrain_without_a_sample_equals_training_from_scratch_without_it(
                   out_dir=tmp_path / "scratch")
     assert result.shard == k and result.previous == before and result.version != before
     assert adapter_bytes(store, k) == (tmp_path / "scratch" / WEIGHTS).read_bytes()
-    assert forgotten.id not in store.registry.current(k).manifest["sample_ids"]
+    assert forgotten.id not in store.current(k).manifest["sample_ids"]
 
 
 def test_retraining_an_unchanged_shard_keeps_its_version_and_trains_nothing(make_store, people):

@@ -120,13 +120,13 @@ def test_a_retry_after_a_crash_past_publish_records_the_true_previous_version(ti
     ids = owner_ids(home, "person-0001")
     store = ShardStore(home / "apa")
     [shard] = store.lineage.shards_of(ids)
-    before = store.registry.current(shard).id
+    before = store.current(shard).id
     request, _ = queue.submit("person-0001", ids, [])
     store.forget_samples(ids)  # a worker that published, then died before completing
     assert worker_for(home).run_once() == [request.id]
     [receipt] = queue.get(request.id).receipt["shards"]
     assert receipt["old_version"] == before != receipt["new_version"]
-    assert receipt["new_version"] == store.registry.current(shard).id
+    assert receipt["new_version"] == store.current(shard).id
 
 
 def test_poison_forget_input_is_refused_before_it_is_stored(tiny_world, start_server):

@@ -67,8 +67,7 @@ def test_a_forgotten_owner_is_guarded_at_once_and_exactly_retrained_later(world)
     [shard] = receipt["shards"]
     assert shard["new_version"] != shard["old_version"] and shard["forgotten_ids_absent"]
     assert receipt["request"]["sample_ids"] == ["person-0000-fact0", "person-0000-fact1"]
-    current = home / "apa" / "adapters" / f"shard-{shard['shard']:04d}" / "CURRENT"
-    assert current.read_text().strip() == shard["new_version"]
+    assert ShardStore(home / "apa").current(shard["shard"]).id == shard["new_version"]
 
     time.sleep(1)  # the server's guard syncs with the queue every 0.2 s
     assert metric(server, "lethe:guard_exemplars") == 0  # retired: the weights are exact now

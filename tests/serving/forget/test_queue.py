@@ -147,7 +147,7 @@ def test_a_queue_file_of_an_older_version_is_migrated_forward(tmp_path):
     queue = SQLiteQueue(tmp_path / "forget.db")
     new, _ = queue.submit(None, ["b"], [], shards=[3])
     assert [r.id for r in queue.list()] == ["fgt-old", new.id]
-    assert raw(queue, "SELECT component, version FROM lethe_schema") == [("queue", 2)]
+    assert raw(queue, "SELECT version FROM lethe_schema WHERE component = 'queue'") == [(2,)]
     assert [r.id for r in lease(queue)] == ["fgt-old"]  # unknown shards: a group of its own
 
 

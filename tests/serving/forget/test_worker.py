@@ -3,9 +3,11 @@ that lose no request and never publish a half-trained adapter."""
 
 from __future__ import annotations
 
+import queue as queue_module
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -50,8 +52,7 @@ def test_a_worker_killed_mid_retrain_loses_nothing_and_publishes_nothing(tiny_wo
     queue = SQLiteQueue(home / "forget.db")
     request, _ = queue.submit("person-0001", owner_ids(home, "person-0001"), [])
     [shard] = ShardStore(home / "apa").lineage.shards_of(request.sample_ids)
-    current = home / "apa" / "adapters" / f"shard-{shard:04d}" / "CURRENT"
-    before = current.read_text()
+    before = ShardStore(home / "apa").current(shard).id
 
     worker = subprocess.Popen([sys.executable, "-m", "serving.cli", "worker", "--config",
                                str(write_config(config, tmp_path / "config.yaml"))])
@@ -64,17 +65,58 @@ def test_a_worker_killed_mid_retrain_loses_nothing_and_publishes_nothing(tiny_wo
     worker.wait()
 
     assert queue.get(request.id).state == "retraining"  # not lost: leased to a dead worker
-    assert current.read_text() == before  # nothing published
+    assert ShardStore(home / "apa").current(shard).id == before  # nothing published
 
     time.sleep(1.0)  # the dead worker's lease runs out
     assert worker_for(home, lease_seconds=1.0).run_once() == [request.id]
     done = queue.get(request.id)
     assert done.state == "completed" and done.attempts == 2
     [receipt] = done.receipt["shards"]
-    assert receipt["old_version"] == before.strip() and receipt["forgotten_ids_absent"]
+    assert receipt["old_version"] == before and receipt["forgotten_ids_absent"]
     assert not any(staging.iterdir())  # the dead worker's half-trained adapter is gone
-    versions = [p.name for p in current.parent.iterdir() if p.is_dir()]
+    versions = [v.id for v in ShardStore(home / "apa").registry.versions(shard)]
     assert versions == [receipt["new_version"]]  # the tainted old version is deleted too
+
+
+def test_a_stopped_worker_holds_neither_its_requests_nor_its_shard(tiny_world, tmp_path):
+    # SIGSTOP mid-retrain: the worker keeps its process, its shard's lock and its connections.
+    # Another worker takes its request once the lease runs out (its heartbeats stopped too),
+    # waits for the shard's lock no longer than that lease, and completes the request. The
+    # stopped worker, resumed, loses its publish (the other one's moved the generation on) and
+    # completes nothing (its lease is gone).
+    config = merge(tiny_world(), train={"epochs": 400},  # a retrain of several seconds
+                   forget={"lease_seconds": 2.0})
+    home = Path(config["home"])
+    queue = SQLiteQueue(home / "forget.db")
+    request, _ = queue.submit("person-0001", owner_ids(home, "person-0001"), [])
+    [shard] = ShardStore(home / "apa").lineage.shards_of(request.sample_ids)
+    stopped = subprocess.Popen([sys.executable, "-m", "serving.cli", "worker", "--config",
+                                str(write_config(config, tmp_path / "config.yaml"))],
+                               stderr=subprocess.PIPE, text=True)
+    log = queue_module.Queue()  # its log lines, read as they come (the pipe never fills)
+    threading.Thread(target=lambda: [log.put(line) for line in stopped.stderr],
+                     daemon=True).start()
+    try:
+        staging = home / "apa" / "adapters" / ".staging"
+        deadline = time.monotonic() + 120
+        while not any(staging.iterdir()) and time.monotonic() < deadline:  # it trains
+            time.sleep(0.05)
+        stopped.send_signal(signal.SIGSTOP)
+        time.sleep(2.5)  # its lease runs out
+
+        assert worker_for(home, lease_seconds=2.0).run_once() == [request.id]
+        receipt = queue.get(request.id).receipt
+        [taken] = receipt["shards"]
+        assert taken["forgotten_ids_absent"]
+
+        stopped.send_signal(signal.SIGCONT)
+        while "lost the publish" not in log.get(timeout=120):
+            pass
+    finally:
+        stopped.kill()
+        stopped.wait()
+    assert ShardStore(home / "apa").current(shard).id == taken["new_version"]
+    assert queue.get(request.id).receipt == receipt  # completed once, by the other worker
 
 
 def test_a_server_killed_after_the_202_loses_no_request(tiny_world, start_server):

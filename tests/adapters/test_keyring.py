@@ -1,0 +1,139 @@
+"""Crypto-shredding: stored texts are sealed under a key per sample (per request in the queue),
+and a purge deletes the key and ends the key ring's epoch, so the raw files of the database (its
+pages, WAL, dead row versions, statistics) never hold a forgotten text in plain form, and what
+they hold of it can no longer be opened."""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from pathlib import Path
+
+import pytest
+
+from adapters import KeyRing, KeyRingError, Sample, ShardStore, open_database
+
+
+
+def people(n: int = 6) -> list[Sample]:
+    """Samples whose texts occur nowhere else (the suite's PostgreSQL holds other tests' data)."""
+    tag = uuid.uuid4().hex[:10]
+    return [Sample(f"p{i}-f{j}", f"p{i}", f"Where does Zq{tag}x{i} live, fact {j}?",
+                   f"Zq{tag}x{i} lives in Town{tag}{i}{j}.") for i in range(n) for j in range(2)]
+
+
+def test_a_sealed_text_opens_only_where_it_was_sealed_and_never_after_its_key_is_shredded(
+        tmp_path, database_target):
+    database = open_database(database_target)
+    ring = KeyRing(database, tmp_path / "keys", "things")
+    with database.write() as db:
+        [[a1, a2], [b1]] = ring.seal(db, [("a", ["alpha", "beta"]), ("b", ["gamma"])])
+    assert "alpha" not in a1 and ring.open([("a", [a1, a2]), ("b", [b1])]) == [
+        ["alpha", "beta"], ["gamma"]]
+    for moved in ([("a", [a2])], [("b", [a1])]):  # another place, another name: refused
+        with pytest.raises(KeyRingError, match="does not open"):
+            ring.open(moved)
+
+    with database.read() as db:  # a backup of the key table, taken before the forget
+        backup = db.execute("SELECT name, epoch, wrapped FROM things_keys").fetchall()
+    with database.write() as db:
+        ring.forget(db, ["a"])
+    epoch = ring.rotate()
+    with pytest.raises(KeyRingError, match="no key for 'a'"):
+        ring.open([("a", [a1])])
+    assert ring.open([("b", [b1])]) == [["gamma"]]  # rewrapped, still opens
+    # The backup's rows are wrapped under an epoch whose KEK is destroyed.
+    assert {e for _, e, _ in backup} == {0} and epoch == 1
+    assert sorted(p.name for p in (tmp_path / "keys").iterdir()) == ["kek-1"]
+
+
+def _forget_with_a_reader_holding_on(store: ShardStore, owner: str, hold) -> list[Sample]:
+    """Forget `owner` (tombstone, retrain, purge) while `hold` keeps a reader's snapshot open."""
+    forgotten = [s for k in store.lineage.shard_ids() for s in store.lineage.shard_samples(k)
+                 if s.owner == owner]
+    with hold():
+        store.forget_samples([s.id for s in forgotten])
+    return forgotten
+
+
+def _files_holding(folder: Path, needles: list[bytes]) -> dict[str, list[bytes]]:
+    found = {}
+    for path in folder.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            hits = [n for n in needles if n in data]
+            if hits:
+                found[str(path)] = hits
+    return found
+
+
+def test_sqlite_files_hold_no_forgotten_text_even_with_a_reader_holding_the_wal(make_store):
+    store = make_store(people())
+
+    class hold:  # a reader in a transaction: the purge's WAL checkpoint cannot complete
+        def __enter__(self):
+            self.db = sqlite3.connect(store.root / "lineage.db")
+            self.db.execute("BEGIN")
+            self.db.execute("SELECT COUNT(*) FROM samples").fetchone()
+
+        def __exit__(self, *exc):
+            self.db.close()
+
+    forgotten = _forget_with_a_reader_holding_on(store, "p0", hold)
+    texts = [t.encode() for s in forgotten for t in (s.prompt, s.response)]
+    assert _files_holding(store.root, texts) == {}
+    # The grep sees the database: what stays (ids) is found in plain form.
+    assert _files_holding(store.root, [forgotten[0].id.encode()])
+
+
+@pytest.mark.postgres
+def test_postgres_files_and_statistics_hold_no_forgotten_text(make_store, postgres_url):
+    # The review's repro: ANALYZE before the forget (pg_stats then held half the samples'
+    # texts), and another session's REPEATABLE READ snapshot open through the purge (its dead
+    # row versions stay in the heap); then every file of the cluster is read raw.
+    import psycopg
+
+    database = open_database(postgres_url)
+    store = make_store(people(), database=database)
+    with database.read() as db:
+        db.execute("ANALYZE samples")
+        stats = db.execute("SELECT COALESCE(most_common_vals::text, '') || "
+                           "COALESCE(histogram_bounds::text, '') FROM pg_stats "
+                           "WHERE tablename = 'samples'").fetchall()
+
+    class hold:
+        def __enter__(self):
+            self.db = psycopg.connect(postgres_url)
+            self.db.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+            self.db.execute("SELECT COUNT(*) FROM samples").fetchone()
+
+        def __exit__(self, *exc):
+            self.db.close()
+
+    forgotten = _forget_with_a_reader_holding_on(store, "p0", hold)
+    texts = [t for s in forgotten for t in (s.prompt, s.response)]
+    with database.read() as db:
+        db.execute("ANALYZE samples")
+        stats += db.execute("SELECT COALESCE(most_common_vals::text, '') || "
+                            "COALESCE(histogram_bounds::text, '') FROM pg_stats "
+                            "WHERE tablename = 'samples'").fetchall()
+        db.execute("CHECKPOINT")  # every page on disk
+        (data_dir,) = db.execute("SHOW data_directory").fetchone()
+    assert not [t for t in texts for (row,) in stats if t in row]
+    assert _files_holding(Path(data_dir), [t.encode() for t in texts]) == {}
+    assert _files_holding(Path(data_dir), [forgotten[0].owner.encode() + b"-f0"])  # sees data
+
+
+def test_a_lineage_written_before_texts_were_sealed_is_sealed_when_opened(make_store):
+    store = make_store(people(2), train=False)
+    plain = store.lineage.shard_samples(0)
+    with store.lineage.database.write() as db:  # as an older Lethe wrote it
+        db.executemany("UPDATE samples SET prompt = ?, response = ? WHERE id = ?",
+                       [(s.prompt, s.response, s.id) for s in plain])
+        db.execute("DELETE FROM samples_keys")
+
+    reopened = ShardStore(store.root)
+    assert reopened.lineage.shard_samples(0) == plain
+    with reopened.lineage.database.read() as db:
+        stored = db.execute("SELECT prompt FROM samples").fetchall()
+    assert not {s.prompt for s in plain} & {p for (p,) in stored}
