@@ -99,13 +99,16 @@ class KeyRing:
         return [[_seal(keys[name], f"{name}#{i}", text.encode()) for i, text in enumerate(texts)]
                 for name, texts in items]
 
-    def open(self, items: Sequence[tuple[str, Sequence[str]]]) -> list[list[str]]:
+    def open(self, items: Sequence[tuple[str, Sequence[str]]], db: Connection | None = None
+             ) -> list[list[str]]:
         """The texts of each (name, sealed texts), as `seal` took them; KeyRingError if a key
-        is gone (shredded) or a text does not open where it is."""
+        is gone (shredded) or a text does not open where it is. `db`: the caller's connection,
+        when it is in a transaction (a second one from the pool could wait for one that the
+        transactions queued behind it hold)."""
         try:
-            keys = self._keys({name for name, _ in items})
+            keys = self._keys({name for name, _ in items}, db)
         except KeyRingError:  # an epoch ended between reading a key and its KEK: once more
-            keys = self._keys({name for name, _ in items})
+            keys = self._keys({name for name, _ in items}, db)
         try:
             return [[_open(keys[name], f"{name}#{i}", text).decode()
                      for i, text in enumerate(texts)] for name, texts in items]
@@ -115,15 +118,16 @@ class KeyRing:
             raise KeyRingError(f"{self.ring}: a sealed text does not open (altered, or moved "
                                "from another row)") from e
 
-    def _keys(self, names: set[str]) -> dict[str, bytes]:
+    def _keys(self, names: set[str], db: Connection | None) -> dict[str, bytes]:
         """The data keys of `names` that exist, unwrapped."""
+        if db is None:
+            with self.database.read() as db:
+                return self._keys(names, db)
         names, rows = sorted(names), []
-        with self.database.read() as db:
-            for i in range(0, len(names), 500):  # a bounded IN list
-                chunk = names[i:i + 500]
-                rows += db.execute(f"SELECT name, epoch, wrapped FROM {self.ring}_keys "
-                                   f"WHERE name IN ({','.join('?' * len(chunk))})",
-                                   chunk).fetchall()
+        for i in range(0, len(names), 500):  # a bounded IN list
+            chunk = names[i:i + 500]
+            rows += db.execute(f"SELECT name, epoch, wrapped FROM {self.ring}_keys "
+                               f"WHERE name IN ({','.join('?' * len(chunk))})", chunk).fetchall()
         keks = {epoch: self._existing_kek(epoch) for epoch in {e for _, e, _ in rows}}
         return {name: _open(keks[epoch], name, wrapped) for name, epoch, wrapped in rows}
 

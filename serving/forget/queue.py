@@ -198,7 +198,7 @@ class SQLQueue(ForgetQueue):
                           tuple(params)).fetchall()
         sealed = [(r[0], [r[4]]) for r in rows if r[4] is not None]
         prompts = {rid: json.loads(text) for (rid, _), [text] in
-                   zip(sealed, self.keys.open(sealed))}
+                   zip(sealed, self.keys.open(sealed, db))}
         return [ForgetRequest(id=r[0], owner=r[1], sample_ids=json.loads(r[2]), state=r[3],
                               prompts=prompts.get(r[0]), attempts=r[5],
                               reason=r[6], times=json.loads(r[7]),
