@@ -46,9 +46,10 @@ CREATE TABLE IF NOT EXISTS {ring}_keys (
 );
 CREATE TABLE IF NOT EXISTS {ring}_epoch (
     id INTEGER PRIMARY KEY,    -- 0: one row
-    epoch INTEGER NOT NULL
+    epoch INTEGER NOT NULL,
+    pending INTEGER NOT NULL   -- 1: keys were forgotten and the epoch has not ended since
 );
-INSERT INTO {ring}_epoch (id, epoch) VALUES (0, 0) ON CONFLICT DO NOTHING;
+INSERT INTO {ring}_epoch (id, epoch, pending) VALUES (0, 0, 0) ON CONFLICT DO NOTHING;
 """
 
 
@@ -75,6 +76,15 @@ class KeyRing:
         self.database, self.folder, self.ring = database, Path(folder), ring
         self.folder.mkdir(parents=True, exist_ok=True)
         database.migrate(f"keyring:{ring}", _SCHEMA.replace("{ring}", ring), ())
+        # What a process that died between forgetting keys and ending the epoch left undone
+        # (the forget worker is restarted at once, and opens its rings again).
+        with database.read() as db:
+            epoch, pending = db.execute(f"SELECT epoch, pending FROM {ring}_epoch WHERE id = 0"
+                                        ).fetchone()
+        if pending:
+            self.rotate()
+        else:
+            self._destroy_before(epoch)
 
     def _kek(self, epoch: int) -> bytes:
         """An epoch's KEK, created if missing (by whoever comes first: secret.py)."""
@@ -156,6 +166,7 @@ class KeyRing:
         """Delete the data keys of `names` in this write transaction; `rotate` once it has
         committed, so that no copy of them left in a file can be unwrapped either."""
         db.executemany(f"DELETE FROM {self.ring}_keys WHERE name = ?", [(n,) for n in names])
+        db.execute(f"UPDATE {self.ring}_epoch SET pending = 1 WHERE id = 0")
 
     # --- ending an epoch ---------------------------------------------------------------------
 
@@ -169,18 +180,22 @@ class KeyRing:
             current = self._epoch(db)
             if current >= epoch:  # another process ended this epoch meanwhile
                 epoch, new = current, self._kek(current)
-            else:
-                db.execute(f"UPDATE {self.ring}_epoch SET epoch = ? WHERE id = 0", (epoch,))
+            db.execute(f"UPDATE {self.ring}_epoch SET epoch = ?, pending = 0 WHERE id = 0",
+                       (epoch,))
             rows = db.execute(f"SELECT name, epoch, wrapped FROM {self.ring}_keys "
                               "WHERE epoch <> ?", (epoch,)).fetchall()
             keks = {e: self._existing_kek(e) for e in {e for _, e, _ in rows}}
             db.executemany(f"UPDATE {self.ring}_keys SET epoch = ?, wrapped = ? WHERE name = ?",
                            [(epoch, _seal(new, name, _open(keks[e], name, wrapped)), name)
                             for name, e, wrapped in rows])
+        self._destroy_before(epoch)
+        return epoch
+
+    def _destroy_before(self, epoch: int) -> None:
+        """Destroy the KEK files of epochs before `epoch` (ended: no live key names them)."""
         for path in self.folder.glob("kek-*"):
             if int(path.name.split("-")[1]) < epoch:
                 _destroy(path)
-        return epoch
 
 
 def _destroy(path: Path) -> None:

@@ -137,3 +137,22 @@ def test_a_lineage_written_before_texts_were_sealed_is_sealed_when_opened(make_s
     with reopened.lineage.database.read() as db:
         stored = db.execute("SELECT prompt FROM samples").fetchall()
     assert not {s.prompt for s in plain} & {p for (p,) in stored}
+
+
+def test_an_epoch_left_open_by_a_crash_is_ended_by_the_next_process(tmp_path,
+                                                                     database_target):
+    # Killed between the commit that forgot a key and the end of the epoch: the next process
+    # that opens the ring (the forget worker is restarted at once) ends it.
+    database = open_database(database_target)
+    ring = KeyRing(database, tmp_path / "keys", "things")
+    with database.write() as db:
+        ring.seal(db, [("a", ["alpha"])])
+        ring.seal(db, [("b", ["beta"])])
+    with database.write() as db:
+        ring.forget(db, ["a"])
+    assert sorted(p.name for p in (tmp_path / "keys").iterdir()) == ["kek-0"]
+
+    KeyRing(database, tmp_path / "keys", "things")
+    assert sorted(p.name for p in (tmp_path / "keys").iterdir()) == ["kek-1"]
+    with database.read() as db:
+        assert db.execute("SELECT epoch, pending FROM things_epoch").fetchall() == [(1, 0)]
