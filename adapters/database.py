@@ -85,9 +85,10 @@ class Database(ABC):
     def read(self) -> Iterator[Connection]: ...
 
     @abstractmethod
-    def write(self) -> Iterator[Connection]:
+    def write(self, durable: bool = False) -> Iterator[Connection]:
         """A transaction, committed at the end of the block, rolled back on an error; no other
-        write to this database runs beside it."""
+        write to this database runs beside it. `durable`: on disk when the block ends whatever
+        `synchronous` says (for a commit that something irreversible follows)."""
 
     @abstractmethod
     def exclusive(self, name: str, wait: float) -> Iterator[bool]:
@@ -189,8 +190,9 @@ class SQLiteDatabase(Database):
             yield _SQLiteConnection(db)
 
     @contextmanager
-    def write(self):
-        with self._errors(), transaction(self.path, self.synchronous) as db:
+    def write(self, durable=False):
+        with self._errors(), transaction(self.path, "FULL" if durable else self.synchronous
+                                         ) as db:
             yield _SQLiteConnection(db)
 
     @contextmanager
@@ -317,9 +319,11 @@ class PostgresDatabase(Database):
             yield _PostgresConnection(db)
 
     @contextmanager
-    def write(self):
+    def write(self, durable=False):
         with self._errors(), self._pool.connection() as db, db.transaction():
             db.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key("write"),))
+            if durable:
+                db.execute("SET LOCAL synchronous_commit TO on")
             yield _PostgresConnection(db)
 
     @contextmanager

@@ -4,7 +4,7 @@ row versions, WAL segments, `pg_stats` histograms, backups, replicas) can no lon
 
     <ring>_keys   name -> its data key, wrapped under the key-encryption key (KEK) of an epoch
     <ring>_epoch  the current epoch (one row)
-    <folder>/kek-<epoch>   that epoch's KEK: 32 random bytes, 0600, outside the database
+    <folder>/<ring>-kek-<epoch>   that epoch's KEK: 32 random bytes, 0600, outside the database
 
 Texts are sealed with AES-256-GCM (`cryptography`): a fresh 96-bit nonce per text, and the name
 as associated data, so a ciphertext moved to another row does not open. A deleted key row still
@@ -26,7 +26,7 @@ import base64
 import os
 import secrets
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Literal, Sequence
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -86,9 +86,13 @@ class KeyRing:
         else:
             self._destroy_before(epoch)
 
-    def _kek(self, epoch: int) -> bytes:
-        """An epoch's KEK, created if missing (by whoever comes first: secret.py)."""
-        return load_secret(self.folder / f"kek-{epoch}")
+    def _kek_file(self, epoch: int) -> Path:
+        return self.folder / f"{self.ring}-kek-{epoch}"
+
+    def _new_kek(self, epoch: int) -> bytes:
+        """The KEK of an epoch no key is wrapped under yet (the first, or the one `rotate`
+        starts), created if missing (by whoever comes first: secret.py)."""
+        return load_secret(self._kek_file(epoch))
 
     def _epoch(self, db: Connection) -> int:
         return db.execute(f"SELECT epoch FROM {self.ring}_epoch WHERE id = 0").fetchone()[0]
@@ -100,7 +104,7 @@ class KeyRing:
         this write transaction (a name sealed again gets a new key); text i of a name is bound
         to it and to i (its associated data), so no sealed text opens in another place."""
         epoch = self._epoch(db)
-        kek = self._kek(epoch)
+        kek = self._new_kek(epoch) if epoch == 0 else self._existing_kek(epoch)
         keys = {name: secrets.token_bytes(KEY_BYTES) for name, _ in items}
         db.executemany(
             f"INSERT INTO {self.ring}_keys (name, epoch, wrapped) VALUES (?, ?, ?) "
@@ -109,21 +113,24 @@ class KeyRing:
         return [[_seal(keys[name], f"{name}#{i}", text.encode()) for i, text in enumerate(texts)]
                 for name, texts in items]
 
-    def open(self, items: Sequence[tuple[str, Sequence[str]]], db: Connection | None = None
-             ) -> list[list[str]]:
-        """The texts of each (name, sealed texts), as `seal` took them; KeyRingError if a key
-        is gone (shredded) or a text does not open where it is. `db`: the caller's connection,
-        when it is in a transaction (a second one from the pool could wait for one that the
-        transactions queued behind it hold)."""
+    def open(self, items: Sequence[tuple[str, Sequence[str]]], db: Connection | None = None,
+             shredded: Literal["raise", "none"] = "raise") -> list[list[str] | None]:
+        """The texts of each (name, sealed texts), as `seal` took them; KeyRingError if a text
+        does not open where it is. A name whose key is gone (shredded since its row was read):
+        KeyRingError, or None in its place with `shredded="none"`. `db`: the caller's
+        connection, when it is in a transaction (a second one from the pool could wait for one
+        that the transactions queued behind it hold)."""
         try:
             keys = self._keys({name for name, _ in items}, db)
         except KeyRingError:  # an epoch ended between reading a key and its KEK: once more
             keys = self._keys({name for name, _ in items}, db)
+        gone = [name for name, _ in items if name not in keys]
+        if gone and shredded == "raise":
+            raise KeyRingError(f"{self.ring}: no key for {gone[0]!r} (shredded)")
         try:
-            return [[_open(keys[name], f"{name}#{i}", text).decode()
+            return [None if name not in keys else
+                    [_open(keys[name], f"{name}#{i}", text).decode()
                      for i, text in enumerate(texts)] for name, texts in items]
-        except KeyError as e:
-            raise KeyRingError(f"{self.ring}: no key for {e.args[0]!r} (shredded)") from e
         except InvalidTag as e:
             raise KeyRingError(f"{self.ring}: a sealed text does not open (altered, or moved "
                                "from another row)") from e
@@ -139,12 +146,17 @@ class KeyRing:
             rows += db.execute(f"SELECT name, epoch, wrapped FROM {self.ring}_keys "
                                f"WHERE name IN ({','.join('?' * len(chunk))})", chunk).fetchall()
         keks = {epoch: self._existing_kek(epoch) for epoch in {e for _, e, _ in rows}}
-        return {name: _open(keks[epoch], name, wrapped) for name, epoch, wrapped in rows}
+        try:
+            return {name: _open(keks[epoch], name, wrapped) for name, epoch, wrapped in rows}
+        except InvalidTag as e:  # a KEK read while `_destroy` zeroed it: the epoch ended
+            raise KeyRingError(f"{self.ring}: a key does not unwrap (its epoch ended while "
+                               "this read ran, or the KEK file is not this database's)") from e
 
     def _existing_kek(self, epoch: int) -> bytes:
-        """An epoch's KEK, never created here: a reader must not recreate a destroyed one."""
+        """An epoch's KEK, never created here: a missing one is not made up again (a reader
+        racing its destruction, or a keys folder that is not this database's)."""
         try:
-            return (self.folder / f"kek-{epoch}").read_bytes()
+            return self._kek_file(epoch).read_bytes()
         except FileNotFoundError as e:
             raise KeyRingError(f"{self.ring}: the key-encryption key of epoch {epoch} is gone "
                                "(the epoch ended while this read ran)") from e
@@ -175,11 +187,13 @@ class KeyRing:
         destroy every older KEK file; returns the new epoch."""
         with self.database.read() as db:
             epoch = self._epoch(db) + 1
-        new = self._kek(epoch)  # on disk before any row names it
-        with self.database.write() as db:
+        new = self._new_kek(epoch)  # on disk before any row names it
+        # Durable whatever `synchronous` says: the old KEK is destroyed once it commits, and a
+        # lost commit would leave every key wrapped under a KEK that no longer exists.
+        with self.database.write(durable=True) as db:
             current = self._epoch(db)
             if current >= epoch:  # another process ended this epoch meanwhile
-                epoch, new = current, self._kek(current)
+                epoch, new = current, self._existing_kek(current)
             db.execute(f"UPDATE {self.ring}_epoch SET epoch = ?, pending = 0 WHERE id = 0",
                        (epoch,))
             rows = db.execute(f"SELECT name, epoch, wrapped FROM {self.ring}_keys "
@@ -193,8 +207,8 @@ class KeyRing:
 
     def _destroy_before(self, epoch: int) -> None:
         """Destroy the KEK files of epochs before `epoch` (ended: no live key names them)."""
-        for path in self.folder.glob("kek-*"):
-            if int(path.name.split("-")[1]) < epoch:
+        for path in self.folder.glob(f"{self.ring}-kek-*"):
+            if int(path.name.rsplit("-", 1)[1]) < epoch:
                 _destroy(path)
 
 

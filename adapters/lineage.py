@@ -186,8 +186,9 @@ class Lineage:
         ids = sorted(set(ids))
         rows = self._query(f"SELECT id, prompt, response FROM samples WHERE prompt IS NOT NULL "
                            f"AND id IN ({','.join('?' * len(ids))})", ids) if ids else []
-        return [text for texts in self.keys.open([(i, (p, r)) for i, p, r in rows])
-                for text in texts]
+        # shredded="none": a purge that committed since the rows were read leaves no text.
+        return [text for texts in self.keys.open([(i, (p, r)) for i, p, r in rows],
+                                                 shredded="none") if texts for text in texts]
 
     def forgotten_ids(self) -> set[str]:
         return {i for (i,) in self._query("SELECT id FROM samples WHERE forgotten_at IS NOT NULL")}

@@ -34,6 +34,11 @@ def load_secret(path: Path) -> bytes:
             pass  # another process linked its secret first
         finally:
             tmp.unlink(missing_ok=True)
+        folder = os.open(path.parent, os.O_RDONLY)  # the name as durable as the bytes
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
     return path.read_bytes()
 
 

@@ -222,7 +222,10 @@ class ShardStore:
         previous = current and current.id
         if current is not None and _trained_on(current.manifest, ids):
             # Already trained on exactly these samples (another worker's retrain, after the
-            # same tombstones): training is deterministic, so it would publish the same weights.
+            # same tombstones, or this retrain's own before a crash that came before its
+            # garbage collection): training is deterministic, so it would publish the same
+            # weights. What that retrain left is collected here.
+            self._collect_garbage(shard)
             return ShardResult(shard, previous, previous, len(samples), id_set_hash(ids), 0, 0.0)
         if not samples:
             version, steps, seconds = None, 0, 0.0

@@ -197,8 +197,9 @@ class SQLQueue(ForgetQueue):
         rows = db.execute(f"SELECT {_COLUMNS} FROM requests WHERE {where} ORDER BY seq",
                           tuple(params)).fetchall()
         sealed = [(r[0], [r[4]]) for r in rows if r[4] is not None]
-        prompts = {rid: json.loads(text) for (rid, _), [text] in
-                   zip(sealed, self.keys.open(sealed, db))}
+        # shredded="none": a request completed since its row was read has no prompts.
+        prompts = {rid: json.loads(texts[0]) for (rid, _), texts in
+                   zip(sealed, self.keys.open(sealed, db, shredded="none")) if texts}
         return [ForgetRequest(id=r[0], owner=r[1], sample_ids=json.loads(r[2]), state=r[3],
                               prompts=prompts.get(r[0]), attempts=r[5],
                               reason=r[6], times=json.loads(r[7]),

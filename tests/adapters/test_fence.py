@@ -133,6 +133,7 @@ def test_a_worker_killed_at_the_publish_leaves_the_old_or_the_new_version_whole(
     [result] = reopened.train([SHARD])
     assert bob not in trained_on(reopened, SHARD)
     assert (result.steps == 0) == (kill == "after")  # after: published already, nothing to do
+    assert not old.path.exists()  # trained on bob: collected, even when nothing was trained
 
 
 def test_a_store_published_before_the_lineage_held_the_pointer_serves_the_same(make_store):

@@ -41,10 +41,11 @@ def test_a_sealed_text_opens_only_where_it_was_sealed_and_never_after_its_key_is
     epoch = ring.rotate()
     with pytest.raises(KeyRingError, match="no key for 'a'"):
         ring.open([("a", [a1])])
+    assert ring.open([("a", [a1]), ("b", [b1])], shredded="none") == [None, ["gamma"]]
     assert ring.open([("b", [b1])]) == [["gamma"]]  # rewrapped, still opens
     # The backup's rows are wrapped under an epoch whose KEK is destroyed.
     assert {e for _, e, _ in backup} == {0} and epoch == 1
-    assert sorted(p.name for p in (tmp_path / "keys").iterdir()) == ["kek-1"]
+    assert sorted(p.name for p in (tmp_path / "keys").iterdir()) == ["things-kek-1"]
 
 
 def _forget_with_a_reader_holding_on(store: ShardStore, owner: str, hold) -> list[Sample]:
@@ -150,9 +151,24 @@ def test_an_epoch_left_open_by_a_crash_is_ended_by_the_next_process(tmp_path,
         ring.seal(db, [("b", ["beta"])])
     with database.write() as db:
         ring.forget(db, ["a"])
-    assert sorted(p.name for p in (tmp_path / "keys").iterdir()) == ["kek-0"]
+    assert sorted(p.name for p in (tmp_path / "keys").iterdir()) == ["things-kek-0"]
 
     KeyRing(database, tmp_path / "keys", "things")
-    assert sorted(p.name for p in (tmp_path / "keys").iterdir()) == ["kek-1"]
+    assert sorted(p.name for p in (tmp_path / "keys").iterdir()) == ["things-kek-1"]
     with database.read() as db:
         assert db.execute("SELECT epoch, pending FROM things_epoch").fetchall() == [(1, 0)]
+
+
+def test_a_missing_kek_is_never_made_up_again(tmp_path, database_target):
+    # A keys folder that is not this database's (a replica with a home of its own, a folder
+    # restored from elsewhere): sealing under a new KEK of the same epoch would make texts that
+    # no other process can open. It is refused, naming the epoch.
+    database = open_database(database_target)
+    ring = KeyRing(database, tmp_path / "keys", "things")
+    with database.write() as db:
+        ring.seal(db, [("a", ["alpha"])])
+    ring.rotate()
+    (tmp_path / "keys" / "things-kek-1").unlink()
+    with pytest.raises(KeyRingError, match="epoch 1 is gone"), database.write() as db:
+        ring.seal(db, [("b", ["beta"])])
+    assert list((tmp_path / "keys").iterdir()) == []
