@@ -1,13 +1,12 @@
-"""The forget worker: coalesced retrains, and crashes (SIGKILL) of the worker and the server
-that lose no request and never publish a half-trained adapter."""
+"""The forget worker: coalesced retrains; crashes (SIGKILL) of the worker and the server that
+lose no request and never publish a half-trained adapter; a stopped worker (SIGSTOP) that holds
+up neither its requests nor its shard."""
 
 from __future__ import annotations
 
-import queue as queue_module
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -45,21 +44,29 @@ def test_pending_requests_are_coalesced_into_one_retrain_per_shard(tiny_world):
     assert store.current_versions() == []
 
 
-def test_a_worker_killed_mid_retrain_loses_nothing_and_publishes_nothing(tiny_world, tmp_path):
-    config = merge(tiny_world(), train={"epochs": 400},  # a retrain of several seconds
-                   forget={"lease_seconds": 1.0})
+def a_worker_retraining(tiny_world, tmp_path, lease_seconds: float, **popen):
+    """(config, request, its shard, a `lethe worker` process that is training the shard now):
+    one forget request in a queue of its own, a retrain of several seconds."""
+    config = merge(tiny_world(), train={"epochs": 400}, forget={"lease_seconds": lease_seconds})
     home = Path(config["home"])
-    queue = SQLiteQueue(home / "forget.db")
-    request, _ = queue.submit("person-0001", owner_ids(home, "person-0001"), [])
+    request, _ = SQLiteQueue(home / "forget.db").submit(
+        "person-0001", owner_ids(home, "person-0001"), [])
     [shard] = ShardStore(home / "apa").lineage.shards_of(request.sample_ids)
-    before = ShardStore(home / "apa").current(shard).id
-
     worker = subprocess.Popen([sys.executable, "-m", "serving.cli", "worker", "--config",
-                               str(write_config(config, tmp_path / "config.yaml"))])
+                               str(write_config(config, tmp_path / "config.yaml"))], **popen)
     staging = home / "apa" / "adapters" / ".staging"
     deadline = time.monotonic() + 120
     while not any(staging.iterdir()) and time.monotonic() < deadline:  # training has begun
         time.sleep(0.05)
+    return config, request, shard, worker
+
+
+def test_a_worker_killed_mid_retrain_loses_nothing_and_publishes_nothing(tiny_world, tmp_path):
+    config, request, shard, worker = a_worker_retraining(tiny_world, tmp_path, 1.0)
+    home = Path(config["home"])
+    queue = SQLiteQueue(home / "forget.db")
+    before = ShardStore(home / "apa").current(shard).id
+    staging = home / "apa" / "adapters" / ".staging"
     time.sleep(0.5)
     worker.send_signal(signal.SIGKILL)
     worker.wait()
@@ -84,23 +91,13 @@ def test_a_stopped_worker_holds_neither_its_requests_nor_its_shard(tiny_world, t
     # waits for the shard's lock no longer than that lease, and completes the request. The
     # stopped worker, resumed, loses its publish (the other one's moved the generation on) and
     # completes nothing (its lease is gone).
-    config = merge(tiny_world(), train={"epochs": 400},  # a retrain of several seconds
-                   forget={"lease_seconds": 2.0})
+    log = tmp_path / "worker.log"
+    with open(log, "w") as stderr:
+        config, request, shard, stopped = a_worker_retraining(tiny_world, tmp_path, 2.0,
+                                                              stderr=stderr)
     home = Path(config["home"])
     queue = SQLiteQueue(home / "forget.db")
-    request, _ = queue.submit("person-0001", owner_ids(home, "person-0001"), [])
-    [shard] = ShardStore(home / "apa").lineage.shards_of(request.sample_ids)
-    stopped = subprocess.Popen([sys.executable, "-m", "serving.cli", "worker", "--config",
-                                str(write_config(config, tmp_path / "config.yaml"))],
-                               stderr=subprocess.PIPE, text=True)
-    log = queue_module.Queue()  # its log lines, read as they come (the pipe never fills)
-    threading.Thread(target=lambda: [log.put(line) for line in stopped.stderr],
-                     daemon=True).start()
     try:
-        staging = home / "apa" / "adapters" / ".staging"
-        deadline = time.monotonic() + 120
-        while not any(staging.iterdir()) and time.monotonic() < deadline:  # it trains
-            time.sleep(0.05)
         stopped.send_signal(signal.SIGSTOP)
         time.sleep(2.5)  # its lease runs out
 
@@ -110,8 +107,10 @@ def test_a_stopped_worker_holds_neither_its_requests_nor_its_shard(tiny_world, t
         assert taken["forgotten_ids_absent"]
 
         stopped.send_signal(signal.SIGCONT)
-        while "lost the publish" not in log.get(timeout=120):
-            pass
+        deadline = time.monotonic() + 120
+        while "lost the publish" not in log.read_text():
+            assert time.monotonic() < deadline and stopped.poll() is None
+            time.sleep(0.1)
     finally:
         stopped.kill()
         stopped.wait()
