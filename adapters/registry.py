@@ -71,7 +71,7 @@ def fsync_tree(path: Path) -> None:
     for file in sorted(p for p in path.rglob("*") if p.is_file()):
         with open(file, "rb") as f:
             os.fsync(f.fileno())
-    _fsync_dir(path)
+    fsync_dir(path)
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -81,7 +81,7 @@ def write_atomic(path: Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _intact(folder: Path, version_id: str) -> bool:
@@ -92,7 +92,7 @@ def _intact(folder: Path, version_id: str) -> bool:
         return False
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -152,7 +152,7 @@ class AdapterRegistry:
                 shutil.rmtree(target)
                 os.rename(staged, target)
             # else: the same weights were published before; that version is reused as it is
-        _fsync_dir(shard_dir)
+        fsync_dir(shard_dir)
         return Version(shard, version_id, target)
 
     def version(self, shard: int, version_id: str) -> Version:

@@ -13,6 +13,8 @@ import os
 import secrets
 from pathlib import Path
 
+from .registry import fsync_dir
+
 SECRET_BYTES = 32
 
 
@@ -34,11 +36,7 @@ def load_secret(path: Path) -> bytes:
             pass  # another process linked its secret first
         finally:
             tmp.unlink(missing_ok=True)
-        folder = os.open(path.parent, os.O_RDONLY)  # the name as durable as the bytes
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
+        fsync_dir(path.parent)  # the name as durable as the bytes
     return path.read_bytes()
 
 

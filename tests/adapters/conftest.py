@@ -5,6 +5,13 @@ from tests.embeddings import hash_embed
 
 # Tiny-model training: a few steps, enough to move every LoRA weight.
 TINY_TRAIN = TrainConfig(max_steps=3, batch_size=4, max_length=64, epochs=1)
+# Enough steps that a retrain lasts a second or two on the tiny model.
+SLOW_TRAIN = TrainConfig(max_steps=8, batch_size=4, max_length=64, epochs=40)
+
+
+def trained_on(store: ShardStore, shard: int) -> set[str]:
+    """The sample ids of the version `shard` serves."""
+    return set(store.current(shard).manifest["sample_ids"])
 
 
 @pytest.fixture

@@ -8,15 +8,8 @@ import sys
 import threading
 import time
 
-
-from adapters import ShardStore, TrainConfig, open_database, synth_people
-
-# Enough steps that a retrain lasts a second or two on the tiny model.
-SLOW_TRAIN = TrainConfig(max_steps=8, batch_size=4, max_length=64, epochs=40)
-
-
-def trained_on(store: ShardStore, shard: int) -> set[str]:
-    return set(store.current(shard).manifest["sample_ids"])
+from adapters import ShardStore, open_database, synth_people
+from tests.adapters.conftest import SLOW_TRAIN, trained_on
 
 
 def test_a_retrain_that_read_a_sample_before_its_tombstone_never_publishes_last(make_store):

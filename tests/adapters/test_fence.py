@@ -12,16 +12,11 @@ import threading
 
 import pytest
 
-from adapters import ShardStore, TrainConfig, open_database, synth_people
+from adapters import ShardStore, open_database, synth_people
 from adapters.registry import weights_hash
+from tests.adapters.conftest import SLOW_TRAIN, trained_on
 
-# Enough steps that a retrain lasts a second or two on the tiny model.
-SLOW_TRAIN = TrainConfig(max_steps=8, batch_size=4, max_length=64, epochs=40)
 SHARD = 0
-
-
-def trained_on(store: ShardStore, shard: int) -> set[str]:
-    return set(store.current(shard).manifest["sample_ids"])
 
 
 def open_store(store: ShardStore, target, **kw) -> ShardStore:

@@ -5,13 +5,14 @@ they hold of it can no longer be opened."""
 
 from __future__ import annotations
 
-import sqlite3
 import uuid
 from pathlib import Path
 
 import pytest
 
 from adapters import KeyRing, KeyRingError, Sample, ShardStore, open_database
+from tests.support.raw_files import files_holding
+from tests.support.sqlite_files import held_reader
 
 
 
@@ -48,43 +49,22 @@ def test_a_sealed_text_opens_only_where_it_was_sealed_and_never_after_its_key_is
     assert sorted(p.name for p in (tmp_path / "keys").iterdir()) == ["things-kek-1"]
 
 
-def _forget_with_a_reader_holding_on(store: ShardStore, owner: str, hold) -> list[Sample]:
-    """Forget `owner` (tombstone, retrain, purge) while `hold` keeps a reader's snapshot open."""
-    forgotten = [s for k in store.lineage.shard_ids() for s in store.lineage.shard_samples(k)
-                 if s.owner == owner]
-    with hold():
-        store.forget_samples([s.id for s in forgotten])
-    return forgotten
-
-
-def _files_holding(folder: Path, needles: list[bytes]) -> dict[str, list[bytes]]:
-    found = {}
-    for path in folder.rglob("*"):
-        if path.is_file():
-            data = path.read_bytes()
-            hits = [n for n in needles if n in data]
-            if hits:
-                found[str(path)] = hits
-    return found
+def samples_of(store: ShardStore, owner: str) -> list[Sample]:
+    return [s for k in store.lineage.shard_ids() for s in store.lineage.shard_samples(k)
+            if s.owner == owner]
 
 
 def test_sqlite_files_hold_no_forgotten_text_even_with_a_reader_holding_the_wal(make_store):
     store = make_store(people())
-
-    class hold:  # a reader in a transaction: the purge's WAL checkpoint cannot complete
-        def __enter__(self):
-            self.db = sqlite3.connect(store.root / "lineage.db")
-            self.db.execute("BEGIN")
-            self.db.execute("SELECT COUNT(*) FROM samples").fetchone()
-
-        def __exit__(self, *exc):
-            self.db.close()
-
-    forgotten = _forget_with_a_reader_holding_on(store, "p0", hold)
-    texts = [t.encode() for s in forgotten for t in (s.prompt, s.response)]
-    assert _files_holding(store.root, texts) == {}
-    # The grep sees the database: what stays (ids) is found in plain form.
-    assert _files_holding(store.root, [forgotten[0].id.encode()])
+    forgotten = samples_of(store, "p0")
+    reader = held_reader(store.root / "lineage.db")  # the purge's checkpoint cannot complete
+    try:
+        store.forget_samples([s.id for s in forgotten])
+    finally:
+        reader.close()
+    assert files_holding(store.root, [t for s in forgotten for t in (s.prompt, s.response)]) == []
+    # The search sees the database: what stays (ids) is found in plain form.
+    assert files_holding(store.root, [forgotten[0].id])
 
 
 @pytest.mark.postgres
@@ -96,33 +76,29 @@ def test_postgres_files_and_statistics_hold_no_forgotten_text(make_store, postgr
 
     database = open_database(postgres_url)
     store = make_store(people(), database=database)
+
+    def statistics() -> list[str]:
+        with database.read() as db:
+            db.execute("ANALYZE samples")
+            return [row for (row,) in db.execute(
+                "SELECT COALESCE(most_common_vals::text, '') || "
+                "COALESCE(histogram_bounds::text, '') FROM pg_stats "
+                "WHERE tablename = 'samples'").fetchall()]
+
+    stats = statistics()
+    forgotten = samples_of(store, "p0")
+    with psycopg.connect(postgres_url) as reader:
+        reader.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        reader.execute("SELECT COUNT(*) FROM samples").fetchone()
+        store.forget_samples([s.id for s in forgotten])
+    stats += statistics()
     with database.read() as db:
-        db.execute("ANALYZE samples")
-        stats = db.execute("SELECT COALESCE(most_common_vals::text, '') || "
-                           "COALESCE(histogram_bounds::text, '') FROM pg_stats "
-                           "WHERE tablename = 'samples'").fetchall()
-
-    class hold:
-        def __enter__(self):
-            self.db = psycopg.connect(postgres_url)
-            self.db.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
-            self.db.execute("SELECT COUNT(*) FROM samples").fetchone()
-
-        def __exit__(self, *exc):
-            self.db.close()
-
-    forgotten = _forget_with_a_reader_holding_on(store, "p0", hold)
-    texts = [t for s in forgotten for t in (s.prompt, s.response)]
-    with database.read() as db:
-        db.execute("ANALYZE samples")
-        stats += db.execute("SELECT COALESCE(most_common_vals::text, '') || "
-                            "COALESCE(histogram_bounds::text, '') FROM pg_stats "
-                            "WHERE tablename = 'samples'").fetchall()
         db.execute("CHECKPOINT")  # every page on disk
         (data_dir,) = db.execute("SHOW data_directory").fetchone()
-    assert not [t for t in texts for (row,) in stats if t in row]
-    assert _files_holding(Path(data_dir), [t.encode() for t in texts]) == {}
-    assert _files_holding(Path(data_dir), [forgotten[0].owner.encode() + b"-f0"])  # sees data
+    texts = [t for s in forgotten for t in (s.prompt, s.response)]
+    assert not [t for t in texts for row in stats if t in row]
+    assert files_holding(Path(data_dir), texts) == []
+    assert files_holding(Path(data_dir), [forgotten[0].owner + "-f0"])  # the search sees data
 
 
 def test_a_lineage_written_before_texts_were_sealed_is_sealed_when_opened(make_store):

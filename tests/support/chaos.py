@@ -34,6 +34,7 @@ import yaml
 
 from adapters import ShardStore, synth_people, write_samples
 from serving.launch import ServerProcess
+from tests.support.raw_files import files_holding
 
 ADMIN = "chaos-admin-key-0001"  # keys are >= 16 characters
 
@@ -114,15 +115,6 @@ def _post_forget(url: str, owner: str) -> str | None:
     return response.json()["id"] if response.status_code == 202 else None
 
 
-def _files_holding(home: Path, texts: list[str]) -> list[str]:
-    found = []
-    needles = [t.encode() for t in texts]
-    for path in sorted(p for p in home.rglob("*") if p.is_file()):
-        data = path.read_bytes()
-        found += [f"{path.relative_to(home)}: {t.decode()!r}" for t in needles if t in data]
-    return found
-
-
 def run_chaos(workdir: Path, model_dir: Path, kills: int = 50, people: int = 24,
               shards: int = 4, max_steps: int = 6, kill_every: float = 2.0, seed: int = 0,
               settle_timeout: float = 600.0) -> dict:
@@ -199,7 +191,7 @@ def run_chaos(workdir: Path, model_dir: Path, kills: int = 50, people: int = 24,
         "forgotten_samples": len(forgotten),
         "shards_serving": len(tainted),
         "current_trained_on_forgotten": {k: v for k, v in tainted.items() if v},
-        "files_holding_forgotten_text": _files_holding(
+        "files_holding_forgotten_text": files_holding(
             home, [t for s in forgotten for t in (s.prompt, s.response)]),
         "chaos_seconds": round(chaos_seconds, 1),
         "total_seconds": round(time.monotonic() - start, 1),
