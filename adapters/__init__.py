@@ -1,9 +1,10 @@
 """APA: shard adapters, their training data and lineage, aggregation.
 
 Public surface: a `ShardStore` (create, train, forget_samples, receipt, resolve, release) and
-the pieces it is made of, each usable alone; every error derives from `AdapterError`. The file,
-database (SQLite, PostgreSQL), keyed-hash and key-ring (crypto-shredding) helpers are public because the server's own stores
-(the forget queue, prepared models) keep the same durability and privacy rules.
+the pieces it is made of, each usable alone; every error derives from `AdapterError`. The
+database (SQLite, PostgreSQL) and key-ring (crypto-shredding) helpers are public because the
+server's own stores (the forget queue) keep the same durability and privacy rules; durable
+files and keyed hashes are base's.
 """
 
 from .database import (Database, DatabaseError, database_schemes, finish_purges, open_database,
@@ -14,22 +15,20 @@ from .lineage import Lineage, LineageError, UnknownSampleError
 from .losses import LossTableError
 from .mixture import Mixture, MixtureCache, MixtureError, combine, mixture_name
 from .partition import PartitionError, partition, partitioner_names, register_partitioner
-from .registry import AdapterRegistry, RegistryError, Version, fsync_tree, sha256_file
+from .registry import AdapterRegistry, RegistryError, Version
 from .route import RouteConfig, RouteError, register_scheme, route, scheme_names
 from .samples import Sample, SampleFormatError, read_samples, write_samples
-from .secret import keyed_hash, load_secret
 from .store import EmbedFn, ShardResult, ShardStore
 from .synth import synth_people
 from .train import LORA_TARGET_MODULES, TrainConfig, TrainingError, train_adapter
 
 __all__ = [
-    "AdapterError", "AdapterRegistry", "Database", "DatabaseError", "EmbedFn", "KeyRing", "KeyRingError",
-    "LORA_TARGET_MODULES", "Lineage",
-    "LineageError", "LossTableError", "Mixture", "MixtureCache", "MixtureError", "PartitionError",
-    "RegistryError", "RouteConfig", "RouteError", "Sample", "SampleFormatError", "ShardResult",
-    "ShardStore", "TrainConfig", "TrainingError", "UnknownSampleError", "Version",
-    "combine", "database_schemes", "finish_purges", "fsync_tree", "keyed_hash", "load_secret", "mixture_name", "open_database", "partition",
-    "partitioner_names", "read_samples", "register_database", "register_partitioner", "register_scheme", "route",
-    "scheme_names", "sha256_file",
+    "AdapterError", "AdapterRegistry", "Database", "DatabaseError", "EmbedFn", "KeyRing",
+    "KeyRingError", "LORA_TARGET_MODULES", "Lineage", "LineageError", "LossTableError", "Mixture",
+    "MixtureCache", "MixtureError", "PartitionError", "RegistryError", "RouteConfig", "RouteError",
+    "Sample", "SampleFormatError", "ShardResult", "ShardStore", "TrainConfig", "TrainingError",
+    "UnknownSampleError", "Version", "combine", "database_schemes", "finish_purges",
+    "mixture_name", "open_database", "partition", "partitioner_names", "read_samples",
+    "register_database", "register_partitioner", "register_scheme", "route", "scheme_names",
     "synth_people", "train_adapter", "write_samples",
 ]

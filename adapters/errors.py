@@ -4,6 +4,8 @@ Each subclass also derives from the builtin that says what kind of failure it is
 for something that does not exist, ValueError for bad input), so generic handlers still work.
 """
 
+from base import LetheError
 
-class AdapterError(Exception):
+
+class AdapterError(LetheError):
     """Base of the errors of `adapters`."""

@@ -31,9 +31,10 @@ from typing import Iterable, Literal, Sequence
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from base import load_secret
+
 from .database import Connection, Database
 from .errors import AdapterError
-from .secret import load_secret
 
 NONCE_BYTES = 12  # GCM's standard nonce; random per seal (2^-32 collision bound at 2^32 seals)
 KEY_BYTES = 32  # AES-256

@@ -23,6 +23,7 @@ quarantine can never lift another's.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from pathlib import Path
@@ -30,11 +31,12 @@ from typing import Iterable
 
 import numpy as np
 
+from base import load_secret, owner_hash, sample_hash
+
+from .database import Database
 from .errors import AdapterError
 from .keyring import KeyRing
 from .samples import Sample
-from .database import Database
-from .secret import keyed_hash, load_secret
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS samples (
@@ -93,8 +95,24 @@ class Lineage:
 
     def content_hash(self, sample: Sample) -> str:
         """Keyed hash of a sample's content: kept after its text is purged."""
-        return keyed_hash(self._secret, "\x1f".join((sample.id, sample.owner, sample.prompt,
-                                                      sample.response)))
+        return sample_hash(self._secret, dataclasses.asdict(sample))
+
+    def owner_hash(self, owner: str) -> str:
+        """Keyed hash of an owner's name: what a receipt names instead of it."""
+        return owner_hash(self._secret, owner)
+
+    def content_hashes(self, ids: Iterable[str]) -> dict[str, str]:
+        """Sample id -> its content hash, forgotten samples included (the hash outlives the
+        text). Raises UnknownSampleError naming ids it lacks."""
+        ids, found = sorted(set(ids)), {}
+        for start in range(0, len(ids), 500):  # SQLite allows 32,766 parameters a query
+            chunk = ids[start:start + 500]
+            found.update(self._query(f"SELECT id, content_hash FROM samples WHERE id IN "
+                                     f"({','.join('?' * len(chunk))})", chunk))
+        missing = [i for i in ids if i not in found]
+        if missing:
+            raise UnknownSampleError(missing)
+        return found
 
     def _query(self, sql: str, params: Iterable = ()) -> list[tuple]:
         with self.database.read() as db:

@@ -7,10 +7,13 @@ row yet and only that row is computed; rows of other shards are reused as they a
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from base import write_atomic
 
 from .errors import AdapterError
 from .registry import Version
@@ -74,9 +77,9 @@ class LossTable:
     def put(self, version: Version, losses: np.ndarray) -> None:
         if not np.isfinite(losses).all():
             raise LossTableError(f"validation losses of shard {version.shard} are not finite")
-        tmp = self.root / f".tmp-{self._path(version).name}"  # ends in .npy: np.save keeps it
-        np.save(tmp, losses.astype(np.float32))
-        tmp.replace(self._path(version))
+        row = io.BytesIO()
+        np.save(row, losses.astype(np.float32))
+        write_atomic(self._path(version), row.getvalue())
 
     def matrix(self, versions: list[Version]) -> np.ndarray:
         """(K, |val|) rows in the order of `versions`; every row must exist."""

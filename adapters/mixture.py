@@ -40,9 +40,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from base import fsync_tree
+
 from .errors import AdapterError
 from .locks import is_locked, shared_lock
-from .registry import CONFIG, WEIGHTS, Version, fsync_tree
+from .registry import CONFIG, WEIGHTS, Version
 
 
 class MixtureError(AdapterError, RuntimeError):

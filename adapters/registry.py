@@ -18,7 +18,6 @@ to the database kept it in shard-0002/CURRENT: `legacy_pointers`.)
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -28,12 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from base import MANIFEST, fsync_dir, fsync_tree, sha256_file
+
 from .errors import AdapterError
 from .locks import file_lock, is_locked
 
 WEIGHTS = "adapter_model.safetensors"
 CONFIG = "adapter_config.json"
-MANIFEST = "manifest.json"
 
 
 class RegistryError(AdapterError, RuntimeError):
@@ -54,34 +54,8 @@ class Version:
         return json.loads((self.path / MANIFEST).read_text())
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def weights_hash(adapter_dir: Path) -> str:
     return sha256_file(adapter_dir / WEIGHTS)[:16]
-
-
-def fsync_tree(path: Path) -> None:
-    """Flush every file under path, then the folders themselves, to disk."""
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        with open(file, "rb") as f:
-            os.fsync(f.fileno())
-    fsync_dir(path)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 def _intact(folder: Path, version_id: str) -> bool:
@@ -90,14 +64,6 @@ def _intact(folder: Path, version_id: str) -> bool:
         return weights_hash(folder) == version_id and (folder / MANIFEST).is_file()
     except FileNotFoundError:
         return False
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class AdapterRegistry:
@@ -112,7 +78,7 @@ class AdapterRegistry:
                 shutil.rmtree(path, ignore_errors=True)
                 path.with_suffix(".lock").unlink(missing_ok=True)
 
-    def _shard_dir(self, shard: int) -> Path:
+    def shard_dir(self, shard: int) -> Path:
         return self.root / f"shard-{shard:04d}"
 
     @contextmanager
@@ -137,7 +103,7 @@ class AdapterRegistry:
         if missing:
             raise RegistryError(f"staged adapter {staged} lacks {', '.join(missing)}")
         version_id = weights_hash(staged)
-        shard_dir = self._shard_dir(shard)
+        shard_dir = self.shard_dir(shard)
         shard_dir.mkdir(exist_ok=True)
         target = shard_dir / version_id
         (staged / MANIFEST).write_text(json.dumps(
@@ -156,7 +122,7 @@ class AdapterRegistry:
         return Version(shard, version_id, target)
 
     def version(self, shard: int, version_id: str) -> Version:
-        return Version(shard, version_id, self._shard_dir(shard) / version_id)
+        return Version(shard, version_id, self.shard_dir(shard) / version_id)
 
     def legacy_pointers(self) -> dict[int, str]:
         """Shard id -> the version its `CURRENT` file names, in a store published before the
@@ -171,7 +137,7 @@ class AdapterRegistry:
     def versions(self, shard: int) -> list[Version]:
         """Every stored version of a shard, oldest first (none for a shard never published:
         a store derived without all of its samples, e.g. the evaluation's reference)."""
-        folder = self._shard_dir(shard)
+        folder = self.shard_dir(shard)
         if not folder.is_dir():
             return []
         dirs = [p for p in folder.iterdir() if (p / MANIFEST).is_file()]

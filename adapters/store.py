@@ -3,6 +3,7 @@
     <root>/store.json       how the store was built: model, training config, partition, hashes
     <root>/lineage.db       sample -> shard, tombstones (lineage.py); or in PostgreSQL (`database`)
     <root>/secret.key       key of the lineage's content hashes
+    <root>/receipt.key      seed of the forget receipts' signing key (base/receipts.py)
     <root>/adapters/        published shard adapter versions (registry.py)
     <root>/losses/          validation loss table rows (losses.py)
     <root>/mixtures/<name>/ cached mixture adapters of one serving process (mixture.py)
@@ -37,13 +38,15 @@ from typing import Callable
 
 import numpy as np
 
+from base import (FORMAT, HASH_KEY, Receipt, RequestEvidence, ShardEvidence, merkle_root,
+                  version_digest, write_atomic)
+
 from .database import Database, open_database
 from .lineage import Lineage, LineageError, id_set_hash
 from .losses import LossTable, LossTableError, adapter_losses
 from .mixture import Mixture, MixtureCache
 from .partition import partition
-from .registry import (CONFIG, WEIGHTS, AdapterRegistry, RegistryError, Version, weights_hash,
-                       write_atomic)
+from .registry import CONFIG, WEIGHTS, AdapterRegistry, RegistryError, Version, weights_hash
 from .route import RouteConfig, RouteInputs, route
 from .samples import Sample, read_samples, write_samples
 from .train import TrainConfig, train_adapter
@@ -69,6 +72,7 @@ class ShardResult:
     shard: int
     version: str | None  # None: the shard has no live samples left and serves nothing
     previous: str | None
+    previous_digest: str | None  # base.version_digest of `previous`, read before it was replaced
     samples: int
     sample_set_hash: str
     steps: int
@@ -83,7 +87,7 @@ def _trained_on(manifest: dict, ids: list[str]) -> bool:
 
 def _lineage(root: Path, database: Database | None) -> Lineage:
     """The store's lineage: in `database`, else in `<root>/lineage.db`."""
-    return Lineage(database or open_database(root / "lineage.db"), root / "secret.key")
+    return Lineage(database or open_database(root / "lineage.db"), root / HASH_KEY)
 
 
 class ShardStore:
@@ -220,13 +224,15 @@ class ShardStore:
         ids = [s.id for s in samples]
         current = self._current_or_none(shard)
         previous = current and current.id
+        previous_digest = current and version_digest(current.path)  # gone after the GC below
         if current is not None and _trained_on(current.manifest, ids):
             # Already trained on exactly these samples (another worker's retrain, after the
             # same tombstones, or this retrain's own before a crash that came before its
             # garbage collection): training is deterministic, so it would publish the same
             # weights. What that retrain left is collected here.
             self._collect_garbage(shard)
-            return ShardResult(shard, previous, previous, len(samples), id_set_hash(ids), 0, 0.0)
+            return ShardResult(shard, previous, previous, previous_digest, len(samples),
+                               id_set_hash(ids), 0, 0.0)
         if not samples:
             version, steps, seconds = None, 0, 0.0
         else:
@@ -237,7 +243,8 @@ class ShardStore:
                 # The loss-table row exists before the version is published: a server routing
                 # meanwhile never finds a current version without its row.
                 self._put_losses(Version(shard, weights_hash(staged), staged))
-                version = self._store(shard, staged, samples, previous, seed, stats)
+                version = self._store(shard, staged, samples, previous, previous_digest, seed,
+                                      stats)
             steps, seconds = stats.steps, stats.seconds
         if not self.lineage.publish(shard, version, generation):
             # A sample tombstoned while it trained (the tombstone does not wait for the lock, and
@@ -250,7 +257,8 @@ class ShardStore:
             self._collect_garbage(shard)
             return self._train_fenced(shard, progress)
         self._collect_garbage(shard)
-        return ShardResult(shard, version, previous, len(samples), id_set_hash(ids), steps, seconds)
+        return ShardResult(shard, version, previous, previous_digest, len(samples),
+                           id_set_hash(ids), steps, seconds)
 
     def _collect_garbage(self, shard: int) -> None:
         current = self._current_or_none(shard)
@@ -258,14 +266,20 @@ class ShardStore:
                                       current=current and current.id)
 
     def _store(self, shard: int, staged: Path, samples: list[Sample], previous: str | None,
-               seed: int, stats) -> str:
+               previous_digest: str | None, seed: int, stats) -> str:
         """Store the adapter staged for `shard`, with its provenance; returns its version."""
         ids = [s.id for s in samples]
+        hashes = sorted(self.lineage.content_hash(s) for s in samples)
         return self.registry.store(shard, staged, {
             "sample_ids": ids,
             "sample_set_hash": id_set_hash(ids),
-            "previous": previous,  # the version this one replaced when first published
-            "data_hash": id_set_hash(self.lineage.content_hash(s) for s in samples),
+            # the version this one replaced when first published, and its digest (its folder is
+            # deleted if it held a forgotten sample: a receipt after a crash reads it here)
+            "previous": previous,
+            "previous_digest": previous_digest,
+            # keyed hashes of the samples trained on (a receipt's Merkle root is over these)
+            "content_hashes": hashes,
+            "data_hash": id_set_hash(hashes),
             "train_config": self.train_config.model_dump(mode="json"),
             "seed": seed,
             "base_model": self.info["base_model"],
@@ -286,12 +300,17 @@ class ShardStore:
         self.lineage.release_quarantine(release)
         return results
 
-    def receipt(self, ids: list[str], results: list[ShardResult]) -> dict:
-        """What proves `ids` forgotten, after `forget_samples` gave `results`: per shard that
-        held them, its old and new version and the hash of the sample set it was trained on, and
-        whether the version current now was trained on none of them; the base model's hash;
+    def receipt(self, ids: list[str], results: list[ShardResult], *, request: str,
+                owner: str | None, prompts: int, coalesced_with: list[str], worker: str,
+                guard: tuple[str | None, str | None]) -> Receipt:
+        """The unsigned receipt (base/receipts.py) of the forget request `request`, whose samples
+        `ids` `forget_samples` made exact with `results`: per shard that held them, the version
+        served before and after, their digests, the Merkle root of the keyed hashes the new
+        version was trained on, and whether none of `ids` is among them; the base model's hash;
         whether their text is gone from every file of the lineage (False: a reader held up the
-        purge's checkpoint, which `finish_purges` completes later)."""
+        purge's checkpoint, which `finish_purges` completes later). The rest is the caller's:
+        the owner (named by its keyed hash), how many other texts were guarded, the requests
+        coalesced with it, the worker, the guard's version before and after."""
         by_shard = {r.shard: r for r in results}
         forgotten, shards = set(ids), []
         for shard in sorted(self.lineage.shards_of(ids)):
@@ -299,22 +318,31 @@ class ShardStore:
             # What serves now: a later retrain of the shard may have replaced ours; None:
             # retired, every sample of the shard is forgotten.
             current = self._current_or_none(shard)
-            manifest = (current.manifest if current else
-                        {"sample_ids": [], "sample_set_hash": id_set_hash([])})
-            old = result.previous
+            manifest = current.manifest if current else {"sample_ids": []}
+            old, old_digest = result.previous, result.previous_digest
             if current is not None and old == current.id:
                 # A retry after a crash that had published already: the version it replaced.
-                old = manifest.get("previous")
-            shards.append({
-                "shard": shard, "old_version": old,
-                "new_version": current.id if current else None,
-                "samples": len(manifest["sample_ids"]),
-                "sample_set_hash": manifest["sample_set_hash"],
-                "forgotten_ids_absent": not (forgotten & set(manifest["sample_ids"])),
-                "train_seconds": round(result.seconds, 2)})
-        return {"shards": shards,
-                "base_model_sha256": self.info["base_model"].get("weights_sha256"),
-                "text_purged": not self.lineage.database.purge_pending()}
+                old, old_digest = manifest.get("previous"), manifest.get("previous_digest")
+            # what the verifier recomputes; a version stored before receipts: the lineage's
+            trained_on = manifest.get("content_hashes") or self.lineage.content_hashes(
+                manifest["sample_ids"]).values()
+            folder = self.registry.shard_dir(shard).relative_to(self.root).as_posix()
+            shards.append(ShardEvidence(
+                shard=shard, folder=folder,
+                old_version=old, old_digest=old_digest,
+                new_version=current and current.id,
+                new_digest=current and version_digest(current.path),
+                samples=len(manifest["sample_ids"]), trained_on_root=merkle_root(trained_on),
+                forgotten_ids_absent=not (forgotten & set(manifest["sample_ids"])),
+                train_seconds=round(result.seconds, 2)))
+        return Receipt(
+            format=FORMAT, request=RequestEvidence(
+                id=request, owner_hash=owner and self.lineage.owner_hash(owner),
+                sample_hashes=sorted(self.lineage.content_hashes(ids).values()), prompts=prompts),
+            shards=shards, base_model_sha256=self.info["base_model"].get("weights_sha256"),
+            guard_before=guard[0], guard_after=guard[1],
+            text_purged=not self.lineage.database.purge_pending(),
+            coalesced_with=list(coalesced_with), worker=worker, completed_at=time.time())
 
     # --- validation losses -------------------------------------------------------------------
 

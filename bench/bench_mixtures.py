@@ -2,10 +2,18 @@
 one static adapter, on both engines.
 
     .venv/bin/python bench/bench_mixtures.py [--engines hf vllm] [--rounds 2]
+        [--concurrency 1 8] [--model default|random-1b] [--dtype float32] [--out FILE]
+
+    # on an NVIDIA GPU (bench/gpu_check.sh): vLLM only, the hf engine runs on the CPU
+    .venv/bin/python bench/bench_mixtures.py --engines vllm --rounds 1 --dtype bfloat16 \
+        --concurrency 1 8 32 64 --model random-1b
 
 K=4 random rank-8 shard adapters on the default model (fp32, LoRA on the 7 projections Lethe
-trains). Per engine, at concurrency 1 and 8, greedy requests of 64 tokens, each prompt unique
-(no prefix-cache hits), the modes interleaved round by round:
+trains), or on `random-1b`: a 1B-class Llama (hidden 2048, 16 layers, 32 heads, 8 KV heads)
+with random weights and SmolLM2's tokenizer, built once into <home>/models/random-1b (nothing
+downloaded). Per engine, at concurrency 1 and 8 (--concurrency; max(6, 2c) requests at
+concurrency c), greedy requests of 64 tokens, each prompt unique (no prefix-cache hits), the
+modes interleaved round by round:
 
     base          no adapter
     static        one adapter of rank K*r (the shards stacked), the same for every request
@@ -15,7 +23,8 @@ trains). Per engine, at concurrency 1 and 8, greedy requests of 64 tokens, each 
 
 Reports generated tokens/s and time to first token (submit -> first token, the mixture's build
 included) p50/p99, and, at concurrency 1, TTFT of a weight vector never seen before vs the same
-vectors again. Engine level: no HTTP, no guard. Writes bench/results/mixtures.json and .png.
+vectors again. Engine level: no HTTP, no guard. Writes bench/results/mixtures.json and .png
+(mixtures-random-1b.json for random-1b; --out elsewhere).
 """
 
 from __future__ import annotations
@@ -44,7 +53,48 @@ from serving.model import resolve_model  # noqa: E402
 
 K, RANK, MAX_TOKENS = 4, 8, 64
 MODES = ("base", "static", "materialised", "in-engine")
+RANDOM_1B = "random-1b"
+DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}  # --dtype: the plot's label
 _ids = itertools.count()
+
+
+def requests_at(concurrency: int) -> int:
+    """Requests per measurement: 6 at c=1, 16 at c=8, two waves beyond."""
+    return max(6, 2 * concurrency)
+
+
+def random_1b(home: Path, tokenizer_path: Path) -> Path:
+    """A 1B-class Llama with random weights (bf16) and the tokenizer of `tokenizer_path`, saved
+    once to <home>/models/random-1b: a model of a GPU's size without a download."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    target = home / "models" / RANDOM_1B
+    if (target / "config.json").is_file():
+        return target
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,  # as Llama 3.2 1B: ~1.07B parameters with this vocabulary
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # initialising 1B: seconds on a GPU
+    with torch.device(device):
+        model = LlamaForCausalLM(config).to(torch.bfloat16)
+    tmp = target.with_name(f".{RANDOM_1B}-{os.getpid()}")  # complete, or not there at all
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    del model
+    tmp.rename(target)
+    return target
 
 
 def shard_adapters(model_path: Path, root: Path) -> list[Version]:
@@ -129,12 +179,15 @@ async def load(engine, tokenizer, modes: Modes, mode: str, concurrency: int, n: 
             "ttft_p99_s": float(np.percentile(ttft, 99))}
 
 
-async def measure(name: str, model_path: Path, shards, root: Path, rounds: int) -> dict:
+async def measure(name: str, model_path: Path, shards, root: Path, rounds: int,
+                  concurrencies: list[int], dtype: str) -> dict:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    engine = engine_class(name)(model_path, dtype="float32", max_model_len=2048, max_num_seqs=8,
-                                max_loras=4, max_lora_rank=K * RANK, kv_cache_gib=2)
+    # at least 8 sequences a batch; more where a concurrency needs them
+    engine = engine_class(name)(model_path, dtype=dtype, max_model_len=2048,
+                                max_num_seqs=max(8, *concurrencies), max_loras=4,
+                                max_lora_rank=K * RANK, kv_cache_gib=2)
     await engine.start()
     modes = Modes(shards, MixtureCache(root / f"mixtures-{name}", "bench", capacity=1000))
     try:
@@ -142,9 +195,10 @@ async def measure(name: str, model_path: Path, shards, root: Path, rounds: int) 
             await one(engine, tokenizer, modes, mode)
         runs: dict[str, list[dict]] = {}
         for _ in range(rounds):
-            for concurrency, n in ((1, 6), (8, 16)):
+            for concurrency in concurrencies:
                 for mode in MODES:
-                    row = await load(engine, tokenizer, modes, mode, concurrency, n)
+                    row = await load(engine, tokenizer, modes, mode, concurrency,
+                                     requests_at(concurrency))
                     runs.setdefault(f"{mode} c={concurrency}", []).append(row)
                     print(name, mode, concurrency, json.dumps(row), flush=True)
         first_seen = {}
@@ -161,14 +215,15 @@ async def measure(name: str, model_path: Path, shards, root: Path, rounds: int) 
     return {"load": summary, "ttft_p50_s_by_vector": {k: round(v, 3) for k, v in first_seen.items()}}
 
 
-def ratios(load: dict) -> dict:
+def ratios(load: dict, concurrencies: list[int]) -> dict:
     return {f"c={c}": {
         "in-engine / static": round(load[f"in-engine c={c}"]["tokens_per_s"]
                                     / load[f"static c={c}"]["tokens_per_s"], 2),
         "in-engine / materialised": round(load[f"in-engine c={c}"]["tokens_per_s"]
                                           / load[f"materialised c={c}"]["tokens_per_s"], 2),
         "in-engine / base": round(load[f"in-engine c={c}"]["tokens_per_s"]
-                                  / load[f"base c={c}"]["tokens_per_s"], 2)} for c in (1, 8)}
+                                  / load[f"base c={c}"]["tokens_per_s"], 2)}
+        for c in concurrencies}
 
 
 def plot(results: dict, path: Path) -> None:
@@ -179,41 +234,63 @@ def plot(results: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     engines = list(results["engines"])
     x = np.arange(len(MODES))
-    for ax, key, label in ((axes[0], "tokens_per_s", "tokens/s (c=8)"),
-                           (axes[1], "ttft_p50_s", "TTFT p50, s (c=1)")):
-        conc = 8 if key == "tokens_per_s" else 1
+    high, low = max(results["concurrency"]), min(results["concurrency"])
+    for ax, key, conc in ((axes[0], "tokens_per_s", high), (axes[1], "ttft_p50_s", low)):
+        label = f"tokens/s (c={conc})" if key == "tokens_per_s" else f"TTFT p50, s (c={conc})"
         for j, engine in enumerate(engines):
             load = results["engines"][engine]["load"]
             ax.bar(x + j * 0.4, [load[f"{m} c={conc}"][key] for m in MODES], 0.4, label=engine)
         ax.set_xticks(x + 0.2, MODES)
         ax.set_ylabel(label)
         ax.legend()
-    fig.suptitle(f"Per-request shard mixtures, K={K} x r={RANK}, SmolLM2-135M fp32 "
-                 f"({results['machine']})")
+    fig.suptitle(f"Per-request shard mixtures, K={K} x r={RANK}, {results['model']} "
+                 f"{DTYPES[results['dtype']]} ({results['machine']})")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+
+
+def machine() -> str:
+    cpu = f"{os.cpu_count()} vCPU, torch threads {torch.get_num_threads()}"
+    return f"{torch.cuda.get_device_name()}, {cpu}" if torch.cuda.is_available() else cpu
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--engines", nargs="+", default=["hf", "vllm"])
     parser.add_argument("--rounds", type=int, default=2)
+    # 1 and 8: a 2-vCPU machine's range; a GPU's goes on to 32 and 64
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    # default: the configured model (SmolLM2-135M-Instruct); random-1b: a GPU-sized model
+    parser.add_argument("--model", choices=["default", RANDOM_1B], default="default")
+    # float32 as Lethe serves on CPU; bfloat16 on a GPU
+    parser.add_argument("--dtype", choices=list(DTYPES), default="float32")
     parser.add_argument("--out", type=Path,
-                        default=Path(__file__).parent / "results" / "mixtures.json")
+                        help="default: bench/results/mixtures.json (mixtures-random-1b.json)")
     args = parser.parse_args()
+    if min(args.concurrency) < 1:
+        parser.error("--concurrency: each must be at least 1")
+    concurrencies = sorted(set(args.concurrency))
+    out = args.out or Path(__file__).parent / "results" / (
+        "mixtures.json" if args.model == "default" else f"mixtures-{args.model}.json")
     require_extras("matplotlib")
-    model_path = resolve_model(load_config().model.source, load_config().home_dir)
-    results = {"machine": f"{os.cpu_count()} vCPU, torch threads {torch.get_num_threads()}",
-               "command": " ".join(sys.argv), "engines": {}}
+    config = load_config()
+    model_path = resolve_model(config.model.source, config.home_dir)
+    label = "SmolLM2-135M"
+    if args.model == RANDOM_1B:
+        model_path, label = random_1b(config.home_dir, model_path), "random-1b Llama"
+    results = {"machine": machine(), "command": " ".join(sys.argv), "model": label,
+               "dtype": args.dtype, "concurrency": concurrencies, "engines": {}}
     with tempfile.TemporaryDirectory() as tmp:
         shards = shard_adapters(model_path, Path(tmp))
         for name in args.engines:
             results["engines"][name] = asyncio.run(
-                measure(name, model_path, shards, Path(tmp), args.rounds))
-            results["engines"][name]["ratios"] = ratios(results["engines"][name]["load"])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    plot(results, args.out.with_suffix(".png"))
+                measure(name, model_path, shards, Path(tmp), args.rounds, concurrencies,
+                        args.dtype))
+            results["engines"][name]["ratios"] = ratios(results["engines"][name]["load"],
+                                                        concurrencies)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    plot(results, out.with_suffix(".png"))
     print("\n| engine | mode | c | tokens/s | TTFT p50 (s) | TTFT p99 (s) |\n|---|---|---|---|---|---|")
     for name, r in results["engines"].items():
         for key, row in r["load"].items():

@@ -6,7 +6,7 @@ unlearning metrics (TOFU's, by name).
 """
 
 from .classifier import (GuardModel, classifier_names, load_model, register_classifier,
-                         save_model)
+                         save_model, trained_version)
 from .config import CorruptionConfig, GuardConfig, TuneConfig
 from .corrupt import (Corruption, CorruptionError, corruption_names, register_corruption,
                       request_seed)
@@ -38,6 +38,6 @@ __all__ = [
     "model_utility", "read_items", "register_classifier", "register_corruption",
     "register_embedder", "register_metric", "request_seed", "rouge_l_recall", "salient_terms",
     "save_corruption", "save_model", "strip_markup", "token_logprobs", "token_mask",
-    "train_guard",
+    "train_guard", "trained_version",
     "truth_ratio_closer_to_1", "truth_ratio_true_better", "tune", "views",
 ]

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -26,6 +25,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+from base import fsync_tree, sha256_file, write_atomic
 
 from .errors import GuardError
 
@@ -146,10 +147,6 @@ def fit_guard(vectors: dict[str, np.ndarray], *, kind: str, target_fpr: float, s
 # --- on disk: <root>/<version>/{classifier.joblib, vectors.npz, manifest.json}, <root>/CURRENT
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def save_model(model: GuardModel, root: Path) -> str:
     """Write `model` as a new version folder and point CURRENT at it; returns the version.
 
@@ -165,7 +162,7 @@ def save_model(model: GuardModel, root: Path) -> str:
     staging.mkdir()
     joblib.dump(model.estimator, staging / "classifier.joblib")
     np.savez(staging / "vectors.npz", **model.vectors)
-    files = {name: _sha256(staging / name) for name in ("classifier.joblib", "vectors.npz")}
+    files = {name: sha256_file(staging / name) for name in ("classifier.joblib", "vectors.npz")}
     version = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
     model.manifest = dict(
         model.manifest, version=version, kind=model.kind, threshold=model.threshold,
@@ -175,9 +172,7 @@ def save_model(model: GuardModel, root: Path) -> str:
         versions={"scikit-learn": sklearn.__version__, "numpy": np.__version__},
         created_at=time.time())
     (staging / "manifest.json").write_text(json.dumps(model.manifest, indent=2))
-    for path in staging.iterdir():
-        with open(path, "rb") as f:
-            os.fsync(f.fileno())
+    fsync_tree(staging)
     final = root / version
     if final.exists():  # the same fit again: content-addressed, nothing to replace
         for path in staging.iterdir():
@@ -185,17 +180,16 @@ def save_model(model: GuardModel, root: Path) -> str:
         staging.rmdir()
     else:
         staging.rename(final)
-    pointer = root / f".CURRENT-{uuid.uuid4().hex}"
-    pointer.write_text(version)
-    with open(pointer, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(pointer, root / "CURRENT")
-    directory = os.open(root, os.O_RDONLY)  # the renames themselves survive a power loss
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    write_atomic(root / "CURRENT", version)  # fsyncs root: the rename above survives too
     return version
+
+
+def trained_version(root: Path) -> str | None:
+    """The version CURRENT names under root (a hash of its files); None: no trained guard."""
+    try:
+        return (Path(root) / "CURRENT").read_text().strip()
+    except FileNotFoundError:
+        return None
 
 
 def load_model(root: Path) -> GuardModel:
@@ -211,7 +205,7 @@ def load_model(root: Path) -> GuardModel:
         raise GuardError(f"no trained guard at {root} (train one with `lethe guard train`): "
                          f"{e}") from e
     for name, digest in manifest["files"].items():
-        if _sha256(folder / name) != digest:
+        if sha256_file(folder / name) != digest:
             raise GuardError(f"{folder / name} does not match its manifest hash: refusing to load")
     with np.load(folder / "vectors.npz") as data:
         vectors = {k: data[k] for k in data.files}

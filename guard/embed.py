@@ -38,6 +38,8 @@ from typing import Callable
 
 import numpy as np
 
+from base import fsync_dir
+
 from .errors import GuardError
 
 Encode = Callable[[list[str]], np.ndarray]  # texts -> (N, dim) float32 unit vectors
@@ -116,8 +118,8 @@ def _mean_pooled(model_path: Path) -> int:
 
 
 def _written(target: Path, write: Callable[[str], None]) -> Path:
-    """`target`, written by `write(path)` elsewhere and renamed into place if it is missing: two
-    processes preparing it at once both end with a whole file."""
+    """`target`, written by `write(path)` elsewhere, fsynced and renamed into place if it is
+    missing: two processes preparing it at once, or a crash, never leave a partial file."""
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -125,7 +127,10 @@ def _written(target: Path, write: Callable[[str], None]) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, target)
+        fsync_dir(target.parent)
     finally:
         Path(tmp).unlink(missing_ok=True)
     return target

@@ -1,5 +1,7 @@
 """The base of every error the guard package raises: callers catch one type."""
 
+from base import LetheError
 
-class GuardError(Exception):
+
+class GuardError(LetheError):
     """A guard that cannot be trained, loaded, fitted or applied; the message says why."""

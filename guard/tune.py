@@ -23,6 +23,8 @@ from typing import Callable, Literal
 
 import numpy as np
 
+from base import write_atomic
+
 from .corrupt import Corruption, uses_sigma
 from .errors import GuardError
 from .metrics import Subject, metric
@@ -115,9 +117,7 @@ def save_corruption(root: Path, result: TuneResult, provenance: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {"corruption": asdict(result.corruption), "created_at": time.time(),
               "tuning": {k: v for k, v in asdict(result).items() if k != "corruption"}, **provenance}
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    tmp.replace(path)
+    write_atomic(path, json.dumps(record, indent=2))
     return path
 
 

@@ -21,13 +21,9 @@ from adapters import RouteConfig, TrainConfig, database_schemes, partitioner_nam
 from guard import GuardConfig
 
 from .engines import engine_names
-from .errors import UsageError
+from .errors import ConfigError
 
 ENV_PREFIX = "LETHE_"
-
-
-class ConfigError(UsageError):
-    """A configuration key is unknown or has a bad value; the message names the key."""
 
 
 class _Section(BaseModel):

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from adapters import fsync_tree, sha256_file
+from base import fsync_tree, sha256_file
 from guard import SentenceEmbedder
 
 from .errors import LetheError

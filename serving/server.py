@@ -14,8 +14,9 @@ import socket
 import uvicorn
 from transformers import AutoConfig, AutoTokenizer
 
-from adapters import ShardStore, load_secret
-from guard import Corruption, Guard, load_corruption
+from adapters import ShardStore
+from base import Signer, load_secret
+from guard import Corruption, Guard, load_corruption, trained_version
 
 from .api import OpenAIServing, build_app
 from .config import Config
@@ -36,7 +37,7 @@ log = logging.getLogger("lethe.server")
 def load_guard(config: Config, store: ShardStore | None) -> Guard | None:
     """The trained guard if there is one; else, with a shard store to forget from, a guard of
     exemplars alone; else none (a plain server)."""
-    trained = (config.guard_dir / "CURRENT").exists()
+    trained = trained_version(config.guard_dir) is not None
     if not trained and store is None:
         return None
     # Shared by chats' guard checks and forget submissions, which go first (serving/embedder.py).
@@ -97,6 +98,7 @@ def create_app(config: Config):
         max_lora_rank=config.engine.max_lora_rank,
         kv_cache_gib=config.engine.kv_cache_gib,
         prefix_caching=config.engine.prefix_caching,
+        rank_scales=config.route.mixing == "in-engine",
     )
     metrics = Metrics()
     # This replica's name among those that share home: its own mixture folder
@@ -120,7 +122,9 @@ def create_app(config: Config):
                                        config.secret_file),
                             store.lineage, guard,
                             quarantine=config.forget.quarantine != "none",
-                            metrics=metrics) if store else None)
+                            metrics=metrics,
+                            receipt_key=Signer.of_store(store.root).record())
+              if store else None)
     serving = OpenAIServing(
         engine,
         tokenizer,

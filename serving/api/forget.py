@@ -1,4 +1,5 @@
-"""The forget endpoints: submit a request, read its state, read its receipt.
+"""The forget endpoints: submit a request, read its state, read its signed receipt; and the key
+that receipts are signed with (GET /v1/receipts/key: public, so any API key reads it).
 
 The app's middleware admits only admin keys here (when any key is configured). The API answers
 202 only once the request is durable and the guard enforces it (serving/forget/service.py).
@@ -47,6 +48,11 @@ def forget_router(forget: ForgetService | None) -> APIRouter:
             raise ConflictError(f"forget request {request_id} has no receipt until it is "
                                 f"completed (state: {request.state})", code="not_completed")
         return request.receipt
+
+    @router.get("/v1/receipts/key")
+    async def receipt_key() -> dict:
+        """The Ed25519 public key of receipts (base/receipts.py), for `lethe receipt verify`."""
+        return service().receipt_key
 
     return router
 

@@ -4,15 +4,20 @@ types (a bad value is a usage error, exit 2), and training progress bars."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..config import Config, load_config
+if TYPE_CHECKING:
+    from ..config import Config
 
 
 def config_of(args, **overrides) -> Config:
     """The command's config: --config FILE, the environment, then flags (`overrides`)."""
+    from ..config import load_config
+
     return load_config(getattr(args, "config", None), overrides=overrides)
 
 
@@ -28,6 +33,29 @@ def add_command(subparsers, name: str, func, help: str) -> argparse.ArgumentPars
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=func)
     return p
+
+
+def registered(module: str, attribute: str, metavar: str) -> dict:
+    """add_argument's `choices`, read from a registry (`module.attribute`: its names, or a
+    function that gives them) on first use, when the flag is given: building the parser imports
+    none of the registries' modules. An unknown value's error lists the names. The metavar keeps
+    argparse from reading them while it builds the parser."""
+    return {"choices": _Names(module, attribute), "metavar": metavar}
+
+
+class _Names:
+    def __init__(self, module: str, attribute: str):
+        self.module, self.attribute = module, attribute
+
+    def _names(self):
+        names = getattr(importlib.import_module(self.module), self.attribute)
+        return names() if callable(names) else names
+
+    def __contains__(self, name) -> bool:
+        return name in self._names()
+
+    def __iter__(self):
+        return iter(self._names())
 
 
 def positive_int(text: str) -> int:

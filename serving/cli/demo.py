@@ -27,11 +27,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-import httpx
-import openai
-
 from ..errors import LetheError, UsageError
-from .common import positive_int
+from .common import add_command, positive_int, registered
 
 DEFAULT_HOME = Path("~/.cache/lethe-demo")
 MARKER = ".lethe-demo"  # in a home the demo made: the only kind it empties
@@ -138,6 +135,8 @@ def _train(config, people: int, narrator: Narrator) -> list[Person]:
 
 
 def _run(config, people: int, narrator: Narrator) -> dict:
+    import openai
+
     from ..launch import ServerProcess
 
     persons = _train(config, people, narrator)
@@ -175,10 +174,14 @@ class _Admin:
     url: str
     headers: dict
 
-    def post(self, path: str, body: dict) -> httpx.Response:
+    def post(self, path: str, body: dict):
+        import httpx
+
         return httpx.post(self.url + path, json=body, headers=self.headers, timeout=60)
 
     def get(self, path: str) -> dict:
+        import httpx
+
         return httpx.get(self.url + path, headers=self.headers, timeout=60).json()
 
 
@@ -289,12 +292,11 @@ The same with your own data (JSONL: id, owner, prompt, response):
 
 
 def add_commands(sub) -> None:
-    from ..engines import engine_names
-    from .common import add_command
 
     demo = add_command(sub, "demo", cmd_demo,
                        "train, serve and forget on fictitious people, narrated and checked")
-    demo.add_argument("--engine", choices=engine_names(), help="overrides engine.name")
+    demo.add_argument("--engine", **registered("serving.engines", "engine_names", "ENGINE"),
+                      help="overrides engine.name")
     demo.add_argument("--people", type=positive_int, default=6,
                       help="fictitious people, two facts each (at least 2)")
     demo.add_argument("--home", type=Path, default=DEFAULT_HOME,

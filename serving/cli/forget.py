@@ -13,9 +13,7 @@ import threading
 import time
 
 from ..errors import LetheError
-from ..forget import STATES, Worker, open_queue
-from ..logs import configure_logging
-from .common import add_command, config_of, emit
+from .common import add_command, config_of, emit, registered
 
 
 class ForgetClientError(LetheError):
@@ -84,6 +82,8 @@ def cmd_forget(args) -> None:
 
 
 def cmd_queue(args) -> None:
+    from ..forget import open_queue
+
     config = config_of(args)
     requests = open_queue(config.queue_target, config.forget.synchronous,
                           config.secret_file).list()
@@ -94,6 +94,9 @@ def cmd_queue(args) -> None:
 
 
 def cmd_worker(args) -> None:
+    from ..forget import Worker
+    from ..logs import configure_logging
+
     configure_logging()
     worker = Worker.from_config(config_of(args))
     if args.once:
@@ -119,7 +122,9 @@ def add_commands(sub) -> None:
     forget.add_argument("--api-key", help="admin key (default $LETHE_ADMIN_KEY or the first of "
                                           "server.admin_keys)")
     queue = add_command(sub, "queue", cmd_queue, "list forget requests and their states")
-    queue.add_argument("--state", choices=STATES, help="only requests in this state")
-    worker = add_command(sub, "worker", cmd_worker, "run the forget worker (`lethe serve` starts one)")
+    queue.add_argument("--state", **registered("serving.forget", "STATES", "STATE"),
+                       help="only requests in this state")
+    worker = add_command(sub, "worker", cmd_worker,
+                         "run the forget worker (`lethe serve` starts one)")
     worker.add_argument("--once", action="store_true",
                         help="one round: take the waiting requests, retrain, complete, exit")

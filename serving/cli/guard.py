@@ -6,14 +6,8 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
-from guard import (Guard, ModelSubject, corruption_names, forget_score, forget_scores,
-                   metric_names, read_items, save_corruption, save_model, train_guard, tune)
-
 from ..errors import UsageError
-from ..model import embedder_name, resolve_model, sentence_embedder
-from .common import add_command, config_of, emit, positive_int, rate
+from .common import add_command, config_of, emit, positive_int, rate, registered
 
 
 def _guard_dir(args, config) -> Path:
@@ -21,11 +15,19 @@ def _guard_dir(args, config) -> Path:
 
 
 def _load_guard(args, config):
+    from guard import Guard
+
+    from ..model import sentence_embedder
+
     embed = sentence_embedder(config.guard.embedder, config.home_dir)
     return Guard.load(_guard_dir(args, config), embed)
 
 
 def cmd_train(args) -> None:
+    from guard import read_items, save_model, train_guard
+
+    from ..model import embedder_name, sentence_embedder
+
     config = config_of(args, **{"guard.target_fpr": args.target_fpr,
                                 "guard.classifier": args.classifier})
     start = time.perf_counter()
@@ -62,6 +64,10 @@ def cmd_check(args) -> None:
 
 
 def cmd_eval(args) -> None:
+    import numpy as np
+
+    from guard import read_items
+
     config = config_of(args)
     guard = _load_guard(args, config)
     guard.check(["warm-up"])  # first call pays one-off costs (thread pools), not a request's
@@ -97,6 +103,11 @@ def _model(model_path: Path, adapter: Path | None):
 
 def cmd_tune(args) -> None:
     from transformers import AutoTokenizer
+
+    from guard import (ModelSubject, corruption_names, forget_score, forget_scores, read_items,
+                       save_corruption, tune)
+
+    from ..model import resolve_model
 
     config = config_of(args)
     settings = config.guard.tune
@@ -190,7 +201,7 @@ def add_commands(sub) -> None:
     tune.add_argument("--adapter", type=Path, help="adapter of the model under test (default: "
                                                    "the base model)")
     tune.add_argument("--budget", type=positive_int, help="evaluations (overrides guard.tune.budget)")
-    tune.add_argument("--score", choices=metric_names(), action="append",
+    tune.add_argument("--score", **registered("guard", "metric_names", "METRIC"), action="append",
                       help="a metric to match the reference on (repeatable; overrides "
                            "guard.tune.score)")
     tune.add_argument("--forget-items", type=positive_int, help="use the first N forget items")

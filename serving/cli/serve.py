@@ -6,8 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..engines import engine_names
-from .common import add_command, config_of, emit, positive_int
+from .common import add_command, config_of, emit, positive_int, registered
 
 
 def cmd_serve(args) -> None:
@@ -39,7 +38,8 @@ def cmd_data_synth(args) -> None:
 
 def add_commands(sub) -> None:
     serve = add_command(sub, "serve", cmd_serve, "run the OpenAI-compatible server")
-    serve.add_argument("--engine", choices=engine_names(), help="overrides engine.name")
+    serve.add_argument("--engine", **registered("serving.engines", "engine_names", "ENGINE"),
+                       help="overrides engine.name")
     serve.add_argument("--host", help="overrides server.host")
     serve.add_argument("--port", type=int, help="overrides server.port")
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from adapters import LineageError, ShardResult
-
-from ..config import ConfigError
-from ..shards import create_store, open_store, store_database
+from ..errors import ConfigError
 from .common import add_command, config_of, emit, positive_int, shard_progress
+
+if TYPE_CHECKING:
+    from adapters import ShardResult
 
 
 
@@ -24,11 +25,23 @@ def _report_results(args, results, seconds: float, verb: str) -> None:
     emit(args, payload, lines + [f"{verb} {len(results)} shard(s) in {seconds:.1f} s"])
 
 
+def _open(config):
+    from ..shards import open_store
+
+    return open_store(config)
+
+
 def train_shards(config, samples, validation=None) -> list[ShardResult]:
     """Partition `samples` into a new shard store (`config.store_dir`) and train every shard,
-    with a progress bar each; the ShardResults."""
+    with a progress bar each; the ShardResults. The key that forget receipts are signed with is
+    created here, at setup (GET /v1/receipts/key serves its public half)."""
+    from base import Signer
+
+    from ..shards import create_store, store_database
+
     store = create_store(config, config.store_dir, samples, validation,
                          database=store_database(config))
+    Signer.of_store(store.root)
     return store.train(store.lineage.shard_ids(), shard_progress)
 
 
@@ -47,7 +60,7 @@ def cmd_train(args) -> None:
 
 
 def cmd_shards(args) -> None:
-    store = open_store(config_of(args))
+    store = _open(config_of(args))
     rows, versions = [], {v.shard: v for v in store.current_versions()}
     for row in store.lineage.shard_table():
         version = versions.get(row["shard"])
@@ -63,9 +76,11 @@ def cmd_shards(args) -> None:
 
 
 def cmd_retrain(args) -> None:
-    store = open_store(config_of(args))
+    store = _open(config_of(args))
     unknown = sorted(set(args.shard) - set(store.lineage.shard_ids()))
     if unknown:
+        from adapters import LineageError
+
         raise LineageError(f"unknown shard(s) {unknown}; the store has {store.lineage.shard_ids()}")
     start = time.perf_counter()
     results = store.train(sorted(set(args.shard)), shard_progress)
@@ -74,7 +89,7 @@ def cmd_retrain(args) -> None:
 
 
 def cmd_forget_samples(args) -> None:
-    store = open_store(config_of(args))
+    store = _open(config_of(args))
     start = time.perf_counter()
     results = store.forget_samples(args.id, shard_progress)
     store.sweep_mixtures()
@@ -87,7 +102,7 @@ def cmd_route(args) -> None:
     from ..model import sentence_embedder
 
     config = config_of(args)
-    store = open_store(config)
+    store = _open(config)
     route = store.effective_route(config.route)
     query = sentence_embedder(config.guard.embedder, config.home_dir)([args.prompt])[0]
     weights = store.weights(query, route)

@@ -107,6 +107,7 @@ class Engine(ABC):
         max_lora_rank: int,
         kv_cache_gib: int,
         prefix_caching: bool = False,
+        rank_scales: bool = True,
     ):
         self.model_path = Path(model_path)
         self.dtype = dtype
@@ -116,6 +117,9 @@ class Engine(ABC):
         self.max_lora_rank = max_lora_rank
         self.kv_cache_gib = kv_cache_gib
         self.prefix_caching = prefix_caching  # an engine with a prefix cache uses it only if set
+        # Whether requests may carry per-rank scales (`route.mixing: in-engine`); False: every
+        # adapter is served as it is (materialised mixtures), which no engine needs more for.
+        self.rank_scales = rank_scales
 
     @abstractmethod
     async def start(self) -> None:

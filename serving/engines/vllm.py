@@ -1,8 +1,10 @@
 """vLLM in-process (AsyncLLM), with LoRA and prompt embeddings enabled.
 
 vLLM is imported on start(), so the rest of Lethe works where it is not installed. LoRA runs
-through Lethe's vLLM plugin (vllm_plugin/): per-request scales of an adapter's rank
-components, so one stacked adapter serves every weighting of its shards.
+through Lethe's vLLM plugin (the `vllm_mixtures` package) when requests carry scales: per-request
+scales of an adapter's rank components, so one stacked adapter serves every weighting of its
+shards. Without scales (`rank_scales=False`: materialised mixtures) the plugin stays inert and
+vLLM serves each adapter as it is, on any platform.
 vLLM keys its adapter cache by LoRA name: a name is never reused for other weights (callers pass
 content-addressed names), and each name keeps one integer id until `evict` drops it.
 
@@ -29,12 +31,12 @@ import math
 import os
 from typing import AsyncIterator
 
+import vllm_mixtures
 # LoRA is served on attention and MLP projections only. Wrapping the embedding layer too (vLLM's
 # default) kills vLLM 0.32's CPU engine when one batch mixes token prompts and prompt_embeds
 # under LoRAs (`einsum(): subscript b has size ...`); Lethe's adapters never train embeddings.
 from adapters import LORA_TARGET_MODULES
 
-from . import vllm_plugin
 from .base import Delta, Engine, EngineError, EngineRequest, LoRA
 
 class VLLMEngine(Engine):
@@ -49,11 +51,12 @@ class VLLMEngine(Engine):
             ) from e
         # vLLM on CPU reads its KV cache size (GiB) from the environment.
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.kv_cache_gib))
-        # Lethe's plugin, in this process and the engine's (they inherit the environment).
-        os.environ[vllm_plugin.ENV] = "1"
+        # Lethe's plugin, in this process and the engine's (they inherit the environment), when
+        # requests carry scales; inert otherwise.
+        os.environ[vllm_mixtures.ENV] = "1" if self.rank_scales else "0"
         try:
-            vllm_plugin.register()
-        except vllm_plugin.UnsupportedVLLM as e:
+            vllm_mixtures.register()
+        except vllm_mixtures.UnsupportedVLLM as e:
             raise EngineError(str(e)) from e
         args = AsyncEngineArgs(
             model=str(self.model_path),
@@ -77,7 +80,7 @@ class VLLMEngine(Engine):
             active = all(await self._llm.collective_rpc("lethe_plugin_active"))
         except Exception:  # the worker lacks the method: the plugin is not loaded there
             active = False
-        if not active:
+        if self.rank_scales and not active:
             await self.shutdown()
             raise EngineError(
                 "vLLM's engine process runs without Lethe's plugin (is VLLM_PLUGINS set without "
@@ -131,6 +134,9 @@ class VLLMEngine(Engine):
     def _scales_args(self, lora: LoRA | None) -> dict | None:
         if lora is None or lora.scales is None:
             return None
+        if not self.rank_scales:
+            raise EngineError(f"LoRA adapter {lora.name} comes with scales, and this engine was "
+                              "started without them (rank_scales=False: materialised mixtures)")
         if lora.name not in self._lora_ranks:  # names are content-addressed: read once
             try:
                 config = json.loads((lora.path / "adapter_config.json").read_text())
@@ -142,7 +148,7 @@ class VLLMEngine(Engine):
         if len(lora.scales) != rank or not all(map(math.isfinite, lora.scales)):
             raise EngineError(f"LoRA adapter {lora.name} has rank {rank}: its scales must be "
                               f"{rank} finite numbers")
-        return {vllm_plugin.SCALES: [float(x) for x in lora.scales]}
+        return {vllm_mixtures.SCALES: [float(x) for x in lora.scales]}
 
     async def evict(self, name: str) -> None:
         self._lora_ranks.pop(name, None)

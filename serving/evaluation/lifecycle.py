@@ -42,7 +42,8 @@ from pathlib import Path
 import numpy as np
 from transformers import AutoTokenizer
 
-from adapters import RouteConfig, ShardStore, load_secret
+from adapters import RouteConfig, ShardStore
+from base import Signer, load_secret
 from guard import (Corruption, Guard, Item, forget_quality, forget_scores, metric, model_utility,
                    truth_ratio_closer_to_1, truth_ratio_true_better, tune)
 
@@ -218,7 +219,8 @@ def run_tofu(config: Config, data: TofuData, work: Path, *, aggregation: bool = 
 
     queue = open_queue(life.work / "forget.db", "NORMAL", life.work / "secret.key")
     service = ForgetService(queue, store.lineage, guard,
-                            quarantine=config.forget.quarantine != "none", metrics=Metrics())
+                            quarantine=config.forget.quarantine != "none", metrics=Metrics(),
+                            receipt_key=Signer.of_store(store.root).record())
     started = time.perf_counter()
     requests = [service.submit(owner, None, [])[0] for owner in data.forget_owners]
     life.seconds["forget_accepted"] = round(time.perf_counter() - started, 3)

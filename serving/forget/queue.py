@@ -35,7 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Literal
 
-from adapters import Database, DatabaseError, KeyRing, keyed_hash, load_secret, open_database
+from adapters import Database, DatabaseError, KeyRing, open_database
+from base import keyed_hash, load_secret
 
 from ..errors import LetheError
 
@@ -208,14 +209,13 @@ class SQLQueue(ForgetQueue):
 
     @staticmethod
     def _enter(db, request_id: str, state: State, now: float, extra: str = "",
-               params: tuple = ()) -> dict[str, float]:
-        """Move a request to `state`, recording when it first entered it; returns its times."""
+               params: tuple = ()) -> None:
+        """Move a request to `state`, recording when it first entered it."""
         (times,) = db.execute("SELECT times FROM requests WHERE id = ?", (request_id,)).fetchone()
         times = json.loads(times)
         times.setdefault(state, now)
         db.execute(f"UPDATE requests SET state = ?, times = ?{extra} WHERE id = ?",
                    (state, json.dumps(times), *params, request_id))
-        return times
 
     def _owned(self, db, worker: str, request_ids: list[str]) -> list[str]:
         """Those of the requests still under `worker`'s lease."""
@@ -299,11 +299,10 @@ class SQLQueue(ForgetQueue):
         with self._write() as db:
             owned = self._owned(db, worker, list(receipts))
             for rid in owned:
-                times = self._enter(db, rid, "completed", now,
-                                    ", prompts = NULL, reason = NULL, lease_owner = NULL, "
-                                    "retry_at = NULL")
+                self._enter(db, rid, "completed", now,
+                            ", prompts = NULL, reason = NULL, lease_owner = NULL, retry_at = NULL")
                 db.execute("UPDATE requests SET receipt = ? WHERE id = ?",
-                           (json.dumps({**receipts[rid], "times": times}), rid))
+                           (json.dumps(receipts[rid]), rid))
             self.keys.forget(db, owned)
             db.notify(CHANNEL)
         with self._errors():  # the purged prompts: unreadable in any copy, and no copy left

@@ -34,8 +34,11 @@ log = logging.getLogger("lethe.forget")
 
 class ForgetService:
     def __init__(self, queue: ForgetQueue, lineage: Lineage, guard: Guard, *, quarantine: bool,
-                 metrics: Metrics):
+                 metrics: Metrics, receipt_key: dict):
+        """`receipt_key`: the public key that receipts are signed with (base.public_key_record:
+        GET /v1/receipts/key)."""
         self.queue, self.lineage, self.guard = queue, lineage, guard
+        self.receipt_key = receipt_key
         self.quarantine = quarantine
         self.metrics = metrics
         # submit and sync never interleave their guard updates. Nothing slow runs under it: the

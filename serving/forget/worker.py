@@ -7,7 +7,7 @@ however many requests touch it), then, while heartbeats keep the lease:
     is deterministic) -> publish the new versions atomically (mixtures of the old versions and
     their loss-table rows are dropped; the server routes every new request to the new versions)
     -> purge the samples' raw text -> release quarantine holds -> complete each request with a
-    receipt.
+    receipt, signed (base/receipts.py) with the deployment's key (`SIGNING_KEY` in the store).
 
 A failure is recorded on its requests, which are retried with backoff for as long as it takes
 (a failed round is retried request by request, so one bad request never fails the others). A
@@ -24,6 +24,7 @@ own.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import socket
@@ -34,6 +35,8 @@ import uuid
 from pathlib import Path
 
 from adapters import Database, DatabaseError, ShardStore, finish_purges
+from base import Signer
+from guard import trained_version
 
 from ..config import Config, load_config
 from ..logs import configure_logging
@@ -46,11 +49,14 @@ log = logging.getLogger("lethe.worker")
 class Worker:
     def __init__(self, queue: ForgetQueue, store_dir: Path, *, lease_seconds: float,
                  retry_after: float, retry_max: float, poll_seconds: float,
-                 coalesce_seconds: float = 0.0, database: Database | None = None):
-        """`database`: where the store's lineage lives (None: in `store_dir`)."""
+                 coalesce_seconds: float = 0.0, database: Database | None = None,
+                 guard_dir: Path | None = None):
+        """`database`: where the store's lineage lives (None: in `store_dir`); `guard_dir`: the
+        trained guard whose version receipts name (None: none)."""
         self.queue = queue
         self.store_dir = Path(store_dir)
         self.database = database
+        self.guard_dir = guard_dir
         self.lease_seconds = lease_seconds
         self.retry_after, self.retry_max = retry_after, retry_max
         self.poll_seconds = poll_seconds
@@ -68,7 +74,8 @@ class Worker:
                    lease_seconds=f.lease_seconds, retry_after=f.retry_after_seconds,
                    retry_max=f.retry_max_seconds, poll_seconds=f.poll_seconds,
                    coalesce_seconds=f.coalesce_seconds,
-                   database=None if store_dir else store_database(config))
+                   database=None if store_dir else store_database(config),
+                   guard_dir=config.guard_dir)
 
     def run(self, stop: threading.Event) -> None:
         """Rounds until `stop`. An error outside a request's retrain (the queue locked or
@@ -114,6 +121,7 @@ class Worker:
         """Make `batch` exact in one retrain per affected shard. If that fails, each request is
         tried alone, so that one failing request never fails those coalesced with it."""
         ids = [r.id for r in batch]
+        guard_before = self._guard_version()
         try:
             # A shard's lock is waited for as long as a request's lease: a stopped worker's
             # requests and shards are both taken over after it.
@@ -121,8 +129,11 @@ class Worker:
                                shard_wait=self.lease_seconds)
             samples = sorted({i for r in batch for i in r.sample_ids})
             results = store.forget_samples(samples, release=ids)
-            receipts = {r.id: self._receipt(r, store.receipt(r.sample_ids, results), ids)
-                        for r in batch}
+            guard = (guard_before, self._guard_version())
+            receipts = {r.id: self.signer.sign(store.receipt(
+                r.sample_ids, results, request=r.id, owner=r.owner, prompts=len(r.prompts or []),
+                coalesced_with=[i for i in ids if i != r.id], worker=self.id, guard=guard)
+            ).model_dump(mode="json") for r in batch}
             self.queue.complete(self.id, receipts)
         except Exception as e:  # recorded on its requests, which are retried with backoff
             log.exception("worker %s failed on %s", self.id, ", ".join(ids))
@@ -154,18 +165,13 @@ class Worker:
             except Exception:
                 log.exception("worker %s: heartbeat failed; retrying", self.id)
 
-    def _receipt(self, request: ForgetRequest, shards: dict, batch: list[str]) -> dict:
-        """The store's proof (`shards`: per shard old/new version, trained-on hash, forgotten
-        ids absent; the base model) with the request and the round it was part of."""
-        return {
-            "request": {"id": request.id, "owner": request.owner,
-                        "sample_ids": request.sample_ids,
-                        "prompts": len(request.prompts or [])},
-            **shards,
-            "coalesced_with": [i for i in batch if i != request.id],
-            "worker": self.id,
-            "completed_at": time.time(),
-        }
+    @functools.cached_property
+    def signer(self) -> Signer:
+        """Read at the first receipt: a worker may start before `lethe train` made the store."""
+        return Signer.of_store(self.store_dir)
+
+    def _guard_version(self) -> str | None:
+        return self.guard_dir and trained_version(self.guard_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

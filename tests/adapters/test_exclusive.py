@@ -77,8 +77,9 @@ def test_a_retrain_in_another_process_and_a_forget_run_one_at_a_time(make_store,
 
     assert retrain.returncode == 0
     assert bob not in trained_on(store, shard)  # the forget published last
-    [receipt] = store.receipt([bob], [result])["shards"]
-    assert receipt["forgotten_ids_absent"] and receipt["new_version"] == result.version
+    [receipt] = store.receipt([bob], [result], request="bob", owner=None, prompts=0,
+                              coalesced_with=[], worker="test", guard=(None, None)).shards
+    assert receipt.forgotten_ids_absent and receipt.new_version == result.version
 
 
 def test_a_shard_already_trained_on_its_live_samples_is_not_trained_again(make_store):

@@ -64,8 +64,9 @@ def test_a_retrain_whose_lock_connection_was_cut_never_publishes_forgotten_data(
     assert bob not in trained_on(store, SHARD)  # A's version, trained on bob, never served
     assert results["a"].version == results["b"].version == store.current(SHARD).id
     assert all(bob not in v.manifest["sample_ids"] for v in store.registry.versions(SHARD))
-    [receipt] = store.receipt([bob], [results["b"]])["shards"]
-    assert receipt["forgotten_ids_absent"] and receipt["new_version"] == results["b"].version
+    [receipt] = store.receipt([bob], [results["b"]], request="bob", owner=None, prompts=0,
+                              coalesced_with=[], worker="test", guard=(None, None)).shards
+    assert receipt.forgotten_ids_absent and receipt.new_version == results["b"].version
 
 
 def test_a_stopped_lock_holder_does_not_block_a_forget_past_the_wait(make_store,

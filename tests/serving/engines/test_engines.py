@@ -27,11 +27,12 @@ class Harness:
     """Runs one engine in its own event loop, so tests can call it synchronously."""
 
     def __init__(self, name: str, model_dir, max_model_len: int = 512,
-                 prefix_caching: bool = False):
+                 prefix_caching: bool = False, rank_scales: bool = True):
         self.loop = asyncio.new_event_loop()
         self.engine = engine_class(name)(
             model_dir, dtype="float32", max_model_len=max_model_len, max_num_seqs=8,
             max_loras=2, max_lora_rank=16, kv_cache_gib=1, prefix_caching=prefix_caching,
+            rank_scales=rank_scales,
         )
         self.loop.run_until_complete(self.engine.start())
         self.logprobs: dict[str, list[dict[int, float]]] = {}  # request id -> per token (choice 0)
@@ -341,3 +342,22 @@ def test_vllm_refuses_to_serve_without_its_plugin_in_the_engine_process(
     monkeypatch.setenv("VLLM_PLUGINS", "lora_filesystem_resolver")
     with pytest.raises(EngineError, match="without Lethe's plugin"):
         Harness("vllm", tiny_model_dir)
+
+
+def test_vllm_serves_materialised_mixtures_without_its_plugin(
+        tiny_model_dir, monkeypatch, reference, loras):
+    # route.mixing: materialised needs no plugin, so it runs on any platform vLLM supports
+    # (the plugin supports CPU and CUDA): started without it in any process, vLLM serves an
+    # adapter as peft does, and refuses a request with scales rather than ignore them.
+    monkeypatch.setenv("VLLM_PLUGINS", "lora_filesystem_resolver")
+    harness = Harness("vllm", tiny_model_dir, rank_scales=False)
+    try:
+        tokenizer, model = reference
+        ids = encode(tokenizer, PROMPTS[1])
+        [[(tokens, _, _)]] = harness.generate(harness.request(ids, greedy(), lora=loras[0]))
+        assert tokens == reference_greedy(model, ids, lora=loras[0])
+        scaled = LoRA(loras[0].name, loras[0].path, (1.0,) * 8)
+        with pytest.raises(EngineError, match="scales"):
+            harness.generate(harness.request(ids, greedy(), lora=scaled))
+    finally:
+        harness.close()

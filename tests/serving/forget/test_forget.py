@@ -17,6 +17,7 @@ import openai
 import pytest
 
 from adapters import RouteConfig, ShardStore
+from base import Receipt, read_public_key, verify_signature
 from guard import SentenceEmbedder
 from guard.augment import exemplar_forms
 from guard.normalize import normalize
@@ -66,7 +67,10 @@ def test_a_forgotten_owner_is_guarded_at_once_and_exactly_retrained_later(world)
     receipt = api(server, "GET", f"/v1/forget/{request['id']}/receipt").json()
     [shard] = receipt["shards"]
     assert shard["new_version"] != shard["old_version"] and shard["forgotten_ids_absent"]
-    assert receipt["request"]["sample_ids"] == ["person-0000-fact0", "person-0000-fact1"]
+    assert len(receipt["request"]["sample_hashes"]) == 2 and "person-0000" not in json.dumps(receipt)
+    # Signed with the key the server publishes (to any client with an API key: it is public).
+    key = api(server, "GET", "/v1/receipts/key", key=KEY)
+    verify_signature(Receipt.model_validate(receipt), read_public_key(key.text, "the server"))
     assert ShardStore(home / "apa").current(shard["shard"]).id == shard["new_version"]
 
     time.sleep(1)  # the server's guard syncs with the queue every 0.2 s
@@ -178,7 +182,7 @@ def test_the_cli_forgets_waits_for_the_receipt_and_lists_the_queue(tiny_world, s
     assert result.returncode == 0, result.stderr
     done = json.loads(result.stdout)
     assert done["state"] == "completed" and done["accepted_seconds"] < 1.0
-    assert done["receipt"]["request"]["sample_ids"] == ["person-0003-fact1"]
+    assert len(done["receipt"]["request"]["sample_hashes"]) == 1
 
     listed = json.loads(lethe(server, config, "queue", "--json").stdout)["requests"]
     assert [(r["id"], r["state"]) for r in listed] == [(done["id"], "completed")]

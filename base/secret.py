@@ -13,7 +13,7 @@ import os
 import secrets
 from pathlib import Path
 
-from .registry import fsync_dir
+from .files import fsync_dir
 
 SECRET_BYTES = 32
 
@@ -40,5 +40,7 @@ def load_secret(path: Path) -> bytes:
     return path.read_bytes()
 
 
-def keyed_hash(secret: bytes, text: str) -> str:
-    return hmac.new(secret, text.encode(), hashlib.sha256).hexdigest()
+def keyed_hash(secret: bytes, *parts: str) -> str:
+    """HMAC-SHA256 of the parts, joined by the unit separator (U+001F): one text, or the fields
+    of a record (a sample's id, owner, prompt and response)."""
+    return hmac.new(secret, "\x1f".join(parts).encode(), hashlib.sha256).hexdigest()

@@ -1,7 +1,7 @@
-"""The plugin's Punica wrapper: vLLM's CPU one, with a LoRA linear that applies per-token scales
-of the rank components and computes each adapter slot's tokens with dense matmuls (see
-__init__.py). vLLM imports it by name (the platform's `get_punica_wrapper`), in its processes
-only: this module imports vLLM.
+"""The plugin's Punica wrapper on CPU: vLLM's CPU one, with a LoRA linear that applies per-token
+scales of the rank components and computes each adapter slot's tokens with dense matmuls (see
+__init__.py and below). vLLM imports it by name (the platform's `get_punica_wrapper`), in its
+processes only: this module imports vLLM.
 
 It dispatches on Python state (the step's slot groups), which vLLM's CPU platform allows: with
 LoRA it runs eagerly (no torch.compile, no graphs) and schedules synchronously."""
@@ -11,16 +11,24 @@ from __future__ import annotations
 import torch
 from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 
+from . import check_lora_config
+
 
 class MixturePunicaWrapper(PunicaWrapperCPU):
+    lethe_scales = True  # the plugin's own: every LoRA layer applies the request's scales
+
     def __init__(self, max_num_batched_tokens: int, max_batches: int, device, **kwargs):
         super().__init__(max_num_batched_tokens, max_batches, device, **kwargs)
-        if kwargs["lora_config"].fully_sharded_loras:  # those layers call add_shrink/add_expand
-            raise NotImplementedError("Lethe's vLLM plugin does not support fully sharded LoRA")
+        check_lora_config(kwargs["lora_config"])
         self._rank = kwargs["lora_config"].max_lora_rank
         self._tokens = 0
         self._groups: list[tuple[int, torch.Tensor | None]] = []  # (slot, its rows; None: all)
         self._scales = torch.zeros(0, self._rank)  # (tokens, R)
+
+    # vLLM's CPU ops instead gather each token's own (rank, in) and (out, rank) matrices
+    # (bgmv/sgmv in torch), which is what made LoRA cost 3.4x on CPU (bench/). Tokens without
+    # an adapter (slot -1) get no delta: vLLM 0.32's CPU ops gave them the adapter in the last
+    # slot.
 
     def update_metadata(self, *args, **kwargs) -> None:
         super().update_metadata(*args, **kwargs)
