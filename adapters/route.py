@@ -63,16 +63,25 @@ class RouteInputs:
 
 Scheme = Callable[[RouteInputs, RouteConfig], np.ndarray]  # -> (K,) non-negative weights
 _SCHEMES: dict[str, Scheme] = {}
+_NEEDS_LOSSES: set[str] = set()  # schemes that read the validation loss table
 
 
-def register_scheme(name: str, fn: Scheme) -> None:
+def register_scheme(name: str, fn: Scheme, *, needs_losses: bool = False) -> None:
+    """`needs_losses`: the scheme reads RouteInputs.validation and .losses (a store trained
+    without a validation set serves `semantic` instead: ShardStore.effective_route)."""
     if name in _SCHEMES:
         raise RouteError(f"weighting scheme {name!r} is already registered")
     _SCHEMES[name] = fn
+    if needs_losses:
+        _NEEDS_LOSSES.add(name)
 
 
 def scheme_names() -> list[str]:
     return sorted(_SCHEMES)
+
+
+def needs_losses(name: str) -> bool:
+    return name in _NEEDS_LOSSES
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -105,10 +114,10 @@ def major(inputs: RouteInputs, config: RouteConfig) -> np.ndarray:
     return np.eye(len(inputs.centroids))[np.argmin(neighbour_errors(inputs, config))]
 
 
-register_scheme("apa", apa)
+register_scheme("apa", apa, needs_losses=True)
 register_scheme("semantic", semantic)
 register_scheme("uniform", uniform)
-register_scheme("major", major)
+register_scheme("major", major, needs_losses=True)
 
 
 def route(inputs: RouteInputs, config: RouteConfig, shards: list[int],

@@ -47,7 +47,7 @@ from .losses import LossTable, LossTableError, adapter_losses
 from .mixture import Mixture, MixtureCache
 from .partition import partition
 from .registry import CONFIG, WEIGHTS, AdapterRegistry, RegistryError, Version, weights_hash
-from .route import RouteConfig, RouteInputs, route
+from .route import RouteConfig, RouteInputs, needs_losses, route
 from .samples import Sample, read_samples, write_samples
 from .train import TrainConfig, train_adapter
 
@@ -384,7 +384,7 @@ class ShardStore:
     def effective_route(self, config: RouteConfig) -> RouteConfig:
         """`config`, except that schemes that read the loss table fall back to `semantic` in a
         store trained without a validation set."""
-        if config.scheme in ("apa", "major") and self.validation_embeddings is None:
+        if needs_losses(config.scheme) and self.validation_embeddings is None:
             return config.model_copy(update={"scheme": "semantic"})
         return config
 

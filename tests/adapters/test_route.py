@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from adapters import RouteConfig, RouteError, register_scheme, route, scheme_names
-from adapters.route import RouteInputs, UnknownSchemeError
+from adapters.route import RouteInputs, UnknownSchemeError, needs_losses
 
 # Three shards; validation samples 0-1 lie near the query, 2-3 far from it.
 QUERY = np.array([1.0, 0.0])
@@ -59,6 +59,9 @@ def test_apa_without_a_loss_table_says_what_it_needs():
     inputs = RouteInputs(query=QUERY, centroids=INPUTS.centroids)
     with pytest.raises(RouteError, match="validation"):
         route(inputs, RouteConfig(scheme="apa"), SHARDS)
+    # the registry says which schemes read the loss table (a store without one serves semantic)
+    assert [s for s in scheme_names() if needs_losses(s)] == ["apa", "major"]
+    route(inputs, RouteConfig(scheme="semantic"), SHARDS)
 
 
 def test_scheme_registry_refuses_duplicates_and_lists_names():
