@@ -68,7 +68,7 @@ def main() -> None:
     start = time.perf_counter()
     code = lethe(["eval", "tofu", "--data", str(args.data), "--forget", args.forget,
                   "--retain-authors", args.retain_authors, "--shards", args.shards,
-                  "--epochs", args.epochs, "--eval-items", args.eval_items, "--engine", "hf",
+                  "--epochs", args.epochs, "--eval-items", args.eval_items,
                   *(["--variants"] if args.variants else []),
                   *(["--aggregation"] if args.aggregation else []),
                   "--out", str(RESULTS / "tofu.json"), "--plot", str(RESULTS / "tofu.png")])

@@ -7,7 +7,7 @@
 # (torch, CUDA, vLLM, the GPU: facts.json), test-engines and test-forget (each test runs on every
 # engine, vllm on CUDA here), bench-smollm2 and bench-random-1b (bench/bench_mixtures.py on
 # vLLM, bf16, concurrency 1 8 32 64: base, static rank K*r, materialised and in-engine
-# mixtures), tofu (the quick `lethe eval tofu` on vLLM), demo (make demo).
+# mixtures), tofu (the quick `lethe eval tofu`: it scores with the hf engine), demo (make demo).
 # Everything goes to bench/results/gpu/<gpu-name>/: each step's log and JSON, and summary.tsv
 # (step, status, seconds, exit code). A failed step is recorded and the next one runs; no step
 # starts after GPU_CHECK_BUDGET_S (default 450 s) and a running one is stopped there. Exit 1 if
@@ -143,7 +143,7 @@ step test-forget .venv/bin/pytest -q tests/serving/forget/test_forget.py \
 step bench-smollm2 "${bench[@]}" --out "$out/mixtures-smollm2.json"
 step bench-random-1b "${bench[@]}" --model random-1b --out "$out/mixtures-random-1b.json"
 step tofu .venv/bin/lethe eval tofu --data "$TOFU_DATA" --forget forget01 --retain-authors 4 \
-    --shards 2 --max-steps 2 --engine vllm --json --out "$out/tofu.json"
+    --shards 2 --max-steps 2 --json --out "$out/tofu.json"
 step demo make demo
 
 printf 'total\t-\t%s\t-\n' "$((SECONDS - started))" >> "$summary"

@@ -23,10 +23,6 @@ def cmd_tofu(args) -> None:
     from ..evaluation import PHASES, load_tofu, run_tofu
     from ..server import served_corruption
 
-    if args.engine != "hf":
-        raise UsageError("--engine vllm: the evaluation scores answers with teacher-forced "
-                         "log-probabilities, which it computes as the hf engine does; "
-                         "only --engine hf is supported")
     if args.plot:
         _require_matplotlib()
     for flag, path in (("--out", args.out), ("--plot", args.plot)):
@@ -53,7 +49,9 @@ def cmd_tofu(args) -> None:
         "route": config.route.model_dump(mode="json"),
         "corruption": asdict(served_corruption(config)),  # as served: sigma by policy
         "forget_policy": config.forget.model_dump(mode="json", include={"on_flag", "quarantine"}),
-        "embedder": config.guard.embedder, "model": config.model.source, "engine": args.engine}
+        "embedder": config.guard.embedder, "model": config.model.source,
+        # teacher-forced log-probabilities, computed as the hf engine does (vLLM gives none)
+        "engine": "hf"}
     result["published_forget10_llama_3_2_1b"] = PUBLISHED
     if args.out:
         args.out.write_text(json.dumps(result, indent=2))
@@ -134,7 +132,6 @@ def add_commands(sub) -> None:
     tofu.add_argument("--shards", type=positive_int, help="overrides shards.count")
     tofu.add_argument("--max-steps", type=positive_int, help="overrides train.max_steps")
     tofu.add_argument("--epochs", type=positive_int, help="overrides train.epochs")
-    tofu.add_argument("--engine", default="hf", choices=["hf", "vllm"])
     # ~4 s per question on 2 vCPUs (probability, 6 truth-ratio answers, a greedy answer): 20
     # per set keeps a phase under 7 minutes there; TOFU itself scores every question.
     tofu.add_argument("--eval-items", type=positive_int, default=20,

@@ -140,8 +140,6 @@ def test_the_data_and_sizes_are_checked_before_any_work(tofu_dir, lethe_home, ti
     assert too_many.returncode == 2 and "--retain-authors must be in 1..5" in too_many.stderr
     missing = lethe(lethe_home, tiny_model_dir, "--data", str(tmp_path), "--retain-authors", "1")
     assert missing.returncode == 2 and "full.json" in missing.stderr
-    vllm = lethe(lethe_home, tiny_model_dir, "--data", str(tofu_dir), "--engine", "vllm")
-    assert vllm.returncode == 2 and "only --engine hf" in vllm.stderr
     nowhere = lethe(lethe_home, tiny_model_dir, "--data", str(tofu_dir), "--retain-authors", "1",
                     "--out", str(tmp_path / "missing" / "tofu.json"))
     assert nowhere.returncode == 2 and "--out" in nowhere.stderr
