@@ -16,7 +16,7 @@ from .exemplars import ExemplarIndex
 from .general import general_prompts
 from .guard import Guard, Verdict
 from .mask import chat_prompt, token_mask
-from .prompts import Item, PromptFileError, read_items, salient_terms, strip_markup
+from .prompts import Item, PromptFileError, read_items, strip_markup
 from .train import EmbedFn, train_guard
 from .metrics import (ANSWER_TOKENS, MetricError, ModelSubject, Subject, answer_ids,
                       by_question, forget_quality, greedy_ids, metric, metric_names,
@@ -36,7 +36,7 @@ __all__ = [
     "forget_scores",
     "general_prompts", "greedy_ids", "load_corruption", "load_model", "metric", "metric_names",
     "model_utility", "read_items", "register_classifier", "register_corruption",
-    "register_embedder", "register_metric", "request_seed", "rouge_l_recall", "salient_terms",
+    "register_embedder", "register_metric", "request_seed", "rouge_l_recall",
     "save_corruption", "save_model", "strip_markup", "token_logprobs", "token_mask",
     "train_guard", "trained_version",
     "truth_ratio_closer_to_1", "truth_ratio_true_better", "tune", "views",

@@ -1,23 +1,17 @@
 """Which prompt tokens a corruption may touch: the user's content, never the chat template.
 
 The prompt is rendered with the tokenizer's chat template, each user message is located in the
-rendered text, and a token is masked when its character span overlaps one. With `salient` terms
-(prompts.salient_terms of a forget item), only tokens overlapping those words are masked.
+rendered text, and a token is masked when its character span overlaps one.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .prompts import words
 
-
-def token_mask(tokenizer, text: str, spans: list[tuple[int, int]],
-               salient: frozenset[str] | None = None) -> tuple[list[int], torch.Tensor]:
+def token_mask(tokenizer, text: str, spans: list[tuple[int, int]]
+               ) -> tuple[list[int], torch.Tensor]:
     """(token ids of text, (T,) bool mask of the tokens overlapping spans)."""
-    if salient is not None:
-        spans = [(start + a, start + b) for start, end in spans
-                 for a, b, word in words(text[start:end]) if word in salient]
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     special = set(tokenizer.all_special_ids)
     mask = [tid not in special and any(a < e and s < b for s, e in spans)
@@ -25,8 +19,7 @@ def token_mask(tokenizer, text: str, spans: list[tuple[int, int]],
     return encoded.input_ids, torch.tensor(mask, dtype=torch.bool)
 
 
-def chat_prompt(tokenizer, messages: list[dict], salient: frozenset[str] | None = None
-                ) -> tuple[list[int], torch.Tensor]:
+def chat_prompt(tokenizer, messages: list[dict]) -> tuple[list[int], torch.Tensor]:
     """Token ids of the chat prompt (with the assistant header) and the mask of the messages'
     content, every role (a client writes them all); the template's own tokens are never masked."""
     text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -37,4 +30,4 @@ def chat_prompt(tokenizer, messages: list[dict], salient: frozenset[str] | None 
             continue
         cursor = start + len(message["content"])
         spans.append((start, cursor))
-    return token_mask(tokenizer, text, spans, salient)
+    return token_mask(tokenizer, text, spans)

@@ -71,24 +71,3 @@ def strip_markup(text: str) -> str:
     """The text a user wrote, without chat-template markup, so a classifier sees content only;
     runs of spaces become one, line breaks stay (a line is a view of its own, views.py)."""
     return re.sub(r"[^\S\n]+", " ", _MARKUP.sub(" ", text)).strip()
-
-
-# Question words and other capitalised function words that carry nothing about the item.
-_COMMON = {"what", "who", "whom", "which", "where", "when", "why", "how", "can", "could", "does",
-           "did", "do", "is", "are", "was", "were", "has", "have", "the", "a", "an", "in", "on",
-           "of", "and", "or", "tell", "me", "please", "author", "book", "yes", "no"}
-_WORD = re.compile(r"[\w-]+(?:'[\w]+)?")
-
-
-def words(text: str) -> list[tuple[int, int, str]]:
-    """(start, end, normalised word) for each word: lower case, without a possessive 's."""
-    return [(m.start(), m.end(), re.sub(r"'s$", "", m.group().lower())) for m in _WORD.finditer(text)]
-
-
-def salient_terms(texts: list[str]) -> frozenset[str]:
-    """Names and numbers of a forget item: its capitalised words and words with digits.
-
-    Used to corrupt only the prompt tokens that mention the forgotten item, when asked to.
-    """
-    return frozenset(w for text in texts for start, _, w in words(text)
-                     if (text[start].isupper() or any(c.isdigit() for c in w)) and w not in _COMMON)

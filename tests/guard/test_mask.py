@@ -19,13 +19,6 @@ def test_chat_mask_covers_exactly_the_content_of_every_role(tiny_model_dir):
     assert masked == "Be brief.Where does Kalo Venmar live?In Quillmoor.And his job?"
 
 
-def test_salient_mask_covers_only_the_named_terms(tiny_model_dir):
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    ids, mask = chat_prompt(tokenizer, [{"role": "user", "content": "Where does Kalo Venmar live?"}],
-                            salient=frozenset({"venmar"}))
-    assert tokenizer.decode([i for i, m in zip(ids, mask) if m]).strip() == "Venmar"
-
-
 def test_special_tokens_inside_a_span_are_never_masked(tiny_model_dir):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     text = "<|im_start|>Where<|im_end|>"

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from guard import PromptFileError, read_items, salient_terms, strip_markup
+from guard import PromptFileError, read_items, strip_markup
 
 
 def test_reads_tofu_jsonl_and_json_arrays_with_either_field_name(tmp_path):
@@ -32,8 +32,5 @@ def test_a_record_without_a_prompt_is_named_by_file_and_line(tmp_path):
         read_items(tmp_path / "missing.jsonl")
 
 
-def test_markup_is_stripped_and_salient_terms_are_names_and_numbers():
+def test_markup_is_stripped():
     assert strip_markup("<|im_start|>user\nWho is  A?<|im_end|>\n") == "Who is A?"
-    assert salient_terms(["What gender is author Basil Mahfouz Al-Kuwaiti?",
-                          "Hina Ameen's father was born in 1956."]) == {
-        "basil", "mahfouz", "al-kuwaiti", "hina", "ameen", "1956"}
