@@ -2,11 +2,11 @@
 moment it is accepted (service.py), and the worker that makes it exact in the background
 (worker.py, its own process, kept running by supervisor.py)."""
 
-from .queue import (ACTIVE, STATES, ForgetQueue, ForgetRequest, QueueError, SQLiteQueue,
-                    UnknownRequestError, open_queue)
+from .queue import (ACTIVE, STATES, ForgetQueue, ForgetRequest, QueueError, UnknownRequestError,
+                    open_queue)
 from .service import ForgetService
 from .supervisor import WorkerSupervisor
 from .worker import Worker
 
 __all__ = ["ACTIVE", "STATES", "ForgetQueue", "ForgetRequest", "ForgetService", "QueueError",
-           "SQLiteQueue", "UnknownRequestError", "Worker", "WorkerSupervisor", "open_queue"]
+           "UnknownRequestError", "Worker", "WorkerSupervisor", "open_queue"]

@@ -348,14 +348,6 @@ def _shard_group(due: list[tuple[str, set[str]]], held: set[str]) -> list[str]:
     return [i for i, _ in free if i in group]
 
 
-class SQLiteQueue(SQLQueue):
-    """The embedded default: a SQLite file, its dedup key `secret.key` beside it."""
-
-    def __init__(self, path: Path, synchronous: Literal["FULL", "NORMAL"] = "FULL"):
-        self.path = Path(path)
-        super().__init__(open_database(self.path, synchronous), self.path.parent / "secret.key")
-
-
 def open_queue(target: Path | str, synchronous: Literal["FULL", "NORMAL"],
                secret_file: Path) -> ForgetQueue:
     """The forget queue at `target`: a SQLite file or a database URL (config: `store.url`,

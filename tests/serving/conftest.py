@@ -4,12 +4,14 @@ on the tiny model, trained hard enough that each shard recites its people's fact
 import re
 import shutil
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 import yaml
 
 from adapters import synth_people, write_samples
+from serving.forget import open_queue
 
 PEOPLE = synth_people(4, seed=3, facts_per_person=2)
 ADMIN, KEY = "admin-key-for-tests", "user-key-for-tests"  # keys are >= 16 chars
@@ -47,6 +49,12 @@ def wait_for(server, request_id: str, state: str, timeout: float = 180) -> dict:
             return status
         time.sleep(0.2)
     raise AssertionError(f"{request_id} not {state} in {timeout}s: {status}\n{server.tail()}")
+
+
+def sqlite_queue(path: Path):
+    """The forget queue in a SQLite file, its dedup key `secret.key` beside it: as `lethe
+    serve` opens it in home."""
+    return open_queue(path, "FULL", Path(path).parent / "secret.key")
 
 
 def merge(base: dict, **sections) -> dict:

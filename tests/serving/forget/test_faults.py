@@ -14,13 +14,14 @@ from pathlib import Path
 import httpx
 
 from adapters import ShardStore
-from serving.forget import QueueError, SQLiteQueue, Worker
-from tests.serving.conftest import ADMIN, api, ask, fact, merge, wait_for, write_config
+from serving.forget import QueueError, Worker
+from tests.serving.conftest import (ADMIN, api, ask, fact, merge, sqlite_queue, wait_for,
+                                    write_config)
 from tests.serving.forget.test_worker import dead, owner_ids
 
 
 def worker_for(home: Path, queue=None) -> Worker:
-    return Worker(queue or SQLiteQueue(home / "forget.db"), home / "apa", lease_seconds=5.0,
+    return Worker(queue or sqlite_queue(home / "forget.db"), home / "apa", lease_seconds=5.0,
                   retry_after=0.2, retry_max=0.5, poll_seconds=0.1)
 
 
@@ -72,7 +73,7 @@ class FlakyQueue:
 
 def test_a_transient_queue_error_does_not_end_the_worker(tiny_world):
     home = Path(tiny_world()["home"])
-    queue = SQLiteQueue(home / "forget.db")
+    queue = sqlite_queue(home / "forget.db")
     request, _ = queue.submit("person-0001", owner_ids(home, "person-0001"), [])
     flaky, stop = FlakyQueue(queue), threading.Event()
     runner = threading.Thread(target=worker_for(home, flaky).run, args=(stop,))
@@ -87,7 +88,7 @@ def test_a_transient_queue_error_does_not_end_the_worker(tiny_world):
 
 def test_a_failed_request_is_retried_and_completes_once_the_fault_clears(tiny_world):
     home = Path(tiny_world()["home"])
-    queue = SQLiteQueue(home / "forget.db")
+    queue = sqlite_queue(home / "forget.db")
     request, _ = queue.submit("person-0002", owner_ids(home, "person-0002"), ["Where?"])
     info = home / "apa" / "store.json"
     good = info.read_text()
@@ -106,7 +107,7 @@ def test_a_failed_request_is_retried_and_completes_once_the_fault_clears(tiny_wo
 
 def test_one_failing_request_does_not_fail_those_coalesced_with_it(tiny_world):
     home = Path(tiny_world()["home"])
-    queue = SQLiteQueue(home / "forget.db")
+    queue = sqlite_queue(home / "forget.db")
     good, _ = queue.submit("person-0003", owner_ids(home, "person-0003"), [])
     bad, _ = queue.submit(None, ["no-such-sample"], [])  # written past the API's checks
     assert worker_for(home).run_once() == [good.id]
@@ -116,7 +117,7 @@ def test_one_failing_request_does_not_fail_those_coalesced_with_it(tiny_world):
 
 def test_a_retry_after_a_crash_past_publish_records_the_true_previous_version(tiny_world):
     home = Path(tiny_world()["home"])
-    queue = SQLiteQueue(home / "forget.db")
+    queue = sqlite_queue(home / "forget.db")
     ids = owner_ids(home, "person-0001")
     store = ShardStore(home / "apa")
     [shard] = store.lineage.shards_of(ids)
@@ -144,14 +145,14 @@ def test_poison_forget_input_is_refused_before_it_is_stored(tiny_world, start_se
                                        "Content-Type": "application/json"})
         assert response.status_code == 400, (param, response.text)
         assert response.json()["error"]["param"] == param
-    assert SQLiteQueue(Path(config["home"]) / "forget.db").list() == []
+    assert sqlite_queue(Path(config["home"]) / "forget.db").list() == []
 
 
 def test_a_request_that_cannot_be_guarded_does_not_stop_the_server_or_the_others(tiny_world,
                                                                                 start_server):
     config = merge(tiny_world(), forget={"worker": False})
     home = Path(config["home"])
-    queue = SQLiteQueue(home / "forget.db")
+    queue = sqlite_queue(home / "forget.db")
     queue.submit(None, ["person-0000-fact0"], ["\ud800"])  # stored by an older, unchecked server
     question, city = fact("person-0001")
     queue.submit("person-0001", owner_ids(home, "person-0001"), [])

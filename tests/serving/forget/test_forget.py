@@ -21,11 +21,11 @@ from base import Receipt, read_public_key, verify_signature
 from guard import SentenceEmbedder
 from guard.augment import exemplar_forms
 from guard.normalize import normalize
-from serving.forget import SQLiteQueue
 from serving.forget import Worker
-from tests.serving.conftest import (KEY, PEOPLE, api, ask, fact, merge, metric, wait_for,
-                                    write_config)
+from tests.serving.conftest import (KEY, PEOPLE, api, ask, fact, merge, metric, sqlite_queue,
+                                    wait_for, write_config)
 from tests.support.embeddings import nearest_stored
+
 
 @pytest.fixture(scope="module", params=["vllm", "hf"])
 def world(request, tiny_world, start_module_server):
@@ -82,7 +82,7 @@ def test_a_forgotten_owner_is_guarded_at_once_and_exactly_retrained_later(world)
     lineage = sqlite3.connect(home / "apa" / "lineage.db")
     assert lineage.execute("SELECT prompt, response FROM samples WHERE owner = 'person-0000'"
                            ).fetchall() == [(None, None)] * 2
-    assert SQLiteQueue(home / "forget.db").get(request["id"]).prompts is None
+    assert sqlite_queue(home / "forget.db").get(request["id"]).prompts is None
 
     # Nothing derived from the texts either: no file under home holds a vector within cosine
     # 0.99 of their embeddings, the guard's exemplar forms included (the guard keeps them in
@@ -112,14 +112,14 @@ def test_serving_goes_on_while_the_worker_retrains_and_publishes(world):
 
 def test_forgetting_the_unknown_is_a_404_that_changes_nothing(world):
     server, home = world
-    before = SQLiteQueue(home / "forget.db").list()
+    before = sqlite_queue(home / "forget.db").list()
     for body, missing in (({"owner": "nobody"}, "unknown owner(s): nobody"),
                           ({"sample_ids": ["person-0001-fact0", "ghost"]},
                            "unknown sample id(s): ghost")):
         response = api(server, "POST", "/v1/forget", json=body)
         assert response.status_code == 404
         assert response.json()["error"]["message"] == missing
-    assert SQLiteQueue(home / "forget.db").list() == before
+    assert sqlite_queue(home / "forget.db").list() == before
     assert api(server, "GET", "/v1/forget/fgt-nope").status_code == 404
 
 
@@ -206,7 +206,7 @@ def test_quarantine_gives_pending_shards_weight_zero_until_retrained(tiny_world,
     query = SentenceEmbedder()([fact("person-0001")[0]])[0]
     assert shard not in store.weights(query, RouteConfig(scheme="semantic", top_m=1))
 
-    Worker(SQLiteQueue(home / "forget.db"), home / "apa", lease_seconds=5, retry_after=0,
+    Worker(sqlite_queue(home / "forget.db"), home / "apa", lease_seconds=5, retry_after=0,
            retry_max=1, poll_seconds=0.1).run_once()
     assert store.lineage.quarantined() == set()
     server.stop()

@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from serving.forget import SQLiteQueue, UnknownRequestError, open_queue
+from serving.forget import UnknownRequestError, open_queue
+from tests.serving.conftest import sqlite_queue
 
 
 @pytest.fixture
@@ -38,7 +39,7 @@ def test_a_submitted_request_is_durable(queue, database_target, tmp_path):
 
 
 def test_a_sqlite_queue_commits_with_full_sync(tmp_path):
-    queue = SQLiteQueue(tmp_path / "forget.db")
+    queue = sqlite_queue(tmp_path / "forget.db")
     assert raw(queue, "PRAGMA journal_mode") == [("wal",)]
     assert raw(queue, "PRAGMA synchronous") == [(2,)]  # FULL
 
@@ -144,7 +145,7 @@ def test_a_queue_file_of_an_older_version_is_migrated_forward(tmp_path):
         "('fgt-old', 'k', '[\"a\"]', '[]', 'received', '{}', 1);"
         "PRAGMA user_version = 1;")
     old.close()
-    queue = SQLiteQueue(tmp_path / "forget.db")
+    queue = sqlite_queue(tmp_path / "forget.db")
     new, _ = queue.submit(None, ["b"], [], shards=[3])
     assert [r.id for r in queue.list()] == ["fgt-old", new.id]
     assert raw(queue, "SELECT version FROM lethe_schema WHERE component = 'queue'") == [(2,)]

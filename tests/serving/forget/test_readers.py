@@ -10,7 +10,8 @@ from pathlib import Path
 
 from adapters import ShardStore
 from adapters import sqlite as sqlite_rules
-from serving.forget import SQLiteQueue, Worker
+from serving.forget import Worker
+from tests.serving.conftest import sqlite_queue
 from tests.support.sqlite_files import held_reader, holds
 
 QUESTION = "What did person-0001 tell the bank?"
@@ -20,7 +21,7 @@ def test_a_long_reader_stalls_neither_the_forget_nor_another_owners_submission(
         tiny_world, monkeypatch):
     monkeypatch.setattr(sqlite_rules, "CHECKPOINT_SECONDS", 1.0)  # the bound, shortened
     home = Path(tiny_world()["home"])
-    store, queue = ShardStore(home / "apa"), SQLiteQueue(home / "forget.db")
+    store, queue = ShardStore(home / "apa"), sqlite_queue(home / "forget.db")
     victim = store.lineage.owner_sample_ids("person-0001")
     texts = store.lineage.sample_texts(victim) + [QUESTION]
     [shard] = store.lineage.shards_of(victim)

@@ -16,8 +16,8 @@ import pytest
 
 from adapters import ShardStore
 from base import MANIFEST, Signer
-from serving.forget import SQLiteQueue, Worker
-from tests.serving.conftest import PEOPLE
+from serving.forget import Worker
+from tests.serving.conftest import PEOPLE, sqlite_queue
 
 OWNER = "person-0002"
 WEIGHTS = "adapter_model.safetensors"
@@ -27,7 +27,7 @@ WEIGHTS = "adapter_model.safetensors"
 def completed(tiny_world, tmp_path_factory):
     """(home, the receipt of a completed forget request for OWNER, the owner's samples file)."""
     home = Path(tiny_world()["home"])
-    queue = SQLiteQueue(home / "forget.db")
+    queue = sqlite_queue(home / "forget.db")
     ids = ShardStore(home / "apa").lineage.owner_sample_ids(OWNER)
     request, _ = queue.submit(OWNER, ids, ["Where does this person live?"])
     worker = Worker(queue, home / "apa", lease_seconds=5.0, retry_after=0.0, retry_max=1.0,

@@ -11,8 +11,8 @@ import pytest
 
 from adapters import ShardStore
 from serving.config import load_config
-from serving.forget import SQLiteQueue, WorkerSupervisor
-from tests.serving.conftest import ADMIN, KEY, api, wait_for, write_config
+from serving.forget import WorkerSupervisor
+from tests.serving.conftest import ADMIN, KEY, api, sqlite_queue, wait_for, write_config
 
 PASSWORD = "pw-0123456789-secret"
 
@@ -39,7 +39,7 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = 180) -
 def test_the_worker_gets_its_keys_through_a_pipe_again_at_each_start(tiny_world, tmp_path):
     config = tiny_world()
     home = Path(config["home"])
-    queue, lineage = SQLiteQueue(home / "forget.db"), ShardStore(home / "apa").lineage
+    queue, lineage = sqlite_queue(home / "forget.db"), ShardStore(home / "apa").lineage
     supervisor = supervisor_of(config, tmp_path)
     try:
         for owner in ("person-0001", "person-0002"):

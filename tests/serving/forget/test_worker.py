@@ -12,13 +12,12 @@ from pathlib import Path
 
 
 from adapters import ShardStore
-from serving.forget import SQLiteQueue
 from serving.forget import Worker
-from tests.serving.conftest import api, ask, fact, merge, wait_for, write_config
+from tests.serving.conftest import api, ask, fact, merge, sqlite_queue, wait_for, write_config
 
 
 def worker_for(home: Path, lease_seconds: float = 5.0) -> Worker:
-    return Worker(SQLiteQueue(home / "forget.db"), home / "apa", lease_seconds=lease_seconds,
+    return Worker(sqlite_queue(home / "forget.db"), home / "apa", lease_seconds=lease_seconds,
                   retry_after=0.0, retry_max=1.0, poll_seconds=0.1)
 
 
@@ -28,7 +27,7 @@ def owner_ids(home: Path, owner: str) -> list[str]:
 
 def test_pending_requests_are_coalesced_into_one_retrain_per_shard(tiny_world):
     home = Path(tiny_world()["home"])
-    store, queue = ShardStore(home / "apa"), SQLiteQueue(home / "forget.db")
+    store, queue = ShardStore(home / "apa"), sqlite_queue(home / "forget.db")
     shard_of = {o: set(store.lineage.shards_of(owner_ids(home, o)))
                 for o in ("person-0000", "person-0001", "person-0002", "person-0003")}
     requests = [queue.submit(o, owner_ids(home, o), [])[0] for o in shard_of]
@@ -49,7 +48,7 @@ def a_worker_retraining(tiny_world, tmp_path, lease_seconds: float, **popen):
     one forget request in a queue of its own, a retrain of several seconds."""
     config = merge(tiny_world(), train={"epochs": 400}, forget={"lease_seconds": lease_seconds})
     home = Path(config["home"])
-    request, _ = SQLiteQueue(home / "forget.db").submit(
+    request, _ = sqlite_queue(home / "forget.db").submit(
         "person-0001", owner_ids(home, "person-0001"), [])
     [shard] = ShardStore(home / "apa").lineage.shards_of(request.sample_ids)
     worker = subprocess.Popen([sys.executable, "-m", "serving.cli", "worker", "--config",
@@ -64,7 +63,7 @@ def a_worker_retraining(tiny_world, tmp_path, lease_seconds: float, **popen):
 def test_a_worker_killed_mid_retrain_loses_nothing_and_publishes_nothing(tiny_world, tmp_path):
     config, request, shard, worker = a_worker_retraining(tiny_world, tmp_path, 1.0)
     home = Path(config["home"])
-    queue = SQLiteQueue(home / "forget.db")
+    queue = sqlite_queue(home / "forget.db")
     before = ShardStore(home / "apa").current(shard).id
     staging = home / "apa" / "adapters" / ".staging"
     time.sleep(0.5)
@@ -96,7 +95,7 @@ def test_a_stopped_worker_holds_neither_its_requests_nor_its_shard(tiny_world, t
         config, request, shard, stopped = a_worker_retraining(tiny_world, tmp_path, 2.0,
                                                               stderr=stderr)
     home = Path(config["home"])
-    queue = SQLiteQueue(home / "forget.db")
+    queue = sqlite_queue(home / "forget.db")
     try:
         stopped.send_signal(signal.SIGSTOP)
         time.sleep(2.5)  # its lease runs out
@@ -127,7 +126,7 @@ def test_a_server_killed_after_the_202_loses_no_request(tiny_world, start_server
     server.proc.send_signal(signal.SIGKILL)  # its worker dies with it
     server.proc.wait()
     request_id = accepted.json()["id"]
-    assert SQLiteQueue(Path(config["home"]) / "forget.db").get(request_id).state in (
+    assert sqlite_queue(Path(config["home"]) / "forget.db").get(request_id).state in (
         "guarded", "retraining")
 
     restarted = start_server(config)
