@@ -14,8 +14,6 @@ if TYPE_CHECKING:
     from adapters import ShardResult
 
 
-
-
 def _report_results(args, results, seconds: float, verb: str) -> None:
     payload = {"shards": [asdict(r) for r in results], "seconds": round(seconds, 2)}
     lines = [f"shard {r.shard}: {r.samples} samples -> version {r.version or '(none: empty)'}"
