@@ -41,7 +41,7 @@ serve: setup
 	$(BIN)/lethe serve
 
 test: setup
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=25  # the 25 slowest, to keep an eye on the suite's time
 
 # Unit tests only: the tiny model, no real default model.
 test-fast: setup
@@ -55,7 +55,7 @@ bench-setup: setup
 	$(PIP) -e ".[bench]"
 	$(PIP) --no-deps recbole
 
-# APA on MovieLens (README, "APA on recommendation data"); the sizes of the README's run.
+# APA on MovieLens (docs/benchmarks.md, "APA on recommendation data"); the sizes of its run.
 bench-apa: bench-setup
 	$(BIN)/python bench/bench_apa.py --train 256 --validation 100 --test 300 --shards 4
 

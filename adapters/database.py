@@ -24,7 +24,7 @@ names differ. What differs is here:
   (`purge_pending()`) for `finish_purges()` (sqlite.py). PostgreSQL: the table is vacuumed, so
   no live or dead row holds the text;
   the server's own WAL segments and free space keep old bytes until they are recycled and
-  overwritten (README, "Several replicas": what the database's storage must guarantee).
+  overwritten (docs/replicas.md: what the database's storage must guarantee).
 - `notify(channel)` in a write transaction, `listener(channel).wait(timeout)`: PostgreSQL's
   LISTEN/NOTIFY, so another replica learns of a forget request at once; SQLite has none (its
   listener just waits out the timeout: the caller's periodic sync is the mechanism there).
@@ -45,8 +45,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 from urllib.parse import unquote
 
+from base import Registry, file_lock, poll
+
 from .errors import AdapterError
-from .locks import file_lock, poll
 from .sqlite import (Synchronous, checkpoint, checkpoint_pending, connect, finish_checkpoints,
                      transaction)
 
@@ -386,18 +387,11 @@ def _scrub(text: str, secrets: tuple[str, ...]) -> str:
 
 # --- registry -------------------------------------------------------------------------------
 
-_BACKENDS: dict[str, Callable[[str, Synchronous], Database]] = {}
-
-
-def register_database(scheme: str, open_url: Callable[[str, Synchronous], Database]) -> None:
-    """Make `scheme://...` URLs open with `open_url(url, synchronous)`."""
-    if scheme in _BACKENDS:
-        raise ValueError(f"database scheme {scheme!r} is already registered")
-    _BACKENDS[scheme] = open_url
-
-
-def database_schemes() -> list[str]:
-    return sorted(_BACKENDS)
+# `scheme://...` URLs open with `open_url(url, synchronous)`.
+DATABASES: Registry[Callable[[str, Synchronous], Database]] = Registry("database scheme",
+                                                                       DatabaseError)
+register_database = DATABASES.register
+database_schemes = DATABASES.names
 
 
 _OPENED: dict[tuple[str, str], Database] = {}  # one per URL in a process: one connection pool
@@ -411,12 +405,12 @@ def open_database(target: str | Path, synchronous: Synchronous = "FULL") -> Data
     if isinstance(target, Path) or "://" not in target:
         return SQLiteDatabase(Path(target), synchronous)
     scheme = target.split("://", 1)[0]
-    if scheme not in _BACKENDS:
-        raise DatabaseError(f"unknown database scheme {scheme!r} in {_redact(target)}; "
-                            f"registered: {', '.join(database_schemes())}")
+    if scheme not in DATABASES:  # the registry's message, and which URL (without its secrets)
+        raise DatabaseError(f"{DATABASES.unknown(scheme)}; in {_redact(target)}")
+    open_url = DATABASES.get(scheme)
     with _OPENED_LOCK:
         if (target, synchronous) not in _OPENED:
-            _OPENED[target, synchronous] = _BACKENDS[scheme](target, synchronous)
+            _OPENED[target, synchronous] = open_url(target, synchronous)
         return _OPENED[target, synchronous]
 
 

@@ -12,7 +12,7 @@ lies in the database's files until they are overwritten, wrapped under its epoch
 `forget` deletes keys, `rotate` ends the epoch: it writes the next KEK, rewraps every live key
 under it in one transaction, and then destroys the old KEK file. After that, no copy of the key table from
 before (a dead row, a WAL segment, a backup) can be unwrapped. What must hold for that: the KEK
-folder is not in the database's backups, and deleting a file there deletes it (README,
+folder is not in the database's backups, and deleting a file there deletes it (docs/forget.md,
 "Crypto-shredding").
 
 Writes happen in the caller's transaction (`Database.write()`, one writer at a time), which
@@ -165,7 +165,7 @@ class KeyRing:
     def seal_unsealed(self, table: str, columns: Sequence[str]) -> None:
         """Seal in place the texts that a Lethe from before sealing wrote: rows of `table`
         (named by their `id`) with `columns[0]` set and no key. Their plain text may linger in
-        the database's files (README, "Crypto-shredding")."""
+        the database's files (docs/forget.md, "Crypto-shredding")."""
         with self.database.write() as db:
             rows = db.execute(f"SELECT id, {', '.join(columns)} FROM {table} t WHERE "
                               f"{columns[0]} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM "
@@ -215,7 +215,7 @@ class KeyRing:
 
 def _destroy(path: Path) -> None:
     """Overwrite a key file with zeros, flush it, then unlink it (a file system that copies on
-    write keeps the old blocks: README, "Crypto-shredding")."""
+    write keeps the old blocks: docs/forget.md, "Crypto-shredding")."""
     try:
         with open(path, "r+b") as f:
             f.write(bytes(os.fstat(f.fileno()).st_size))

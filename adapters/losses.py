@@ -35,7 +35,9 @@ def response_losses(model, tokenizer, samples: list[Sample], max_length: int,
         for i in range(0, len(samples), batch_size):
             batch = collate([encode(tokenizer, s, max_length) for s in samples[i:i + batch_size]],
                             pad_id)
-            nll, rows = response_nll(model, batch)  # (N,), (N,)
+            nll, rows = response_nll(model, {k: v.to(model.device) for k, v in batch.items()})
+            # (N,), (N,) summed per row on the CPU: index_add_ on a GPU adds in no fixed order
+            nll, rows = nll.cpu(), rows.cpu()
             size = len(batch["input_ids"])
             total = torch.zeros(size).index_add_(0, rows, nll)  # (B,)
             out.append(total / torch.bincount(rows, minlength=size).clamp(min=1))
@@ -43,16 +45,17 @@ def response_losses(model, tokenizer, samples: list[Sample], max_length: int,
 
 
 def adapter_losses(model_path: Path, adapters: list[Path], samples: list[Sample],
-                   max_length: int) -> list[np.ndarray]:
-    """response_losses of the base model under each adapter in turn (base loaded once)."""
+                   max_length: int, device: str = "cpu") -> list[np.ndarray]:
+    """response_losses of the base model under each adapter in turn (base loaded once), on the
+    torch `device`."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(device)
     rows = []
     for path in adapters:
-        model = PeftModel.from_pretrained(base, path)
+        model = PeftModel.from_pretrained(base, path, torch_device=device)
         rows.append(response_losses(model, tokenizer, samples, max_length))
         base = model.unload()  # the LoRA layers come out; the base weights are untouched
     return rows

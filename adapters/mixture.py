@@ -40,10 +40,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from base import fsync_tree
+from base import fsync_tree, is_locked, shared_lock
 
 from .errors import AdapterError
-from .locks import is_locked, shared_lock
 from .registry import CONFIG, WEIGHTS, Version
 
 

@@ -16,6 +16,8 @@ from typing import Protocol
 import numpy as np
 from sklearn.cluster import KMeans
 
+from base import Registry
+
 from .errors import AdapterError
 
 
@@ -24,8 +26,7 @@ class PartitionError(AdapterError, ValueError):
 
 
 class UnknownPartitionerError(PartitionError, KeyError):
-    def __init__(self, name: str):
-        super().__init__(f"unknown partitioner {name!r}; known: {', '.join(partitioner_names())}")
+    """No partitioner is registered under the name; the message lists those that are."""
 
 
 class Partitioner(Protocol):
@@ -33,24 +34,16 @@ class Partitioner(Protocol):
         """units: (U, d) unit vectors; sizes: (U,) samples per unit -> (U,) shard per unit."""
 
 
-_PARTITIONERS: dict[str, Partitioner] = {}
-
-
-def register_partitioner(name: str, fn: Partitioner) -> None:
-    if name in _PARTITIONERS:
-        raise PartitionError(f"partitioner {name!r} is already registered")
-    _PARTITIONERS[name] = fn
-
-
-def partitioner_names() -> list[str]:
-    return sorted(_PARTITIONERS)
+PARTITIONERS: Registry[Partitioner] = Registry("partitioner", PartitionError,
+                                               UnknownPartitionerError)
+register_partitioner = PARTITIONERS.register
+partitioner_names = PARTITIONERS.names
 
 
 def partition(name: str, embeddings: np.ndarray, k: int, seed: int = 0,
               groups: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """embeddings: (N, d). Returns (shard of each sample (N,), shard centroids (K, d) unit norm)."""
-    if name not in _PARTITIONERS:
-        raise UnknownPartitionerError(name)
+    split = PARTITIONERS.get(name)
     n = len(embeddings)
     if not 1 <= k <= n:
         raise PartitionError(f"cannot split {n} samples into {k} shards")
@@ -63,7 +56,7 @@ def partition(name: str, embeddings: np.ndarray, k: int, seed: int = 0,
     if len(sizes) < k:
         raise PartitionError(f"cannot split {len(sizes)} owners into {k} shards")
     units = _unit(np.stack([x[member == u].mean(axis=0) for u in range(len(sizes))]))
-    shard = _PARTITIONERS[name](units, sizes, k, seed)[member]  # (N,)
+    shard = split(units, sizes, k, seed)[member]  # (N,)
     empty = sorted(set(range(k)) - set(shard.tolist()))
     if empty:
         raise PartitionError(f"partition {name!r} left shard(s) {empty} empty; use fewer shards")

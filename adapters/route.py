@@ -14,9 +14,24 @@ from dataclasses import dataclass
 from typing import Callable, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
+
+from base import Registry
 
 from .errors import AdapterError
+
+
+class RouteError(AdapterError, ValueError):
+    """A scheme lacks what it needs (e.g. `apa` without a validation loss table)."""
+
+
+class UnknownSchemeError(RouteError, KeyError):
+    """No weighting scheme is registered under the name; the message lists those that are."""
+
+
+SCHEMES: Registry[Scheme] = Registry("weighting scheme", RouteError, UnknownSchemeError)
+register_scheme = SCHEMES.register  # (name, fn, needs_losses=False)
+scheme_names = SCHEMES.names
 
 
 class RouteConfig(BaseModel):
@@ -36,21 +51,7 @@ class RouteConfig(BaseModel):
     # loaded by the engine (the first request of a vector pays ~0.4 s, bench_mixtures.py).
     mixing: Literal["in-engine", "materialised"] = "in-engine"
 
-    @field_validator("scheme")
-    @classmethod
-    def _registered(cls, name: str) -> str:
-        if name not in _SCHEMES:
-            raise ValueError(f"unknown weighting scheme {name!r}; known: {', '.join(scheme_names())}")
-        return name
-
-
-class RouteError(AdapterError, ValueError):
-    """A scheme lacks what it needs (e.g. `apa` without a validation loss table)."""
-
-
-class UnknownSchemeError(RouteError, KeyError):
-    def __init__(self, name: str):
-        super().__init__(f"unknown weighting scheme {name!r}; known: {', '.join(scheme_names())}")
+    _known = SCHEMES.validator("scheme")
 
 
 @dataclass(frozen=True)
@@ -62,26 +63,13 @@ class RouteInputs:
 
 
 Scheme = Callable[[RouteInputs, RouteConfig], np.ndarray]  # -> (K,) non-negative weights
-_SCHEMES: dict[str, Scheme] = {}
-_NEEDS_LOSSES: set[str] = set()  # schemes that read the validation loss table
-
-
-def register_scheme(name: str, fn: Scheme, *, needs_losses: bool = False) -> None:
-    """`needs_losses`: the scheme reads RouteInputs.validation and .losses (a store trained
-    without a validation set serves `semantic` instead: ShardStore.effective_route)."""
-    if name in _SCHEMES:
-        raise RouteError(f"weighting scheme {name!r} is already registered")
-    _SCHEMES[name] = fn
-    if needs_losses:
-        _NEEDS_LOSSES.add(name)
-
-
-def scheme_names() -> list[str]:
-    return sorted(_SCHEMES)
 
 
 def needs_losses(name: str) -> bool:
-    return name in _NEEDS_LOSSES
+    """The scheme's trait `needs_losses=True`: it reads RouteInputs.validation and .losses (a
+    store trained without a validation set serves `semantic` instead:
+    ShardStore.effective_route)."""
+    return SCHEMES.trait(name, "needs_losses", False)
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -126,11 +114,10 @@ def route(inputs: RouteInputs, config: RouteConfig, shards: list[int],
 
     shards[i] is the shard id of row i of inputs.centroids and inputs.losses.
     """
-    if config.scheme not in _SCHEMES:
-        raise UnknownSchemeError(config.scheme)
+    scheme = SCHEMES.get(config.scheme)
     if not shards:
         return {}
-    w = np.asarray(_SCHEMES[config.scheme](inputs, config), dtype=np.float64)  # (K,)
+    w = np.asarray(scheme(inputs, config), dtype=np.float64)  # (K,)
     if not np.isfinite(w).all():
         raise RouteError(f"scheme {config.scheme!r} gave non-finite weights")
     w[[i for i, k in enumerate(shards) if k in excluded]] = 0.0

@@ -9,7 +9,7 @@
     <root>/mixtures/<name>/ cached mixture adapters of one serving process (mixture.py)
     <root>/validation.jsonl, validation.npy   the validation set and its embeddings
 
-Several machines may share one store (README, "Several replicas"): `root` on shared storage,
+Several machines may share one store (docs/replicas.md): `root` on shared storage,
 the lineage in PostgreSQL. Which version each shard serves is the lineage's (a compare-and-set
 on the shard's generation: lineage.py), so a retrain that read a sample before its tombstone
 never publishes, on any store; a lock per shard, waited for at most `shard_wait` seconds, only
@@ -92,11 +92,14 @@ def _lineage(root: Path, database: Database | None) -> Lineage:
 
 class ShardStore:
     def __init__(self, root: Path, mixture_cache: int = 64, database: Database | None = None,
-                 mixtures: str = "local", shard_wait: float = SHARD_WAIT_SECONDS):
+                 mixtures: str = "local", shard_wait: float = SHARD_WAIT_SECONDS,
+                 device: str = "cpu"):
         """`database`: where the lineage lives (None: `<root>/lineage.db`); `mixtures`: the name
         of this process's mixture folder (each serving process its own, mixture.py);
-        `shard_wait`: as SHARD_WAIT_SECONDS (the forget worker passes its lease)."""
+        `shard_wait`: as SHARD_WAIT_SECONDS (the forget worker passes its lease); `device`: the
+        torch device that shards train and their validation losses are computed on."""
         self.root = Path(root)
+        self.device = device
         info = self.root / "store.json"
         if not info.exists():
             raise LineageError(f"no shard store at {self.root} (run `lethe train` first)")
@@ -127,8 +130,8 @@ class ShardStore:
     def create(cls, root: Path, samples: list[Sample], embed: EmbedFn, shards: int,
                partitioner: str, group_by_owner: bool, seed: int, model_path: Path,
                base_model: dict, train_config: TrainConfig,
-               validation: list[Sample] | None = None, database: Database | None = None
-               ) -> "ShardStore":
+               validation: list[Sample] | None = None, database: Database | None = None,
+               device: str = "cpu") -> "ShardStore":
         """Partition `samples` into `shards` and record everything a retrain will need."""
         root = Path(root)
         if (root / "store.json").exists():
@@ -153,7 +156,7 @@ class ShardStore:
             "data_hash": id_set_hash(lineage.content_hash(s) for s in samples),
             "validation_hash": validation_hash,
         }, indent=2))
-        return cls(root, database=database)
+        return cls(root, database=database, device=device)
 
     @classmethod
     def derive(cls, root: Path, source: "ShardStore", without: set[str], *,
@@ -165,7 +168,7 @@ class ShardStore:
         on exactly the samples it keeps here (none of `without`, no tombstone awaiting a
         retrain) gets that version (trained from scratch on the same samples with the same
         seed: what training it again gives), which `train` then skips; the others are left to
-        train."""
+        train (on `source`'s device)."""
         root = Path(root)
         if (root / "store.json").exists():
             raise LineageError(f"{root} already holds a shard store; use another LETHE_HOME")
@@ -180,7 +183,7 @@ class ShardStore:
         write_atomic(root / "store.json", json.dumps({
             **source.info, "created_at": time.time(), "derived_from": str(source.root),
             "data_hash": id_set_hash(lineage.content_hash(s) for s, _ in kept)}, indent=2))
-        derived = cls(root)
+        derived = cls(root, device=source.device)
         for version in source.current_versions() if reuse_unchanged else ():
             manifest = version.manifest
             ids = [s.id for s, k in kept if k == version.shard]
@@ -239,7 +242,7 @@ class ShardStore:
             seed = self.train_config.seed + shard
             with self.registry.staging() as staged:
                 stats = train_adapter(self.model_path, samples, self.train_config, seed, staged,
-                                      progress)
+                                      progress, self.device)
                 # The loss-table row exists before the version is published: a server routing
                 # meanwhile never finds a current version without its row.
                 self._put_losses(Version(shard, weights_hash(staged), staged))
@@ -282,6 +285,7 @@ class ShardStore:
             "data_hash": id_set_hash(hashes),
             "train_config": self.train_config.model_dump(mode="json"),
             "seed": seed,
+            "device": self.device,  # training is deterministic on one device, not across them
             "base_model": self.info["base_model"],
             "versions": _package_versions(),
             "created_at": time.time(),
@@ -361,7 +365,7 @@ class ShardStore:
             return
         rows = adapter_losses(self.model_path, [v.path for v in versions],
                               read_samples(self.root / "validation.jsonl"),
-                              self.train_config.max_length)
+                              self.train_config.max_length, self.device)
         for version, row in zip(versions, rows):
             self.losses.put(version, row)
 

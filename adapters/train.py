@@ -121,11 +121,14 @@ def lora_config(config: TrainConfig):
 
 
 def train_adapter(model_path: Path, samples: list[Sample], config: TrainConfig, seed: int,
-                  out_dir: Path, progress: Callable[[int, int, float], None] | None = None
-                  ) -> TrainStats:
+                  out_dir: Path, progress: Callable[[int, int, float], None] | None = None,
+                  device: str = "cpu") -> TrainStats:
     """Train one LoRA adapter from scratch on `samples`; write it in peft format to out_dir.
 
-    progress(step, total_steps, loss) is called after each optimizer step.
+    progress(step, total_steps, loss) is called after each optimizer step. `device`: the torch
+    device it trains on, as base.resolve_device gives it (on a GPU, that also sets up the
+    deterministic cuBLAS that training needs). The same inputs give the same adapter on one
+    device; another device gives other weights (its kernels round differently).
     """
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, get_linear_schedule_with_warmup
@@ -141,7 +144,8 @@ def train_adapter(model_path: Path, samples: list[Sample], config: TrainConfig, 
         examples = [encode(tokenizer, s, config.max_length) for s in sorted(samples, key=lambda s: s.id)]
         torch.manual_seed(seed)  # LoRA init and dropout masks
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-        model = get_peft_model(model, lora_config(config))
+        # The LoRA init draws on the CPU, before the move: the same initial weights on any device.
+        model = get_peft_model(model, lora_config(config)).to(device)
         model.train()
         steps_per_epoch = math.ceil(len(examples) / config.batch_size)
         total = config.epochs * steps_per_epoch
@@ -156,7 +160,7 @@ def train_adapter(model_path: Path, samples: list[Sample], config: TrainConfig, 
         while step < total:
             for indices in epoch_batches(lengths, config.batch_size, order_rng):
                 batch = collate([examples[j] for j in indices], pad_id)
-                loss = response_nll(model, batch)[0].mean()
+                loss = response_nll(model, {k: v.to(device) for k, v in batch.items()})[0].mean()
                 if not torch.isfinite(loss):
                     raise TrainingError(f"non-finite loss {loss.item()} at step {step + 1}")
                 loss.backward()

@@ -1,22 +1,29 @@
 """Shared machinery that guard (ECO), adapters (APA) and serving all use: the one error base,
-durable files, keyed hashes, signed forget receipts. A leaf package: it imports nothing of
-Lethe and nothing heavy (no torch, no numpy), so `lethe receipt verify` starts at once.
+registries, durable files and versioned folders, locks, keyed hashes, devices, signed forget
+receipts. A leaf package: it imports nothing of Lethe and nothing heavy (no torch, no numpy), so
+`lethe receipt verify` starts at once (the device check imports torch only when it resolves a
+device).
 """
 
+from .devices import DeviceError, device_name, resolve_device
 from .digests import MANIFEST, merkle_root, version_digest
 from .errors import LetheError
 from .files import fsync_dir, fsync_tree, sha256_file, write_atomic
+from .locks import file_lock, is_locked, poll, shared_lock
 from .receipts import (FORMAT, HASH_KEY, PUBLIC_KEY, SAMPLE_FIELDS, SIGNING_KEY, Check, Receipt,
                        ReceiptError, ReceiptInvalid, RequestEvidence, ShardEvidence, Signer,
                        check_store, check_texts, owner_hash, public_key_record,
                        read_public_key, sample_hash, verify_signature)
+from .registry import Registry
 from .secret import keyed_hash, load_secret
+from .versions import StagingArea, VersionedDir
 
 __all__ = [
     "FORMAT", "HASH_KEY", "MANIFEST", "PUBLIC_KEY", "SAMPLE_FIELDS", "SIGNING_KEY", "Check",
-    "LetheError", "Receipt", "ReceiptError", "ReceiptInvalid", "RequestEvidence",
-    "ShardEvidence", "Signer", "check_store", "check_texts", "fsync_dir", "fsync_tree",
-    "keyed_hash", "load_secret", "merkle_root", "owner_hash", "public_key_record",
-    "read_public_key", "sample_hash", "sha256_file", "verify_signature", "version_digest",
-    "write_atomic",
+    "DeviceError", "LetheError", "Receipt", "ReceiptError", "ReceiptInvalid", "Registry",
+    "RequestEvidence", "ShardEvidence", "Signer", "StagingArea", "VersionedDir", "check_store",
+    "check_texts", "device_name", "file_lock", "fsync_dir", "fsync_tree", "is_locked",
+    "keyed_hash", "load_secret", "merkle_root", "owner_hash", "poll", "public_key_record",
+    "read_public_key", "resolve_device", "sample_hash", "sha256_file", "shared_lock",
+    "verify_signature", "version_digest", "write_atomic",
 ]

@@ -1,5 +1,5 @@
 """Forget receipts: what a completed forget request proves, signed by the server, checkable
-offline by anyone who holds its public key (`lethe receipt verify`; README, "Receipts").
+offline by anyone who holds its public key (`lethe receipt verify`; docs/receipts.md).
 
     request   its id, the owner's keyed hash and the forgotten samples' keyed hashes (secret.py:
               HMAC under the store's secret.key; whoever holds the key and the owner's texts can

@@ -38,6 +38,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import httpx  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
+from serving.engines import engine_names  # noqa: E402
+
 from bench_forget import (MODEL, RESULTS, find_model, fresh_home, machine, pct,  # noqa: E402
                           server_config, setup, start)
 
@@ -166,7 +168,7 @@ def load(url: str, headers: dict, admin: dict, bodies: list[bytes], pauses: list
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--engine", choices=["vllm", "hf"], default="hf")
+    ap.add_argument("--engine", choices=engine_names(), default="hf")
     ap.add_argument("--people", type=int, default=32)
     ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--train-steps", type=int, default=4, help="train.max_steps per shard")

@@ -58,6 +58,7 @@ import httpx  # noqa: E402
 import yaml  # noqa: E402
 
 from adapters import ShardStore, synth_people, write_samples  # noqa: E402
+from serving.engines import engine_names  # noqa: E402
 from serving.launch import ServerProcess  # noqa: E402
 
 MODEL = "SmolLM2-135M-Instruct"
@@ -489,7 +490,7 @@ async def throughput(server: ServerProcess, owners: list[str], args) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--engine", choices=["vllm", "hf"], default="vllm")
+    ap.add_argument("--engine", choices=engine_names(), default="vllm")
     ap.add_argument("--people", type=int, default=32)
     ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--train-steps", type=int, default=4, help="train.max_steps per shard")

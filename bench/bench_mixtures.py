@@ -48,7 +48,8 @@ import torch  # noqa: E402
 from adapters import LORA_TARGET_MODULES, MixtureCache, Version  # noqa: E402
 from extras import require_extras  # noqa: E402
 from serving.config import load_config  # noqa: E402
-from serving.engines import EngineRequest, LoRA, Sampling, engine_class  # noqa: E402
+from serving.engines import (EngineRequest, LoRA, Sampling, engine_class,  # noqa: E402
+                             engine_names)
 from serving.model import resolve_model  # noqa: E402
 
 K, RANK, MAX_TOKENS = 4, 8, 64
@@ -256,7 +257,7 @@ def machine() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--engines", nargs="+", default=["hf", "vllm"])
+    parser.add_argument("--engines", nargs="+", choices=engine_names(), default=engine_names())
     parser.add_argument("--rounds", type=int, default=2)
     # 1 and 8: a 2-vCPU machine's range; a GPU's goes on to 32 and 64
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])

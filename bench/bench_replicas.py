@@ -48,6 +48,7 @@ import yaml  # noqa: E402
 
 from adapters import ShardStore, open_database, synth_people, write_samples  # noqa: E402
 from bench_forget import MODEL, find_model, machine, pct, scrape  # noqa: E402
+from serving.engines import engine_names  # noqa: E402
 from serving.forget import open_queue  # noqa: E402
 from serving.launch import ServerProcess  # noqa: E402
 
@@ -242,7 +243,7 @@ def main() -> None:
     parser.add_argument("--guard-requests", type=int, default=20)
     parser.add_argument("--burst", type=int, default=12)
     parser.add_argument("--train-steps", type=int, default=4)
-    parser.add_argument("--engine", choices=["hf", "vllm"], default="hf")
+    parser.add_argument("--engine", choices=engine_names(), default="hf")
     parser.add_argument("--url", help="a PostgreSQL server to create databases on "
                                       "(default: a throwaway one)")
     parser.add_argument("--model", type=Path, help="a prepared model folder to reuse")

@@ -22,6 +22,7 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from serving.engines import engine_names  # noqa: E402
 from serving.launch import ServerProcess  # noqa: E402
 
 MODEL = "SmolLM2-135M-Instruct"
@@ -77,7 +78,7 @@ async def run_level(server: ServerProcess, concurrency: int, n_requests: int,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--engines", nargs="+", default=["hf", "vllm"])
+    parser.add_argument("--engines", nargs="+", choices=engine_names(), default=engine_names())
     parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--requests", type=int, default=16, help="requests per concurrency level")
     parser.add_argument("--max-tokens", type=int, default=64)

@@ -48,6 +48,7 @@ from transformers import AutoTokenizer  # noqa: E402
 
 from adapters import synth_people, write_samples  # noqa: E402
 from serving.cli import main as lethe  # noqa: E402
+from serving.engines import engine_names  # noqa: E402
 from serving.launch import ServerProcess  # noqa: E402
 from serving.model import resolve_model  # noqa: E402
 
@@ -165,7 +166,7 @@ def run_arm(config: dict, workdir: Path, warm: list[Trial], plan: list[Trial], m
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--engine", nargs="+", choices=["vllm", "hf"], default=["vllm"])
+    parser.add_argument("--engine", nargs="+", choices=engine_names(), default=["vllm"])
     parser.add_argument("--prefix-cache", nargs="+", choices=["off", "on"], default=["off", "on"],
                         help="vLLM only: off is the server's default, on is how it ran before")
     parser.add_argument("--n", type=int, default=200,

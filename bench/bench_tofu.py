@@ -1,5 +1,5 @@
-"""The README's TOFU run of `lethe eval tofu`: every state of the product, scored as the field
-scores unlearning, next to open-unlearning's published figures.
+"""The TOFU run of `lethe eval tofu` (docs/benchmarks.md): every state of the product, scored
+as the field scores unlearning, next to open-unlearning's published figures.
 
     .venv/bin/python bench/bench_tofu.py [--forget forget01] [--retain-authors 38] [--shards 4]
                                          [--epochs 2] [--learning-rate 3e-3] [--eval-items 10]
@@ -15,13 +15,14 @@ Why these sizes: on this 2-vCPU machine one training step (8 TOFU samples) takes
 depending on the day's machine (AVX-512 or AVX2 only), ~0.8x that since batches group like
 lengths and the LM head runs at the response tokens (bench/bench_train.py), and scoring one
 forget question (probability, 6 truth-ratio answers, a greedy answer) 10-20 s, ~0.65x that since
-the question's prompt runs once for its answers and the subjects run the engine's LoRA (README,
-"TOFU"). The run trains the original (200 steps), then the worker's retrain and the reference's
+the question's prompt runs once for its answers and the subjects run the engine's LoRA
+(docs/benchmarks.md). The run trains the original (200 steps), then the worker's retrain and the reference's
 training of the shards that held a forget author (~50 steps each; the reference keeps the
 original's other shards, trained on the same samples with the same seed), and scores original,
 guarded (its unflagged questions are the original's computation, reused), the second tier's 6
 evaluations of 8 forget questions, exact, and the reference (the exact phase's computation,
-reused, when their versions are the same): README, "TOFU", and bench/results/tofu.json
+reused, when their versions are the same): docs/benchmarks.md, "The whole product on TOFU",
+and bench/results/tofu.json
 "seconds" say how long it took. The variants and the aggregation (a single adapter trained on
 everything; the ensemble scores every question once per shard) are opt-in. The learning rate
 is raised from the serving default (3e-4) so that 2 epochs teach the original model its

@@ -1,5 +1,6 @@
 """How well one shard adapter answers its own training questions after 2 epochs, per learning
-rate: how bench_tofu.py's learning rate was chosen (README, "The whole product on TOFU").
+rate: how bench_tofu.py's learning rate was chosen (docs/benchmarks.md, "The whole product on
+TOFU").
 
     .venv/bin/python bench/bench_tofu_lr.py [--learning-rates 3e-3 1e-3] [--retain-authors 8]
 

@@ -1,6 +1,6 @@
 """Why APA's mixture keeps less of a single adapter's utility on TOFU than it could: the
-original store of bench_tofu.py scored under several routings (README, "The whole product on
-TOFU", aggregation).
+original store of bench_tofu.py scored under several routings (docs/benchmarks.md, "The whole
+product on TOFU", aggregation).
 
     .venv/bin/python bench/bench_tofu_route.py [--retain-authors 38] [--shards 4]
 

@@ -37,6 +37,7 @@ from scipy.stats import mannwhitneyu  # noqa: E402
 
 from adapters import ShardStore, synth_people, write_samples  # noqa: E402
 from serving.cli import main as lethe  # noqa: E402
+from serving.engines import engine_names  # noqa: E402
 from serving.launch import ServerProcess  # noqa: E402
 
 from bench_forget import scrape  # noqa: E402
@@ -62,7 +63,7 @@ def ttft(client, model: str, question: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--engine", choices=["vllm", "hf"], default="vllm")
+    parser.add_argument("--engine", choices=engine_names(), default="vllm")
     parser.add_argument("--rounds", type=int, default=20,
                         help="rounds per phase; each round asks 2 + 2 questions")
     args = parser.parse_args()

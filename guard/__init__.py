@@ -11,7 +11,7 @@ from .config import CorruptionConfig, GuardConfig, TuneConfig
 from .corrupt import (Corruption, CorruptionError, corruption_names, register_corruption,
                       request_seed)
 from .embed import SentenceEmbedder, embedder_names, register_embedder
-from .errors import GuardError
+from .errors import GuardError, GuardNameError
 from .exemplars import ExemplarIndex
 from .general import general_prompts
 from .guard import Guard, Verdict
@@ -28,16 +28,13 @@ from .views import views
 
 __all__ = [
     "ANSWER_TOKENS", "Corruption", "CorruptionConfig", "CorruptionError", "EmbedFn",
-    "ExemplarIndex", "Guard",
-    "GuardConfig", "GuardError", "GuardModel", "Item", "MetricError", "PromptFileError",
-    "ModelSubject", "SentenceEmbedder", "Subject", "TuneConfig", "TuneResult", "Verdict",
-    "answer_ids", "by_question", "chat_prompt",
-    "classifier_names", "corruption_names", "embedder_names", "forget_quality", "forget_score",
-    "forget_scores",
+    "ExemplarIndex", "Guard", "GuardConfig", "GuardError", "GuardModel", "GuardNameError", "Item",
+    "MetricError", "ModelSubject", "PromptFileError", "SentenceEmbedder", "Subject", "TuneConfig",
+    "TuneResult", "Verdict", "answer_ids", "by_question", "chat_prompt", "classifier_names",
+    "corruption_names", "embedder_names", "forget_quality", "forget_score", "forget_scores",
     "general_prompts", "greedy_ids", "load_corruption", "load_model", "metric", "metric_names",
     "model_utility", "read_items", "register_classifier", "register_corruption",
-    "register_embedder", "register_metric", "request_seed", "rouge_l_recall",
-    "save_corruption", "save_model", "strip_markup", "token_logprobs", "token_mask",
-    "train_guard", "trained_version",
+    "register_embedder", "register_metric", "request_seed", "rouge_l_recall", "save_corruption",
+    "save_model", "strip_markup", "token_logprobs", "token_mask", "train_guard", "trained_version",
     "truth_ratio_closer_to_1", "truth_ratio_true_better", "tune", "views",
 ]

@@ -19,30 +19,21 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from base import fsync_tree, sha256_file, write_atomic
+from base import MANIFEST, Registry, VersionedDir, sha256_file
 
-from .errors import GuardError
+from .errors import GuardError, GuardNameError
 
 ClassifierFactory = Callable[[int], Any]  # seed -> an unfitted scikit-learn classifier
 
-_CLASSIFIERS: dict[str, ClassifierFactory] = {}
-
-
-def register_classifier(name: str, factory: ClassifierFactory) -> None:
-    if name in _CLASSIFIERS:
-        raise ValueError(f"classifier {name!r} is already registered")
-    _CLASSIFIERS[name] = factory
-
-
-def classifier_names() -> list[str]:
-    return sorted(_CLASSIFIERS)
+CLASSIFIERS: Registry[ClassifierFactory] = Registry("classifier", GuardNameError)
+register_classifier = CLASSIFIERS.register
+classifier_names = CLASSIFIERS.names
 
 
 def _mlp(seed: int):
@@ -124,15 +115,14 @@ def fit_guard(vectors: dict[str, np.ndarray], *, kind: str, target_fpr: float, s
     """
     from sklearn.utils.class_weight import compute_sample_weight
 
-    if kind not in _CLASSIFIERS:
-        raise GuardError(f"unknown classifier {kind!r}; registered: {', '.join(classifier_names())}")
+    factory = CLASSIFIERS.get(kind)
     for name in ("fit_pos", "fit_neg", "cal_pos", "cal_neg"):
         if len(vectors.get(name, ())) == 0:
             raise GuardError(f"no {name.replace('_', ' ')} vectors: need forget and negative "
                              "prompts for both fitting and calibration")
     x = np.concatenate([vectors["fit_pos"], vectors["fit_neg"]])  # (P + N, D)
     y = np.r_[np.ones(len(vectors["fit_pos"])), np.zeros(len(vectors["fit_neg"]))]
-    estimator = _CLASSIFIERS[kind](seed)
+    estimator = factory(seed)
     estimator.fit(x, y, sample_weight=compute_sample_weight("balanced", y))
     model = GuardModel(kind=kind, estimator=estimator, threshold=0.0, support_floor=0.0,
                        exemplar_threshold=0.0, target_fpr=target_fpr, seed=seed, vectors=vectors)
@@ -144,7 +134,8 @@ def fit_guard(vectors: dict[str, np.ndarray], *, kind: str, target_fpr: float, s
     return model
 
 
-# --- on disk: <root>/<version>/{classifier.joblib, vectors.npz, manifest.json}, <root>/CURRENT
+# --- on disk: a base.VersionedDir: <root>/<version>/{classifier.joblib, vectors.npz,
+# manifest.json}, <root>/CURRENT
 
 
 def save_model(model: GuardModel, root: Path) -> str:
@@ -156,54 +147,43 @@ def save_model(model: GuardModel, root: Path) -> str:
     import joblib
     import sklearn
 
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    staging = root / f".staging-{uuid.uuid4().hex}"
-    staging.mkdir()
-    joblib.dump(model.estimator, staging / "classifier.joblib")
-    np.savez(staging / "vectors.npz", **model.vectors)
-    files = {name: sha256_file(staging / name) for name in ("classifier.joblib", "vectors.npz")}
-    version = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
-    model.manifest = dict(
-        model.manifest, version=version, kind=model.kind, threshold=model.threshold,
-        support_floor=model.support_floor, exemplar_threshold=model.exemplar_threshold,
-        target_fpr=model.target_fpr, seed=model.seed, files=files,
-        sizes={k: len(v) for k, v in model.vectors.items()},
-        versions={"scikit-learn": sklearn.__version__, "numpy": np.__version__},
-        created_at=time.time())
-    (staging / "manifest.json").write_text(json.dumps(model.manifest, indent=2))
-    fsync_tree(staging)
-    final = root / version
-    if final.exists():  # the same fit again: content-addressed, nothing to replace
-        for path in staging.iterdir():
-            path.unlink()
-        staging.rmdir()
-    else:
-        staging.rename(final)
-    write_atomic(root / "CURRENT", version)  # fsyncs root: the rename above survives too
+    versions = VersionedDir(root)
+    with versions.staging.folder() as staging:
+        joblib.dump(model.estimator, staging / "classifier.joblib")
+        np.savez(staging / "vectors.npz", **model.vectors)
+        files = {name: sha256_file(staging / name) for name in ("classifier.joblib", "vectors.npz")}
+        version = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
+        model.manifest = dict(
+            model.manifest, version=version, kind=model.kind, threshold=model.threshold,
+            support_floor=model.support_floor, exemplar_threshold=model.exemplar_threshold,
+            target_fpr=model.target_fpr, seed=model.seed, files=files,
+            sizes={k: len(v) for k, v in model.vectors.items()},
+            versions={"scikit-learn": sklearn.__version__, "numpy": np.__version__},
+            created_at=time.time())
+        # The same fit again is the same version (content-addressed): kept as it is.
+        versions.store(staging, version, model.manifest)
+    versions.publish(version)
     return version
 
 
 def trained_version(root: Path) -> str | None:
     """The version CURRENT names under root (a hash of its files); None: no trained guard."""
-    try:
-        return (Path(root) / "CURRENT").read_text().strip()
-    except FileNotFoundError:
-        return None
+    return VersionedDir.pointer(root)
 
 
 def load_model(root: Path) -> GuardModel:
     """The current version under root; its files must match the hashes in its manifest."""
     import joblib
 
-    root = Path(root)
+    root, version = Path(root), trained_version(root)
+    untrained = f"no trained guard at {root} (train one with `lethe guard train`)"
+    if version is None:
+        raise GuardError(untrained)
+    folder = root / version
     try:
-        version = (root / "CURRENT").read_text().strip()
-        folder = root / version
-        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest = json.loads((folder / MANIFEST).read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise GuardError(f"no trained guard at {root} (train one with `lethe guard train`): "
-                         f"{e}") from e
+        raise GuardError(f"{untrained}: {e}") from e
     for name, digest in manifest["files"].items():
         if sha256_file(folder / name) != digest:
             raise GuardError(f"{folder / name} does not match its manifest hash: refusing to load")

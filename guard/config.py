@@ -4,16 +4,10 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .classifier import classifier_names
-from .corrupt import corruption_names
-from .embed import embedder_names
-from .metrics import metric_names
-
-
-def _registered(name: str, names: list[str], what: str) -> str:
-    if name not in names:
-        raise ValueError(f"unknown {what} {name!r}; registered: {', '.join(names)}")
-    return name
+from .classifier import CLASSIFIERS
+from .corrupt import CORRUPTIONS
+from .embed import EMBEDDERS
+from .metrics import METRICS
 
 
 class _Section(BaseModel):
@@ -29,14 +23,14 @@ class CorruptionConfig(_Section):
     sigma: float | None = Field(default=None, ge=0)
     k: int | None = Field(default=None, gt=0)  # dimensions per token; None: all
 
-    _known = field_validator("name")(lambda name: _registered(name, corruption_names(), "corruption"))
+    _known = CORRUPTIONS.validator("name")
 
 
 class TuneConfig(_Section):
     budget: int = Field(default=30, gt=0)  # evaluations; ~2 s each for 40 TOFU items on SmolLM2
     # Metrics (metrics.py) the tuned corruption must match the reference on; one name or a
     # list. probability: computable from any prompt/response file (truth_ratio needs TOFU's
-    # paraphrased and perturbed answers); alone it over-forgets (README, "TOFU").
+    # paraphrased and perturbed answers); alone it over-forgets (docs/benchmarks.md).
     score: list[str] = ["probability"]
     penalty: float = Field(default=0.1, ge=0)  # weight of retain damage in the objective
     sigma_min: float = Field(default=0.01, gt=0)
@@ -53,7 +47,7 @@ class TuneConfig(_Section):
     def _known(cls, names: list[str]) -> list[str]:
         if not names:
             raise ValueError("needs at least one metric")
-        return [_registered(name, metric_names(), "metric") for name in names]
+        return [METRICS.check(name) for name in names]
 
 
 class GuardConfig(_Section):
@@ -76,7 +70,5 @@ class GuardConfig(_Section):
     corruption: CorruptionConfig = CorruptionConfig()
     tune: TuneConfig = TuneConfig()
 
-    _known = field_validator("classifier", "head")(
-        lambda name: _registered(name, classifier_names(), "classifier"))
-    _embedder = field_validator("embedder")(
-        lambda name: _registered(name, embedder_names(), "embedder"))
+    _known = CLASSIFIERS.validator("classifier", "head")
+    _embedder = EMBEDDERS.validator("embedder")

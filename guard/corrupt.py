@@ -2,7 +2,8 @@
 
 A corruption is a function (embeds (T, D), mask (T,) bool, sigma, k, rng) -> (T, D) that changes
 only the rows where mask is True: the tokens the user wrote, never the chat template's. Noise is
-drawn from `rng`, seeded per request, so a response is reproducible. Add one with
+drawn from `rng`, seeded per request, so a response is reproducible; `rng` is a CPU generator
+whatever the device of `embeds` (the noise is drawn on the CPU, then moved to it). Add one with
 `register_corruption`.
 """
 
@@ -15,59 +16,44 @@ from typing import Callable
 
 import torch
 
+from base import Registry
+
 from .errors import GuardError
 
 CorruptFn = Callable[[torch.Tensor, torch.Tensor, float, int, torch.Generator], torch.Tensor]
-
-
-@dataclass(frozen=True)
-class _Entry:
-    fn: CorruptFn
-    uses_sigma: bool  # False: the strength is k alone (top-k zero-out and sign flip)
-
-
-_CORRUPTIONS: dict[str, _Entry] = {}
 
 
 class CorruptionError(GuardError, ValueError):
     """An unknown corruption or bad parameters; the message lists what exists."""
 
 
-def register_corruption(name: str, fn: CorruptFn, *, uses_sigma: bool) -> None:
-    if name in _CORRUPTIONS:
-        raise CorruptionError(f"corruption {name!r} is already registered")
-    _CORRUPTIONS[name] = _Entry(fn, uses_sigma)
-
-
-def corruption_names() -> list[str]:
-    return sorted(_CORRUPTIONS)
+# Trait `uses_sigma` (default True): False when the strength is k alone (top-k zero-out, sign
+# flip), so tuning searches k only.
+CORRUPTIONS: Registry[CorruptFn] = Registry("corruption", CorruptionError)
+register_corruption = CORRUPTIONS.register
+corruption_names = CORRUPTIONS.names
 
 
 def uses_sigma(name: str) -> bool:
-    return _entry(name).uses_sigma
-
-
-def _entry(name: str) -> _Entry:
-    if name not in _CORRUPTIONS:
-        raise CorruptionError(f"unknown corruption {name!r}; registered: {', '.join(corruption_names())}")
-    return _CORRUPTIONS[name]
+    return CORRUPTIONS.trait(name, "uses_sigma", True)
 
 
 def rand_noise_first_n(embeds, mask, sigma, k, rng):
     """ECO's default: Gaussian noise of std sigma on the first k dimensions of masked tokens."""
     out = embeds.clone()
     noise = torch.randn((int(mask.sum()), k), generator=rng, dtype=torch.float32) * sigma  # (M, k)
-    out[mask, :k] = embeds[mask, :k] + noise.to(embeds.dtype)
+    out[mask, :k] = embeds[mask, :k] + noise.to(embeds.device, embeds.dtype)
     return out
 
 
 def rand_noise_rand_n(embeds, mask, sigma, k, rng):
     """Gaussian noise of std sigma on k dimensions drawn at random (the same for every token)."""
-    dims = torch.randperm(embeds.shape[1], generator=rng)[:k]  # (k,)
+    dims = torch.randperm(embeds.shape[1], generator=rng)[:k].to(embeds.device)  # (k,)
     rows = mask.nonzero().squeeze(1)  # (M,)
     noise = torch.randn((len(rows), k), generator=rng, dtype=torch.float32) * sigma  # (M, k)
     out = embeds.clone()
-    out[rows[:, None], dims[None, :]] = embeds[rows[:, None], dims[None, :]] + noise.to(embeds.dtype)
+    out[rows[:, None], dims[None, :]] = (embeds[rows[:, None], dims[None, :]]
+                                         + noise.to(embeds.device, embeds.dtype))
     return out
 
 
@@ -115,7 +101,7 @@ class Corruption:
     k: int | None = None  # dimensions touched per token; None: all of them
 
     def __post_init__(self):
-        _entry(self.name)
+        CORRUPTIONS.get(self.name)
         if self.sigma < 0 or (self.k is not None and self.k < 1):
             raise CorruptionError(f"corruption needs sigma >= 0 and k >= 1, got sigma={self.sigma}, "
                                   f"k={self.k}")
@@ -126,7 +112,11 @@ class Corruption:
             raise CorruptionError(f"expected embeds (T, D) and a bool mask (T,), got "
                                   f"{tuple(embeds.shape)} and {tuple(mask.shape)} {mask.dtype}")
         k = min(self.k or embeds.shape[1], embeds.shape[1])
-        out = _entry(self.name).fn(embeds, mask, self.sigma, k, torch.Generator().manual_seed(seed))
+        # The generator is a CPU one whatever the device of `embeds`: a GPU's generator draws
+        # other numbers from the same seed, so a prompt would be corrupted differently there.
+        # The noise is drawn on the CPU and moved to the embeddings.
+        rng = torch.Generator().manual_seed(seed)
+        out = CORRUPTIONS.get(self.name)(embeds, mask.to(embeds.device), self.sigma, k, rng)
         if not torch.isfinite(out).all():
             raise CorruptionError(f"{self.name} (sigma={self.sigma}, k={k}) gave non-finite embeddings")
         return out

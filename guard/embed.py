@@ -38,24 +38,16 @@ from typing import Callable
 
 import numpy as np
 
-from base import fsync_dir
+from base import Registry, fsync_dir
 
-from .errors import GuardError
+from .errors import GuardError, GuardNameError
 
 Encode = Callable[[list[str]], np.ndarray]  # texts -> (N, dim) float32 unit vectors
 EmbedderFactory = Callable[[Path, Path], Encode]  # (model folder, cache folder) -> encode
 
-_EMBEDDERS: dict[str, EmbedderFactory] = {}
-
-
-def register_embedder(name: str, factory: EmbedderFactory) -> None:
-    if name in _EMBEDDERS:
-        raise GuardError(f"embedder {name!r} is already registered")
-    _EMBEDDERS[name] = factory
-
-
-def embedder_names() -> list[str]:
-    return sorted(_EMBEDDERS)
+EMBEDDERS: Registry[EmbedderFactory] = Registry("embedder", GuardNameError)
+register_embedder = EMBEDDERS.register
+embedder_names = EMBEDDERS.names
 
 
 def default_model_path() -> Path:
@@ -73,13 +65,11 @@ BATCH = 8
 class SentenceEmbedder:
     def __init__(self, model_path: Path | None = None, backend: str = "onnx-int8",
                  cache_dir: Path | None = None):
-        if backend not in _EMBEDDERS:
-            raise GuardError(f"unknown embedder {backend!r}; registered: "
-                             f"{', '.join(embedder_names())}")
+        factory = EMBEDDERS.get(backend)
         # Where exported graphs are kept: the server and CLI pass <home>/models; scripts and
         # tests share one temporary folder.
         cache = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "lethe-embedder"
-        self._encode = _EMBEDDERS[backend](Path(model_path or default_model_path()), cache)
+        self._encode = factory(Path(model_path or default_model_path()), cache)
         self.backend = backend
         self.dim = self._encode(["dimension probe"]).shape[1]
 

@@ -5,3 +5,7 @@ from base import LetheError
 
 class GuardError(LetheError):
     """A guard that cannot be trained, loaded, fitted or applied; the message says why."""
+
+
+class GuardNameError(GuardError, ValueError):
+    """An embedder or classifier name that is not registered, or registered twice."""

@@ -32,6 +32,8 @@ from typing import Any, Callable, Protocol
 import numpy as np
 import torch
 
+from base import Registry
+
 from .corrupt import Corruption, request_seed
 from .errors import GuardError
 from .mask import chat_prompt
@@ -43,27 +45,16 @@ Metric = Callable[..., np.ndarray]  # (subject, items) -> (N,)
 # own (engines.MultiLoRA: a stacked adapter with per-row scales).
 AdapterRows = Callable[[list], AbstractContextManager[dict[str, Any]]]
 ANSWER_TOKENS = 48  # greedy answers' length: TOFU's answers are one or two sentences
-_METRICS: dict[str, Metric] = {}
 
 
 class MetricError(GuardError, ValueError):
     """An unknown metric, or items that lack what a metric needs."""
 
 
-def register_metric(name: str, fn: Metric) -> None:
-    if name in _METRICS:
-        raise MetricError(f"metric {name!r} is already registered")
-    _METRICS[name] = fn
-
-
-def metric_names() -> list[str]:
-    return sorted(_METRICS)
-
-
-def metric(name: str) -> Metric:
-    if name not in _METRICS:
-        raise MetricError(f"unknown metric {name!r}; registered: {', '.join(metric_names())}")
-    return _METRICS[name]
+METRICS: Registry[Metric] = Registry("metric", MetricError)
+register_metric = METRICS.register
+metric_names = METRICS.names
+metric = METRICS.get
 
 
 class Subject(Protocol):
@@ -89,7 +80,8 @@ class ModelSubject:
     def _prompt(self, question: str) -> torch.Tensor:
         ids, mask = chat_prompt(self.tokenizer, [{"role": "user", "content": question}])
         with torch.inference_mode():
-            embeds = self.model.get_input_embeddings()(torch.tensor(ids))  # (T, D)
+            embed = self.model.get_input_embeddings()
+            embeds = embed(torch.tensor(ids, device=embed.weight.device))  # (T, D)
             if self.corruption is not None:
                 embeds = self.corruption(embeds, mask, request_seed(question))
         return embeds
@@ -143,8 +135,9 @@ def _left_padded(model, prompts: list[torch.Tensor]
     inputs left-padded to the longest, (B, T) attention mask, (B, T) positions from 0 at each
     prompt's first token."""
     B, T, D = len(prompts), max(len(p) for p in prompts), prompts[0].shape[1]
-    inputs = torch.zeros(B, T, D, dtype=model.get_input_embeddings().weight.dtype)
-    mask = torch.zeros(B, T, dtype=torch.long)
+    weight = model.get_input_embeddings().weight  # the batch goes where the model is
+    inputs = torch.zeros(B, T, D, dtype=weight.dtype, device=weight.device)
+    mask = torch.zeros(B, T, dtype=torch.long, device=weight.device)
     for b, p in enumerate(prompts):
         inputs[b, T - len(p):], mask[b, T - len(p):] = p, 1
     return inputs, mask, (mask.cumsum(-1) - 1).clamp(min=0)
@@ -156,7 +149,8 @@ def token_logprobs(model, prompts: list[torch.Tensor], answers: list[list[list[i
     """For prompt i's embeddings (Tp_i, D), the (Ta,) log-probability of each token of each of
     its answers answers[i]. A prompt runs once; its answers continue from its key-value cache
     (TOFU asks 7 answers of a question). With `adapters`, prompt i and its answers run through
-    adapter adapters[i] (`rows_with` says how). `batch_size`: answers per forward."""
+    adapter adapters[i] (`rows_with` says how). `batch_size`: answers per forward. Computed on
+    the model's device; returned on the CPU."""
     out = []
     with torch.inference_mode():
         start = 0
@@ -178,25 +172,28 @@ def _score_batch(model, prompts, answers, adapters, rows_with) -> list[list[torc
     first = result.logits[:, -1].float().log_softmax(-1)  # (G, V): each answer's first token
 
     flat = [(g, a) for g, group in enumerate(answers) for a in group]  # one row per answer
-    owner = torch.tensor([g for g, _ in flat])  # (R,) prompt of each row
+    device = inputs.device
+    owner = torch.tensor([g for g, _ in flat], device=device)  # (R,) prompt of each row
     R, Ta = len(flat), max(1, max(len(a) for _, a in flat) - 1)  # the last token predicts nothing
     ids = torch.zeros(R, Ta, dtype=torch.long)  # (R, Ta), right-padded
     answer_mask = torch.zeros(R, Ta, dtype=torch.long)  # (R, Ta)
     for r, (_, a) in enumerate(flat):
         fed = a[:-1]  # the tokens after which the next one is scored
         ids[r, :len(fed)], answer_mask[r, :len(fed)] = torch.tensor(fed, dtype=torch.long), 1
+    ids, answer_mask = ids.to(device), answer_mask.to(device)  # filled here, moved once
     cache = result.past_key_values
     cache.reorder_cache(owner)  # (G, ...) -> (R, ...): each row continues its prompt
     with rows_with([adapters[g] for g, _ in flat]) if adapters else nullcontext({}) as kwargs:
         logits = model(input_ids=ids, attention_mask=torch.cat([mask[owner], answer_mask], 1),
-                       position_ids=mask.sum(-1)[owner, None] + torch.arange(Ta),
+                       position_ids=mask.sum(-1)[owner, None] + torch.arange(Ta, device=device),
                        past_key_values=cache, **kwargs).logits  # (R, Ta, V)
 
     out: list[list[torch.Tensor]] = [[] for _ in prompts]
     for r, (g, a) in enumerate(flat):
         fed = len(a[:-1])
         logprobs = torch.cat([first[g:g + 1], logits[r, :fed].float().log_softmax(-1)])
-        out[g].append(logprobs[:len(a)].gather(1, torch.tensor(a, dtype=torch.long)[:, None])[:, 0])
+        tokens = torch.tensor(a, dtype=torch.long, device=device)[:, None]  # (len(a), 1)
+        out[g].append(logprobs[:len(a)].gather(1, tokens)[:, 0].cpu())
     return out
 
 
@@ -224,13 +221,14 @@ def _greedy_batch(model, prompts, names, eos, max_tokens, kwargs) -> list[list[i
     B = len(owner)  # one row per adapter
     # (B, T, D), (B, T), (B, T)
     inputs, mask, positions = _left_padded(model, [prompts[j] for j in owner.tolist()])
+    owner = owner.to(inputs.device)
     result = model(inputs_embeds=inputs, attention_mask=mask, position_ids=positions,
                    use_cache=True, **kwargs)
     tokens: list[list[int]] = [[] for _ in prompts]
     done = [False] * len(prompts)
     for _ in range(max_tokens):
         probs = result.logits[:, -1].float().softmax(-1)  # (B, V)
-        mean = torch.zeros(len(prompts), probs.shape[1]).index_add_(0, owner, probs)  # (P, V)
+        mean = probs.new_zeros(len(prompts), probs.shape[1]).index_add_(0, owner, probs)  # (P, V)
         chosen = mean.argmax(-1)  # (P,) the sums' argmax is the means'
         for j, token in enumerate(chosen.tolist()):
             if not done[j]:
@@ -239,7 +237,7 @@ def _greedy_batch(model, prompts, names, eos, max_tokens, kwargs) -> list[list[i
                     tokens[j].append(token)
         if all(done):
             break
-        mask = torch.cat([mask, torch.ones(B, 1, dtype=torch.long)], dim=1)
+        mask = torch.cat([mask, mask.new_ones(B, 1)], dim=1)
         positions = positions[:, -1:] + 1
         result = model(input_ids=chosen[owner][:, None], attention_mask=mask,
                        position_ids=positions, past_key_values=result.past_key_values,

@@ -3,7 +3,8 @@
 The model never changes; only the corruption's variant, strength sigma and width k are searched,
 so that the model's scores on the forget set under corruption match the scores of a reference
 model that never saw the forget data (the exact-unlearned shard mixture, or given values), on
-one metric or several (e.g. truth ratio and ROUGE-L: probability alone over-forgets, README):
+one metric or several (e.g. truth ratio and ROUGE-L: probability alone over-forgets,
+docs/benchmarks.md):
 
     objective(c) = sum over metrics m of |score_m(c) - target_m|
                    + penalty * max(0, score_retain(none) - score_retain(c))

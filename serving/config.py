@@ -17,10 +17,11 @@ from typing import Any, Literal, Mapping
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from adapters import RouteConfig, TrainConfig, database_schemes, partitioner_names
+from adapters import PARTITIONERS, RouteConfig, TrainConfig, database_schemes
+from base import device_name
 from guard import GuardConfig
 
-from .engines import engine_names
+from .engines import ENGINES
 from .errors import ConfigError
 
 ENV_PREFIX = "LETHE_"
@@ -28,15 +29,6 @@ ENV_PREFIX = "LETHE_"
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _registered(field: str, what: str, names):
-    """A validator of `field`: its value must be a name in its registry (the one list of names)."""
-    def check(name: str) -> str:
-        if name not in names():
-            raise ValueError(f"unknown {what} {name!r}; registered: {', '.join(names())}")
-        return name
-    return field_validator(field)(check)
 
 
 class ModelConfig(_Section):
@@ -49,6 +41,12 @@ class ModelConfig(_Section):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     # Context window served (prompt + completion tokens). None: the model's own.
     max_model_len: int | None = Field(default=2048, gt=0)
+    # Where the hf engine, shard training, the evaluation and the guard's tuning run: auto, cpu,
+    # cuda or cuda:N (vLLM chooses its own). auto: the GPU when torch sees one, where training a
+    # shard and scoring run many times faster, else the CPU; so one config serves both machines.
+    device: str = "auto"
+
+    _device = field_validator("device")(device_name)
 
 
 class EngineConfig(_Section):
@@ -64,10 +62,10 @@ class EngineConfig(_Section):
     kv_cache_gib: int = Field(default=2, gt=0)
     # vLLM's prefix cache. Off: a flagged prompt (noised embeddings) never hits the blocks an
     # unflagged one reuses, so with it on time to first token tells a client whether the guard
-    # fired (README, "Timing"). On only where that cannot matter (no guard, on_flag: refuse).
+    # fired (docs/guard.md, "Timing"). On only where that cannot matter (no guard, on_flag: refuse).
     prefix_caching: bool = False
 
-    _known = _registered("name", "engine", engine_names)
+    _known = ENGINES.validator("name")
 
 
 # Shortest key accepted: an empty or short entry (what `"[$KEY]"` gives with KEY unset) would
@@ -115,7 +113,7 @@ class ShardsConfig(_Section):
     group_by_owner: bool = True
     seed: int = 0  # k-means / random partition seed
 
-    _known = _registered("partitioner", "partitioner", partitioner_names)
+    _known = PARTITIONERS.validator("partitioner")
 
 
 class ForgetConfig(_Section):
@@ -125,7 +123,7 @@ class ForgetConfig(_Section):
     on_flag: Literal["corrupt", "refuse"] = "corrupt"
     # Who gets weight 0 on the shards of pending forget requests until they are retrained.
     # flagged: prompts the guard flags, so their answers come from weights that never saw the
-    # forgotten data (like the exact model's: measured in README, TOFU); all: every prompt,
+    # forgotten data (like the exact model's: measured in docs/benchmarks.md); all: every prompt,
     # exact from the first second at a utility cost to everyone; none. (true/false: all/none.)
     quarantine: Literal["flagged", "all", "none"] = "flagged"
 
@@ -159,7 +157,7 @@ class ForgetConfig(_Section):
 class StoreConfig(_Section):
     # Where the forget queue and the lineage live. null: SQLite files in home (forget.db,
     # apa/lineage.db), one machine. postgresql://user:password@host:port/db: one PostgreSQL
-    # database that several server replicas and workers share (README, "Several replicas").
+    # database that several server replicas and workers share (docs/replicas.md).
     url: str | None = None
 
     @field_validator("url")
@@ -206,7 +204,7 @@ class Config(_Section):
     @property
     def secret_file(self) -> Path:
         """Key of the queue's dedup hashes and of the corruption's noise: one per deployment
-        (replicas share home, README)."""
+        (replicas share home, docs/replicas.md)."""
         return self.home_dir / "secret.key"
 
 

@@ -15,7 +15,7 @@ import uvicorn
 from transformers import AutoConfig, AutoTokenizer
 
 from adapters import ShardStore
-from base import Signer, load_secret
+from base import Signer, load_secret, resolve_device
 from guard import Corruption, Guard, load_corruption, trained_version
 
 from .api import OpenAIServing, build_app
@@ -63,7 +63,7 @@ def head_options(config: Config) -> dict:
 # guard.corruption.sigma when it is null. Where the quarantine routes flagged prompts around the
 # shards of pending forget requests (forget.quarantine: flagged or all), the weights that answer
 # never saw the forgotten data: the corruption tuned against them (`lethe eval tofu`'s second
-# tier, README "TOFU") is mild, and ECO's strength would only drag answers off the question,
+# tier, docs/benchmarks.md) is mild, and ECO's strength would only drag answers off the question,
 # which tells the client the guard fired. Without the quarantine (none) the weights hold the
 # data until the retrain and the corruption alone must hide it: ECO's strength.
 SIGMA_ROUTED, SIGMA_UNROUTED = 0.02, 1.0
@@ -99,6 +99,7 @@ def create_app(config: Config):
         kv_cache_gib=config.engine.kv_cache_gib,
         prefix_caching=config.engine.prefix_caching,
         rank_scales=config.route.mixing == "in-engine",
+        device=resolve_device(config.model.device),
     )
     metrics = Metrics()
     # This replica's name among those that share home: its own mixture folder

@@ -1,12 +1,13 @@
 """A shard store as the config describes it: the one place a command, the server, the worker or
 the evaluation creates or opens one (partitioner, owner grouping, seed, base model and training
-config from `config`; the lineage in `store.url` when set)."""
+config from `config`; the lineage in `store.url` when set; training on `model.device`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from adapters import Database, ShardStore, open_database
+from base import resolve_device
 
 from .model import base_model_record, resolve_model, sentence_embedder
 
@@ -20,7 +21,8 @@ def store_database(config) -> Database | None:
 def open_store(config, mixtures: str = "local") -> ShardStore:
     """The configured shard store; `mixtures`: this process's mixture folder (a server's own)."""
     return ShardStore(config.store_dir, mixture_cache=config.route.mixture_cache,
-                      database=store_database(config), mixtures=mixtures)
+                      database=store_database(config), mixtures=mixtures,
+                      device=resolve_device(config.model.device))
 
 
 def create_store(config, root: Path, samples, validation=None, *, shards: int | None = None,
@@ -34,4 +36,5 @@ def create_store(config, root: Path, samples, validation=None, *, shards: int | 
         shards=shards or config.shards.count, partitioner=config.shards.partitioner,
         group_by_owner=config.shards.group_by_owner, seed=config.shards.seed,
         model_path=model_path, base_model=base_model_record(model_path),
-        train_config=config.train, validation=validation, database=database)
+        train_config=config.train, validation=validation, database=database,
+        device=resolve_device(config.model.device))

@@ -89,21 +89,22 @@ def cmd_eval(args) -> None:
                    f"latency per check: p50 {p50:.1f} ms, p99 {p99:.1f} ms"])
 
 
-def _model(model_path: Path, adapter: Path | None):
+def _model(model_path: Path, adapter: Path | None, device: str):
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(device)
     if adapter is not None:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, adapter)
+        model = PeftModel.from_pretrained(model, adapter, torch_device=device)
     return model.eval()
 
 
 def cmd_tune(args) -> None:
     from transformers import AutoTokenizer
 
+    from base import resolve_device
     from guard import (ModelSubject, corruption_names, forget_score, forget_scores, read_items,
                        save_corruption, tune)
 
@@ -115,6 +116,7 @@ def cmd_tune(args) -> None:
     forget = read_items(args.forget)[:args.forget_items]
     retain = read_items(args.retain)[:settings.retain_items]
     model_path = resolve_model(config.model.source, config.home_dir)
+    device = resolve_device(config.model.device)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     try:
         numbers = [float(x) for x in args.reference.split(",")]
@@ -127,11 +129,11 @@ def cmd_tune(args) -> None:
         target = dict(zip(kinds, numbers))
         reference = {"target": target}
     else:
-        reference_model = _model(model_path, Path(args.reference))
+        reference_model = _model(model_path, Path(args.reference), device)
         target = forget_scores(kinds, ModelSubject(reference_model, tokenizer), forget)
         reference = {"reference_adapter": str(args.reference), "target": target}
         del reference_model
-    model = _model(model_path, args.adapter)
+    model = _model(model_path, args.adapter, device)
 
     def log(record: dict) -> None:
         print(f"eval {record['step']:>3}: {record['name']} sigma={record['sigma']:.4g} "

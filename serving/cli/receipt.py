@@ -1,4 +1,4 @@
-"""`lethe receipt verify`: check a forget receipt offline (base/receipts.py; README, "Receipts").
+"""`lethe receipt verify`: check a forget receipt offline (base/receipts.py; docs/receipts.md).
 
 It imports base alone (no torch, no config), so it starts at once. Exit 0: every check passed;
 1: a check failed (the lines say which); 2: the command must change (an unreadable receipt or

@@ -3,13 +3,14 @@
 from .base import Delta, Engine, EngineError, EngineRequest, LoRA, LoRAResolver, Sampling
 from .hf import HFEngine
 from .lora import MultiLoRA
-from .registry import UnknownEngineError, engine_class, engine_names, register_engine
+from .registry import ENGINES, UnknownEngineError, engine_class, engine_names, register_engine
 from .vllm import VLLMEngine
 
 register_engine(name="hf", impl_cls=HFEngine)
 register_engine(name="vllm", impl_cls=VLLMEngine)
 
 __all__ = [
+    "ENGINES",
     "Delta",
     "Engine",
     "EngineError",

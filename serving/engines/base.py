@@ -108,6 +108,7 @@ class Engine(ABC):
         kv_cache_gib: int,
         prefix_caching: bool = False,
         rank_scales: bool = True,
+        device: str = "cpu",
     ):
         self.model_path = Path(model_path)
         self.dtype = dtype
@@ -120,6 +121,8 @@ class Engine(ABC):
         # Whether requests may carry per-rank scales (`route.mixing: in-engine`); False: every
         # adapter is served as it is (materialised mixtures), which no engine needs more for.
         self.rank_scales = rank_scales
+        # The torch device the hf engine runs on (base.resolve_device); vLLM chooses its own.
+        self.device = device
 
     @abstractmethod
     async def start(self) -> None:

@@ -5,7 +5,7 @@ are decoded together (static batching, up to max_num_seqs sequences): prompts ar
 each row keeps its own sampling parameters, seed and LoRA adapter with its own per-rank scales
 (engines/lora.py: one shrink and one expand per adapter in the batch).
 A request that arrives mid-batch waits for that batch to end: simpler than vLLM's continuous
-batching, and slower under load (see README benchmarks).
+batching, and slower under load (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class HFEngine(Engine):
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self._base = AutoModelForCausalLM.from_pretrained(
             self.model_path, dtype=getattr(torch, self.dtype)
-        ).eval()
+        ).to(self.device).eval()
         self._loras = MultiLoRA(self._base, capacity=self.max_loras, max_rank=self.max_lora_rank)
         eos = {self.tokenizer.eos_token_id}
         try:
@@ -121,27 +121,29 @@ class HFEngine(Engine):
             self._decode_rows(jobs, rows, generators)
 
     def _decode_rows(self, jobs: list[_Job], rows: list[_Row], generators: dict) -> None:
-        torch = self._torch
+        torch, device = self._torch, self._base.device
 
         # Prefill: every row as embeddings, left-padded to the longest prompt.
         embed = self._base.get_input_embeddings()
         prompts = [
             r.job.request.prompt_embeds
             if r.job.request.prompt_embeds is not None
-            else embed(torch.tensor(r.job.request.prompt_token_ids))
+            else embed(torch.tensor(r.job.request.prompt_token_ids, device=device))
             for r in rows
         ]  # each [T_i, d]
         B, T, d = len(rows), max(p.shape[0] for p in prompts), prompts[0].shape[1]
-        inputs = torch.zeros(B, T, d, dtype=self._base.dtype)  # [B, T, d]
-        mask = torch.zeros(B, T, dtype=torch.long)  # [B, T], 1 = real token
+        inputs = torch.zeros(B, T, d, dtype=self._base.dtype, device=device)  # [B, T, d]
+        mask = torch.zeros(B, T, dtype=torch.long, device=device)  # [B, T], 1 = real token
         for b, p in enumerate(prompts):
-            inputs[b, T - p.shape[0]:] = p.to(self._base.dtype)
+            inputs[b, T - p.shape[0]:] = p.to(device, self._base.dtype)
             mask[b, T - p.shape[0]:] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [B, T]
         out = self._base(
             inputs_embeds=inputs, attention_mask=mask, position_ids=positions, use_cache=True,
         )
-        cache, logits = out.past_key_values, out.logits[:, -1]  # logits: [B, V]
+        # Tokens are chosen on the CPU, whatever the device: the request's seeded generator is
+        # a CPU one, so a seed draws the same numbers on every device (a GPU's draws others).
+        cache, logits = out.past_key_values, out.logits[:, -1].cpu()  # logits: [B, V]
 
         for _ in range(max(j.request.sampling.max_tokens for j in jobs)):
             next_ids = [
@@ -159,14 +161,14 @@ class HFEngine(Engine):
             live = [r for r in rows if r.finish is None and not r.job.cancelled.is_set()]
             if not live:
                 break
-            step = torch.tensor(next_ids)[:, None]  # [B, 1]
-            mask = torch.cat([mask, torch.ones(B, 1, dtype=torch.long)], dim=1)
+            step = torch.tensor(next_ids, device=device)[:, None]  # [B, 1]
+            mask = torch.cat([mask, torch.ones(B, 1, dtype=torch.long, device=device)], dim=1)
             positions = positions[:, -1:] + 1
             out = self._base(
                 input_ids=step, attention_mask=mask, position_ids=positions,
                 past_key_values=cache, use_cache=True,
             )
-            cache, logits = out.past_key_values, out.logits[:, -1]
+            cache, logits = out.past_key_values, out.logits[:, -1].cpu()
         for job in jobs:
             job.emit(None)
 

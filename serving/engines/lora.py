@@ -66,7 +66,8 @@ class MultiLoRA:
         self.model = model
         self.capacity = capacity
         self.max_rank = max_rank
-        self.dtype = next(model.parameters()).dtype  # adapters and scales are cast to it
+        weight = next(model.parameters())
+        self.dtype, self.device = weight.dtype, weight.device  # adapters and scales go to them
         self._groups: list[_Group] = []
         self._layers: dict[str, LoRALinear] = {}  # module name -> its wrapper
         self._ranks: OrderedDict[str, int] = OrderedDict()  # adapter -> rank, newest last
@@ -94,7 +95,8 @@ class MultiLoRA:
                               f"engine.max_lora_rank ({self.max_rank})")
         layers = {module: self._layer(module, lora.name) for module in pairs}  # may raise
         for module, (a, b) in pairs.items():
-            layers[module].adapters[lora.name] = (a.to(self.dtype), (b * scaling).to(self.dtype))
+            layers[module].adapters[lora.name] = (a.to(self.device, self.dtype),
+                                                  (b * scaling).to(self.device, self.dtype))
         self._ranks[lora.name] = rank
 
     def _layer(self, module: str, adapter: str) -> LoRALinear:
@@ -128,9 +130,11 @@ class MultiLoRA:
             groups = []
             for name, rows in by_name.items():
                 scales = torch.stack([self._scales(loras[i]) for i in rows])  # (n, r)
-                scales = scales[:, None, :].to(self.dtype)  # (n, 1, r): one per row, all tokens
+                # (n, 1, r): one per row, all tokens
+                scales = scales[:, None, :].to(self.device, self.dtype)
                 everyone = len(rows) == len(loras)
-                groups.append(_Group(name, None if everyone else torch.tensor(rows), scales))
+                groups.append(_Group(name, None if everyone
+                                     else torch.tensor(rows, device=self.device), scales))
             self._groups[:] = groups  # the list every wrapper holds
             try:
                 yield

@@ -2,30 +2,20 @@
 
 from __future__ import annotations
 
+from base import Registry
+
 from ..errors import UsageError
 from .base import Engine
-
-_ENGINES: dict[str, type[Engine]] = {}
 
 
 class UnknownEngineError(UsageError, KeyError):
     """No engine is registered under the requested name."""
 
 
-def register_engine(*, name: str, impl_cls: type[Engine]) -> None:
-    if name in _ENGINES:
-        raise UsageError(f"engine {name!r} is already registered ({_ENGINES[name].__name__})")
-    _ENGINES[name] = impl_cls
+ENGINES: Registry[type[Engine]] = Registry("engine", UsageError, UnknownEngineError)
+engine_class = ENGINES.get
+engine_names = ENGINES.names
 
 
-def engine_class(name: str) -> type[Engine]:
-    try:
-        return _ENGINES[name]
-    except KeyError as e:
-        raise UnknownEngineError(
-            f"unknown engine {name!r}; registered engines: {', '.join(sorted(_ENGINES))}"
-        ) from e
-
-
-def engine_names() -> list[str]:
-    return sorted(_ENGINES)
+def register_engine(name: str, impl_cls: type[Engine]) -> None:
+    ENGINES.register(name, impl_cls)

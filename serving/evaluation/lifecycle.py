@@ -9,7 +9,8 @@ scores unlearning (guard/metrics.py).
                guard/tune.py) against the mixture without the shards they hold: an exactly-
                unlearned model that exists the moment a request is accepted. Its result says
                which corruption makes a flagged prompt's answers look like that model's
-               (`second_tier`; it chose `guard.corruption.sigma`'s default, README "TOFU")
+               (`second_tier`; it chose `guard.corruption.sigma`'s default: docs/benchmarks.md,
+               "The whole product on TOFU")
     exact      after the forget worker's round (tombstones, retrain of the affected shards,
                publish) and the server's sync (exemplars retired)
     reference  the same partition without the forget authors, trained from scratch
@@ -43,7 +44,7 @@ import numpy as np
 from transformers import AutoTokenizer
 
 from adapters import RouteConfig, ShardStore
-from base import Signer, load_secret
+from base import Signer, load_secret, resolve_device
 from guard import (Corruption, Guard, Item, forget_quality, forget_scores, metric, model_utility,
                    truth_ratio_closer_to_1, truth_ratio_true_better, tune)
 
@@ -61,7 +62,8 @@ from .tofu import TofuData
 
 PHASES = ("original", "guarded", "exact", "reference")
 # What else could act on a flagged prompt while its request is pending: the guarded phase's
-# forget set scored under each (see README, "TOFU"), against the configured policy.
+# forget set scored under each (docs/benchmarks.md, "The whole product on TOFU"), against the
+# configured policy.
 VARIANTS = {
     # ECO alone, on every shard's weights, at the strength served without the quarantine
     "corruption_only": {"quarantine": "none", "corruption": Corruption(sigma=SIGMA_UNROUTED)},
@@ -70,7 +72,8 @@ VARIANTS = {
 }
 UTILITY_SETS = ("retain", "real_authors", "world_facts")
 # What the second tier matches the held-out mixture on: the distribution TOFU's forget quality
-# tests (truth ratio) and the answers' form (ROUGE-L). Probability alone over-forgets (README).
+# tests (truth ratio) and the answers' form (ROUGE-L). Probability alone over-forgets
+# (docs/benchmarks.md).
 SECOND_TIER_SCORES = ["truth_ratio", "rouge_l"]
 
 
@@ -152,7 +155,8 @@ class Lifecycle:
         # the largest adapter it runs: a stack of every shard (the aggregation's single adapter
         # has one shard's rank)
         self.model = AdapterModel(self.model_path,
-                                  max_rank=self.config.shards.count * self.config.train.r)
+                                  max_rank=self.config.shards.count * self.config.train.r,
+                                  device=resolve_device(config.model.device))
         self.corruption = served_corruption(config)
         self.noise_key = load_secret(self.work / "secret.key")
         self.computed: dict = {}  # what every served subject computed (ServedSubject)

@@ -35,7 +35,7 @@ import uuid
 from pathlib import Path
 
 from adapters import Database, DatabaseError, ShardStore, finish_purges
-from base import Signer
+from base import Signer, resolve_device
 from guard import trained_version
 
 from ..config import Config, load_config
@@ -50,13 +50,15 @@ class Worker:
     def __init__(self, queue: ForgetQueue, store_dir: Path, *, lease_seconds: float,
                  retry_after: float, retry_max: float, poll_seconds: float,
                  coalesce_seconds: float = 0.0, database: Database | None = None,
-                 guard_dir: Path | None = None):
+                 guard_dir: Path | None = None, device: str = "cpu"):
         """`database`: where the store's lineage lives (None: in `store_dir`); `guard_dir`: the
-        trained guard whose version receipts name (None: none)."""
+        trained guard whose version receipts name (None: none); `device`: the torch device it
+        retrains shards on."""
         self.queue = queue
         self.store_dir = Path(store_dir)
         self.database = database
         self.guard_dir = guard_dir
+        self.device = device
         self.lease_seconds = lease_seconds
         self.retry_after, self.retry_max = retry_after, retry_max
         self.poll_seconds = poll_seconds
@@ -75,7 +77,7 @@ class Worker:
                    retry_max=f.retry_max_seconds, poll_seconds=f.poll_seconds,
                    coalesce_seconds=f.coalesce_seconds,
                    database=None if store_dir else store_database(config),
-                   guard_dir=config.guard_dir)
+                   guard_dir=config.guard_dir, device=resolve_device(config.model.device))
 
     def run(self, stop: threading.Event) -> None:
         """Rounds until `stop`. An error outside a request's retrain (the queue locked or
@@ -126,7 +128,7 @@ class Worker:
             # A shard's lock is waited for as long as a request's lease: a stopped worker's
             # requests and shards are both taken over after it.
             store = ShardStore(self.store_dir, database=self.database,
-                               shard_wait=self.lease_seconds)
+                               shard_wait=self.lease_seconds, device=self.device)
             samples = sorted({i for r in batch for i in r.sample_ids})
             results = store.forget_samples(samples, release=ids)
             guard = (guard_before, self._guard_version())

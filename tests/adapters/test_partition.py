@@ -59,6 +59,6 @@ def test_more_shards_than_owners_is_refused():
 def test_registry_refuses_duplicates_and_lists_known_names():
     with pytest.raises(ValueError, match="already registered"):
         register_partitioner("semantic", lambda *a: None)
-    with pytest.raises(UnknownPartitionerError, match="known: random, semantic"):
+    with pytest.raises(UnknownPartitionerError, match="registered: random, semantic"):
         partition("kmeans++", np.eye(3), k=2)
     assert partitioner_names() == ["random", "semantic"]

@@ -68,5 +68,5 @@ def test_scheme_registry_refuses_duplicates_and_lists_names():
     with pytest.raises(ValueError, match="already registered"):
         register_scheme("apa", lambda i, c: None)
     assert scheme_names() == ["apa", "major", "semantic", "uniform"]
-    with pytest.raises(UnknownSchemeError, match="known: apa, major"):
+    with pytest.raises(UnknownSchemeError, match="registered: apa, major"):
         route(INPUTS, RouteConfig.model_construct(scheme="nope", quantum=0), SHARDS)

@@ -1,12 +1,16 @@
 """Exactness: retraining a shard without a sample equals training from scratch without it; what
 one training step computes."""
 
+import numpy as np
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from adapters import synth_people, train_adapter
+from adapters import ShardStore, synth_people, train_adapter
+from adapters.losses import adapter_losses
 from adapters.registry import WEIGHTS
 from adapters.train import IGNORE, collate, encode, epoch_batches, response_nll
+from base import resolve_device
 from tests.adapters.conftest import TINY_TRAIN
 
 
@@ -31,6 +35,31 @@ def test_retrain_without_a_sample_equals_training_from_scratch_without_it(
     assert result.shard == k and result.previous == before and result.version != before
     assert adapter_bytes(store, k) == (tmp_path / "scratch" / WEIGHTS).read_bytes()
     assert forgotten.id not in store.current(k).manifest["sample_ids"]
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU"))])
+def test_a_retrain_on_a_device_equals_training_from_scratch_there(
+        make_store, people, tiny_model_dir, tmp_path, device):
+    """A store opened on a device retrains there, deterministically (exactness holds there),
+    records where, and computes the shard's validation losses there (as on the CPU, to float
+    rounding)."""
+    device = resolve_device(device)
+    validation = synth_people(3, seed=9, facts_per_person=2)
+    store = ShardStore(make_store(people, validation=validation).root, device=device)
+    forgotten = people[0]
+    [k] = store.lineage.shards_of([forgotten.id])
+    remaining = [s for s in store.lineage.shard_samples(k) if s.id != forgotten.id]
+
+    store.forget_samples([forgotten.id])
+
+    train_adapter(tiny_model_dir, remaining, TINY_TRAIN, seed=TINY_TRAIN.seed + k,
+                  out_dir=tmp_path / "scratch", device=device)
+    version = store.current(k)
+    assert version.manifest["device"] == device
+    assert adapter_bytes(store, k) == (tmp_path / "scratch" / WEIGHTS).read_bytes()
+    [on_cpu] = adapter_losses(tiny_model_dir, [version.path], validation, TINY_TRAIN.max_length)
+    assert np.allclose(store.losses.row(version), on_cpu, rtol=1e-4)
 
 
 def test_retraining_an_unchanged_shard_keeps_its_version_and_trains_nothing(make_store, people):

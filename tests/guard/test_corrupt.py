@@ -72,3 +72,13 @@ def test_bad_corruptions_are_refused_with_what_exists(embeds):
         Corruption(sigma=float("inf"))(embeds, MASK, seed=0)
     with pytest.raises(CorruptionError, match="already registered"):
         register_corruption("zero_out_top_k", lambda *a: a[0], uses_sigma=False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name", corruption_names())
+def test_a_prompt_is_corrupted_alike_on_a_gpu_and_on_the_cpu(embeds, name):
+    # the noise is drawn from a CPU generator whatever the device, then moved
+    corruption = Corruption(name, sigma=1.0, k=4)
+    on_gpu = corruption(embeds.cuda(), MASK, seed=7)
+    assert on_gpu.device.type == "cuda"
+    assert torch.equal(on_gpu.cpu(), corruption(embeds, MASK, seed=7))

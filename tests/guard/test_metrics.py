@@ -9,9 +9,9 @@ import pytest
 import torch
 from transformers import AutoTokenizer, DynamicCache
 
-from guard import (GuardError, Item, MetricError, ModelSubject, answer_ids, by_question,
-                   forget_quality, greedy_ids, metric, metric_names, model_utility, register_metric,
-                   rouge_l_recall, token_logprobs, truth_ratio_closer_to_1,
+from guard import (Corruption, GuardError, Item, MetricError, ModelSubject, answer_ids,
+                   by_question, forget_quality, greedy_ids, metric, metric_names, model_utility,
+                   register_metric, rouge_l_recall, token_logprobs, truth_ratio_closer_to_1,
                    truth_ratio_true_better)
 
 
@@ -179,3 +179,21 @@ def test_an_ensembles_next_token_is_the_argmax_of_its_adapters_mean_probabilitie
     assert ids == expected
     assert torch.allclose(two, alone, atol=1e-5)
     assert not torch.allclose(one, two)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_model_on_a_gpu_scores_and_answers_as_on_the_cpu(tiny, tiny_model_dir):
+    # how `lethe guard tune` runs on model.device: tensors made where the model is, corruption
+    # noise drawn on the CPU, scores back on the CPU
+    from transformers import AutoModelForCausalLM
+
+    model, tokenizer = tiny
+    gpu = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    gpu = gpu.to("cuda").eval()
+    for corruption in (None, Corruption(sigma=0.5)):
+        cpu_subject = ModelSubject(model, tokenizer, corruption, max_tokens=8)
+        gpu_subject = ModelSubject(gpu, tokenizer, corruption, max_tokens=8)
+        pairs = [(i.prompt, i.answer) for i in ITEMS] + [(ITEMS[0].prompt, "Tolvik.")]
+        assert np.allclose(gpu_subject.logprobs(pairs), cpu_subject.logprobs(pairs), atol=1e-4)
+        prompts = [i.prompt for i in ITEMS]
+        assert gpu_subject.answers(prompts) == cpu_subject.answers(prompts)

@@ -45,6 +45,14 @@ def test_bad_choice_names_the_key_and_the_allowed_values():
         load_config(overrides={"engine.name": "tgi"}, environ={})
 
 
+@pytest.mark.parametrize("device", ["gpu", "cuda:x", "cuda0"])
+def test_a_bad_device_names_the_key_and_the_devices(device):
+    with pytest.raises(ConfigError, match=rf"model.device.*unknown device '{device}': use auto, "
+                                          r"cpu, cuda or cuda:N"):
+        load_config(overrides={"model.device": device}, environ={})
+    assert load_config(overrides={"model.device": "cuda:1"}, environ={}).model.device == "cuda:1"
+
+
 def test_bad_environment_value_is_named():
     with pytest.raises(ConfigError, match="server.port"):
         load_config(environ={"LETHE_SERVER__PORT": "eighty"})

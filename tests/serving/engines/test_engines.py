@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from adapters import LORA_TARGET_MODULES, Version, combine
+from base import resolve_device
 from serving.engines import (EngineError, EngineRequest, LoRA, Sampling, VLLMEngine,
                              engine_class, engine_names)
 
@@ -27,12 +28,12 @@ class Harness:
     """Runs one engine in its own event loop, so tests can call it synchronously."""
 
     def __init__(self, name: str, model_dir, max_model_len: int = 512,
-                 prefix_caching: bool = False, rank_scales: bool = True):
+                 prefix_caching: bool = False, rank_scales: bool = True, device: str = "cpu"):
         self.loop = asyncio.new_event_loop()
         self.engine = engine_class(name)(
             model_dir, dtype="float32", max_model_len=max_model_len, max_num_seqs=8,
             max_loras=2, max_lora_rank=16, kv_cache_gib=1, prefix_caching=prefix_caching,
-            rank_scales=rank_scales,
+            rank_scales=rank_scales, device=device,
         )
         self.loop.run_until_complete(self.engine.start())
         self.logprobs: dict[str, list[dict[int, float]]] = {}  # request id -> per token (choice 0)
@@ -204,6 +205,29 @@ def test_sampling_with_a_seed_is_reproducible_and_n_gives_n_choices(engine, refe
     first, second = engine.generate(engine.request(ids, sampling), engine.request(ids, sampling))
     assert len(first) == 3 and all(choice[2] in ("stop", "length") for choice in first)
     assert [c[0] for c in first] == [c[0] for c in second]
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU"))])
+def test_the_hf_engine_runs_on_its_device_and_answers_as_transformers_on_the_cpu(
+        device, tiny_model_dir, reference, loras):
+    """The hf engine on the configured device: its weights and adapters there, prompt
+    embeddings given on the CPU (the pipeline's) moved to it; in one batch, greedy tokens with
+    and without an adapter as the CPU reference gives them."""
+    device = resolve_device(device)
+    harness = Harness("hf", tiny_model_dir, device=device)
+    try:
+        tokenizer, model = reference
+        ids = encode(tokenizer, PROMPTS[1])
+        embeds = model.get_input_embeddings()(torch.tensor(ids)).detach()  # [T, d] on the CPU
+        plain, from_embeds, adapted = harness.generate(
+            harness.request(ids, greedy()), harness.request(ids, greedy(), embeds=embeds),
+            harness.request(ids, greedy(), lora=loras[0]))
+        assert harness.engine._base.device.type == torch.device(device).type
+        assert plain[0][0] == from_embeds[0][0] == reference_greedy(model, ids)
+        assert adapted[0][0] == reference_greedy(model, ids, lora=loras[0]) != plain[0][0]
+    finally:
+        harness.close()
 
 
 # --- shard mixtures in the engine -------------------------------------------------------------
