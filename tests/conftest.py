@@ -10,6 +10,30 @@ import pytest  # noqa: E402
 from tests.tiny_model import build_tiny_model  # noqa: E402
 
 
+# A test is `slow` (`make test-fast` skips it, `make test` runs it) when it uses the real default
+# model, starts a server or `lethe` processes, or runs vLLM: each costs seconds to a minute
+# (`--durations`), whether or not the test says so itself.
+SLOW_FIXTURES = {"real_model_dir", "start_server", "start_module_server"}
+PROCESS_MODULES = {  # their tests start `lethe` commands, servers or workers themselves
+    "test_chaos.py", "test_cli.py", "test_demo.py", "test_guard.py", "test_replicas.py",
+    "test_supervisor.py", "test_tofu_eval.py", "test_worker.py",
+}
+
+
+def _slow(item) -> bool:
+    in_process_vllm = "vllm" in getattr(getattr(item, "callspec", None), "id", "")
+    serving_module = "serving" in item.path.parts and item.path.name in PROCESS_MODULES
+    return (bool(SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())))
+            or in_process_vllm or "test_vllm" in item.name or serving_module)
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m "not slow"` deselects
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if _slow(item):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
