@@ -43,7 +43,7 @@ serve: setup
 test: setup
 	$(BIN)/pytest -q --durations=25  # the 25 slowest, to keep an eye on the suite's time
 
-# Unit tests only: the tiny model, no real default model.
+# No test that starts a server, a `lethe` process or vLLM, or uses the real model (~4 min).
 test-fast: setup
 	$(BIN)/pytest -q -m "not slow"
 

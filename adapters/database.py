@@ -388,8 +388,12 @@ def _scrub(text: str, secrets: tuple[str, ...]) -> str:
 # --- registry -------------------------------------------------------------------------------
 
 # `scheme://...` URLs open with `open_url(url, synchronous)`.
+class DatabaseSchemeError(AdapterError, ValueError):
+    """A database scheme registered twice."""
+
+
 DATABASES: Registry[Callable[[str, Synchronous], Database]] = Registry("database scheme",
-                                                                       DatabaseError)
+                                                                       DatabaseSchemeError)
 register_database = DATABASES.register
 database_schemes = DATABASES.names
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from base import write_atomic
+from base import resolve_device, write_atomic
 
 from .errors import AdapterError
 from .registry import Version
@@ -51,6 +51,7 @@ def adapter_losses(model_path: Path, adapters: list[Path], samples: list[Sample]
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    device = resolve_device(device)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(device)
     rows = []

@@ -18,7 +18,6 @@ to the database kept it in shard-0002/CURRENT: `legacy_pointers`.)
 from __future__ import annotations
 
 import json
-import shutil
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,5 +119,5 @@ class AdapterRegistry:
         clean = [v for v in old if v not in tainted]
         doomed = tainted + clean[:max(0, len(clean) - keep)]
         for v in doomed:
-            shutil.rmtree(v.path)
+            self._versions_of(shard).delete(v.id)
         return doomed

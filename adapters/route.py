@@ -29,8 +29,10 @@ class UnknownSchemeError(RouteError, KeyError):
     """No weighting scheme is registered under the name; the message lists those that are."""
 
 
-SCHEMES: Registry[Scheme] = Registry("weighting scheme", RouteError, UnknownSchemeError)
-register_scheme = SCHEMES.register  # (name, fn, needs_losses=False)
+# Trait `needs_losses`: the scheme reads RouteInputs.validation and .losses.
+SCHEMES: Registry[Scheme] = Registry("weighting scheme", RouteError, UnknownSchemeError,
+                                     traits={"needs_losses": False})
+register_scheme = SCHEMES.register
 scheme_names = SCHEMES.names
 
 
@@ -69,7 +71,7 @@ def needs_losses(name: str) -> bool:
     """The scheme's trait `needs_losses=True`: it reads RouteInputs.validation and .losses (a
     store trained without a validation set serves `semantic` instead:
     ShardStore.effective_route)."""
-    return SCHEMES.trait(name, "needs_losses", False)
+    return SCHEMES.trait(name, "needs_losses")
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:

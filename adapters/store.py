@@ -26,6 +26,7 @@ requests' quarantine holds) then `receipt`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import shutil
@@ -39,7 +40,7 @@ from typing import Callable
 import numpy as np
 
 from base import (FORMAT, HASH_KEY, Receipt, RequestEvidence, ShardEvidence, merkle_root,
-                  version_digest, write_atomic)
+                  resolve_device, version_digest, write_atomic)
 
 from .database import Database, open_database
 from .lineage import Lineage, LineageError, id_set_hash
@@ -97,7 +98,8 @@ class ShardStore:
         """`database`: where the lineage lives (None: `<root>/lineage.db`); `mixtures`: the name
         of this process's mixture folder (each serving process its own, mixture.py);
         `shard_wait`: as SHARD_WAIT_SECONDS (the forget worker passes its lease); `device`: the
-        torch device that shards train and their validation losses are computed on."""
+        device name (`model.device`) that shards train and their validation losses are computed
+        on, resolved when the store first trains (opening a store to read it touches no GPU)."""
         self.root = Path(root)
         self.device = device
         info = self.root / "store.json"
@@ -118,6 +120,11 @@ class ShardStore:
                                       if self.info["validation_hash"] else None)  # (V, d)
         self._mixture_lock = threading.Lock()  # one build per mixture; sweeps see every pin
         self._ranks: dict[str, int] = {}  # shard version id -> its LoRA rank
+
+    @functools.cached_property
+    def trained_device(self) -> str:
+        """The torch device this store trains on: `device` resolved (base.resolve_device)."""
+        return resolve_device(self.device)
 
     def _adopt_legacy_pointers(self) -> None:
         """A store published before the lineage held what each shard serves: its `CURRENT`
@@ -187,7 +194,9 @@ class ShardStore:
         for version in source.current_versions() if reuse_unchanged else ():
             manifest = version.manifest
             ids = [s.id for s, k in kept if k == version.shard]
-            if _trained_on(manifest, ids):  # what train skips
+            # what train skips: the same samples, trained on the same kind of device
+            same_device = manifest.get("device", "cpu") == derived.trained_device
+            if _trained_on(manifest, ids) and same_device:
                 with derived.registry.staging() as staged:
                     for name in (CONFIG, WEIGHTS):
                         shutil.copyfile(version.path / name, staged / name)
@@ -242,7 +251,7 @@ class ShardStore:
             seed = self.train_config.seed + shard
             with self.registry.staging() as staged:
                 stats = train_adapter(self.model_path, samples, self.train_config, seed, staged,
-                                      progress, self.device)
+                                      progress, self.trained_device)
                 # The loss-table row exists before the version is published: a server routing
                 # meanwhile never finds a current version without its row.
                 self._put_losses(Version(shard, weights_hash(staged), staged))
@@ -285,7 +294,7 @@ class ShardStore:
             "data_hash": id_set_hash(hashes),
             "train_config": self.train_config.model_dump(mode="json"),
             "seed": seed,
-            "device": self.device,  # training is deterministic on one device, not across them
+            "device": self.trained_device,  # training is deterministic on one device only
             "base_model": self.info["base_model"],
             "versions": _package_versions(),
             "created_at": time.time(),
@@ -365,7 +374,7 @@ class ShardStore:
             return
         rows = adapter_losses(self.model_path, [v.path for v in versions],
                               read_samples(self.root / "validation.jsonl"),
-                              self.train_config.max_length, self.device)
+                              self.train_config.max_length, self.trained_device)
         for version, row in zip(versions, rows):
             self.losses.put(version, row)
 

@@ -17,6 +17,8 @@ from typing import Callable
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from base import resolve_device
+
 from .errors import AdapterError
 from .samples import Sample
 
@@ -125,8 +127,8 @@ def train_adapter(model_path: Path, samples: list[Sample], config: TrainConfig, 
                   device: str = "cpu") -> TrainStats:
     """Train one LoRA adapter from scratch on `samples`; write it in peft format to out_dir.
 
-    progress(step, total_steps, loss) is called after each optimizer step. `device`: the torch
-    device it trains on, as base.resolve_device gives it (on a GPU, that also sets up the
+    progress(step, total_steps, loss) is called after each optimizer step. `device`: the device
+    it trains on, resolved here (base.resolve_device: on a GPU that also sets up the
     deterministic cuBLAS that training needs). The same inputs give the same adapter on one
     device; another device gives other weights (its kernels round differently).
     """
@@ -145,7 +147,7 @@ def train_adapter(model_path: Path, samples: list[Sample], config: TrainConfig, 
         torch.manual_seed(seed)  # LoRA init and dropout masks
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
         # The LoRA init draws on the CPU, before the move: the same initial weights on any device.
-        model = get_peft_model(model, lora_config(config)).to(device)
+        model = get_peft_model(model, lora_config(config)).to(resolve_device(device))
         model.train()
         steps_per_epoch = math.ceil(len(examples) / config.batch_size)
         total = config.epochs * steps_per_epoch

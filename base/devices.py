@@ -44,11 +44,14 @@ def resolve_device(name: str) -> str:
     import torch
 
     device_name(name)
+    # device_count() asks NVML and leaves CUDA uninitialised in this process (is_available()
+    # does not): a server resolves its device before vLLM forks its engine process, and a
+    # child forked after CUDA's initialisation fails.
+    count = torch.cuda.device_count()
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
+        name = "cuda" if count else "cpu"
     elif name != "cpu":
         index = int(name.partition(":")[2] or 0)
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if index >= count:
             seen = f"only {count} CUDA GPU(s)" if count else "no CUDA GPU"
             raise DeviceError(f"device {name!r}: torch {torch.__version__} sees {seen} here; "

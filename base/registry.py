@@ -6,7 +6,7 @@ validation, CLI choices and error messages all read it.
 
 from __future__ import annotations
 
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Mapping, TypeVar
 
 from pydantic import field_validator
 
@@ -16,22 +16,29 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    """Implementations by name, each with optional traits (`needs_losses=True`, ...).
+    """Implementations by name, each with the registry's traits (`needs_losses=True`, ...).
 
     `what` names the kind in messages ("unknown corruption 'x'; registered: a, b"). `error` is
-    the package's own error type, raised for a duplicate name, and `unknown` (default: `error`)
-    for a name not registered, so callers catch their package's base.
+    the package's own error type, raised for a duplicate name or an undeclared trait, and
+    `unknown` (default: `error`) for a name not registered, so callers catch their package's
+    base. `traits`: the traits an implementation may declare, with their defaults.
     """
 
-    def __init__(self, what: str, error: type[LetheError], unknown: type[LetheError] | None = None):
+    def __init__(self, what: str, error: type[LetheError], unknown: type[LetheError] | None = None,
+                 traits: Mapping[str, Any] | None = None):
         self.what, self.error, self.unknown_error = what, error, unknown or error
+        self.defaults = dict(traits or {})
         self._impls: dict[str, T] = {}
         self._traits: dict[str, dict[str, Any]] = {}
 
     def register(self, name: str, impl: T, **traits: Any) -> None:
         if name in self._impls:
             raise self.error(f"{self.what} {name!r} is already registered")
-        self._impls[name], self._traits[name] = impl, traits
+        undeclared = sorted(set(traits) - set(self.defaults))
+        if undeclared:
+            raise self.error(f"{self.what} {name!r}: no trait {', '.join(undeclared)}; a "
+                             f"{self.what} has: {', '.join(sorted(self.defaults)) or 'none'}")
+        self._impls[name], self._traits[name] = impl, {**self.defaults, **traits}
 
     def unregister(self, name: str) -> None:
         self.get(name)
@@ -42,9 +49,9 @@ class Registry(Generic[T]):
             raise self.unknown_error(self.unknown(name))
         return self._impls[name]
 
-    def trait(self, name: str, trait: str, default: Any = None) -> Any:
+    def trait(self, name: str, trait: str) -> Any:
         self.get(name)
-        return self._traits[name].get(trait, default)
+        return self._traits[name][trait]
 
     def names(self) -> list[str]:
         return sorted(self._impls)

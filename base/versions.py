@@ -108,9 +108,6 @@ class VersionedDir:
         """Point CURRENT at a stored version (atomic: a crash leaves the old pointer)."""
         write_atomic(self.root / POINTER, version)
 
-    def current(self) -> str | None:
-        return self.pointer(self.root)
-
     @staticmethod
     def pointer(root: Path) -> str | None:
         """The version CURRENT names under `root`, which this only reads (a folder that does

@@ -47,8 +47,8 @@ import torch  # noqa: E402
 
 from adapters import Sample, TrainConfig, train_adapter  # noqa: E402
 from guard import (Corruption, Guard, GuardConfig, Item, SentenceEmbedder,  # noqa: E402
-                   ModelSubject, corruption_names, embedder_names, forget_score, general_prompts, metric,
-                   read_items, save_model, train_guard, tune)
+                   ModelSubject, classifier_names, corruption_names, embedder_names, forget_score,
+                   general_prompts, metric, read_items, save_model, train_guard, tune)
 from guard.augment import typos  # noqa: E402
 from guard.train import split_items  # noqa: E402
 from serving.model import prepare_smollm2  # noqa: E402
@@ -145,7 +145,7 @@ def guard_part(work: Path, embed: SentenceEmbedder) -> dict:
              "world_facts": [i.prompt for i in read_items(TOFU / "world_facts.json")],
              **{f"general_{kind}": prompts for kind, prompts in general_test.items()}}
     out = {}
-    for kind in ("mlp", "logreg"):
+    for kind in classifier_names():
         start = time.perf_counter()
         model, report = train_guard(forget, retain, embed, kind=kind, target_fpr=0.01,
                                     holdout=0.2, seed=0, embedder="all-MiniLM-L6-v2")

@@ -16,9 +16,9 @@ depending on the day's machine (AVX-512 or AVX2 only), ~0.8x that since batches 
 lengths and the LM head runs at the response tokens (bench/bench_train.py), and scoring one
 forget question (probability, 6 truth-ratio answers, a greedy answer) 10-20 s, ~0.65x that since
 the question's prompt runs once for its answers and the subjects run the engine's LoRA
-(docs/benchmarks.md). The run trains the original (200 steps), then the worker's retrain and the reference's
-training of the shards that held a forget author (~50 steps each; the reference keeps the
-original's other shards, trained on the same samples with the same seed), and scores original,
+(docs/benchmarks.md). The run trains the original (200 steps), then the worker's retrain and the
+reference's training of the shards that held a forget author (~50 steps each; the reference keeps
+the original's other shards, trained on the same samples with the same seed), and scores original,
 guarded (its unflagged questions are the original's computation, reused), the second tier's 6
 evaluations of 8 forget questions, exact, and the reference (the exact phase's computation,
 reused, when their versions are the same): docs/benchmarks.md, "The whole product on TOFU",

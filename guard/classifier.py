@@ -175,12 +175,13 @@ def load_model(root: Path) -> GuardModel:
     """The current version under root; its files must match the hashes in its manifest."""
     import joblib
 
-    root, version = Path(root), trained_version(root)
+    root = Path(root)
     untrained = f"no trained guard at {root} (train one with `lethe guard train`)"
-    if version is None:
-        raise GuardError(untrained)
-    folder = root / version
     try:
+        version = trained_version(root)
+        if version is None:
+            raise GuardError(untrained)
+        folder = root / version
         manifest = json.loads((folder / MANIFEST).read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise GuardError(f"{untrained}: {e}") from e

@@ -27,15 +27,16 @@ class CorruptionError(GuardError, ValueError):
     """An unknown corruption or bad parameters; the message lists what exists."""
 
 
-# Trait `uses_sigma` (default True): False when the strength is k alone (top-k zero-out, sign
-# flip), so tuning searches k only.
-CORRUPTIONS: Registry[CorruptFn] = Registry("corruption", CorruptionError)
+# Trait `uses_sigma`: False when the strength is k alone (top-k zero-out, sign flip), so
+# tuning searches k only.
+CORRUPTIONS: Registry[CorruptFn] = Registry("corruption", CorruptionError,
+                                            traits={"uses_sigma": True})
 register_corruption = CORRUPTIONS.register
 corruption_names = CORRUPTIONS.names
 
 
 def uses_sigma(name: str) -> bool:
-    return CORRUPTIONS.trait(name, "uses_sigma", True)
+    return CORRUPTIONS.trait(name, "uses_sigma")
 
 
 def rand_noise_first_n(embeds, mask, sigma, k, rng):

@@ -221,13 +221,13 @@ def _greedy_batch(model, prompts, names, eos, max_tokens, kwargs) -> list[list[i
     B = len(owner)  # one row per adapter
     # (B, T, D), (B, T), (B, T)
     inputs, mask, positions = _left_padded(model, [prompts[j] for j in owner.tolist()])
-    owner = owner.to(inputs.device)
     result = model(inputs_embeds=inputs, attention_mask=mask, position_ids=positions,
                    use_cache=True, **kwargs)
     tokens: list[list[int]] = [[] for _ in prompts]
     done = [False] * len(prompts)
     for _ in range(max_tokens):
-        probs = result.logits[:, -1].float().softmax(-1)  # (B, V)
+        # Summed on the CPU: index_add_ on a GPU adds in no fixed order, and a tie could flip.
+        probs = result.logits[:, -1].float().softmax(-1).cpu()  # (B, V)
         mean = probs.new_zeros(len(prompts), probs.shape[1]).index_add_(0, owner, probs)  # (P, V)
         chosen = mean.argmax(-1)  # (P,) the sums' argmax is the means'
         for j, token in enumerate(chosen.tolist()):
@@ -239,7 +239,7 @@ def _greedy_batch(model, prompts, names, eos, max_tokens, kwargs) -> list[list[i
             break
         mask = torch.cat([mask, mask.new_ones(B, 1)], dim=1)
         positions = positions[:, -1:] + 1
-        result = model(input_ids=chosen[owner][:, None], attention_mask=mask,
+        result = model(input_ids=chosen[owner][:, None].to(mask.device), attention_mask=mask,
                        position_ids=positions, past_key_values=result.past_key_values,
                        use_cache=True, **kwargs)
     return tokens

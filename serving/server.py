@@ -15,7 +15,7 @@ import uvicorn
 from transformers import AutoConfig, AutoTokenizer
 
 from adapters import ShardStore
-from base import Signer, load_secret, resolve_device
+from base import Signer, load_secret
 from guard import Corruption, Guard, load_corruption, trained_version
 
 from .api import OpenAIServing, build_app
@@ -99,7 +99,7 @@ def create_app(config: Config):
         kv_cache_gib=config.engine.kv_cache_gib,
         prefix_caching=config.engine.prefix_caching,
         rank_scales=config.route.mixing == "in-engine",
-        device=resolve_device(config.model.device),
+        device=config.model.device,
     )
     metrics = Metrics()
     # This replica's name among those that share home: its own mixture folder

@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from adapters import Database, ShardStore, open_database
-from base import resolve_device
 
 from .model import base_model_record, resolve_model, sentence_embedder
 
@@ -22,7 +21,7 @@ def open_store(config, mixtures: str = "local") -> ShardStore:
     """The configured shard store; `mixtures`: this process's mixture folder (a server's own)."""
     return ShardStore(config.store_dir, mixture_cache=config.route.mixture_cache,
                       database=store_database(config), mixtures=mixtures,
-                      device=resolve_device(config.model.device))
+                      device=config.model.device)
 
 
 def create_store(config, root: Path, samples, validation=None, *, shards: int | None = None,
@@ -37,4 +36,4 @@ def create_store(config, root: Path, samples, validation=None, *, shards: int | 
         group_by_owner=config.shards.group_by_owner, seed=config.shards.seed,
         model_path=model_path, base_model=base_model_record(model_path),
         train_config=config.train, validation=validation, database=database,
-        device=resolve_device(config.model.device))
+        device=config.model.device)

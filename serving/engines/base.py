@@ -121,7 +121,8 @@ class Engine(ABC):
         # Whether requests may carry per-rank scales (`route.mixing: in-engine`); False: every
         # adapter is served as it is (materialised mixtures), which no engine needs more for.
         self.rank_scales = rank_scales
-        # The torch device the hf engine runs on (base.resolve_device); vLLM chooses its own.
+        # A device name (`model.device`): an engine that runs torch itself resolves it
+        # (base.resolve_device); vLLM chooses its own.
         self.device = device
 
     @abstractmethod

@@ -16,6 +16,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable
 
+from base import resolve_device
+
 from .base import Delta, Engine, EngineError, EngineRequest, FinishReason
 from .lora import MultiLoRA
 
@@ -52,6 +54,7 @@ class HFEngine(Engine):
         from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
         self._torch = torch
+        self.device = resolve_device(self.device)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self._base = AutoModelForCausalLM.from_pretrained(
             self.model_path, dtype=getattr(torch, self.dtype)

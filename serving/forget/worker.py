@@ -35,7 +35,7 @@ import uuid
 from pathlib import Path
 
 from adapters import Database, DatabaseError, ShardStore, finish_purges
-from base import Signer, resolve_device
+from base import Signer
 from guard import trained_version
 
 from ..config import Config, load_config
@@ -77,7 +77,7 @@ class Worker:
                    retry_max=f.retry_max_seconds, poll_seconds=f.poll_seconds,
                    coalesce_seconds=f.coalesce_seconds,
                    database=None if store_dir else store_database(config),
-                   guard_dir=config.guard_dir, device=resolve_device(config.model.device))
+                   guard_dir=config.guard_dir, device=config.model.device)
 
     def run(self, stop: threading.Event) -> None:
         """Rounds until `stop`. An error outside a request's retrain (the queue locked or

@@ -103,3 +103,17 @@ def test_a_shard_leaves_quarantine_only_when_no_request_holds_it(store):
     store.lineage.release_quarantine(["request-b"])
     assert store.lineage.quarantined() == set()
     assert store.lineage.quarantine_holders() == set()
+
+
+def test_a_store_opened_for_a_gpu_it_lacks_reads_and_routes_but_refuses_to_train(store):
+    import torch
+
+    if torch.cuda.device_count():
+        pytest.skip("this machine has a GPU")
+    from base import DeviceError
+
+    on_gpu = ShardStore(store.root, device="cuda")  # what `lethe shards` opens, a server too
+    assert [v.id for v in on_gpu.current_versions()] == [v.id for v in store.current_versions()]
+    victim = on_gpu.lineage.shard_samples(0)[0].id
+    with pytest.raises(DeviceError, match="no CUDA GPU.*model.device"):
+        on_gpu.forget_samples([victim])

@@ -15,7 +15,7 @@ class UnknownPluginError(PluginError, KeyError):
 
 
 def make() -> Registry:
-    plugins = Registry("plugin", PluginError, UnknownPluginError)
+    plugins = Registry("plugin", PluginError, UnknownPluginError, traits={"fast": False})
     plugins.register("b", len, fast=True)
     plugins.register("a", str)
     return plugins
@@ -47,11 +47,20 @@ def test_an_unknown_name_lists_the_registered_ones():
 def test_traits_have_defaults_and_unregister_frees_the_name():
     plugins = make()
     assert plugins.trait("b", "fast") is True
-    assert plugins.trait("a", "fast", False) is False
+    assert plugins.trait("a", "fast") is False  # the declared default
     plugins.unregister("b")
     assert plugins.names() == ["a"]
     plugins.register("b", min)  # the name is free again, without its old traits
-    assert plugins.get("b") is min and plugins.trait("b", "fast") is None
+    assert plugins.get("b") is min and plugins.trait("b", "fast") is False
+
+
+def test_a_trait_the_registry_does_not_declare_is_refused():
+    plugins = make()
+    with pytest.raises(PluginError, match="'c': no trait fsat; a plugin has: fast"):
+        plugins.register("c", abs, fsat=True)  # a typo must not pass silently
+    assert "c" not in plugins
+    with pytest.raises(KeyError):
+        plugins.trait("a", "slow")
 
 
 def test_the_config_validator_reads_the_registry_at_validation_time():

@@ -40,10 +40,10 @@ def test_the_pointer_is_read_without_creating_anything(tmp_path):
     assert VersionedDir.pointer(tmp_path / "nowhere") is None
     assert not (tmp_path / "nowhere").exists()
     versions = VersionedDir(tmp_path / "v")
-    assert versions.current() is None
+    assert VersionedDir.pointer(versions.root) is None
     put(versions, "one", "first")
     versions.publish("one")
-    assert versions.current() == "one" == VersionedDir.pointer(tmp_path / "v")
+    assert VersionedDir.pointer(tmp_path / "v") == "one"
 
 
 def test_a_writer_killed_mid_write_leaves_nothing_visible_and_is_swept(tmp_path):
@@ -63,7 +63,7 @@ def test_a_writer_killed_mid_write_leaves_nothing_visible_and_is_swept(tmp_path)
     assert len([p for p in versions.staging.path.iterdir() if p.is_dir()]) == 1
     reopened = VersionedDir(tmp_path / "v")
     assert list(reopened.staging.path.iterdir()) == []  # swept on open
-    assert reopened.versions() == ["one"] and reopened.current() == "one"
+    assert reopened.versions() == ["one"] and VersionedDir.pointer(reopened.root) == "one"
 
 
 def test_a_live_writers_staging_folder_is_not_swept(tmp_path):
