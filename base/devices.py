@@ -1,8 +1,9 @@
 """Where Lethe's own torch models run (config `model.device`): the hf engine, shard training, the
 validation loss table, the evaluation and the corruption's tuning. vLLM chooses its own device.
 
-A device name is checked when the config loads (`device_name`, no torch) and resolved once where
-a command starts (`resolve_device`); everything below is handed the resolved torch device.
+A device name is checked when the config loads (`device_name`, no torch) and passed down as it
+is; what runs torch resolves it where that work starts (`resolve_device`: the hf engine, training,
+the loss table), so a process that only reads a store or serves on vLLM never touches CUDA.
 """
 
 from __future__ import annotations
