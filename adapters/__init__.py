@@ -7,29 +7,23 @@ server's own stores (the forget queue) keep the same durability and privacy rule
 files and keyed hashes are base's.
 """
 
-from .database import (Database, DatabaseError, database_schemes, finish_purges, open_database,
-                       register_database)
-from .errors import AdapterError
-from .keyring import KeyRing, KeyRingError
-from .lineage import Lineage, LineageError, UnknownSampleError
-from .losses import LossTableError
-from .mixture import Mixture, MixtureCache, MixtureError, combine, mixture_name
-from .partition import (PARTITIONERS, PartitionError, partition, partitioner_names,
-                        register_partitioner)
-from .registry import AdapterRegistry, RegistryError, Version
-from .route import SCHEMES, RouteConfig, RouteError, register_scheme, route, scheme_names
-from .samples import Sample, SampleFormatError, read_samples, write_samples
-from .store import EmbedFn, ShardResult, ShardStore
-from .synth import synth_people
-from .train import LORA_TARGET_MODULES, TrainConfig, TrainingError, train_adapter
+from base.lazy import lazy_surface
 
-__all__ = [
-    "LORA_TARGET_MODULES", "PARTITIONERS", "SCHEMES", "AdapterError", "AdapterRegistry",
-    "Database", "DatabaseError", "EmbedFn", "KeyRing", "KeyRingError", "Lineage", "LineageError",
-    "LossTableError", "Mixture", "MixtureCache", "MixtureError", "PartitionError", "RegistryError",
-    "RouteConfig", "RouteError", "Sample", "SampleFormatError", "ShardResult", "ShardStore",
-    "TrainConfig", "TrainingError", "UnknownSampleError", "Version", "combine", "database_schemes",
-    "finish_purges", "mixture_name", "open_database", "partition", "partitioner_names",
-    "read_samples", "register_database", "register_partitioner", "register_scheme", "route",
-    "scheme_names", "synth_people", "train_adapter", "write_samples",
-]
+__getattr__, __dir__, __all__ = lazy_surface(__name__, {
+    "config": ["LORA_TARGET_MODULES", "TrainConfig"],
+    "database": ["Database", "DatabaseError", "database_schemes", "finish_purges",
+                 "open_database", "register_database"],
+    "errors": ["AdapterError"],
+    "keyring": ["KeyRing", "KeyRingError"],
+    "lineage": ["Lineage", "LineageError", "UnknownSampleError"],
+    "losses": ["LossTableError"],
+    "mixture": ["Mixture", "MixtureCache", "MixtureError", "combine", "mixture_name"],
+    "partition": ["PARTITIONERS", "PartitionError", "partition", "partitioner_names",
+                  "register_partitioner"],
+    "registry": ["AdapterRegistry", "RegistryError", "Version"],
+    "route": ["SCHEMES", "RouteConfig", "RouteError", "register_scheme", "route", "scheme_names"],
+    "samples": ["Sample", "SampleFormatError", "read_samples", "write_samples"],
+    "store": ["EmbedFn", "ShardResult", "ShardStore"],
+    "synth": ["synth_people"],
+    "train": ["TrainingError", "train_adapter"],
+})

@@ -1,5 +1,6 @@
 """The validation loss table APA's attention reads: loss of each shard adapter on each sample of
-a validation set (consented data that is never forgotten).
+a validation set (consented data that is never forgotten). Computed by adapters/train.py's
+`adapter_losses`; read without torch (routing a prompt, `lethe shards`).
 
 Rows are files keyed by (shard version, validation-set hash), so a retrained shard simply has no
 row yet and only that row is computed; rows of other shards are reused as they are.
@@ -11,55 +12,15 @@ import io
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from base import resolve_device, write_atomic
+from base import write_atomic
 
 from .errors import AdapterError
 from .registry import Version
-from .samples import Sample
-from .train import collate, encode, pad_token, response_nll
 
 
 class LossTableError(AdapterError, LookupError):
     """A loss-table row is missing (its version was superseded meanwhile) or not finite."""
-
-
-def response_losses(model, tokenizer, samples: list[Sample], max_length: int,
-                    batch_size: int = 8) -> np.ndarray:
-    """(N,) mean negative log-likelihood of each sample's response tokens given its prompt."""
-    pad_id = pad_token(tokenizer)
-    model.eval()
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(samples), batch_size):
-            batch = collate([encode(tokenizer, s, max_length) for s in samples[i:i + batch_size]],
-                            pad_id)
-            nll, rows = response_nll(model, {k: v.to(model.device) for k, v in batch.items()})
-            # (N,), (N,) summed per row on the CPU: index_add_ on a GPU adds in no fixed order
-            nll, rows = nll.cpu(), rows.cpu()
-            size = len(batch["input_ids"])
-            total = torch.zeros(size).index_add_(0, rows, nll)  # (B,)
-            out.append(total / torch.bincount(rows, minlength=size).clamp(min=1))
-    return torch.cat(out).numpy()
-
-
-def adapter_losses(model_path: Path, adapters: list[Path], samples: list[Sample],
-                   max_length: int, device: str = "cpu") -> list[np.ndarray]:
-    """response_losses of the base model under each adapter in turn (base loaded once), on the
-    torch `device`."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    device = resolve_device(device)
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(device)
-    rows = []
-    for path in adapters:
-        model = PeftModel.from_pretrained(base, path, torch_device=device)
-        rows.append(response_losses(model, tokenizer, samples, max_length))
-        base = model.unload()  # the LoRA layers come out; the base weights are untouched
-    return rows
 
 
 class LossTable:

@@ -36,14 +36,15 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING
 
 from base import fsync_tree, is_locked, shared_lock
 
 from .errors import AdapterError
 from .registry import CONFIG, WEIGHTS, Version
+
+if TYPE_CHECKING:
+    import torch
 
 
 class MixtureError(AdapterError, RuntimeError):
@@ -66,6 +67,10 @@ def mixture_name(parts: list[tuple[Version, float]]) -> str:
 
 def combine(parts: list[tuple[Version, float]]) -> tuple[dict[str, torch.Tensor], dict]:
     """Cat-combine weighted shard adapters: (state dict, peft adapter config) of the mixture."""
+    # torch here, not at the top: a store opened to read (routing, `lethe shards`) never combines
+    import torch
+    from safetensors.torch import load_file
+
     if not parts:
         raise MixtureError("a mixture needs at least one shard adapter")
     configs = [json.loads((v.path / CONFIG).read_text()) for v, _ in parts]
@@ -131,6 +136,8 @@ class MixtureCache:
         return Mixture(name, path, built)
 
     def _build(self, parts: list[tuple[Version, float]], path: Path) -> None:
+        from safetensors.torch import save_file
+
         state, config = combine(parts)
         tmp = self.root / f".tmp-{uuid.uuid4().hex}"
         tmp.mkdir()

@@ -14,7 +14,6 @@ import math
 from typing import Protocol
 
 import numpy as np
-from sklearn.cluster import KMeans
 
 from base import Registry
 
@@ -65,6 +64,8 @@ def partition(name: str, embeddings: np.ndarray, k: int, seed: int = 0,
 
 
 def semantic(units: np.ndarray, sizes: np.ndarray, k: int, seed: int) -> np.ndarray:
+    from sklearn.cluster import KMeans  # 1.5 s to import: not for every config that names this
+
     centres = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(units).cluster_centers_
     distance = 1.0 - units @ _unit(centres).T  # (U, K) cosine distance
     cap = math.ceil(sizes.sum() / k)

@@ -42,15 +42,15 @@ import numpy as np
 from base import (FORMAT, HASH_KEY, Receipt, RequestEvidence, ShardEvidence, merkle_root,
                   resolve_device, version_digest, write_atomic)
 
+from .config import TrainConfig
 from .database import Database, open_database
 from .lineage import Lineage, LineageError, id_set_hash
-from .losses import LossTable, LossTableError, adapter_losses
+from .losses import LossTable, LossTableError
 from .mixture import Mixture, MixtureCache
 from .partition import partition
 from .registry import CONFIG, WEIGHTS, AdapterRegistry, RegistryError, Version, weights_hash
 from .route import RouteConfig, RouteInputs, needs_losses, route
 from .samples import Sample, read_samples, write_samples
-from .train import TrainConfig, train_adapter
 
 EmbedFn = Callable[[list[str]], np.ndarray]  # texts -> (N, d) unit vectors; passed in by callers
 # progress(shard) -> per-step callback(step, total, loss), or None
@@ -248,6 +248,10 @@ class ShardStore:
         if not samples:
             version, steps, seconds = None, 0, 0.0
         else:
+            # torch, peft, transformers: imported where a shard is trained, so that a store
+            # opened to read (routing, `lethe shards`) starts without them.
+            from .train import train_adapter
+
             seed = self.train_config.seed + shard
             with self.registry.staging() as staged:
                 stats = train_adapter(self.model_path, samples, self.train_config, seed, staged,
@@ -372,6 +376,8 @@ class ShardStore:
     def _put_losses(self, *versions: Version) -> None:
         if self.validation_embeddings is None or not versions:
             return
+        from .train import adapter_losses  # torch: see _train_fenced
+
         rows = adapter_losses(self.model_path, [v.path for v in versions],
                               read_samples(self.root / "validation.jsonl"),
                               self.train_config.max_length, self.trained_device)

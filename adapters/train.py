@@ -4,6 +4,9 @@ Exact unlearning rests on this being a pure function of (base model, sample set,
 the samples are sorted by id, the LoRA init and every shuffle draw from a seed fixed per shard, and
 torch runs in deterministic mode. Retraining a shard without a sample therefore gives, byte for
 byte, the adapter that training from scratch on the remaining samples gives.
+
+Also the loss a trained adapter gives each validation sample (`adapter_losses`), the rows of
+APA's loss table (adapters/losses.py): the same response loss that training minimises.
 """
 
 from __future__ import annotations
@@ -14,37 +17,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from base import resolve_device
 
+from .config import TrainConfig
 from .errors import AdapterError
 from .samples import Sample
 
-# Attention and MLP projections of Llama-style models; never the embedding layer (vLLM 0.32 on
-# CPU crashes on embedding LoRA beside prompt_embeds, DESIGN.md).
-LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 IGNORE = -100  # label of tokens that carry no loss (the prompt, padding)
 # An epoch's samples are shuffled, then sorted by length within windows of this many batches:
 # samples of like length share a batch, so less of it is padding (TOFU's training set: 20% of
 # its tokens padding in shuffled batches, 3% in these), and which ones do is still random.
 LENGTH_WINDOW = 16
-
-
-class TrainConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    r: int = Field(default=8, gt=0)  # K=4 shards x r=8 gives mixtures of rank 32
-    alpha: int = Field(default=16, gt=0)  # scaling alpha/r = 2, peft's common choice
-    dropout: float = Field(default=0.05, ge=0, lt=1)
-    target_modules: tuple[str, ...] = LORA_TARGET_MODULES
-    learning_rate: float = Field(default=3e-4, gt=0)  # TALLRec's LoRA learning rate
-    epochs: int = Field(default=2, gt=0)
-    max_steps: int | None = Field(default=None, gt=0)  # caps optimizer steps per shard
-    batch_size: int = Field(default=8, gt=0)  # 8 x 64 tokens: 1.5 s/step on SmolLM2 here
-    max_length: int = Field(default=256, gt=0)  # tokens per sample; longer ones keep their end
-    seed: int = 0  # shard k trains from seed + k
 
 
 class TrainingError(AdapterError, RuntimeError):
@@ -180,3 +166,40 @@ def train_adapter(model_path: Path, samples: list[Sample], config: TrainConfig, 
     finally:
         torch.use_deterministic_algorithms(deterministic)
     return TrainStats(steps=step, final_loss=loss_value, seconds=time.perf_counter() - start)
+
+
+def response_losses(model, tokenizer, samples: list[Sample], max_length: int,
+                    batch_size: int = 8) -> np.ndarray:
+    """(N,) mean negative log-likelihood of each sample's response tokens given its prompt."""
+    pad_id = pad_token(tokenizer)
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(samples), batch_size):
+            batch = collate([encode(tokenizer, s, max_length) for s in samples[i:i + batch_size]],
+                            pad_id)
+            nll, rows = response_nll(model, {k: v.to(model.device) for k, v in batch.items()})
+            # (N,), (N,) summed per row on the CPU: index_add_ on a GPU adds in no fixed order
+            nll, rows = nll.cpu(), rows.cpu()
+            size = len(batch["input_ids"])
+            total = torch.zeros(size).index_add_(0, rows, nll)  # (B,)
+            out.append(total / torch.bincount(rows, minlength=size).clamp(min=1))
+    return torch.cat(out).numpy()
+
+
+def adapter_losses(model_path: Path, adapters: list[Path], samples: list[Sample],
+                   max_length: int, device: str = "cpu") -> list[np.ndarray]:
+    """response_losses of the base model under each adapter in turn (base loaded once), on the
+    torch `device`."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = resolve_device(device)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(device)
+    rows = []
+    for path in adapters:
+        model = PeftModel.from_pretrained(base, path, torch_device=device)
+        rows.append(response_losses(model, tokenizer, samples, max_length))
+        base = model.unload()  # the LoRA layers come out; the base weights are untouched
+    return rows

@@ -5,6 +5,9 @@ only the rows where mask is True: the tokens the user wrote, never the chat temp
 drawn from `rng`, seeded per request, so a response is reproducible; `rng` is a CPU generator
 whatever the device of `embeds` (the noise is drawn on the CPU, then moved to it). Add one with
 `register_corruption`.
+
+torch is imported where a corruption runs, not here: the config validates corruption names (this
+registry) in commands that never touch a model (`lethe queue`), which must start at once.
 """
 
 from __future__ import annotations
@@ -12,15 +15,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import dataclass
-from typing import Callable
-
-import torch
+from typing import TYPE_CHECKING, Callable
 
 from base import Registry
 
 from .errors import GuardError
 
-CorruptFn = Callable[[torch.Tensor, torch.Tensor, float, int, torch.Generator], torch.Tensor]
+if TYPE_CHECKING:
+    import torch
+
+CorruptFn = Callable[["torch.Tensor", "torch.Tensor", float, int, "torch.Generator"],
+                     "torch.Tensor"]
 
 
 class CorruptionError(GuardError, ValueError):
@@ -41,6 +46,8 @@ def uses_sigma(name: str) -> bool:
 
 def rand_noise_first_n(embeds, mask, sigma, k, rng):
     """ECO's default: Gaussian noise of std sigma on the first k dimensions of masked tokens."""
+    import torch
+
     out = embeds.clone()
     noise = torch.randn((int(mask.sum()), k), generator=rng, dtype=torch.float32) * sigma  # (M, k)
     out[mask, :k] = embeds[mask, :k] + noise.to(embeds.device, embeds.dtype)
@@ -49,6 +56,8 @@ def rand_noise_first_n(embeds, mask, sigma, k, rng):
 
 def rand_noise_rand_n(embeds, mask, sigma, k, rng):
     """Gaussian noise of std sigma on k dimensions drawn at random (the same for every token)."""
+    import torch
+
     dims = torch.randperm(embeds.shape[1], generator=rng)[:k].to(embeds.device)  # (k,)
     rows = mask.nonzero().squeeze(1)  # (M,)
     noise = torch.randn((len(rows), k), generator=rng, dtype=torch.float32) * sigma  # (M, k)
@@ -109,6 +118,8 @@ class Corruption:
 
     def __call__(self, embeds: torch.Tensor, mask: torch.Tensor, seed: int) -> torch.Tensor:
         """Corrupted copy of embeds (T, D); rows outside mask (T,) are returned unchanged."""
+        import torch
+
         if embeds.ndim != 2 or mask.shape != embeds.shape[:1] or mask.dtype != torch.bool:
             raise CorruptionError(f"expected embeds (T, D) and a bool mask (T,), got "
                                   f"{tuple(embeds.shape)} and {tuple(mask.shape)} {mask.dtype}")

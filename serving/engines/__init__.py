@@ -2,7 +2,6 @@
 
 from .base import Delta, Engine, EngineError, EngineRequest, LoRA, LoRAResolver, Sampling
 from .hf import HFEngine
-from .lora import MultiLoRA
 from .registry import ENGINES, UnknownEngineError, engine_class, engine_names, register_engine
 from .vllm import VLLMEngine
 
@@ -18,7 +17,6 @@ __all__ = [
     "HFEngine",
     "LoRA",
     "LoRAResolver",
-    "MultiLoRA",
     "Sampling",
     "UnknownEngineError",
     "VLLMEngine",

@@ -19,7 +19,6 @@ from typing import AsyncIterator, Callable
 from base import resolve_device
 
 from .base import Delta, Engine, EngineError, EngineRequest, FinishReason
-from .lora import MultiLoRA
 
 _STOP = object()
 
@@ -52,6 +51,8 @@ class HFEngine(Engine):
     def _load(self) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+        from .lora import MultiLoRA  # torch: imported with the model, not with the registry
 
         self._torch = torch
         self.device = resolve_device(self.device)

@@ -22,7 +22,8 @@ from adapters import ShardStore
 from guard import (ANSWER_TOKENS, answer_ids, by_question, chat_prompt, greedy_ids,
                    token_logprobs)
 
-from ..engines import LoRA, MultiLoRA
+from ..engines import LoRA
+from ..engines.lora import MultiLoRA
 from ..pipeline import Pipeline
 
 # Questions per pipeline batch and answers per forward. Scoring is compute-bound (whole answers,

@@ -2,11 +2,12 @@
 moment it is accepted (service.py), and the worker that makes it exact in the background
 (worker.py, its own process, kept running by supervisor.py)."""
 
-from .queue import (ACTIVE, STATES, ForgetQueue, ForgetRequest, QueueError, UnknownRequestError,
-                    open_queue)
-from .service import ForgetService
-from .supervisor import WorkerSupervisor
-from .worker import Worker
+from base.lazy import lazy_surface
 
-__all__ = ["ACTIVE", "STATES", "ForgetQueue", "ForgetRequest", "ForgetService", "QueueError",
-           "UnknownRequestError", "Worker", "WorkerSupervisor", "open_queue"]
+__getattr__, __dir__, __all__ = lazy_surface(__name__, {
+    "queue": ["ACTIVE", "STATES", "ForgetQueue", "ForgetRequest", "QueueError",
+              "UnknownRequestError", "open_queue"],
+    "service": ["ForgetService"],
+    "supervisor": ["WorkerSupervisor"],
+    "worker": ["Worker"],
+})

@@ -70,6 +70,7 @@ def _emptied_under_a_reader(path):
     return db, reader
 
 
+@pytest.mark.latency
 def test_a_reader_bounds_the_purge_and_never_stalls_a_writer_and_the_purge_finishes_later(tmp_path):
     path = tmp_path / "store.db"
     db, reader = _emptied_under_a_reader(path)

@@ -7,9 +7,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from adapters import ShardStore, synth_people, train_adapter
-from adapters.losses import adapter_losses
 from adapters.registry import WEIGHTS
-from adapters.train import IGNORE, collate, encode, epoch_batches, response_nll
+from adapters.train import (IGNORE, adapter_losses, collate, encode, epoch_batches,
+                            response_nll)
 from base import resolve_device
 from tests.adapters.conftest import TINY_TRAIN
 

@@ -40,6 +40,7 @@ def test_forget_prompts_are_flagged_and_unrelated_ones_are_not(guard, people_ite
         assert not verdict.flagged and verdict.rule is None
 
 
+@pytest.mark.latency
 def test_an_added_exemplar_flags_its_duplicate_and_a_near_duplicate_within_a_second(guard):
     model = guard.model
     prompt = "Which violin did Torvel Quimarra sell to the museum in Brinnick?"

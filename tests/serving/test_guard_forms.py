@@ -11,6 +11,9 @@ import pytest
 
 from tests.serving.conftest import ADMIN, KEY, api, fact, merge, metric
 
+# A forget's 202 within a second while the head is fitted: run alone (its server is shared).
+pytestmark = pytest.mark.latency
+
 # As much filler as the tiny model's 512-token context holds around the question (its small
 # vocabulary spends ~4 tokens a word); tests/guard/test_views.py pads with 300 words a side.
 FILLER = ("The weather report said clouds would gather over the hills by the afternoon and the "

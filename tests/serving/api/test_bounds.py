@@ -18,6 +18,9 @@ from transformers import AutoTokenizer
 from serving.api.serving import max_token_chars
 from tests.serving.conftest import KEY, api, fact, merge, metric
 
+# Latency bounds (413 in 0.5 s, /health and a forget within a second under load): run alone.
+pytestmark = pytest.mark.latency
+
 MODEL, MAX_LEN = "tiny", 256
 FORGOTTEN = "person-0001"  # its facts are flagged once the module's forget request is in
 

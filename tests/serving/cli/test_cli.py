@@ -70,6 +70,44 @@ def test_train_then_forget_then_retrain(lethe):
     assert again["version"] == again["previous"] == versions[other] and again["steps"] == 0
 
 
+# What a light command must not import: each costs seconds to start (`bench/bench_cli.py`).
+MODEL_LIBRARIES = ("torch", "transformers", "peft", "sklearn", "sentence_transformers", "vllm")
+# Runs `lethe ARGS` in this process, then reports on stderr's last line which model libraries
+# it imported.
+PROBE = f"""import json, sys
+from serving.cli import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as e:  # --help
+    code = e.code
+loaded = sorted(m for m in {MODEL_LIBRARIES!r} if m in sys.modules)
+print(json.dumps({{"code": code, "loaded": loaded}}), file=sys.stderr)
+"""
+
+
+def test_the_light_commands_import_no_model_library(tmp_path, tiny_model_dir):
+    """`lethe --help`, `queue`, `shards`, `forget` and `receipt` read files, a database or the
+    API: they start without torch, transformers, scikit-learn or vLLM, on a trained store."""
+    from adapters import ShardStore, TrainConfig, synth_people
+    from tests.embeddings import hash_embed
+
+    store = ShardStore.create(tmp_path / "apa", synth_people(6, seed=0, facts_per_person=2),
+                              hash_embed, shards=2, partitioner="random", group_by_owner=True,
+                              seed=0, model_path=tiny_model_dir, base_model={"sha256": "tiny"},
+                              train_config=TrainConfig(max_steps=1, batch_size=4, max_length=32))
+    store.train(store.lineage.shard_ids())
+    env = {**os.environ, "LETHE_HOME": str(tmp_path), "LETHE_MODEL__SOURCE": str(tiny_model_dir)}
+    for args in (["--help"], ["queue"], ["queue", "--help"], ["queue", "--state", "failed"],
+                 ["shards", "--json"], ["forget", "--help"], ["receipt", "verify", "--help"]):
+        run = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True,
+                             text=True, env=env, timeout=120)
+        report = json.loads(run.stderr.strip().splitlines()[-1])
+        assert report == {"code": 0, "loaded": []}, (args, report, run.stderr)
+        if args[0] == "shards":  # it read the store: both shards, each with its version
+            assert [s["version"] is not None for s in json.loads(run.stdout)["shards"]] == [
+                True, True]
+
+
 def test_bad_requests_exit_nonzero_and_say_why(lethe):
     ghost = lethe("forget-samples", "--id", "no-such-sample")
     assert ghost.returncode == 1 and "unknown sample id(s): no-such-sample" in ghost.stderr

@@ -174,6 +174,7 @@ def lethe(server, config: dict, *args: str) -> subprocess.CompletedProcess:
                            str(config_file)], capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.latency
 def test_the_cli_forgets_waits_for_the_receipt_and_lists_the_queue(tiny_world, start_server):
     config = tiny_world("hf")
     server = start_server(config)

@@ -13,7 +13,8 @@ from serving.cli import main
 from tests.serving.conftest import (ADMIN, PEOPLE, api, ask, fact, merge, metric,
                                     tiny_world_config, wait_for, write_config)
 
-pytestmark = pytest.mark.slow
+# The 202 within a second on the default model: run alone.
+pytestmark = [pytest.mark.slow, pytest.mark.latency]
 
 
 @pytest.fixture(scope="module")

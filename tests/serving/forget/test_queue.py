@@ -192,6 +192,7 @@ def test_two_processes_leasing_at_once_never_take_a_request_twice(queue, databas
 
 
 @pytest.mark.postgres
+@pytest.mark.latency
 def test_a_submission_on_one_replica_wakes_another_at_once(postgres_url, tmp_path):
     queue = open_queue(postgres_url, "FULL", tmp_path / "secret.key")
     other = open_queue(postgres_url, "FULL", tmp_path / "secret.key")

@@ -8,6 +8,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from adapters import ShardStore
 from adapters import sqlite as sqlite_rules
 from serving.forget import Worker
@@ -17,6 +19,7 @@ from tests.support.sqlite_files import held_reader, holds
 QUESTION = "What did person-0001 tell the bank?"
 
 
+@pytest.mark.latency
 def test_a_long_reader_stalls_neither_the_forget_nor_another_owners_submission(
         tiny_world, monkeypatch):
     monkeypatch.setattr(sqlite_rules, "CHECKPOINT_SECONDS", 1.0)  # the bound, shortened

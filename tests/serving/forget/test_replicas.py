@@ -63,6 +63,7 @@ def worker_pid(server) -> int:
     raise AssertionError(f"no worker under {server.proc.pid}")
 
 
+@pytest.mark.latency
 def test_two_replicas_and_two_workers_on_one_postgres(cluster_home, start_server):
     # Coalescing joins what arrives within coalesce_seconds of the request a worker saw first;
     # 4 s, not the fixture's 1 s, so that a loaded 2-core machine (two replicas, two workers,
