@@ -2,19 +2,15 @@
 
 Public surface: a `ShardStore` (create, train, forget_samples, receipt, resolve, release) and
 the pieces it is made of, each usable alone; every error derives from `AdapterError`. The
-database (SQLite, PostgreSQL) and key-ring (crypto-shredding) helpers are public because the
-server's own stores (the forget queue) keep the same durability and privacy rules; durable
-files and keyed hashes are base's.
+databases (SQLite, PostgreSQL), the key ring (crypto-shredding), durable files and keyed hashes
+are base's: the server's own stores (the forget queue) keep the same rules.
 """
 
 from base.lazy import lazy_surface
 
 __getattr__, __dir__, __all__ = lazy_surface(__name__, {
     "config": ["LORA_TARGET_MODULES", "TrainConfig"],
-    "database": ["Database", "DatabaseError", "database_schemes", "finish_purges",
-                 "open_database", "register_database"],
     "errors": ["AdapterError"],
-    "keyring": ["KeyRing", "KeyRingError"],
     "lineage": ["Lineage", "LineageError", "UnknownSampleError"],
     "losses": ["LossTableError"],
     "mixture": ["Mixture", "MixtureCache", "MixtureError", "combine", "mixture_name"],

@@ -1,12 +1,12 @@
 """Lineage: which shard holds each training sample, and which samples were forgotten.
 
-A database (database.py: a SQLite file by default, WAL and synchronous=FULL, so a committed
+A database (base/database.py: a SQLite file by default, WAL and synchronous=FULL, so a committed
 tombstone survives power loss; or PostgreSQL, shared by replicas and workers). The raw text of
 a sample is kept only until its data is forgotten and its shard retrained (`purge_text`); the id,
 owner, shard and a content hash stay, so a receipt can show what was removed. The hash is keyed
 (HMAC under `secret.key` beside the database, secret.py): it proves a text's identity to whoever
 holds the key and reveals nothing to a reader of the database alone. The text itself is sealed
-under a data key per sample (keyring.py), which the purge shreds: whatever copy of a purged
+under a data key per sample (base/keyring.py), which the purge shreds: whatever copy of a purged
 sample's ciphertext the database's files keep can no longer be read.
 
 Each shard row also holds the version it serves (the pointer `CURRENT`, NULL: none) and a
@@ -31,11 +31,9 @@ from typing import Iterable
 
 import numpy as np
 
-from base import load_secret, owner_hash, sample_hash
+from base import Database, KeyRing, load_secret, owner_hash, sample_hash
 
-from .database import Database
 from .errors import AdapterError
-from .keyring import KeyRing
 from .samples import Sample
 
 _SCHEMA = """
@@ -44,7 +42,7 @@ CREATE TABLE IF NOT EXISTS samples (
     owner TEXT NOT NULL,
     shard INTEGER NOT NULL,
     content_hash TEXT NOT NULL,
-    prompt TEXT,               -- sealed (keyring.py: ring `samples`, name = id); NULL once purged
+    prompt TEXT,               -- sealed (base's KeyRing: ring `samples`, name = id); NULL once purged
     response TEXT,
     forgotten_at {real}        -- NULL while live: the tombstone
 );
@@ -60,7 +58,7 @@ CREATE TABLE IF NOT EXISTS quarantine (
     PRIMARY KEY (request, shard)
 )
 """
-_MIGRATIONS: tuple[str, ...] = (  # forward schema changes, appended in order (database.py)
+_MIGRATIONS: tuple[str, ...] = (  # forward schema changes, appended in order (base/database.py)
     "ALTER TABLE shards ADD COLUMN generation INTEGER NOT NULL DEFAULT 0",
     "ALTER TABLE shards ADD COLUMN version TEXT",  # the version served; NULL: none
 )

@@ -39,11 +39,10 @@ from typing import Callable
 
 import numpy as np
 
-from base import (FORMAT, HASH_KEY, Receipt, RequestEvidence, ShardEvidence, merkle_root,
-                  resolve_device, version_digest, write_atomic)
+from base import (FORMAT, HASH_KEY, Database, Receipt, RequestEvidence, ShardEvidence,
+                  merkle_root, open_database, resolve_device, version_digest, write_atomic)
 
 from .config import TrainConfig
-from .database import Database, open_database
 from .lineage import Lineage, LineageError, id_set_hash
 from .losses import LossTable, LossTableError
 from .mixture import Mixture, MixtureCache

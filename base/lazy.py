@@ -1,7 +1,7 @@
 """A package's public surface, each name imported on first use (PEP 562).
 
 `adapters`, `guard` and `serving.forget` list what they offer in `__init__.py` as
-{submodule: names}. `from adapters import Database` then imports adapters/database.py alone, not
+{submodule: names}. `from adapters import Lineage` then imports adapters/lineage.py alone, not
 torch through adapters/train.py: the light commands (`lethe queue`, `shards`, `forget`) start in
 well under a second, where importing every module took 5-8 s on the 2-vCPU machine.
 

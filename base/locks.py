@@ -3,7 +3,7 @@
 The kernel drops a lock when its holder exits, SIGKILL included, so a dead holder never blocks
 anyone and no lease has to run out. flock locks belong to an open file, so two threads of one
 process that each open the file exclude each other too. (One host; across hosts a shard's retrain
-lock is PostgreSQL's: adapters/database.py.)
+lock is PostgreSQL's: database.py.)
 """
 
 from __future__ import annotations

@@ -46,7 +46,8 @@ import httpx  # noqa: E402
 import psycopg  # noqa: E402
 import yaml  # noqa: E402
 
-from adapters import ShardStore, open_database, synth_people, write_samples  # noqa: E402
+from adapters import ShardStore, synth_people, write_samples  # noqa: E402
+from base import open_database  # noqa: E402
 from bench_forget import MODEL, find_model, machine, pct, scrape  # noqa: E402
 from serving.engines import engine_names  # noqa: E402
 from serving.forget import open_queue  # noqa: E402

@@ -32,7 +32,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import yaml  # noqa: E402
 
-from adapters import KeyRing, ShardStore, synth_people, write_samples  # noqa: E402
+from adapters import ShardStore, synth_people, write_samples  # noqa: E402
+from base import KeyRing  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_forget import MODEL, RESULTS, find_model, machine  # noqa: E402

@@ -17,8 +17,8 @@ from typing import Any, Literal, Mapping
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from adapters import PARTITIONERS, RouteConfig, TrainConfig, database_schemes
-from base import device_name
+from adapters import PARTITIONERS, RouteConfig, TrainConfig
+from base import database_schemes, device_name
 from guard import GuardConfig
 
 from .engines import ENGINES

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from adapters import Database, ShardStore, open_database
+from adapters import ShardStore
+from base import Database, open_database
 
 from .model import base_model_record, resolve_model, sentence_embedder
 

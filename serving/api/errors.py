@@ -9,7 +9,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from adapters import DatabaseError, UnknownSampleError
+from adapters import UnknownSampleError
+from base import DatabaseError
 
 from ..errors import LetheError
 from ..forget import QueueError

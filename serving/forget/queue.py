@@ -21,7 +21,7 @@ completions NOTIFY the `lethe_forget` channel, so every replica's guard hears of
 Raw text (the request's own `prompts`) is kept only until the request completes: then it is
 removed (SQLite: zeroed in its page, WAL truncated; PostgreSQL: the table vacuumed). A
 request's dedup key is an HMAC under a secret key file, so it does not give the prompts back to
-a guesser. Schema changes are forward migrations (adapters/database.py).
+a guesser. Schema changes are forward migrations (base/database.py).
 """
 
 from __future__ import annotations
@@ -35,8 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Literal
 
-from adapters import Database, DatabaseError, KeyRing, open_database
-from base import keyed_hash, load_secret
+from base import Database, DatabaseError, KeyRing, keyed_hash, load_secret, open_database
 
 from ..errors import LetheError
 
@@ -154,7 +153,7 @@ CREATE TABLE IF NOT EXISTS requests (
 );
 CREATE INDEX IF NOT EXISTS requests_state ON requests(state)
 """
-# Forward migrations, in order (adapters/database.py counts them per database).
+# Forward migrations, in order (base/database.py counts them per database).
 _MIGRATIONS = (
     "ALTER TABLE requests ADD COLUMN retry_at {real}",  # 1: capped exponential backoff
     "ALTER TABLE requests ADD COLUMN shards TEXT",  # 2: JSON list; per-shard-group leases

@@ -34,8 +34,8 @@ import time
 import uuid
 from pathlib import Path
 
-from adapters import Database, DatabaseError, ShardStore, finish_purges
-from base import Signer
+from adapters import ShardStore
+from base import Database, DatabaseError, Signer, finish_purges
 from guard import trained_version
 
 from ..config import Config, load_config
@@ -150,7 +150,7 @@ class Worker:
 
     def _finish_purges(self) -> None:
         """Complete the purges that a reader held up in an earlier round (a SQLite WAL left
-        untruncated: adapters/sqlite.py). An error is logged and tried again next round: it never
+        untruncated: base/sqlite.py). An error is logged and tried again next round: it never
         holds up the requests waiting."""
         try:
             finish_purges()

@@ -8,7 +8,8 @@ import sys
 import threading
 import time
 
-from adapters import ShardStore, open_database, synth_people
+from adapters import ShardStore, synth_people
+from base import open_database
 from tests.adapters.conftest import SLOW_TRAIN, trained_on
 
 
@@ -64,7 +65,7 @@ def test_a_retrain_in_another_process_and_a_forget_run_one_at_a_time(make_store,
     # What `lethe retrain --shard 0` runs, slowed down per step so that, unserialised, it would
     # publish its stale version (bob included) after the forget's.
     retrain = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from adapters import ShardStore, open_database; "
+        "import sys, time; from adapters import ShardStore; from base import open_database; "
         "ShardStore(sys.argv[1], database=open_database(sys.argv[2])).train("
         f"[{shard}], lambda k: lambda *a: time.sleep(0.3))"),
         str(store.root), str(database_target)])

@@ -12,8 +12,9 @@ import threading
 
 import pytest
 
-from adapters import ShardStore, open_database, synth_people
+from adapters import ShardStore, synth_people
 from adapters.registry import weights_hash
+from base import open_database
 from tests.adapters.conftest import SLOW_TRAIN, trained_on
 
 SHARD = 0
@@ -78,7 +79,7 @@ def test_a_stopped_lock_holder_does_not_block_a_forget_past_the_wait(make_store,
                        database=open_database(database_target))
     bob = store.lineage.shard_samples(SHARD)[0].id
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from adapters import open_database; "
+        "import sys, time; from base import open_database; "
         "lock = open_database(sys.argv[1]).exclusive('shard-0000', 5); "
         "assert lock.__enter__(); print('held', flush=True); time.sleep(600)"),
         str(database_target)], stdout=subprocess.PIPE, text=True)
@@ -110,7 +111,7 @@ def test_a_worker_killed_at_the_publish_leaves_the_old_or_the_new_version_whole(
     bob = store.lineage.shard_samples(SHARD)[0].id
     store.lineage.tombstone([bob])
     child = subprocess.run([sys.executable, "-c", (
-        "import os, signal, sys; from adapters import ShardStore, open_database; "
+        "import os, signal, sys; from adapters import ShardStore; from base import open_database; "
         "store = ShardStore(sys.argv[1], database=open_database(sys.argv[2])); "
         "publish = store.lineage.publish\n"
         "def killed(*args):\n"

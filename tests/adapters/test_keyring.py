@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from adapters import KeyRing, KeyRingError, Sample, ShardStore, open_database
+from adapters import Sample, ShardStore
+from base import KeyRing, KeyRingError, open_database
 from tests.support.raw_files import files_holding
 from tests.support.sqlite_files import held_reader
 

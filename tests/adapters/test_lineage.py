@@ -4,7 +4,8 @@ import sqlite3
 import numpy as np
 import pytest
 
-from adapters import Lineage, LineageError, UnknownSampleError, open_database, synth_people
+from adapters import Lineage, LineageError, UnknownSampleError, synth_people
+from base import open_database
 
 
 @pytest.fixture

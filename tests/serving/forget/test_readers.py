@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from adapters import ShardStore
-from adapters import sqlite as sqlite_rules
+from base import sqlite as sqlite_rules
 from serving.forget import Worker
 from tests.serving.conftest import sqlite_queue
 from tests.support.sqlite_files import held_reader, holds

@@ -17,7 +17,8 @@ from pathlib import Path
 import openai
 import pytest
 
-from adapters import ShardStore, open_database
+from adapters import ShardStore
+from base import open_database
 from serving.cli import main
 from serving.forget import open_queue
 from tests.conftest import new_database

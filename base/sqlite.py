@@ -1,5 +1,5 @@
-"""SQLite as Lethe's stores use it (the lineage here; the forget queue in serving/ through the
-package surface).
+"""SQLite as Lethe's stores use it (the lineage in adapters/, the forget queue in serving/),
+through database.py.
 
 A connection per call: safe from any thread or process. WAL, so readers run beside a writer.
 `synchronous=FULL` by default: a committed transaction survives power loss (NORMAL may lose the

@@ -7,8 +7,8 @@ import traceback
 
 import pytest
 
-from adapters import DatabaseError, finish_purges, open_database
-from adapters import sqlite as sqlite_rules
+from base import DatabaseError, finish_purges, open_database
+from base import sqlite as sqlite_rules
 from serving.cli import main
 from tests.support.sqlite_files import held_reader, holds
 

@@ -10,8 +10,8 @@ Texts are sealed with AES-256-GCM (`cryptography`): a fresh 96-bit nonce per tex
 as associated data, so a ciphertext moved to another row does not open. A deleted key row still
 lies in the database's files until they are overwritten, wrapped under its epoch's KEK; so after
 `forget` deletes keys, `rotate` ends the epoch: it writes the next KEK, rewraps every live key
-under it in one transaction, and then destroys the old KEK file. After that, no copy of the key table from
-before (a dead row, a WAL segment, a backup) can be unwrapped. What must hold for that: the KEK
+under it in one transaction, and then destroys the old KEK file. After that, no copy of the key
+table from before (a dead row, a WAL segment, a backup) can be unwrapped. What must hold for that: the KEK
 folder is not in the database's backups, and deleting a file there deletes it (docs/forget.md,
 "Crypto-shredding").
 
@@ -31,10 +31,9 @@ from typing import Iterable, Literal, Sequence
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from base import load_secret
-
 from .database import Connection, Database
-from .errors import AdapterError
+from .errors import LetheError
+from .secret import load_secret
 
 NONCE_BYTES = 12  # GCM's standard nonce; random per seal (2^-32 collision bound at 2^32 seals)
 KEY_BYTES = 32  # AES-256
@@ -54,7 +53,7 @@ INSERT INTO {ring}_epoch (id, epoch, pending) VALUES (0, 0, 0) ON CONFLICT DO NO
 """
 
 
-class KeyRingError(AdapterError, RuntimeError):
+class KeyRingError(LetheError, RuntimeError):
     """A sealed text cannot be opened: its key was shredded, or the text or key was altered."""
 
 

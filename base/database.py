@@ -1,5 +1,5 @@
-"""Where Lethe's tables live (the lineage here; the forget queue in serving/): one `Database`,
-chosen by its URL from a registry of backends.
+"""Where Lethe's tables live (the lineage in adapters/, the forget queue in serving/): one
+`Database`, chosen by its URL from a registry of backends.
 
     a path, or sqlite:///abs/path.db   SQLite, embedded, one machine (the default): sqlite.py's
                                       rules (WAL, synchronous=FULL, secure_delete, checkpoint)
@@ -45,14 +45,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 from urllib.parse import unquote
 
-from base import Registry, file_lock, poll
-
-from .errors import AdapterError
+from .errors import LetheError
+from .locks import file_lock, poll
+from .registry import Registry
 from .sqlite import (Synchronous, checkpoint, checkpoint_pending, connect, finish_checkpoints,
                      transaction)
 
 
-class DatabaseError(AdapterError, RuntimeError):
+class DatabaseError(LetheError, RuntimeError):
     """A store's database cannot be opened, read or written (the message says which and why)."""
 
 
@@ -388,7 +388,7 @@ def _scrub(text: str, secrets: tuple[str, ...]) -> str:
 # --- registry -------------------------------------------------------------------------------
 
 # `scheme://...` URLs open with `open_url(url, synchronous)`.
-class DatabaseSchemeError(AdapterError, ValueError):
+class DatabaseSchemeError(LetheError, ValueError):
     """A database scheme registered twice."""
 
 
