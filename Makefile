@@ -20,7 +20,7 @@ TORCH_FIRST := $(if $(GPU),,torch==2.13.0)
 # and Lethe needs none. With a GPU they are the matching CUDA builds: kept.
 CPU_UNINSTALL := $(if $(GPU),,torchvision torchaudio torchcodec)
 
-.PHONY: setup demo serve test test-fast bench bench-setup bench-apa gpu-check
+.PHONY: setup demo serve test test-fast bench bench-setup bench-apa fuzz gpu-check
 
 setup: $(VENV)/.setup-done
 
@@ -66,6 +66,11 @@ bench-setup: setup
 # APA on MovieLens (docs/benchmarks.md, "APA on recommendation data"); the sizes of its run.
 bench-apa: bench-setup
 	$(BIN)/python bench/bench_apa.py --train 256 --validation 100 --test 300 --shards 4
+
+# The API fuzzed through the real server on each engine (schemathesis, then 2,000 odd requests
+# from hypothesis): no 5xx (bench/bench_fuzz.py; docs/api.md, "Fuzzing").
+fuzz: bench-setup
+	$(BIN)/python bench/bench_fuzz.py
 
 # The device check on one NVIDIA GPU: setup, tests, benchmarks, demo; results in
 # bench/results/gpu/<gpu>/ (bench/gpu_check.sh).

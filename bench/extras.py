@@ -6,7 +6,8 @@ from __future__ import annotations
 import importlib.util
 import sys
 
-EXTRAS = ("matplotlib", "recbole")  # plots; MovieLens-100K as shipped inside recbole
+# plots; MovieLens-100K as shipped inside recbole; the API fuzz (bench_fuzz.py)
+EXTRAS = ("matplotlib", "recbole", "schemathesis", "hypothesis")
 
 
 def require_extras(*modules: str) -> None:

@@ -18,7 +18,7 @@ from typing import AsyncIterator, Callable
 from pydantic import BaseModel
 from tokenizers import pre_tokenizers
 
-from ..engines import Delta, Engine, EngineRequest, Sampling
+from ..engines import GREEDY_BELOW, Delta, Engine, EngineRequest, Sampling
 from ..metrics import Metrics
 from ..pipeline import Pipeline, Prompt
 from .errors import EngineFailure, InvalidRequestError, ModelNotFoundError
@@ -155,9 +155,11 @@ class OpenAIServing:
         for name in ("logprobs", "tools"):
             if getattr(req, name):
                 raise InvalidRequestError(f"{name} is not supported", param=name)
-        if req.n > 1 and req.temperature == 0:
-            raise InvalidRequestError("n must be 1 when temperature is 0 (greedy decoding)",
-                                      param="n")
+        if req.n > 1 and req.temperature < GREEDY_BELOW:
+            raise InvalidRequestError(f"n must be 1 when temperature is below {GREEDY_BELOW} "
+                                      "(greedy decoding)", param="n")
+        if "" in req.stop_list():  # vLLM refuses it mid-generation: refused here, on every engine
+            raise InvalidRequestError("a stop string must not be empty", param="stop")
         if req.stream_options is not None and not req.stream:
             raise InvalidRequestError("stream_options is only allowed with stream: true",
                                       param="stream_options")

@@ -1,6 +1,7 @@
 """Inference engines behind one contract (base.py), chosen by name from config."""
 
-from .base import Delta, Engine, EngineError, EngineRequest, LoRA, LoRAResolver, Sampling
+from .base import (GREEDY_BELOW, Delta, Engine, EngineError, EngineRequest, LoRA, LoRAResolver,
+                   Sampling)
 from .hf import HFEngine
 from .registry import ENGINES, UnknownEngineError, engine_class, engine_names, register_engine
 from .vllm import VLLMEngine
@@ -10,6 +11,7 @@ register_engine(name="vllm", impl_cls=VLLMEngine)
 
 __all__ = [
     "ENGINES",
+    "GREEDY_BELOW",
     "Delta",
     "Engine",
     "EngineError",

@@ -26,15 +26,24 @@ class EngineError(LetheError):
     """The engine failed to start or to serve a request."""
 
 
+# A temperature below this decodes greedily, on every engine: vLLM's own rule (its
+# _SAMPLING_EPS), which the hf engine follows; dividing logits by 1e-99 gives inf, not tokens.
+GREEDY_BELOW = 1e-5
+
+
 @dataclass(frozen=True)
 class Sampling:
     max_tokens: int
-    temperature: float = 1.0  # 0: greedy
+    temperature: float = 1.0  # below GREEDY_BELOW: greedy
     top_p: float = 1.0
     stop: tuple[str, ...] = ()  # generation ends before the first of these strings
     seed: int | None = None  # same seed, same request: same output
     n: int = 1  # choices per prompt
     logprobs: int = 0  # the k most likely tokens' log-probabilities with each token (tests)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature < GREEDY_BELOW
 
 
 @dataclass(frozen=True)

@@ -178,7 +178,7 @@ class HFEngine(Engine):
 
     def _sample(self, logits, sampling, generator) -> int:
         torch = self._torch
-        if sampling.temperature == 0:
+        if sampling.greedy:
             return int(logits.argmax())
         probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)  # [V]
         if sampling.top_p < 1.0:

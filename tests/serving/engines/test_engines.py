@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from adapters import LORA_TARGET_MODULES, Version, combine
 from base import resolve_device
-from serving.engines import (EngineError, EngineRequest, LoRA, Sampling, VLLMEngine,
+from serving.engines import (GREEDY_BELOW, EngineError, EngineRequest, LoRA, Sampling, VLLMEngine,
                              engine_class, engine_names)
 
 PROMPTS = ["Where does Kalo Venmi live?", "What pet does Dar Torsel have?"]
@@ -196,6 +196,17 @@ def test_max_tokens_bounds_the_output(engine, reference):
     [[(tokens, _, finish)]] = engine.generate(engine.request(ids, sampling))
     assert len(tokens) <= 5
     assert finish == ("length" if len(tokens) == 5 else "stop")
+
+
+@pytest.mark.parametrize("temperature", [1e-99, 5e-324, 9e-6])
+def test_a_temperature_below_greedy_below_decodes_greedily(engine, reference, temperature):
+    """As vLLM does: dividing the logits by 1e-99 gives inf, which the hf engine once sampled
+    from and failed on (found by bench/bench_fuzz.py)."""
+    tokenizer, model = reference
+    ids = encode(tokenizer, PROMPTS[0])
+    sampling = Sampling(max_tokens=12, temperature=temperature, top_p=0.5, seed=1)
+    [[(tokens, _, _)]] = engine.generate(engine.request(ids, sampling))
+    assert temperature < GREEDY_BELOW and tokens == reference_greedy(model, ids)
 
 
 def test_sampling_with_a_seed_is_reproducible_and_n_gives_n_choices(engine, reference):
