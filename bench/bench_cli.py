@@ -37,16 +37,9 @@ COMMANDS = {  # name -> argv after `python`
 
 
 def trained_home(home: Path) -> None:
-    from adapters import ShardStore, TrainConfig, synth_people
-    from tests.embeddings import hash_embed
-    from tests.tiny_model import build_tiny_model
+    from tests.tiny_model import build_tiny_model, build_tiny_store
 
-    model = build_tiny_model(home / "tiny-model")
-    store = ShardStore.create(home / "apa", synth_people(6, seed=0, facts_per_person=2),
-                              hash_embed, shards=2, partitioner="random", group_by_owner=True,
-                              seed=0, model_path=model, base_model={"sha256": "tiny"},
-                              train_config=TrainConfig(max_steps=1, batch_size=4, max_length=32))
-    store.train(store.lineage.shard_ids())
+    build_tiny_store(home, build_tiny_model(home / "tiny-model"))
 
 
 def main() -> None:

@@ -121,9 +121,10 @@ def stream_error(response: httpx.Response) -> str | None:
 def odd_requests(url: str, requests: int, seed_value: int, owners: list[str], vocab: int) -> dict:
     statuses: Counter[str] = Counter()
     failures: list[dict] = []
-    endpoint = st.sampled_from(["chat", "completions", "forget"]).flatmap(lambda name: st.tuples(
-        st.just(name), {"chat": chat_body(), "completions": completion_body(vocab),
-                        "forget": forget_body(owners)}[name]))
+    bodies = {"chat": chat_body(), "completions": completion_body(vocab),
+              "forget": forget_body(owners)}
+    endpoint = st.sampled_from(list(bodies)).flatmap(
+        lambda name: st.tuples(st.just(name), bodies[name]))
     paths = {"chat": "/v1/chat/completions", "completions": "/v1/completions",
              "forget": "/v1/forget"}
 

@@ -57,3 +57,16 @@ def build_tiny_model(path: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     LlamaForCausalLM(config).save_pretrained(path)
     return path
+
+
+def build_tiny_store(home: Path, model_dir: Path) -> None:
+    """A shard store in `<home>/apa` as `lethe train` lays it out: 6 synthetic people in 2
+    shards, each trained one step on the tiny model (hash embeddings: no sentence model)."""
+    from adapters import ShardStore, TrainConfig
+    from tests.embeddings import hash_embed
+
+    store = ShardStore.create(home / "apa", synth_people(6, seed=0, facts_per_person=2),
+                              hash_embed, shards=2, partitioner="random", group_by_owner=True,
+                              seed=0, model_path=model_dir, base_model={"sha256": "tiny"},
+                              train_config=TrainConfig(max_steps=1, batch_size=4, max_length=32))
+    store.train(store.lineage.shard_ids())

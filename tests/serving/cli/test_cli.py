@@ -88,14 +88,9 @@ print(json.dumps({{"code": code, "loaded": loaded}}), file=sys.stderr)
 def test_the_light_commands_import_no_model_library(tmp_path, tiny_model_dir):
     """`lethe --help`, `queue`, `shards`, `forget` and `receipt` read files, a database or the
     API: they start without torch, transformers, scikit-learn or vLLM, on a trained store."""
-    from adapters import ShardStore, TrainConfig, synth_people
-    from tests.embeddings import hash_embed
+    from tests.tiny_model import build_tiny_store
 
-    store = ShardStore.create(tmp_path / "apa", synth_people(6, seed=0, facts_per_person=2),
-                              hash_embed, shards=2, partitioner="random", group_by_owner=True,
-                              seed=0, model_path=tiny_model_dir, base_model={"sha256": "tiny"},
-                              train_config=TrainConfig(max_steps=1, batch_size=4, max_length=32))
-    store.train(store.lineage.shard_ids())
+    build_tiny_store(tmp_path, tiny_model_dir)
     env = {**os.environ, "LETHE_HOME": str(tmp_path), "LETHE_MODEL__SOURCE": str(tiny_model_dir)}
     for args in (["--help"], ["queue"], ["queue", "--help"], ["queue", "--state", "failed"],
                  ["shards", "--json"], ["forget", "--help"], ["receipt", "verify", "--help"]):
