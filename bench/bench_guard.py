@@ -18,6 +18,12 @@ Part 2 (latency): one guard check (the mlp classifier and 20 authors' exemplars)
 question, of a system + user chat and of a 600-word prompt, per embedder backend (onnx-int8,
 onnx, torch), alternating request by request; p50/p99 in ms and each one's ratio to torch.
 
+Part 2b (cascade): the same check with the guard's first stage (guard/screen.py: static
+embeddings pick the pieces MiniLM reads) and with MiniLM reading every view, side by side, on
+prompts from one question to 6,500 words (~8,000 word pieces); p50/p99, ratios, the goals of
+issue 29, and a plot of cost against length. Parts 1 and the window part score both stages on
+the same requests and count the cascade's misses against MiniLM alone.
+
 Part 3 (corruption): SmolLM2 + one LoRA trained on a retain90 subset (the reference, which never
 saw the forget data) and on the same subset plus forget01 (the "finetuned" model). Tune the
 corruption with nevergrad so that finetuned+corruption scores like the reference on forget01, then
@@ -28,7 +34,8 @@ report forget-answer probability and ROUGE-L (recall, as TOFU) for finetuned, fi
     .venv/bin/python bench/bench_guard.py --part guard      # ~15 min
     .venv/bin/python bench/bench_guard.py --part latency    # ~2 min, after --part guard
     .venv/bin/python bench/bench_guard.py --part window     # pending requests: exemplars + head
-Results: bench/results/guard.json and bench/results/guard.png.
+    .venv/bin/python bench/bench_guard.py --part cascade    # ~10 min, after --part guard
+Results: bench/results/guard.json, guard.png, guard_rates.png and guard_cascade.png.
 """
 
 from __future__ import annotations
@@ -106,7 +113,23 @@ def window_forms(question: str, rng: np.random.Generator) -> dict[str, list[str]
             "long_suffix": [f"{question} {SUFFIX}"],
             "typos_15pct_names": [misspelt(question, rng)],
             "homoglyphs": [question.translate(HOMOGLYPHS)],
-            "zero_width": [zero_width], "all_caps": [question.upper()]}
+            "zero_width": [zero_width], "all_caps": [question.upper()],
+            # The first stage reads the best-scoring pieces: eight copies of the question's own
+            # words, shuffled, score like it and come first (guard/screen.py).
+            "decoys": [" ".join(" ".join(rng.permutation(question.split())) + "."
+                                for _ in range(8)) + f" {FILLER}{question} {FILLER}"],
+            "general_6500_words": [long_prompt(question, 6500, rng)]}
+
+
+def long_prompt(question: str, words: int, rng: np.random.Generator) -> str:
+    """`question` in the middle of `words` words of general requests (distinct sentences,
+    general.py's `test` half, drawn with `rng`)."""
+    pool = [p for ps in general_prompts(split="test").values() for p in ps]
+    filler: list[str] = []
+    while sum(len(t.split()) for t in filler) < words:
+        filler.append(pool[int(rng.integers(len(pool)))])
+    half = len(filler) // 2
+    return " ".join(filler[:half] + [question] + filler[half:])
 
 
 def add_author_exemplars(guard: Guard, forget: list[Item]) -> None:
@@ -117,16 +140,30 @@ def add_author_exemplars(guard: Guard, forget: list[Item]) -> None:
         guard.add_exemplar(f"author-{author}", [t for i in items for t in (i.prompt, i.answer)])
 
 
-def score(guard: Guard, positives: list[str], hostile_sets: dict[str, list[list[str]]],
-          negatives: dict[str, list[str]]) -> dict:
-    rates = {"tpr_paraphrases": _flag_rate(guard, [[p] for p in positives]),
-             "n_paraphrases": len(positives)}
-    rates.update({f"tpr_{form}": _flag_rate(guard, requests)
-                  for form, requests in hostile_sets.items()})
-    rates.update({f"fpr_{name}": _flag_rate(guard, [[q] for q in qs])
-                  for name, qs in negatives.items()})
-    rates["n_negatives"] = {name: len(qs) for name, qs in negatives.items()}
-    return rates
+def compare(guards: dict[str, Guard], positives: list[str],
+            hostile_sets: dict[str, list[list[str]]], negatives: dict[str, list[str]]) -> dict:
+    """Rates of each guard on the same requests: {"cascade": {...}, "minilm": {...}} (the first
+    stage on, and MiniLM reading every view), and the requests MiniLM alone flags and the
+    cascade does not, per form."""
+    requests = {"paraphrases": [[p] for p in positives], **hostile_sets,
+                **{name: [[q] for q in qs] for name, qs in negatives.items()}}
+    flags = {stage: {name: np.array([guard.check(texts).flagged for texts in rs])
+                     for name, rs in requests.items()} for stage, guard in guards.items()}
+    out: dict = {}
+    for stage, by_name in flags.items():
+        out[stage] = {("fpr_" if name in negatives else "tpr_") + name: round(float(f.mean()), 4)
+                      for name, f in by_name.items() if len(f)}
+        out[stage]["n_paraphrases"] = len(positives)
+        out[stage]["n_negatives"] = {name: len(qs) for name, qs in negatives.items()}
+    if {"cascade", "minilm"} <= set(flags):
+        out["cascade_misses"] = {name: int((flags["minilm"][name] & ~flags["cascade"][name]).sum())
+                                 for name in requests if name not in negatives}
+    return out
+
+
+def stages(embed: SentenceEmbedder) -> dict:
+    """The two guards compared: the first stage on (the server's), and MiniLM on every view."""
+    return {"cascade": embed.static(), "minilm": None}
 
 
 def guard_part(work: Path, embed: SentenceEmbedder) -> dict:
@@ -148,25 +185,32 @@ def guard_part(work: Path, embed: SentenceEmbedder) -> dict:
     for kind in classifier_names():
         start = time.perf_counter()
         model, report = train_guard(forget, retain, embed, kind=kind, target_fpr=0.01,
-                                    holdout=0.2, seed=0, embedder="all-MiniLM-L6-v2")
+                                    holdout=0.2, seed=0, embedder="all-MiniLM-L6-v2",
+                                    static=embed.static())
         fit_seconds = time.perf_counter() - start
         save_model(model, work / f"guard-{kind}")
-        guard = Guard.load(work / f"guard-{kind}", embed)
+        guards = {stage: Guard.load(work / f"guard-{kind}", embed, static=static)
+                  for stage, static in stages(embed).items()}
         _, cal, test = split_items(retain, 0.2, np.random.default_rng(0), "retain")
-        rates = score(guard, positives, hostile_sets,
-                      {"retain": [i.prompt for i in test], **extra})
+        rates = compare(guards, positives, hostile_sets,
+                        {"retain": [i.prompt for i in test], **extra})
         out[f"classifier_{kind}"] = {**rates, "test_tpr": report["test"]["tpr"],
+                                     "screen_threshold": model.manifest["screen"]["threshold"],
                                      "fit_seconds": round(fit_seconds, 1)}
         print(kind, json.dumps(out[f"classifier_{kind}"]), flush=True)
 
-    guard = Guard.exemplars_only(embed, exemplar_threshold=0.8)
     general_train = [p for prompts in general_prompts().values() for p in prompts]
     references = [i.prompt for i in retain] + general_train
-    guard.set_negatives(dict(zip(map(str, range(len(references))), embed(references))))
-    add_author_exemplars(guard, forget)
-    thresholds = [guard.exemplars.threshold(k) for k in guard.exemplars.keys()]
-    out["exemplars"] = {**score(guard, positives, hostile_sets,
-                                {"retain": retain_paraphrased, **extra}),
+    vectors = embed(references)
+    guards = {}
+    for stage, static in stages(embed).items():
+        guards[stage] = Guard.exemplars_only(embed, exemplar_threshold=0.8, static=static)
+        guards[stage].set_negatives(dict(zip(map(str, range(len(references))), vectors)))
+        add_author_exemplars(guards[stage], forget)
+    thresholds = [guards["cascade"].exemplars.threshold(k)
+                  for k in guards["cascade"].exemplars.keys()]
+    out["exemplars"] = {**compare(guards, positives, hostile_sets,
+                                  {"retain": retain_paraphrased, **extra}),
                         "thresholds_min_median_max": [round(float(np.min(thresholds)), 3),
                                                       round(float(np.median(thresholds)), 3),
                                                       round(float(np.max(thresholds)), 3)]}
@@ -195,26 +239,35 @@ def window_part(embed: SentenceEmbedder) -> dict:
                  "world_facts": [i.prompt for i in read_items(TOFU / "world_facts.json")],
                  "general": [p for ps in general_prompts(split="test").values() for p in ps]}
     config = GuardConfig()
-    guard = Guard.exemplars_only(embed, exemplar_threshold=config.exemplar_threshold,
-                                 kind=config.head, target_fpr=config.target_fpr,
-                                 seed=config.seed)
     references = [i.prompt for i in retain] + [p for ps in general_prompts().values() for p in ps]
-    guard.set_negatives(dict(zip(map(str, range(len(references))), embed(references))))
-    start = time.perf_counter()
-    add_author_exemplars(guard, forget)
-    added = time.perf_counter() - start
-    guard.settle()
-    out: dict = {"seconds_to_add_20_requests": round(added, 2),
-                 "seconds_to_head": round(time.perf_counter() - start, 1)}
-    for name, requests in {**forms, **{n: [[q] for q in qs] for n, qs in negatives.items()}
-                           }.items():
-        rules = [guard.check(texts).rule for texts in requests]
-        kind = "fpr" if name in negatives else "tpr"
-        out[f"{kind}_{name}"] = round(float(np.mean([r is not None for r in rules])), 4)
-        out[f"exemplar_rule_{kind}_{name}"] = round(float(np.mean([r == "exemplar"
-                                                                    for r in rules])), 4)
-        out[f"n_{name}"] = len(requests)
-        print(name, out[f"{kind}_{name}"], out[f"exemplar_rule_{kind}_{name}"], flush=True)
+    vectors = embed(references)
+    out: dict = {}
+    flags = {}
+    for stage, static in stages(embed).items():
+        guard = Guard.exemplars_only(embed, exemplar_threshold=config.exemplar_threshold,
+                                     static=static, kind=config.head,
+                                     target_fpr=config.target_fpr, seed=config.seed)
+        guard.set_negatives(dict(zip(map(str, range(len(references))), vectors)))
+        start = time.perf_counter()
+        add_author_exemplars(guard, forget)
+        added = time.perf_counter() - start
+        guard.settle()
+        rates: dict = {"seconds_to_add_20_requests": round(added, 2),
+                       "seconds_to_head": round(time.perf_counter() - start, 1)}
+        for name, requests in {**forms, **{n: [[q] for q in qs] for n, qs in negatives.items()}
+                               }.items():
+            rules = [guard.check(texts).rule for texts in requests]
+            kind = "fpr" if name in negatives else "tpr"
+            flags[stage, name] = np.array([r is not None for r in rules])
+            rates[f"{kind}_{name}"] = round(float(flags[stage, name].mean()), 4)
+            rates[f"exemplar_rule_{kind}_{name}"] = round(float(np.mean([r == "exemplar"
+                                                                         for r in rules])), 4)
+            rates[f"n_{name}"] = len(requests)
+            print(stage, name, rates[f"{kind}_{name}"], flush=True)
+        out[stage] = rates
+    out["cascade_misses"] = {name: int((flags["minilm", name] & ~flags["cascade", name]).sum())
+                             for name in forms}
+    print("cascade misses", out["cascade_misses"], flush=True)
     return out
 
 
@@ -252,9 +305,73 @@ def latency_part(work: Path) -> dict:
     return out
 
 
-def _flag_rate(guard: Guard, requests: list[list[str]]) -> float:
-    return (float(np.mean([guard.check(texts).flagged for texts in requests])) if requests
-            else float("nan"))
+CASCADE_WORDS = (150, 300, 600, 1200, 2400, 6500)  # 6,500 words: ~8,000 MiniLM word pieces
+GOALS_MS = {"short": (1, 5), "chat": (2, None), "600_words": (20, None),
+            "6500_words": (100, None)}  # issue 29: p50 and p99 on this machine, guard alone
+
+
+def cascade_part(work: Path) -> dict:
+    """One guard check, the first stage on (the server's) and MiniLM reading every view, side
+    by side (alternating request by request), as the server runs it: the mlp classifier of the
+    guard part plus one exemplar per forget10 author, embedder onnx-int8. Prompts: a retain
+    question alone, with a system message, and inside 150 to 6,500 words of general requests;
+    p50/p99 in ms, their ratio, and the prompt's MiniLM word pieces."""
+    forget, retain = read_items(TOFU / "forget10.json"), read_items(TOFU / "retain90.json")
+    embed = SentenceEmbedder(backend="onnx-int8")
+    pieces = embed.static().model.tokenizer  # MiniLM's word pieces, uncut
+    pieces.no_truncation()
+    guards = {}
+    for stage, static in stages(embed).items():
+        guards[stage] = Guard.load(work / "guard-mlp", embed, static=static)
+        add_author_exemplars(guards[stage], forget)
+    rng = np.random.default_rng(3)
+    forms = {"short": (300, lambda q: [q]),
+             "chat": (300, lambda q: ["You are a helpful assistant.", q]),
+             **{f"{n}_words": (40 if n <= 600 else 10, lambda q, n=n: [long_prompt(q, n, rng)])
+                for n in CASCADE_WORDS}}
+    out: dict = {"goals_ms_p50_p99": GOALS_MS}
+    for form, (n, texts_of) in forms.items():
+        times: dict[str, list[float]] = {stage: [] for stage in guards}
+        tokens = []
+        for i in range(n + 3):  # the first 3: warm-up
+            texts = texts_of(retain[i % len(retain)].prompt)
+            tokens.append(sum(len(pieces.encode(t).ids) for t in texts))
+            for stage, guard in guards.items():
+                start = time.perf_counter()
+                guard.check(texts)
+                if i >= 3:
+                    times[stage].append((time.perf_counter() - start) * 1000)
+        row = {"word_pieces": int(np.median(tokens)), "n": n}
+        for stage, ms in times.items():
+            row[f"{stage}_p50"], row[f"{stage}_p99"] = (round(float(v), 2)
+                                                        for v in np.percentile(ms, [50, 99]))
+        row["minilm_over_cascade_p50"] = round(row["minilm_p50"] / row["cascade_p50"], 2)
+        out[form] = row
+        print(form, row, flush=True)
+    return out
+
+
+def plot_cascade(cascade: dict, path: Path) -> None:
+    """p50 of one guard check against the prompt's length, both stages."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [cascade[k] for k in cascade if k.endswith("_words")]
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for stage, label in (("minilm", "MiniLM reads every view (before)"),
+                         ("cascade", "first stage + MiniLM on the best pieces (now)")):
+        ax.plot([r["word_pieces"] for r in rows], [r[f"{stage}_p50"] for r in rows], "o-",
+                label=label)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("prompt length (MiniLM word pieces)")
+    ax.set_ylabel("one guard check, p50 (ms)")
+    ax.set_title("Guard cost against prompt length (onnx-int8, 2 vCPU)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 def _train(model_path: Path, items: list[Item], out: Path, epochs: int) -> Path:
@@ -361,13 +478,14 @@ def plot(results: dict, path: Path) -> None:
 
 
 def plot_rates(guard: dict, path: Path) -> None:
-    """TPR per form and FPR per source, for each rule."""
+    """TPR per form and FPR per source, for each rule (as the server runs it: first stage on)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    guard = {rule: rates for rule, rates in guard.items() if isinstance(rates, dict)}
+    guard = {rule: rates["cascade"] for rule, rates in guard.items()
+             if isinstance(rates, dict) and "cascade" in rates}
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
     for ax, prefix, title in ((axes[0], "tpr_", "TPR (higher is better)"),
                               (axes[1], "fpr_", "FPR (lower is better)")):
@@ -384,7 +502,8 @@ def plot_rates(guard: dict, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", choices=["guard", "window", "latency", "corruption", "all"],
+    parser.add_argument("--part", choices=["guard", "window", "latency", "cascade", "corruption",
+                                           "all"],
                         default="all")
     parser.add_argument("--embedder", choices=embedder_names(), default=GuardConfig().embedder,
                         help="embedder of parts 1 and 3 (default: the configured default); "
@@ -408,6 +527,9 @@ def main() -> None:
         results[key] = {**guard_part(args.work, embed), "embedder": args.embedder}
     if args.part in ("latency", "all"):
         results["latency"] = latency_part(args.work)
+    if args.part in ("cascade", "all"):
+        results["cascade_latency"] = cascade_part(args.work)
+        plot_cascade(results["cascade_latency"], RESULTS / "guard_cascade.png")
     if args.part in ("corruption", "all"):
         results["corruption"] = corruption_part(args.work, embed, args)
     results["machine"] = f"{os.cpu_count()} vCPU, torch {torch.__version__}"

@@ -41,6 +41,7 @@ import numpy as np
 from base import Registry, fsync_dir
 
 from .errors import GuardError, GuardNameError
+from .static import StaticEmbedder
 
 Encode = Callable[[list[str]], np.ndarray]  # texts -> (N, dim) float32 unit vectors
 EmbedderFactory = Callable[[Path, Path], Encode]  # (model folder, cache folder) -> encode
@@ -69,15 +70,28 @@ class SentenceEmbedder:
         # Where exported graphs are kept: the server and CLI pass <home>/models; scripts and
         # tests share one temporary folder.
         cache = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "lethe-embedder"
-        self._encode = factory(Path(model_path or default_model_path()), cache)
+        self.model_path, self.cache = Path(model_path or default_model_path()), cache
+        self._encode = factory(self.model_path, cache)
         self.backend = backend
         self.dim = self._encode(["dimension probe"]).shape[1]
+        self._static: StaticEmbedder | None = None
+        self._static_lock = threading.Lock()
 
     def __call__(self, texts: list[str]) -> np.ndarray:
         """(N, dim) float32 unit vectors."""
         if not texts:
             return np.zeros((0, self.dim), np.float32)
         return self._encode(texts).astype(np.float32)
+
+    def static(self) -> StaticEmbedder:
+        """The static embedder distilled from this MiniLM (static.py): the guard's first stage.
+        Distilled at the first call if the cache folder does not hold it yet."""
+        with self._static_lock:
+            if self._static is None:
+                digest = _weights_digest(self.model_path)
+                self._static = StaticEmbedder(self.model_path, self.cache, f"minilm-{digest}",
+                                              digest)
+            return self._static
 
 
 def _torch(model_path: Path, cache: Path) -> Encode:

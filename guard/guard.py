@@ -37,6 +37,7 @@ from .errors import GuardError
 from .exemplars import ExemplarIndex
 from .normalize import normalize
 from .prompts import strip_markup
+from .screen import Screen
 from .train import EmbedFn
 from .views import views
 
@@ -82,8 +83,10 @@ class _Head:
 
 class Guard:
     def __init__(self, model: GuardModel | None, embed: EmbedFn, *,
-                 exemplar_threshold: float | None = None, kind: str = "logreg",
-                 target_fpr: float = 0.01, seed: int = 0):
+                 static: EmbedFn | None = None, exemplar_threshold: float | None = None,
+                 kind: str = "logreg", target_fpr: float = 0.01, seed: int = 0):
+        """`static`: the static embedder (static.py) of the first stage (screen.py); None, or a
+        trained classifier saved without static anchors: MiniLM reads every piece."""
         dim = embed(["dimension probe"]).shape[1]
         if model is not None and dim != model.support.shape[1]:
             raise GuardError(f"the embedder gives {dim}-dim vectors; this guard was trained on "
@@ -92,6 +95,7 @@ class Guard:
             raise GuardError("a guard without a classifier needs an exemplar threshold")
         self.model = model  # the trained classifier; never refitted here
         self.dim = dim
+        self.screen = _screen(model, static)
         self.exemplar_threshold = exemplar_threshold  # used while there is no classifier
         self.embed = embed
         self.kind, self.target_fpr, self.seed = kind, target_fpr, seed  # the head's fit
@@ -124,7 +128,11 @@ class Guard:
         texts = [t for t in (strip_markup(t) for t in texts) if t]
         if not texts:
             return Verdict(False, None, 0.0, -1.0, None, np.zeros((0, self.dim), np.float32))
-        vectors = self.embed(views(texts))  # (V, D): the N texts first, then their pieces
+        every = views(texts)  # the N texts first, then their pieces
+        pieces = every[len(texts):]
+        if self.screen is not None:  # MiniLM reads the pieces that the first stage picks
+            pieces = [p for p, read in zip(pieces, self.screen.read(pieces)) if read]
+        vectors = self.embed(every[:len(texts)] + pieces)  # (N + P, D)
         model, head = self.model, self._head  # one of each for the whole check
         sims, margins, keys = self.exemplars.nearest(vectors)
         best = int(np.argmax(margins))
@@ -179,7 +187,10 @@ class Guard:
         texts = [t for t in (normalize(strip_markup(t)) for t in texts) if t]
         if not texts:
             raise GuardError(f"forget item {key!r} has no text to guard")
-        vectors = self.embed(exemplar_forms(texts))  # (n, D)
+        forms = [exemplar_forms([t]) for t in texts]  # text i and its misspelt copies
+        vectors = self.embed(list(dict.fromkeys(f for group in forms for f in group)))  # (n, D)
+        if self.screen is not None:  # first: a piece near the request is read from now on
+            self.screen.add(key, forms)
         self.exemplars.add(key, vectors, self.exemplar_threshold_for(vectors))
         self._changed()
 
@@ -187,6 +198,8 @@ class Guard:
         """The request is exact: drop its exemplars, the negatives it forgot, and the head if it
         was fitted on them (a new one is fitted without them). False if there was no entry."""
         found = self.exemplars.remove(key)
+        if self.screen is not None:
+            self.screen.remove(key)
         with self._changes:
             for i in self._covers.pop(key, ()):
                 self._negatives.pop(i, None)
@@ -237,6 +250,23 @@ class Guard:
                     self._head = head  # never one fitted on a request retired meanwhile
                 self._fitted = wanted
                 self._changes.notify_all()
+
+
+def _screen(model: GuardModel | None, static: EmbedFn | None) -> Screen | None:
+    """The first stage over the pending requests' anchors and, with a trained classifier, the
+    static vectors of its fitting prompts; None where it cannot screen for every rule."""
+    if static is None:
+        return None
+    if model is None:
+        return Screen(static)
+    anchors = model.vectors.get("static_pos")
+    if anchors is None:  # trained without them: MiniLM reads every piece, as it was
+        return None
+    dim = static(["dimension probe"]).shape[1]
+    if anchors.shape[1] != dim:
+        raise GuardError(f"the static embedder gives {dim}-dim vectors; this guard's anchors "
+                         f"are {anchors.shape[1]}-dim (train it again with `lethe guard train`)")
+    return Screen(static, anchors, model.manifest["screen"]["threshold"])
 
 
 def fit_head(positives: np.ndarray, negatives: np.ndarray, *, kind: str, target_fpr: float,

@@ -4,7 +4,8 @@ Sources, later ones winning: the embedded default (`configs/default.yaml`, shipp
 `serving/default.yaml`), a user YAML file, environment variables, command-line flags.
 
 Environment overrides name a key path with double underscores, the value parsed as YAML:
-`LETHE_SERVER__PORT=8001`, `LETHE_SERVER__API_KEYS='[k1, k2]'`. `LETHE_HOME` sets `home`.
+`LETHE_SERVER__PORT=8001`, `LETHE_SERVER__API_KEYS='[k1, k2]'`. `LETHE_HOME` sets `home`,
+`LETHE_CACHE` `cache`.
 """
 
 from __future__ import annotations
@@ -172,6 +173,9 @@ class StoreConfig(_Section):
 class Config(_Section):
     # Data directory: prepared models, adapters, queues. None: $LETHE_HOME or ~/.cache/lethe.
     home: Path | None = None
+    # Files derived from shipped weights (the embedder's ONNX graphs, its static distillation),
+    # named by the weights' sha256, so homes may share them. None: $LETHE_CACHE or <home>/models.
+    cache: Path | None = None
     model: ModelConfig = ModelConfig()
     engine: EngineConfig = EngineConfig()
     server: ServerConfig = ServerConfig()
@@ -185,6 +189,10 @@ class Config(_Section):
     @property
     def home_dir(self) -> Path:
         return Path(self.home).expanduser() if self.home else default_home()
+
+    @property
+    def cache_dir(self) -> Path:
+        return Path(self.cache).expanduser() if self.cache else self.home_dir / "models"
 
     @property
     def store_dir(self) -> Path:
@@ -234,8 +242,9 @@ def load_config(
         if name.startswith(ENV_PREFIX) and "__" in name:
             keys = name[len(ENV_PREFIX):].lower().split("__")
             _set_path(data, keys, _parse_yaml(raw, f"environment variable {name}"))
-    if environ.get("LETHE_HOME"):
-        data["home"] = environ["LETHE_HOME"]
+    for key in ("home", "cache"):
+        if environ.get(f"LETHE_{key.upper()}"):
+            data[key] = environ[f"LETHE_{key.upper()}"]
     for dotted, value in (overrides or {}).items():
         if value is not None:
             _set_path(data, dotted.split("."), value)

@@ -48,10 +48,11 @@ def embedder_name(backend: str) -> str:
     return f"all-MiniLM-L6-v2 ({backend})"
 
 
-def sentence_embedder(backend: str, home: Path) -> SentenceEmbedder:
-    """The prompt embedder of the guard and the router (`guard.embedder`); a backend that
-    prepares the model (onnx: its exported graph) keeps it under `<home>/models`."""
-    return SentenceEmbedder(backend=backend, cache_dir=home / "models")
+def sentence_embedder(backend: str, cache: Path) -> SentenceEmbedder:
+    """The prompt embedder of the guard and the router (`guard.embedder`); what it derives from
+    MiniLM (onnx: its exported graph; its static distillation) is kept in `cache`
+    (`Config.cache_dir`)."""
+    return SentenceEmbedder(backend=backend, cache_dir=cache)
 
 
 def smollm2_gguf() -> Path:

@@ -16,7 +16,7 @@ from transformers import AutoConfig, AutoTokenizer
 
 from adapters import ShardStore
 from base import Signer, load_secret
-from guard import Corruption, Guard, load_corruption, trained_version
+from guard import Corruption, Guard, SentenceEmbedder, load_corruption, trained_version
 
 from .api import OpenAIServing, build_app
 from .config import Config
@@ -40,10 +40,12 @@ def load_guard(config: Config, store: ShardStore | None) -> Guard | None:
     trained = trained_version(config.guard_dir) is not None
     if not trained and store is None:
         return None
+    embedder = sentence_embedder(config.guard.embedder, config.cache_dir)
     # Shared by chats' guard checks and forget submissions, which go first (serving/embedder.py).
-    embed = SharedEmbedder(sentence_embedder(config.guard.embedder, config.home_dir))
+    embed = SharedEmbedder(embedder)
+    options = guard_options(config, embedder)
     if trained:
-        guard = Guard.load(config.guard_dir, embed, **head_options(config))
+        guard = Guard.load(config.guard_dir, embed, **options)
         fitted_on, served_with = (guard.model.manifest.get("embedder"),
                                   embedder_name(config.guard.embedder))
         if fitted_on != served_with:
@@ -51,13 +53,14 @@ def load_guard(config: Config, store: ShardStore | None) -> Guard | None:
                         "is calibrated for the former (train it again with `lethe guard train`)",
                         fitted_on, served_with)
         return guard
-    return Guard.exemplars_only(embed, config.guard.exemplar_threshold, **head_options(config))
+    return Guard.exemplars_only(embed, config.guard.exemplar_threshold, **options)
 
 
-def head_options(config: Config) -> dict:
-    """How the guard fits its window head (guard/guard.py)."""
+def guard_options(config: Config, embedder: SentenceEmbedder) -> dict:
+    """How the guard fits its window head, and its first stage's static embedder
+    (guard/guard.py, guard/screen.py)."""
     return {"kind": config.guard.head, "target_fpr": config.guard.target_fpr,
-            "seed": config.guard.seed}
+            "seed": config.guard.seed, "static": embedder.static()}
 
 
 # guard.corruption.sigma when it is null. Where the quarantine routes flagged prompts around the

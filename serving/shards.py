@@ -32,7 +32,7 @@ def create_store(config, root: Path, samples, validation=None, *, shards: int | 
     `database`: where its lineage lives (None: a SQLite file in `root`)."""
     model_path = resolve_model(config.model.source, config.home_dir)
     return ShardStore.create(
-        root, samples, embed or sentence_embedder(config.guard.embedder, config.home_dir),
+        root, samples, embed or sentence_embedder(config.guard.embedder, config.cache_dir),
         shards=shards or config.shards.count, partitioner=config.shards.partitioner,
         group_by_owner=config.shards.group_by_owner, seed=config.shards.seed,
         model_path=model_path, base_model=base_model_record(model_path),

@@ -3,7 +3,13 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: see DESIGN.md
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
+import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
+
+# What the guard's embedder derives from MiniLM (ONNX graphs, static distillation: ~30 s) is made
+# once for every test, server and `lethe` process of a run, in the folder that scripts use too
+# (guard/embed.py), not again in each test's home. It is named by the weights' sha256.
+os.environ.setdefault("LETHE_CACHE", str(Path(tempfile.gettempdir()) / "lethe-embedder"))
 
 import pytest  # noqa: E402
 

@@ -19,8 +19,8 @@ def _load_guard(args, config):
 
     from ..model import sentence_embedder
 
-    embed = sentence_embedder(config.guard.embedder, config.home_dir)
-    return Guard.load(_guard_dir(args, config), embed)
+    embed = sentence_embedder(config.guard.embedder, config.cache_dir)
+    return Guard.load(_guard_dir(args, config), embed, static=embed.static())
 
 
 def cmd_train(args) -> None:
@@ -33,11 +33,11 @@ def cmd_train(args) -> None:
     start = time.perf_counter()
     forget = read_items(args.forget)
     negatives = [item for path in [args.retain, *args.general] for item in read_items(path)]
+    embed = sentence_embedder(config.guard.embedder, config.cache_dir)
     model, report = train_guard(
-        forget, negatives, sentence_embedder(config.guard.embedder, config.home_dir),
-        kind=config.guard.classifier,
+        forget, negatives, embed, kind=config.guard.classifier,
         target_fpr=config.guard.target_fpr, holdout=config.guard.holdout, seed=config.guard.seed,
-        embedder=embedder_name(config.guard.embedder))
+        embedder=embedder_name(config.guard.embedder), static=embed.static())
     out = Path(args.out) if args.out else config.guard_dir
     version = save_model(model, out)
     test, cal = report["test"], report["calibration"]

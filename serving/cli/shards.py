@@ -102,7 +102,7 @@ def cmd_route(args) -> None:
     config = config_of(args)
     store = _open(config)
     route = store.effective_route(config.route)
-    query = sentence_embedder(config.guard.embedder, config.home_dir)([args.prompt])[0]
+    query = sentence_embedder(config.guard.embedder, config.cache_dir)([args.prompt])[0]
     weights = store.weights(query, route)
     # in-engine: the stack of the current versions, the weights applied by the engine
     parts = ([(v, 1.0) for v in store.current_versions()] if route.mixing == "in-engine"

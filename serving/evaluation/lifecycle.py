@@ -55,7 +55,7 @@ from ..metrics import Metrics
 from ..mixtures import ShardMixtures
 from ..model import input_embeddings, resolve_model, sentence_embedder
 from ..pipeline import Pipeline
-from ..server import SIGMA_UNROUTED, head_options, served_corruption
+from ..server import SIGMA_UNROUTED, guard_options, served_corruption
 from ..shards import create_store
 from .subjects import AdapterModel, EnsembleSubject, ServedSubject
 from .tofu import TofuData
@@ -150,7 +150,7 @@ class Lifecycle:
         self.work.mkdir(parents=True, exist_ok=True)
         self.model_path = resolve_model(config.model.source, config.home_dir)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-        self.embed = sentence_embedder(config.guard.embedder, config.home_dir)
+        self.embed = sentence_embedder(config.guard.embedder, config.cache_dir)
         self.embedding = input_embeddings(self.model_path)  # (V, D)
         # the largest adapter it runs: a stack of every shard (the aggregation's single adapter
         # has one shard's rank)
@@ -167,7 +167,7 @@ class Lifecycle:
         forget requests put in it, by their exemplars and the window head; it also embeds every
         request for routing."""
         return Guard.exemplars_only(self.embed, self.config.guard.exemplar_threshold,
-                                    **head_options(self.config))
+                                    **guard_options(self.config, self.embed))
 
     def served(self, store: ShardStore, guard: Guard, route: RouteConfig | None = None, *,
                corruption: Corruption | None = None, quarantine: str | None = None

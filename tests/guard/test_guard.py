@@ -68,7 +68,7 @@ WINDOW = synth_people(12, seed=3, facts_per_person=3)  # person-0001 is forgotte
 def _window_guard(minilm) -> Guard:
     """A guard of exemplars alone, calibrated against the other people's questions and the
     general requests, as the forget service sets it up."""
-    guard = Guard.exemplars_only(minilm, exemplar_threshold=0.8)
+    guard = Guard.exemplars_only(minilm, exemplar_threshold=0.8, static=minilm.static())
     general = [p for prompts in general_prompts().values() for p in prompts]
     guard.set_negatives(dict(zip([s.id for s in WINDOW] + [f"general-{i}" for i in
                                                             range(len(general))],
@@ -110,7 +110,7 @@ def test_a_completed_request_leaves_nothing_derived_from_it_in_the_guard(minilm)
     assert alone.settle(timeout=120)
     assert pickle.dumps(guard.head.estimator) == pickle.dumps(alone.head.estimator)
     assert guard.head.threshold == alone.head.threshold
-    assert guard.exemplars.keys() == ["request-2"]
+    assert guard.exemplars.keys() == guard.screen.keys() == ["request-2"]
     # No vector the guard holds is (nearly) a forgotten text's embedding.
     forgotten = minilm(_request("person-0001")[0])  # (n, D)
     held = np.concatenate([guard.exemplars.get("request-2"), guard._negative_rows,
@@ -118,6 +118,7 @@ def test_a_completed_request_leaves_nothing_derived_from_it_in_the_guard(minilm)
     assert (held @ forgotten.T).max() < 0.99
     guard.retire_exemplar("request-2")
     assert guard.settle(timeout=120) and guard.head is None and len(guard.exemplars) == 0
+    assert guard.screen.keys() == []  # the first stage's anchors of both went too
 
 
 def test_chat_markup_is_stripped_before_classifying(guard, people_items):

@@ -51,7 +51,7 @@ def test_a_space_less_run_is_windowed_too():
 @pytest.fixture(scope="module")
 def guard():
     embed = SentenceEmbedder()
-    guard = Guard.exemplars_only(embed, exemplar_threshold=0.8)
+    guard = Guard.exemplars_only(embed, exemplar_threshold=0.8, static=embed.static())
     general = [p for prompts in general_prompts().values() for p in prompts]
     live = [s.prompt for s in PEOPLE]
     guard.set_negatives(dict(zip([s.id for s in PEOPLE] + general, embed(live + general))))

@@ -1,0 +1,126 @@
+"""The guard's first stage (guard/screen.py, guard/static.py): MiniLM reads a number of pieces
+fixed by the prompt's length, the pieces nearest forgotten content, and a question hidden in a
+long prompt is still flagged."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import tokenizers
+
+from adapters import synth_people
+from guard import Guard, general_prompts, save_model, train_guard, views
+from guard.embed import _weights_digest
+from guard.screen import CEILING, FLOOR, read_count
+from guard.static import DIMS, PROVENANCE, StaticEmbedder
+
+PEOPLE = synth_people(6, seed=3, facts_per_person=2)
+FORGOTTEN, OTHER = "person-0001", "person-0002"
+GENERAL = [p for prompts in general_prompts(split="test").values() for p in prompts]
+
+
+def long_prompt(question: str, words: int) -> str:
+    """`question` in the middle of `words` words of general requests (distinct sentences)."""
+    rng = np.random.default_rng(0)
+    filler = []
+    while sum(len(t.split()) for t in filler) < words:
+        filler.append(GENERAL[int(rng.integers(len(GENERAL)))])
+    half = len(filler) // 2
+    return " ".join(filler[:half] + [question] + filler[half:])
+
+
+class Counting:
+    """The MiniLM embedder, counting the texts it embeds."""
+
+    def __init__(self, embed):
+        self.embed, self.texts = embed, 0
+
+    def __call__(self, texts):
+        self.texts += len(texts)
+        return self.embed(texts)
+
+
+def _guard(minilm, pending: bool) -> tuple[Guard, Counting]:
+    counting = Counting(minilm)
+    guard = Guard.exemplars_only(counting, exemplar_threshold=0.8, static=minilm.static())
+    references = [s.prompt for s in PEOPLE] + GENERAL
+    guard.set_negatives(dict(zip(map(str, range(len(references))), minilm(references))))
+    if pending:
+        guard.add_exemplar("request-1", [t for s in PEOPLE if s.owner == FORGOTTEN
+                                         for t in (s.prompt, s.response)])
+    return guard, counting
+
+
+def _question(owner: str) -> str:
+    return next(s.prompt for s in PEOPLE if s.owner == owner)
+
+
+def test_the_static_model_is_distilled_from_minilm_once_with_its_provenance(tmp_path, minilm):
+    digest = _weights_digest(minilm.model_path)
+    static = StaticEmbedder(minilm.model_path, tmp_path, "minilm", digest)
+    provenance = json.loads((tmp_path / "minilm.static" / PROVENANCE).read_text())
+    assert provenance["source_weights_sha256"] == digest
+    assert provenance["recipe"]["pca_dims"] == DIMS and provenance["recipe"]["vocabulary"] > 30000
+    assert {"model2vec", "torch", "transformers"} <= set(provenance["versions"])
+    vectors = static(["Where does Vosmi Ulkathi live?", "In which town is Vosmi Ulkathi's home?",
+                      "Write a haiku about autumn rain."])  # (3, DIMS)
+    assert vectors.shape == (3, DIMS) and np.isfinite(vectors).all()
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+    assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2]  # it carries meaning
+    again = StaticEmbedder(minilm.model_path, tmp_path, "minilm", digest)
+    assert again.provenance == provenance  # loaded, not distilled again
+    assert not list((tmp_path / ".static-staging").iterdir())  # nothing left half-written
+
+
+def test_minilm_reads_as_many_pieces_whatever_the_prompt_is_about(minilm):
+    """The time a check takes must not say whether the prompt is near a pending request: MiniLM
+    embeds the same number of texts for a hidden forgotten question, another owner's question of
+    the same length, and with no request pending at all."""
+    near, far = long_prompt(_question(FORGOTTEN), 600), long_prompt(_question(OTHER), 600)
+    assert len(views([near])) == len(views([far]))  # the same number of pieces
+    counts = {}
+    for pending in (True, False):
+        guard, counting = _guard(minilm, pending)
+        for name, prompt in (("near", near), ("far", far)):
+            counting.texts = 0
+            verdict = guard.check([prompt])
+            counts[pending, name] = counting.texts
+            assert verdict.flagged == (pending and name == "near"), (pending, name)
+    assert len(set(counts.values())) == 1, counts
+    pieces = len(views([near])) - 1
+    assert counts[True, "near"] == 1 + read_count(pieces) < pieces // 10
+
+
+def test_a_question_hidden_in_an_8000_token_prompt_is_flagged(minilm):
+    guard, counting = _guard(minilm, pending=True)
+    hidden = "where duz Vosmi Ulkathy live"  # misspelt, name included, no punctuation
+    prompt = long_prompt(hidden, 6500)
+    pieces = tokenizers.Tokenizer.from_file(str(minilm.model_path / "tokenizer.json"))
+    pieces.no_truncation()
+    assert len(pieces.encode(prompt).ids) > 8000  # MiniLM's word pieces
+    counting.texts = 0
+    verdict = guard.check([prompt])
+    assert verdict.flagged and verdict.rule == "exemplar"
+    assert counting.texts == 1 + read_count(len(views([prompt])) - 1)
+    assert not guard.check([long_prompt(_question(OTHER), 6500)]).flagged
+
+
+def test_a_trained_guard_keeps_the_static_anchors_of_its_fitting_prompts(tmp_path, minilm,
+                                                                         people_items):
+    forget, negatives = people_items
+    options = dict(kind="logreg", target_fpr=0.05, holdout=0.3, seed=0, embedder="minilm")
+    model, _ = train_guard(forget, negatives, minilm, static=minilm.static(), **options)
+    screen = model.manifest["screen"]
+    assert FLOOR <= screen["threshold"] <= CEILING
+    assert screen["static"] == minilm.static().provenance
+    assert model.vectors["static_pos"].shape == (len(model.support), DIMS)
+    save_model(model, tmp_path / "screened")
+    guard = Guard.load(tmp_path / "screened", minilm, static=minilm.static())
+    assert guard.screen is not None
+    question = forget[0].prompt
+    assert guard.check([long_prompt(question, 600)]).flagged == guard.check([question]).flagged
+    # One trained before the first stage existed: MiniLM reads every piece, as it did.
+    plain, _ = train_guard(forget, negatives, minilm, **options)
+    save_model(plain, tmp_path / "plain")
+    assert Guard.load(tmp_path / "plain", minilm, static=minilm.static()).screen is None
