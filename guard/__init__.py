@@ -23,6 +23,7 @@ __getattr__, __dir__, __all__ = lazy_surface(__name__, {
                 "model_utility", "register_metric", "rouge_l_recall", "truth_ratio_closer_to_1",
                 "truth_ratio_true_better"],
     "prompts": ["Item", "PromptFileError", "read_items", "strip_markup"],
+    "static": ["StaticEmbedder"],
     "subject": ["ANSWER_TOKENS", "ModelSubject", "answer_ids", "by_question", "greedy_ids",
                 "token_logprobs"],
     "train": ["EmbedFn", "train_guard"],

@@ -2,7 +2,9 @@
 forget requests.
 
 check() reads every view of a request's texts (views.py: each text normalised, the join,
-segments, windows) and flags the request when a view
+segments, windows): MiniLM embeds the texts and the pieces that the first stage picks (screen.py:
+a number fixed by how many there are, the nearest to forgotten content first), and the request
+is flagged when one of those
   - is near a pending forget request's exemplar (instant: exemplars.py), or
   - is flagged by the window head: a classifier fitted, in the background, on the exemplars of
     the pending requests against the reference negatives (it catches forms the exemplar rule

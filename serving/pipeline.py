@@ -25,11 +25,15 @@ from typing import Literal
 import numpy as np
 import torch
 
-from guard import Corruption, Guard, Verdict, chat_prompt, request_seed
+from adapters import RouteConfig, ShardStore
+from guard import (Corruption, Guard, SentenceEmbedder, Verdict, chat_prompt, load_corruption,
+                   request_seed)
 
+from .config import Config
 from .engines import LoRA, LoRAResolver
 from .errors import LetheError
 from .metrics import Metrics
+from .mixtures import ShardMixtures
 
 log = logging.getLogger("lethe.pipeline")
 
@@ -42,12 +46,62 @@ class GuardRefusal(LetheError):
 
 
 @dataclass(frozen=True)
+class ChatTokens:
+    """A chat prompt's token ids and which of them a client wrote (guard/mask.py)."""
+
+    ids: list[int]
+    mask: torch.Tensor  # (T,) bool: the messages' content, never the template's own tokens
+
+
+@dataclass(frozen=True)
 class Prompt:
     """One engine request's input."""
 
     token_ids: list[int]
     embeds: torch.Tensor | None  # (T, D) corrupted embeddings when the guard flagged the prompt
     lora: LoRA | None  # the request's shard mixture; None: the base model
+
+
+# guard.corruption.sigma when it is null. Where the quarantine routes flagged prompts around the
+# shards of pending forget requests (forget.quarantine: flagged or all), the weights that answer
+# never saw the forgotten data: the corruption tuned against them (`lethe eval tofu`'s second
+# tier, docs/benchmarks.md) is mild, and ECO's strength would only drag answers off the question,
+# which tells the client the guard fired. Without the quarantine (none) the weights hold the
+# data until the retrain and the corruption alone must hide it: ECO's strength.
+SIGMA_ROUTED, SIGMA_UNROUTED = 0.02, 1.0
+
+
+def served_corruption(config: Config) -> Corruption:
+    """What corrupts a flagged prompt: the tuned corruption (`lethe guard tune`) if there is
+    one, else `guard.corruption` (its sigma by the forget policy when not set)."""
+    tuned = load_corruption(config.guard_dir)
+    if tuned is not None:
+        return tuned
+    c = config.guard.corruption
+    routed = config.forget.quarantine != "none"
+    sigma = c.sigma if c.sigma is not None else SIGMA_ROUTED if routed else SIGMA_UNROUTED
+    return Corruption(c.name, sigma, c.k)
+
+
+def guard_options(config: Config, embedder: SentenceEmbedder) -> dict:
+    """How the guard fits its window head, and its first stage's static embedder
+    (guard/guard.py, guard/screen.py)."""
+    return {"kind": config.guard.head, "target_fpr": config.guard.target_fpr,
+            "seed": config.guard.seed, "static": embedder.static()}
+
+
+def build_pipeline(config: Config, tokenizer, embedding: torch.Tensor | None,
+                   guard: Guard | None, store: ShardStore | None, metrics: Metrics,
+                   noise_key: bytes, *, route: RouteConfig | None = None,
+                   corruption: Corruption | None = None, quarantine: str | None = None
+                   ) -> Pipeline:
+    """The prompt path as `config` sets it up (the server's and the evaluation's): its route,
+    corruption and quarantine unless given; without a shard store, the base model."""
+    resolver = (ShardMixtures(store, route or config.route, metrics,
+                              quarantine or config.forget.quarantine) if store else None)
+    return Pipeline(tokenizer, embedding if guard else None, guard,
+                    corruption or served_corruption(config), resolver, config.forget.on_flag,
+                    metrics, noise_key)
 
 
 class Pipeline:
@@ -61,26 +115,22 @@ class Pipeline:
         self.metrics = metrics
         self.noise_key = noise_key  # the server's secret: seeds the corruption noise
 
-    def chat_ids(self, messages: list[dict]) -> list[int]:
-        """The chat prompt's token ids (template applied, assistant header added): what the
-        context-length check counts, before `chat` is given them."""
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
-                                                  tokenize=False)
-        return self.tokenizer.encode(text, add_special_tokens=False)
+    def chat_tokens(self, messages: list[dict]) -> ChatTokens:
+        """The chat prompt, tokenized once (template applied, assistant header added): what the
+        context-length check counts, before `chat` is given it."""
+        return ChatTokens(*chat_prompt(self.tokenizer, messages))
 
-    def chat(self, messages: list[dict], token_ids: list[int]) -> Prompt:
-        """The chat prompt of `messages`, whose `chat_ids` are `token_ids`."""
+    def chat(self, messages: list[dict], tokens: ChatTokens) -> Prompt:
+        """The chat prompt of `messages`, whose `chat_tokens` are `tokens`."""
         texts = [m["content"] for m in messages]  # every role: the model reads them all
         verdict = self._check(texts)
         if verdict is None or not verdict.flagged:
-            return Prompt(token_ids, None, self._lora(verdict))
+            return Prompt(tokens.ids, None, self._lora(verdict))
         # Every token a client wrote, in any role, is corrupted (guard/tune.py tunes with the
         # same mask). Corrupting only the item's salient words (names) is not enough: an adapter
         # that holds the item still answers "Where does ... live?" with its fact (measured on
-        # SmolLM2, tests/serving/forget/test_forget_real.py). chat_prompt tokenizes the same
-        # text as chat_ids, so its ids are `token_ids`.
-        ids, mask = chat_prompt(self.tokenizer, messages)
-        return self._flagged(ids, mask, "\n".join(texts), verdict)
+        # SmolLM2, tests/serving/forget/test_forget_real.py).
+        return self._flagged(tokens.ids, tokens.mask, "\n".join(texts), verdict)
 
     def completion(self, token_ids: list[int], text: str | None = None) -> Prompt:
         """A raw completion prompt: all of it is the user's text (`text`, as the client sent

@@ -16,7 +16,7 @@ from transformers import AutoConfig, AutoTokenizer
 
 from adapters import ShardStore
 from base import Signer, load_secret
-from guard import Corruption, Guard, SentenceEmbedder, load_corruption, trained_version
+from guard import Guard, trained_version
 
 from .api import OpenAIServing, build_app
 from .config import Config
@@ -26,9 +26,8 @@ from .engines import Engine, engine_class
 from .forget import ForgetService, WorkerSupervisor, open_queue
 from .logs import configure_logging
 from .metrics import Metrics
-from .mixtures import ShardMixtures
 from .model import embedder_name, input_embeddings, resolve_model, sentence_embedder
-from .pipeline import Pipeline
+from .pipeline import Pipeline, build_pipeline, guard_options
 from .shards import open_store
 
 log = logging.getLogger("lethe.server")
@@ -54,34 +53,6 @@ def load_guard(config: Config, store: ShardStore | None) -> Guard | None:
                         fitted_on, served_with)
         return guard
     return Guard.exemplars_only(embed, config.guard.exemplar_threshold, **options)
-
-
-def guard_options(config: Config, embedder: SentenceEmbedder) -> dict:
-    """How the guard fits its window head, and its first stage's static embedder
-    (guard/guard.py, guard/screen.py)."""
-    return {"kind": config.guard.head, "target_fpr": config.guard.target_fpr,
-            "seed": config.guard.seed, "static": embedder.static()}
-
-
-# guard.corruption.sigma when it is null. Where the quarantine routes flagged prompts around the
-# shards of pending forget requests (forget.quarantine: flagged or all), the weights that answer
-# never saw the forgotten data: the corruption tuned against them (`lethe eval tofu`'s second
-# tier, docs/benchmarks.md) is mild, and ECO's strength would only drag answers off the question,
-# which tells the client the guard fired. Without the quarantine (none) the weights hold the
-# data until the retrain and the corruption alone must hide it: ECO's strength.
-SIGMA_ROUTED, SIGMA_UNROUTED = 0.02, 1.0
-
-
-def served_corruption(config: Config) -> Corruption:
-    """What corrupts a flagged prompt: the tuned corruption (`lethe guard tune`) if there is
-    one, else `guard.corruption` (its sigma by the forget policy when not set)."""
-    tuned = load_corruption(config.guard_dir)
-    if tuned is not None:
-        return tuned
-    c = config.guard.corruption
-    routed = config.forget.quarantine != "none"
-    sigma = c.sigma if c.sigma is not None else SIGMA_ROUTED if routed else SIGMA_UNROUTED
-    return Corruption(c.name, sigma, c.k)
 
 
 def create_app(config: Config):
@@ -115,13 +86,9 @@ def create_app(config: Config):
             f"engine.max_lora_rank is {config.engine.max_lora_rank}, below the rank of the shard "
             f"adapters stacked ({store.stack_rank()}: K shards x r); set it to at least that")
     guard = load_guard(config, store)
-    corruption = served_corruption(config)
-    resolver = (ShardMixtures(store, config.route, metrics, config.forget.quarantine)
-                if store else None)
     config.home_dir.mkdir(parents=True, exist_ok=True)
-    pipeline = Pipeline(tokenizer, input_embeddings(model_path) if guard else None, guard,
-                        corruption, resolver, config.forget.on_flag, metrics,
-                        noise_key=load_secret(config.secret_file))
+    pipeline = build_pipeline(config, tokenizer, input_embeddings(model_path) if guard else None,
+                              guard, store, metrics, load_secret(config.secret_file))
     forget = (ForgetService(open_queue(config.queue_target, config.forget.synchronous,
                                        config.secret_file),
                             store.lineage, guard,
@@ -155,7 +122,7 @@ def create_app(config: Config):
         await engine.start()
         async with contextlib.AsyncExitStack() as stack:
             if forget is not None:
-                sync = functools.partial(_sync, forget, resolver, engine)
+                sync = functools.partial(_sync, forget, pipeline, engine)
                 await sync()  # guard pending requests before serving
                 stack.push_async_callback(_cancel, asyncio.create_task(
                     _sync_forever(sync, forget.queue, config.forget.poll_seconds)))
@@ -177,11 +144,11 @@ def create_app(config: Config):
                      max_body_bytes=config.server.max_body_bytes, lifespan=lifespan)
 
 
-async def _sync(forget: ForgetService, resolver: ShardMixtures, engine: Engine) -> None:
+async def _sync(forget: ForgetService, pipeline: Pipeline, engine: Engine) -> None:
     """Guard what is pending, retire what is exact, delete mixtures of superseded versions from
     disk and from the engine (their weights may hold forgotten data)."""
     await asyncio.to_thread(forget.sync)
-    for name in await asyncio.to_thread(resolver.sweep):
+    for name in await asyncio.to_thread(pipeline.sweep):
         await engine.evict(name)
 
 

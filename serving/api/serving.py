@@ -122,10 +122,10 @@ class OpenAIServing:
                     for m in req.messages]
         requested = req.max_completion_tokens or req.max_tokens
         self._check_chars(sum(len(m["content"]) for m in messages), requested, "messages")
-        ids = await asyncio.to_thread(self.pipeline.chat_ids, messages)
-        max_tokens = self._budget(len(ids), requested, "messages")
+        tokens = await asyncio.to_thread(self.pipeline.chat_tokens, messages)
+        max_tokens = self._budget(len(tokens.ids), requested, "messages")
         run = await self._prepare_and_start(
-            req, [functools.partial(self.pipeline.chat, messages, ids)], max_tokens)
+            req, [functools.partial(self.pipeline.chat, messages, tokens)], max_tokens)
         rid = new_id("chatcmpl")
         if req.stream:
             return self._stream_chat(rid, req, run)

@@ -21,7 +21,7 @@ PUBLISHED = {
 
 def cmd_tofu(args) -> None:
     from ..evaluation import PHASES, load_tofu, run_tofu
-    from ..server import served_corruption
+    from ..pipeline import served_corruption
 
     if args.plot:
         _require_matplotlib()

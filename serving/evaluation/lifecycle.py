@@ -52,10 +52,8 @@ from ..config import Config
 from ..errors import LetheError
 from ..forget import ForgetService, Worker, open_queue
 from ..metrics import Metrics
-from ..mixtures import ShardMixtures
 from ..model import input_embeddings, resolve_model, sentence_embedder
-from ..pipeline import Pipeline
-from ..server import SIGMA_UNROUTED, guard_options, served_corruption
+from ..pipeline import SIGMA_UNROUTED, build_pipeline, guard_options, served_corruption
 from ..shards import create_store
 from .subjects import AdapterModel, EnsembleSubject, ServedSubject
 from .tofu import TofuData
@@ -174,12 +172,9 @@ class Lifecycle:
                ) -> ServedSubject:
         """The server's pipeline over `store` (its configured route, mixing, corruption and
         quarantine, unless given)."""
-        metrics = Metrics()
-        route = route or self.config.route
-        pipeline = Pipeline(self.tokenizer, self.embedding, guard, corruption or self.corruption,
-                            ShardMixtures(store, route, metrics,
-                                          quarantine or self.config.forget.quarantine),
-                            self.config.forget.on_flag, metrics, self.noise_key)
+        pipeline = build_pipeline(self.config, self.tokenizer, self.embedding, guard, store,
+                                  Metrics(), self.noise_key, route=route,
+                                  corruption=corruption or self.corruption, quarantine=quarantine)
         return ServedSubject(self.model, self.tokenizer, pipeline, self.computed)
 
     def train(self, name: str, store: ShardStore, progress) -> None:

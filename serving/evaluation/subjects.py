@@ -85,7 +85,7 @@ class ServedSubject:
         the batch's mixtures held until the next one."""
         for i in range(0, len(questions), size):
             chats = [[{"role": "user", "content": q}] for q in questions[i:i + size]]
-            prompts = [self.pipeline.chat(m, self.pipeline.chat_ids(m)) for m in chats]
+            prompts = [self.pipeline.chat(m, self.pipeline.chat_tokens(m)) for m in chats]
             try:
                 todo = []
                 for r, prompt in enumerate(prompts, start=i):

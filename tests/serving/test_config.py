@@ -28,6 +28,16 @@ def test_file_then_environment_then_overrides_win_in_that_order(tmp_path):
     assert load_config(path, environ=env).server.port == 9100
 
 
+def test_derived_model_files_go_to_the_cache_folder_or_the_home_models(tmp_path):
+    home = {"LETHE_HOME": str(tmp_path / "h")}
+    assert load_config(environ=home).cache_dir == tmp_path / "h" / "models"
+    shared = load_config(environ={**home, "LETHE_CACHE": str(tmp_path / "shared")})
+    assert shared.cache_dir == tmp_path / "shared" and shared.home_dir == tmp_path / "h"
+    path = tmp_path / "c.yaml"
+    path.write_text(f"cache: {tmp_path / 'file'}\n")
+    assert load_config(path, environ=home).cache_dir == tmp_path / "file"
+
+
 def test_environment_values_are_parsed_as_yaml():
     config = load_config(environ={"LETHE_SERVER__API_KEYS": f"[{KEY_A}, {KEY_B}]"})
     assert config.server.api_keys == [KEY_A, KEY_B]
@@ -98,7 +108,7 @@ def test_the_corruption_strength_follows_the_forget_policy_unless_set_or_tuned(t
     weights that never saw it: mild noise (tuned against them); without the quarantine the
     noise alone hides the data: ECO's strength. A set sigma, or `lethe guard tune`'s, wins."""
     from guard import Corruption, TuneResult, save_corruption
-    from serving.server import SIGMA_ROUTED, SIGMA_UNROUTED, served_corruption
+    from serving.pipeline import SIGMA_ROUTED, SIGMA_UNROUTED, served_corruption
 
     env = {"LETHE_HOME": str(tmp_path)}
     assert SIGMA_ROUTED < SIGMA_UNROUTED

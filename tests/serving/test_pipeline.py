@@ -50,7 +50,7 @@ def chat(question: str) -> list[dict]:
 def served(pipeline: Pipeline, messages: list[dict]):
     """What the server does: the chat prompt's ids (counted against the context), then the
     pipeline on them."""
-    return pipeline.chat(messages, pipeline.chat_ids(messages))
+    return pipeline.chat(messages, pipeline.chat_tokens(messages))
 
 
 def test_a_flagged_prompt_gets_corrupted_embeddings_of_the_content_tokens_only(parts):
@@ -69,13 +69,17 @@ def test_a_flagged_prompt_gets_corrupted_embeddings_of_the_content_tokens_only(p
 
 
 def test_flagged_and_unflagged_prompts_are_served_the_ids_the_length_check_counted(parts):
-    """The flagged branch tokenizes again (for its mask): the same ids, so what was counted
-    against the context is what the engine reads."""
+    """A chat is tokenized once, its mask with it: what was counted against the context is what
+    the engine reads, flagged or not, and it is the template's own rendering."""
     pipeline, _ = parts
     p = pipeline()
     for question in (fact("person-0002")[0], fact("person-0001")[0]):  # plain, flagged
         messages = chat(question)
-        assert served(p, messages).token_ids == p.chat_ids(messages)
+        template = p.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                                   tokenize=False)
+        counted = p.chat_tokens(messages).ids
+        assert counted == p.tokenizer.encode(template, add_special_tokens=False)
+        assert served(p, messages).token_ids == counted
     assert p.metrics.guard_flagged.labels("exemplar")._value.get() == 1
     question = fact("person-0001")[0]
     ids = p.tokenizer.encode(question, add_special_tokens=False)
