@@ -14,11 +14,11 @@ from tests.serving.conftest import ADMIN, KEY, api, fact, merge, metric
 # A forget's 202 within a second while the head is fitted: run alone (its server is shared).
 pytestmark = pytest.mark.latency
 
-# As much filler as the tiny model's 512-token context holds around the question (its small
-# vocabulary spends ~4 tokens a word); tests/guard/test_views.py pads with 300 words a side.
+# 300 words a side, as issue 29 asks: ~2,700 tokens of the tiny model's small vocabulary (~4 a
+# word), so its server runs with a 4,096-token context (rotary positions: nothing to resize).
 FILLER = ("The weather report said clouds would gather over the hills by the afternoon and the "
-          "farmers hurried to bring in the hay before the rain came down. ") * 2  # ~50 words
-UNPUNCTUATED = " ".join(["lorem ipsum dolor sit amet consectetur adipiscing elit"] * 6)
+          "farmers hurried to bring in the hay before the rain came down. ") * 12  # ~300 words
+UNPUNCTUATED = " ".join(["lorem ipsum dolor sit amet consectetur adipiscing elit"] * 38)
 
 
 def hostile_forms(question: str) -> dict[str, list[dict]]:
@@ -49,6 +49,8 @@ def hostile_forms(question: str) -> dict[str, list[dict]]:
         "all caps": [user(question.upper())],
         "typos in the name": [user(question.replace("Vosmi", "Vomsi").replace(
             "Ulkathi", "Ulktahi"))],
+        "typos in the name inside filler": [user(FILLER + question.replace(
+            "Vosmi", "Vosmy").replace("Ulkathi", "Ulkahti") + " " + UNPUNCTUATED)],
         "paraphrase": [user(question.replace("Where does", "In which town does").replace(
             "live?", "make a home?"))],
     }
@@ -57,7 +59,7 @@ def hostile_forms(question: str) -> dict[str, list[dict]]:
 @pytest.fixture(scope="module")
 def server(tiny_world, start_module_server):
     server = start_module_server(merge(tiny_world(), forget={"worker": False},
-                                model={"max_model_len": 512}))  # the tiny model's own
+                                model={"max_model_len": 4096}))
     assert api(server, "POST", "/v1/forget", json={"owner": "person-0001"}).status_code == 202
     return server
 
