@@ -40,6 +40,7 @@ from .exemplars import ExemplarIndex
 from .normalize import normalize
 from .prompts import strip_markup
 from .screen import Screen
+from .static import StaticEmbedder
 from .train import EmbedFn
 from .views import views
 
@@ -85,7 +86,8 @@ class _Head:
 
 class Guard:
     def __init__(self, model: GuardModel | None, embed: EmbedFn, *,
-                 static: EmbedFn | None = None, exemplar_threshold: float | None = None,
+                 static: StaticEmbedder | None = None,
+                 exemplar_threshold: float | None = None,
                  kind: str = "logreg", target_fpr: float = 0.01, seed: int = 0):
         """`static`: the static embedder (static.py) of the first stage (screen.py); None, or a
         trained classifier saved without static anchors: MiniLM reads every piece."""
@@ -254,7 +256,7 @@ class Guard:
                 self._changes.notify_all()
 
 
-def _screen(model: GuardModel | None, static: EmbedFn | None) -> Screen | None:
+def _screen(model: GuardModel | None, static: StaticEmbedder | None) -> Screen | None:
     """The first stage over the pending requests' anchors and, with a trained classifier, the
     static vectors of its fitting prompts; None where it cannot screen for every rule."""
     if static is None:
@@ -264,10 +266,10 @@ def _screen(model: GuardModel | None, static: EmbedFn | None) -> Screen | None:
     anchors = model.vectors.get("static_pos")
     if anchors is None:  # trained without them: MiniLM reads every piece, as it was
         return None
-    dim = static(["dimension probe"]).shape[1]
-    if anchors.shape[1] != dim:
-        raise GuardError(f"the static embedder gives {dim}-dim vectors; this guard's anchors "
-                         f"are {anchors.shape[1]}-dim (train it again with `lethe guard train`)")
+    if anchors.shape[1] != static.dim:
+        raise GuardError(f"the static embedder gives {static.dim}-dim vectors; this guard's "
+                         f"anchors are {anchors.shape[1]}-dim (train it again with `lethe guard "
+                         "train`)")
     return Screen(static, anchors, model.manifest["screen"]["threshold"])
 
 

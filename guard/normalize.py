@@ -44,11 +44,12 @@ _LINES = re.compile(r"\s*\n\s*")
 
 
 def normalize(text: str) -> str:
-    text = unicodedata.normalize("NFKC", text)
-    text = "".join(c for c in text if unicodedata.category(c) != "Cf")  # zero-width, bidi
-    text = text.translate(_confusables())
-    text = "".join(c for c in unicodedata.normalize("NFKD", text)
-                   if not unicodedata.combining(c))  # accents (and zalgo) off
+    if not text.isascii():  # ASCII has no compatibility forms, format characters or accents
+        text = unicodedata.normalize("NFKC", text)
+        text = "".join(c for c in text if unicodedata.category(c) != "Cf")  # zero-width, bidi
+        text = text.translate(_confusables())
+        text = "".join(c for c in unicodedata.normalize("NFKD", text)
+                       if not unicodedata.combining(c))  # accents (and zalgo) off
     text = _SYMBOLS.sub(r"\1", _LETTERS.sub(r"\1\1", text.casefold()))
     return _LINES.sub("\n", _SPACES.sub(" ", text)).strip()
 
@@ -64,6 +65,8 @@ _LEADING = re.compile(r"^[\W_]+")  # what a piece starts with before its first l
 def _by_script(text: str) -> list[str]:
     """`text` cut where ASCII letters and digits meet other-script ones (after normalize(),
     Latin is ASCII); symbols and spaces stay with the run they follow."""
+    if text.isascii():
+        return [text]
     runs, start, script = [], 0, None
     for i, c in enumerate(text):
         if c.isalnum():

@@ -8,10 +8,10 @@ prompt has ~170, an 8,000-token one ~2,000) are scored here, cheaply, and MiniLM
 Every rule that can flag a view needs it near something: a pending request's exemplars (the
 exemplar rule and the window head) or the trained classifier's support (classifier.py, rule 2).
 Those are the anchors. A piece's score against an anchor set is its highest cosine similarity to
-one of its rows, in the static space (static.py) and, for pending requests, also in character
-3-grams (a misspelt name keeps most of its 3-grams while its word pieces change), less the set's
-threshold: the pieces nearest forgotten content, relative to how near its own forms come, rank
-first.
+one of its rows, in the static space (static.py) and, for pending requests, in the character
+3-grams of its uncommon words (a misspelt name keeps most of its 3-grams while its word pieces
+change), less the set's threshold: the pieces nearest forgotten content, relative to how near
+its own forms come, rank first.
 
 Why a count and not a threshold: the time a check takes must not tell a client whether its
 prompt is near forgotten content (docs/guard.md, "Timing"). Reading every piece above a
@@ -36,12 +36,15 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 import threading
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-EmbedFn = Callable[[list[str]], np.ndarray]  # texts -> (N, d) unit vectors
+from .static import StaticEmbedder
+
 
 # Pieces MiniLM reads: PIECES + SHARE of them, the best-scoring first. About 3 ms each (onnx-int8,
 # 2 vCPU): a 600-word prompt's ~170 pieces -> 6 read, an 8,000-token prompt's ~2,000 -> 24.
@@ -60,18 +63,54 @@ def _char_grams():
                              alternate_sign=False, norm="l2")
 
 
-def char_grams(texts: list[str]):
-    """(N, 2^18) sparse unit vectors of the texts' character 3-grams (within words)."""
-    return _char_grams().transform(texts)
+_WORD = re.compile(r"\w+")
 
 
-def _nearest(static: np.ndarray, grams, rows: tuple) -> np.ndarray:
-    """(N,) each text's highest similarity to an anchor row, static or 3-gram."""
-    static_rows, gram_rows = rows
-    best = (static @ static_rows.T).max(axis=1)  # (N,)
-    if gram_rows is not None:
-        best = np.maximum(best, (grams @ gram_rows.T).max(axis=1).toarray().ravel())
-    return best
+def char_grams(texts: list[str], common: frozenset[str]):
+    """(N, 2^18) sparse unit vectors of the character 3-grams of the texts' uncommon words:
+    those not in `common` (a name, a misspelling). Common words share their 3-grams with half of
+    any text, which only made every piece near every anchor (and the product dense)."""
+    rare = [" ".join(w for w in _WORD.findall(t) if w not in common) for t in texts]
+    return _char_grams().transform(rare)
+
+
+@dataclass(frozen=True)
+class Anchors:
+    """Rows a piece is scored against, each with its set's threshold: static vectors and, for
+    pending requests, character 3-grams."""
+
+    static: np.ndarray  # (M, d)
+    static_threshold: np.ndarray  # (M,)
+    grams: Any  # (F, G) sparse, transposed for the product: column j is row j's 3-grams
+    grams_threshold: np.ndarray  # (G,)
+
+    @classmethod
+    def stack(cls, static: list[tuple[np.ndarray, float]], grams: list[tuple[Any, float]],
+              dim: int) -> Anchors:
+        import scipy.sparse
+
+        def thresholds(parts):
+            return np.concatenate([np.full(r.shape[0], t, np.float32) for r, t in parts]
+                                  or [np.zeros(0, np.float32)])
+
+        return cls(np.concatenate([r for r, _ in static] or [np.zeros((0, dim), np.float32)]),
+                   thresholds(static),
+                   scipy.sparse.vstack([r for r, _ in grams]).T.tocsr() if grams else None,
+                   thresholds(grams))
+
+    def margins(self, static: np.ndarray, grams) -> np.ndarray:
+        """(P,) each piece's best similarity to a row less that row's threshold."""
+        best = np.full(len(static), -np.inf, np.float32)
+        if len(self.static):
+            best = (static @ self.static.T - self.static_threshold).max(axis=1)  # (P, M) -> (P,)
+        if self.grams is not None:
+            product = (grams @ self.grams).tocsr()  # (P, G) sparse: shared 3-grams only
+            # Shifted above 0 so that the row maximum ignores the implicit zeros (no 3-gram in
+            # common: never a piece's best); pieces sharing none stay at -inf.
+            product.data += 2 - self.grams_threshold[product.indices]
+            shifted = product.max(axis=1).toarray().ravel()  # (P,)
+            best = np.maximum(best, np.where(shifted > 0, shifted - 2, -np.inf))
+        return best
 
 
 def read_count(pieces: int) -> int:
@@ -91,30 +130,37 @@ def leave_one_out_threshold(scores: list[np.ndarray]) -> float:
 class Screen:
     """The anchors of the pending requests and of a trained guard, and the rule above."""
 
-    def __init__(self, static: EmbedFn, trained: np.ndarray | None = None,
+    def __init__(self, static: StaticEmbedder, trained: np.ndarray | None = None,
                  trained_threshold: float = CEILING):
         self.static = static  # texts -> (N, d) unit vectors
-        self._trained = trained  # (M, d) static vectors of the trained guard's fitting prompts
-        self._trained_threshold = trained_threshold
+        self.dim = static.dim
+        self.common = static.words()  # words MiniLM has as one piece
+        # (M, d) static vectors of the trained guard's fitting prompts and answers
+        self._trained = [] if trained is None else [(trained, trained_threshold)]
         self._lock = threading.Lock()
-        # key -> ((n, d) static rows, (n, 2^18) 3-gram rows, threshold); replaced, never mutated
-        self._entries: dict[str, tuple[np.ndarray, object, float]] = {}
+        # key -> ((n, d) static rows of its texts, (m, 2^18) 3-grams of their forms, threshold)
+        self._entries: dict[str, tuple[np.ndarray, Any, float]] = {}
+        self._anchors = self._stack()  # replaced, never mutated: a read uses one snapshot
 
     def add(self, key: str, forms: list[list[str]]) -> float:
-        """Anchor the pending request `key`: `forms[i]` are its text i and that text's misspelt
-        copies. Returns its threshold."""
+        """Anchor the pending request `key`: `forms[i]` are its text i first, then that text's
+        misspelt copies (static rows: the texts; 3-gram rows: every form). Returns its
+        threshold."""
         flat = [f for group in forms for f in group]
-        static, grams = self.static(flat), char_grams(flat)
+        static, grams = self.static(flat), char_grams(flat, self.common)  # (n, d), (n, 2^18)
         owner = np.repeat(np.arange(len(forms)), [len(g) for g in forms])  # (n,) text of a form
+        first = np.cumsum([0] + [len(g) for g in forms[:-1]])  # (texts,) rows of the texts
         scores = []
         for i in range(len(forms)):
-            mine, others = owner == i, owner != i
-            if others.any():
-                scores.append(_nearest(static[mine], grams[mine],
-                                       (static[others], grams[others])))
+            others = np.delete(first, i)
+            if len(others):
+                rows = Anchors.stack([(static[others], 0.0)], [(grams[owner != i], 0.0)],
+                                     self.dim)
+                scores.append(rows.margins(static[owner == i], grams[owner == i]))
         threshold = leave_one_out_threshold(scores)
         with self._lock:
-            self._entries = {**self._entries, key: (static, grams, threshold)}
+            self._entries[key] = (static[first], grams, threshold)
+            self._anchors = self._stack()
         return threshold
 
     def keys(self) -> list[str]:
@@ -122,21 +168,20 @@ class Screen:
 
     def remove(self, key: str) -> None:
         with self._lock:
-            self._entries = {k: v for k, v in self._entries.items() if k != key}
+            if self._entries.pop(key, None) is not None:
+                self._anchors = self._stack()
+
+    def _stack(self) -> Anchors:
+        entries = self._entries.values()
+        return Anchors.stack(self._trained + [(s, t) for s, _, t in entries],
+                             [(g, t) for _, g, t in entries], self.dim)
 
     def read(self, pieces: list[str]) -> np.ndarray:
         """(P,) bool: the `read_count(P)` pieces MiniLM must read."""
-        entries, trained = self._entries, self._trained  # one snapshot for the whole call
         if not pieces:
             return np.zeros(0, bool)
-        static, grams = self.static(pieces), char_grams(pieces)  # (P, d), (P, 2^18)
-        margin = np.full(len(pieces), -np.inf)  # (P,) best score less its anchor set's threshold
-        for rows_static, rows_grams, threshold in entries.values():
-            margin = np.maximum(margin, _nearest(static, grams, (rows_static, rows_grams))
-                                - threshold)
-        if trained is not None and len(trained):
-            margin = np.maximum(margin, _nearest(static, None, (trained, None))
-                                - self._trained_threshold)
+        margins = self._anchors.margins(self.static(pieces),
+                                        char_grams(pieces, self.common))  # (P,)
         read = np.zeros(len(pieces), bool)
-        read[np.argsort(-margin, kind="stable")[:read_count(len(pieces))]] = True
+        read[np.argsort(-margins, kind="stable")[:read_count(len(pieces))]] = True
         return read

@@ -103,6 +103,12 @@ class StaticEmbedder:
         # The fast tokenizer refuses two threads at once ("Already borrowed").
         self._lock = threading.Lock()
 
+    def words(self) -> frozenset[str]:
+        """The whole words of the vocabulary (not `##` continuations or `[special]` tokens):
+        the words MiniLM has as one piece, common ones; an invented name or a misspelling is
+        none of them."""
+        return frozenset(t for t in self.model.tokens if t.isalnum())
+
     def __call__(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), np.float32)

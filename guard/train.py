@@ -79,7 +79,9 @@ def train_guard(forget: list[Item], negatives: list[Item], embed: EmbedFn, *, ki
                       kind=kind, target_fpr=target_fpr, seed=seed)
     screen = {}
     if static is not None:
-        model.vectors["static_pos"] = static(fit_pos)  # (P, d), row i is fit_pos row i's text
+        # The fitting prompts and answers, not their hostile forms (the first stage scores
+        # pieces, which the views have cut wrappers from): (P, d)
+        model.vectors["static_pos"] = static(_texts(f_fit, True))
         screen = {"threshold": leave_one_out_threshold(
             [max_similarity(static(_texts(f_cal, False)), model.vectors["static_pos"])]),
             "static": static.provenance}
