@@ -50,6 +50,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
+import tokenizers  # noqa: E402
 import torch  # noqa: E402
 
 from adapters import Sample, TrainConfig, train_adapter  # noqa: E402
@@ -318,8 +319,8 @@ def cascade_part(work: Path) -> dict:
     p50/p99 in ms, their ratio, and the prompt's MiniLM word pieces."""
     forget, retain = read_items(TOFU / "forget10.json"), read_items(TOFU / "retain90.json")
     embed = SentenceEmbedder(backend="onnx-int8")
-    pieces = embed.static().model.tokenizer  # MiniLM's word pieces, uncut
-    pieces.no_truncation()
+    pieces = tokenizers.Tokenizer.from_file(str(embed.model_path / "tokenizer.json"))
+    pieces.no_truncation()  # MiniLM's word pieces, uncut
     guards = {}
     for stage, static in stages(embed).items():
         guards[stage] = Guard.load(work / "guard-mlp", embed, static=static)
