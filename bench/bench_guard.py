@@ -320,7 +320,8 @@ def cascade_part(work: Path) -> dict:
     forget, retain = read_items(TOFU / "forget10.json"), read_items(TOFU / "retain90.json")
     embed = SentenceEmbedder(backend="onnx-int8")
     pieces = tokenizers.Tokenizer.from_file(str(embed.model_path / "tokenizer.json"))
-    pieces.no_truncation()  # MiniLM's word pieces, uncut
+    pieces.no_truncation()  # MiniLM's word pieces, uncut and unpadded
+    pieces.no_padding()
     guards = {}
     for stage, static in stages(embed).items():
         guards[stage] = Guard.load(work / "guard-mlp", embed, static=static)

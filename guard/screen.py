@@ -152,15 +152,14 @@ class Screen:
         flat = [f for group in forms for f in group]
         static, grams = self.static(flat), char_grams(flat, self.common)  # (n, d), (n, 2^18)
         owner = np.repeat(np.arange(len(forms)), [len(g) for g in forms])  # (n,) text of a form
-        first = np.cumsum([0] + [len(g) for g in forms[:-1]])  # (texts,) rows of the texts
-        scores = []
-        for i in range(len(forms)):
-            others = np.delete(first, i)
-            if len(others):
-                rows = Anchors.stack([(static[others], 0.0)], [(grams[owner != i], 0.0)],
-                                     self.dim)
-                scores.append(rows.margins(static[owner == i], grams[owner == i]))
-        threshold = leave_one_out_threshold(scores)
+        first = np.cumsum([0] + [len(g) for g in forms[:-1]])  # (t,) rows of the texts
+        # Leave one text out: each form against the other texts (static) and their forms
+        # (3-grams), never against its own text's.
+        near = np.where(owner[:, None] == np.arange(len(forms)), -np.inf,
+                        static @ static[first].T).max(axis=1)  # (n, t) -> (n,)
+        shared = (grams @ grams.T).toarray()  # (n, n)
+        near = np.maximum(near, np.where(owner[:, None] == owner, -np.inf, shared).max(axis=1))
+        threshold = leave_one_out_threshold([near] if len(forms) > 1 else [])
         with self._lock:
             self._entries[key] = (static[first], grams, threshold)
             self._anchors = self._stack()
@@ -181,8 +180,8 @@ class Screen:
 
     def read(self, pieces: list[str]) -> np.ndarray:
         """(P,) bool: the `read_count(P)` pieces MiniLM must read."""
-        if not pieces:
-            return np.zeros(0, bool)
+        if read_count(len(pieces)) == len(pieces):  # all of them (a short prompt): no scoring
+            return np.ones(len(pieces), bool)
         margins = self._anchors.margins(self.static(pieces),
                                         char_grams(pieces, self.common))  # (P,)
         read = np.zeros(len(pieces), bool)

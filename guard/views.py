@@ -14,7 +14,9 @@ characters, case, repeated characters), are:
 
 Nothing is capped, so no amount of filler pushes a question out of view: the number of views
 grows with the prompt's length, as the model's own work does, and the server refuses a prompt
-longer than the context before the guard reads it (`model.max_model_len`).
+longer than the context before the guard reads it (`model.max_model_len`). Which of the pieces
+MiniLM then reads is the first stage's choice (screen.py): the texts and the pieces nearest
+forgotten content.
 """
 
 from __future__ import annotations
