@@ -359,6 +359,7 @@ def plot_cascade(cascade: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     rows = [cascade[k] for k in cascade if k.endswith("_words")]
     fig, ax = plt.subplots(figsize=(6.5, 4))
@@ -368,6 +369,7 @@ def plot_cascade(cascade: dict, path: Path) -> None:
                 label=label)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # no overlapping labels
     ax.set_xlabel("prompt length (MiniLM word pieces)")
     ax.set_ylabel("one guard check, p50 (ms)")
     ax.set_title("Guard cost against prompt length (onnx-int8, 2 vCPU)")
