@@ -50,13 +50,15 @@ class StagingArea:
     def folder(self) -> Iterator[Path]:
         """A fresh folder to write a version into; removed on exit unless stored."""
         path = self.path / f"{os.getpid()}-{uuid.uuid4().hex}"
-        with file_lock(path.with_suffix(".lock")):  # first: a folder is never seen unlocked
-            path.mkdir()
-            try:
-                yield path
-            finally:
-                shutil.rmtree(path, ignore_errors=True)
-        path.with_suffix(".lock").unlink(missing_ok=True)
+        try:
+            with file_lock(path.with_suffix(".lock")):  # first: a folder is never seen unlocked
+                path.mkdir()
+                try:
+                    yield path
+                finally:
+                    shutil.rmtree(path, ignore_errors=True)
+        finally:  # the lock file is this folder's alone: gone too, even when the writer failed
+            path.with_suffix(".lock").unlink(missing_ok=True)
 
 
 def _has_manifest(folder: Path) -> bool:

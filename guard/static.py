@@ -45,8 +45,15 @@ def distill(model_path: Path, out: Path, weights_digest: str) -> None:
     from model2vec import StaticModel
     from transformers import AutoModel
 
-    tokenizer = tokenizers.Tokenizer.from_file(str(model_path / "tokenizer.json"))
+    try:
+        tokenizer = tokenizers.Tokenizer.from_file(str(model_path / "tokenizer.json"))
+    except Exception as e:  # the tokenizers library raises a bare Exception for a bad file
+        raise GuardError(f"the guard's first stage distils a BERT-style model with a "
+                         f"tokenizer.json; {model_path} has none it can read: {e}") from e
     vocab = tokenizer.get_vocab()
+    if not {"[CLS]", "[SEP]"} <= set(vocab):
+        raise GuardError(f"the guard's first stage distils a BERT-style model ([CLS] piece "
+                         f"[SEP]); {model_path}'s vocabulary has no [CLS] and [SEP]")
     n = len(vocab)
     model = AutoModel.from_pretrained(model_path).eval()
     pooled = np.zeros((n, model.config.hidden_size), np.float32)  # (V, 384)

@@ -7,10 +7,11 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import tokenizers
 
 from adapters import synth_people
-from guard import Guard, general_prompts, save_model, train_guard, views
+from guard import Guard, GuardError, general_prompts, save_model, train_guard, views
 from guard.embed import _weights_digest
 from guard.screen import CEILING, FLOOR, read_count
 from guard.static import DIMS, PROVENANCE, StaticEmbedder
@@ -71,6 +72,14 @@ def test_the_static_model_is_distilled_from_minilm_once_with_its_provenance(tmp_
     again = StaticEmbedder(minilm.model_path, tmp_path, "minilm", digest)
     assert again.provenance == provenance  # loaded, not distilled again
     assert not list((tmp_path / ".static-staging").iterdir())  # nothing left half-written
+
+
+def test_a_model_it_cannot_distil_is_refused_naming_it(tmp_path, tiny_model_dir):
+    with pytest.raises(GuardError, match="tokenizer.json"):
+        StaticEmbedder(tmp_path / "empty", tmp_path / "cache", "empty", "0")
+    with pytest.raises(GuardError, match=r"no \[CLS\] and \[SEP\]"):  # a decoder's tokenizer
+        StaticEmbedder(tiny_model_dir, tmp_path / "cache", "tiny", "0")
+    assert not list((tmp_path / "cache" / ".static-staging").iterdir())
 
 
 def test_minilm_reads_as_many_pieces_whatever_the_prompt_is_about(minilm):
