@@ -1,10 +1,10 @@
 """The forget worker as `lethe serve` runs it: a process of its own, started again whenever it
 dies, and reported by /health.
 
-The worker is `python -m serving.forget.worker --config -`, its config (API and admin keys, the
-store URL and its password included) written to its stdin, a pipe: no file holds it, and each
-restart gets it again from the server's memory. It runs in a process that the kernel kills when
-the server dies (Linux PR_SET_PDEATHSIG). When it exits, for whatever reason, it is started
+The worker is `python -m serving.forget.worker --config - --parent PID`, its config (API and
+admin keys, the store URL and its password included) written to its stdin, a pipe: no file holds
+it, and each restart gets it again from the server's memory. The worker asks the kernel to kill
+it when the server dies (Linux PR_SET_PDEATHSIG). When it exits, for whatever reason, it is started
 again after 1 s, then twice as long each time it dies again soon after a start, at most
 `max_wait` apart; while it is down /health answers 503, so an orchestrator sees that forget
 requests are not completing.
@@ -13,10 +13,8 @@ requests are not completing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
 import logging
-import signal
+import os
 import subprocess
 import sys
 import time
@@ -44,9 +42,13 @@ class WorkerSupervisor:
 
     def start(self) -> None:
         log.info("starting the forget worker")
+        # No preexec_fn: Python code between fork and exec in a process with threads (the
+        # guard's, onnxruntime's, the tokenizers' pool) can deadlock on a lock one of them held at
+        # the fork (a restarted server hung so, its worker never exec'd). The worker asks the
+        # kernel itself to kill it with its parent (--parent).
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "serving.forget.worker", "--config", "-"],
-            stdin=subprocess.PIPE, preexec_fn=_die_with_parent)
+            [sys.executable, "-m", "serving.forget.worker", "--config", "-",
+             "--parent", str(os.getpid())], stdin=subprocess.PIPE)
         try:  # a few KiB, which the pipe's buffer (64 KiB) takes whole: no wait for the worker
             self.process.stdin.write(self._config)
             self.process.stdin.close()
@@ -71,9 +73,3 @@ class WorkerSupervisor:
     def stop(self) -> None:
         if self.process is not None:
             stop_process(self.process)
-
-
-def _die_with_parent() -> None:
-    PR_SET_PDEATHSIG = 1
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)

@@ -24,9 +24,12 @@ own.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import functools
 import logging
 import os
+import signal
 import socket
 import sys
 import threading
@@ -176,13 +179,26 @@ class Worker:
         return self.guard_dir and trained_version(self.guard_dir)
 
 
+def die_with(parent: int) -> None:
+    """Have the kernel SIGKILL this process when its parent dies (Linux PR_SET_PDEATHSIG); exit
+    at once if `parent` is gone already (this process was re-parented before it could ask)."""
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: the server stops it itself
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent:
+        sys.exit(f"the server ({parent}) that started this worker is gone")
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m serving.forget.worker --config FILE|- [--once]`: what `lethe serve` starts."""
     parser = argparse.ArgumentParser(prog="python -m serving.forget.worker", description=__doc__)
     parser.add_argument("--config", type=Path,
                         help="YAML config (keys of configs/default.yaml); -: read from stdin")
     parser.add_argument("--once", action="store_true", help="one round, then exit")
+    parser.add_argument("--parent", type=int, help="die with this process (`lethe serve`)")
     args = parser.parse_args(argv)
+    if args.parent is not None:
+        die_with(args.parent)
     configure_logging()
     config = Path("/dev/stdin") if args.config == Path("-") else args.config
     worker = Worker.from_config(load_config(config))

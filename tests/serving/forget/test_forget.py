@@ -50,7 +50,9 @@ def test_a_forgotten_owner_is_guarded_at_once_and_exactly_retrained_later(world)
     assert accepted.status_code == 202, accepted.text
     assert time.perf_counter() - start < 1.0
     request = accepted.json()
-    assert request["state"] == "guarded" and request["samples"] == 2
+    # The 202 comes once the request is guarded; its body is the state a moment later, when a
+    # fast worker may have leased it already.
+    assert request["state"] in ("guarded", "retraining") and request["samples"] == 2
 
     # Instant: a batch mixing corrupted prompt embeddings (the guarded questions) and token
     # prompts under different shard mixtures, all at once (DESIGN.md's vLLM CPU bug).
