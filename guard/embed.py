@@ -26,6 +26,7 @@ written elsewhere and renamed into place.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -184,6 +185,7 @@ def _quantize(graph: Path, path: str) -> None:
         quantize_dynamic(str(source), path, per_channel=True, weight_type=QuantType.QInt8)
 
 
+@functools.cache  # read by the onnx export and by the static model: 90 MB hashed once
 def _weights_digest(model_path: Path) -> str:
     digest = hashlib.sha256()
     for weights in sorted(model_path.glob("*.safetensors")):
