@@ -16,6 +16,11 @@ g+1". A retrain reads g before the shard's live samples, so a sample tombstoned 
 (or a version another retrain published meanwhile) makes its publish lose, however long it
 took and whether or not it still held its lock.
 
+Each sample also keeps its routing key (the unit embedding of its prompt, sealed with its text
+and purged with it): what the `nearest` weighting scheme attends over. A shard's centroid is the
+mean of its live samples' keys, recomputed when a purge drops some, so nothing routing reads is
+a function of a forgotten sample (`live_keys`, `centroids`).
+
 Quarantine is a set of holds, one per (forget request, shard): a shard is quarantined while any
 request holds it, and each request releases only its own holds, so lifting one request's
 quarantine can never lift another's.
@@ -23,6 +28,7 @@ quarantine can never lift another's.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import time
@@ -31,7 +37,7 @@ from typing import Iterable
 
 import numpy as np
 
-from base import Database, KeyRing, load_secret, owner_hash, sample_hash
+from base import Connection, Database, KeyRing, load_secret, owner_hash, sample_hash
 
 from .errors import AdapterError
 from .samples import Sample
@@ -61,6 +67,9 @@ CREATE TABLE IF NOT EXISTS quarantine (
 _MIGRATIONS: tuple[str, ...] = (  # forward schema changes, appended in order (base/database.py)
     "ALTER TABLE shards ADD COLUMN generation INTEGER NOT NULL DEFAULT 0",
     "ALTER TABLE shards ADD COLUMN version TEXT",  # the version served; NULL: none
+    # sealed base64 of the float32 unit embedding of the prompt (text #2 of the sample's key);
+    # NULL once purged, and in a lineage from before routing keys
+    "ALTER TABLE samples ADD COLUMN route_key TEXT",
 )
 
 
@@ -74,6 +83,26 @@ class UnknownSampleError(AdapterError, LookupError):
     def __init__(self, missing: list[str], what: str = "sample id"):
         self.missing = missing
         super().__init__(f"unknown {what}(s): {', '.join(missing)}")
+
+
+def _key_text(key: np.ndarray) -> str:
+    return base64.b64encode(np.asarray(key, dtype=np.float32).tobytes()).decode()
+
+
+def _key_array(text: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(text), dtype=np.float32)
+
+
+def _centroids(shards: np.ndarray, keys: np.ndarray, count: int) -> np.ndarray:
+    """(count, d) float32: per shard, the unit mean of its rows of `keys`, summed in their
+    order (one function for every writer, so equal live keys give equal bytes); zero for a
+    shard with none."""
+    out = np.zeros((count, keys.shape[1]), dtype=np.float32)
+    for k in range(count):
+        mean = keys[shards == k].astype(np.float64).sum(axis=0)
+        norm = np.linalg.norm(mean)
+        out[k] = mean / norm if norm > 0 else 0.0
+    return out
 
 
 def id_set_hash(ids: Iterable[str]) -> str:
@@ -118,29 +147,54 @@ class Lineage:
 
     # --- partition ---------------------------------------------------------------------------
 
-    def assign(self, samples: list[Sample], shards: np.ndarray, centroids: np.ndarray) -> None:
-        """Record the partition: samples[i] goes to shard shards[i]; centroids: (K, d)."""
+    def assign(self, samples: list[Sample], shards: np.ndarray, keys: np.ndarray,
+               count: int) -> None:
+        """Record the partition: samples[i] goes to shard shards[i] of `count`, with routing key
+        keys[i] ((N, d) unit embeddings of the prompts)."""
         if self.shard_ids():
             raise LineageError(f"{self.database.url} already holds a partition; use a new data "
                                "directory")
+        keys = np.asarray(keys, dtype=np.float32)
         with self.database.write() as db:
-            sealed = self.keys.seal(db, [(s.id, (s.prompt, s.response)) for s in samples])
+            sealed = self.keys.seal(db, [(s.id, (s.prompt, s.response, _key_text(key)))
+                                         for s, key in zip(samples, keys)])
             db.executemany(
-                "INSERT INTO samples (id, owner, shard, content_hash, prompt, response) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                [(s.id, s.owner, int(k), self.content_hash(s), prompt, response)
-                 for s, k, (prompt, response) in zip(samples, shards, sealed)],
+                "INSERT INTO samples (id, owner, shard, content_hash, prompt, response, "
+                "route_key) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(s.id, s.owner, int(k), self.content_hash(s), *texts)
+                 for s, k, texts in zip(samples, shards, sealed)],
             )
+            order = sorted(range(len(samples)), key=lambda i: samples[i].id)  # as live_keys
+            centroids = _centroids(np.asarray(shards)[order], keys[order], count)
             db.executemany("INSERT INTO shards (shard, centroid) VALUES (?, ?)",
-                           [(k, c.astype(np.float32).tobytes()) for k, c in enumerate(centroids)])
+                           [(k, c.tobytes()) for k, c in enumerate(centroids)])
 
     def shard_ids(self) -> list[int]:
         return [k for (k,) in self._query("SELECT shard FROM shards ORDER BY shard")]
 
     def centroids(self) -> np.ndarray:
-        """(K, d) float32, row k for shard k."""
+        """(K, d) float32, row k for shard k: the mean of its live samples' keys (zero once
+        every sample is forgotten)."""
         rows = self._query("SELECT centroid FROM shards ORDER BY shard")
         return np.stack([np.frombuffer(blob, dtype=np.float32) for (blob,) in rows])
+
+    def live_keys(self, db: Connection | None = None
+                  ) -> tuple[list[str], np.ndarray, np.ndarray] | None:
+        """(ids of the live samples, (N,) their shards, (N, d) float32 their routing keys),
+        sorted by shard then id; None for a lineage from before routing keys."""
+        if db is None:
+            with self.database.read() as db:
+                return self.live_keys(db)
+        rows = db.execute("SELECT id, shard, route_key FROM samples WHERE forgotten_at IS NULL "
+                          "ORDER BY shard, id").fetchall()
+        if any(key is None for _, _, key in rows):
+            return None
+        if not rows:  # every sample forgotten
+            [(centroid,)] = db.execute("SELECT centroid FROM shards LIMIT 1").fetchall()
+            return [], np.zeros(0, dtype=np.int64), np.zeros((0, len(centroid) // 4), np.float32)
+        opened = self.keys.open([(i, (None, None, key)) for i, _, key in rows], db)
+        return ([i for i, _, _ in rows], np.array([k for _, k, _ in rows], dtype=np.int64),
+                np.stack([_key_array(texts[2]) for texts in opened]))
 
     def shard_samples(self, shard: int) -> list[Sample]:
         """The live samples of a shard, sorted by id: the training set of its next adapter."""
@@ -214,20 +268,30 @@ class Lineage:
         ring's epoch: no copy of the text left in any file of the database (a dead row version,
         a WAL segment, a page not yet overwritten, a backup) can be read any more. SQLite also
         zeroes it in its page (secure_delete) and checkpoints the WAL. Ids and keyed content
-        hashes remain."""
+        hashes remain; the shards' centroids become the means of their live keys."""
         ids = sorted(set(ids))
         with self.database.write() as db:
             gone = [i for (i,) in db.execute(
                 f"SELECT id FROM samples WHERE forgotten_at IS NOT NULL AND "
                 f"id IN ({','.join('?' * len(ids))})", ids).fetchall()] if ids else []
             purged = db.executemany(
-                "UPDATE samples SET prompt = NULL, response = NULL "
+                "UPDATE samples SET prompt = NULL, response = NULL, route_key = NULL "
                 "WHERE id = ? AND prompt IS NOT NULL", [(i,) for i in gone])
             self.keys.forget(db, gone)
+            self._recentre(db)
         self.keys.rotate()  # also after a retry that found the text purged: a crash may have
         # come between the commit above and the end of the epoch
         self.database.purged("samples")
         return purged
+
+    def _recentre(self, db: Connection) -> None:
+        """Every shard's centroid from its live keys (a lineage from before routing keys keeps
+        the partition's)."""
+        live = self.live_keys(db)
+        if live is not None:
+            count = len(db.execute("SELECT shard FROM shards").fetchall())
+            db.executemany("UPDATE shards SET centroid = ? WHERE shard = ?",
+                           [(c.tobytes(), k) for k, c in enumerate(_centroids(*live[1:], count))])
 
     # --- publication --------------------------------------------------------------------------
 

@@ -40,8 +40,9 @@ partitioner_names = PARTITIONERS.names
 
 
 def partition(name: str, embeddings: np.ndarray, k: int, seed: int = 0,
-              groups: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """embeddings: (N, d). Returns (shard of each sample (N,), shard centroids (K, d) unit norm)."""
+              groups: list[str] | None = None) -> np.ndarray:
+    """embeddings: (N, d). Returns the shard of each sample (N,) (the lineage keeps the shards'
+    centroids, from their live samples: lineage.py)."""
     split = PARTITIONERS.get(name)
     n = len(embeddings)
     if not 1 <= k <= n:
@@ -59,8 +60,7 @@ def partition(name: str, embeddings: np.ndarray, k: int, seed: int = 0,
     empty = sorted(set(range(k)) - set(shard.tolist()))
     if empty:
         raise PartitionError(f"partition {name!r} left shard(s) {empty} empty; use fewer shards")
-    centroids = _unit(np.stack([x[shard == j].mean(axis=0) for j in range(k)]))
-    return shard, centroids.astype(np.float32)
+    return shard
 
 
 def semantic(units: np.ndarray, sizes: np.ndarray, k: int, seed: int) -> np.ndarray:

@@ -1,7 +1,10 @@
 """Sample-adaptive weights over shards (APA's attention), by weighting schemes chosen by name.
 
-`apa` (default): the request's n nearest validation samples; error_k = mean loss of shard k's
-adapter on them; w = softmax(-tau * error). `semantic`: softmax(tau * cosine similarity to the
+`nearest`: attention over the request's n nearest training prompts (the shards' live samples'
+routing keys): a = softmax(tau * cosine) over those n, and shard k's weight is the sum of a over
+its own. A question about what one shard learned sends its weight there. `apa`: the request's n
+nearest validation samples; error_k = mean loss of shard k's adapter on them; w =
+softmax(-tau * error). `semantic`: softmax(tau * cosine similarity to the
 shard centroids). `uniform`: 1/K. `major`: all weight on the shard `apa` ranks first.
 
 Then, whatever the scheme: excluded (quarantined) shards get 0, the top m are kept, weights are
@@ -29,9 +32,10 @@ class UnknownSchemeError(RouteError, KeyError):
     """No weighting scheme is registered under the name; the message lists those that are."""
 
 
-# Trait `needs_losses`: the scheme reads RouteInputs.validation and .losses.
+# Traits: `needs_losses`, the scheme reads RouteInputs.validation and .losses; `needs_keys`, it
+# reads RouteInputs.keys and .key_rows.
 SCHEMES: Registry[Scheme] = Registry("weighting scheme", RouteError, UnknownSchemeError,
-                                     traits={"needs_losses": False})
+                                     traits={"needs_losses": False, "needs_keys": False})
 register_scheme = SCHEMES.register
 scheme_names = SCHEMES.names
 
@@ -39,11 +43,13 @@ scheme_names = SCHEMES.names
 class RouteConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    scheme: str = "apa"  # a registered weighting scheme (register_scheme)
-    # Sharpness of the softmax. LM losses of shard adapters differ by ~0.1-1 nats on the same
-    # sample, so tau ~10 separates them; tau=0 gives uniform weights.
+    scheme: str = "nearest"  # a registered weighting scheme (register_scheme)
+    # Sharpness of the softmax. Cosines of a question to its own training prompt and to other
+    # topics' differ by ~0.3 (nearest), LM losses of shard adapters on one sample by ~0.1-1 nats
+    # (apa): tau ~10 separates both; tau=0 gives uniform weights.
     tau: float = Field(default=10.0, ge=0)
-    neighbours: int = Field(default=20, gt=0)  # validation samples that judge each shard
+    # Training prompts (nearest) or validation samples (apa, major) that judge each shard.
+    neighbours: int = Field(default=20, gt=0)
     top_m: int | None = Field(default=None, gt=0)  # keep the m largest weights; None: all
     # Weights are rounded to multiples of this: fewer distinct mixtures, more cache hits.
     quantum: float = Field(default=0.05, ge=0, le=1)
@@ -62,6 +68,8 @@ class RouteInputs:
     centroids: np.ndarray  # (K, d) unit shard centroids
     validation: np.ndarray | None = None  # (V, d) unit embeddings of the validation set
     losses: np.ndarray | None = None  # (K, V) loss of each shard adapter on each validation sample
+    keys: np.ndarray | None = None  # (N, d) unit routing keys of the shards' live samples
+    key_rows: np.ndarray | None = None  # (N,) the row (of centroids) of each key's shard
 
 
 Scheme = Callable[[RouteInputs, RouteConfig], np.ndarray]  # -> (K,) non-negative weights
@@ -72,6 +80,12 @@ def needs_losses(name: str) -> bool:
     store trained without a validation set serves `semantic` instead:
     ShardStore.effective_route)."""
     return SCHEMES.trait(name, "needs_losses")
+
+
+def needs_keys(name: str) -> bool:
+    """The scheme's trait `needs_keys=True`: it reads RouteInputs.keys and .key_rows (a store
+    from before routing keys serves `semantic` instead)."""
+    return SCHEMES.trait(name, "needs_keys")
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -86,6 +100,19 @@ def neighbour_errors(inputs: RouteInputs, config: RouteConfig) -> np.ndarray:
     n = min(config.neighbours, len(inputs.validation))
     nearest = np.argsort(-(inputs.validation @ inputs.query), kind="stable")[:n]  # (n,)
     return inputs.losses[:, nearest].mean(axis=1)
+
+
+def nearest(inputs: RouteInputs, config: RouteConfig) -> np.ndarray:
+    if inputs.keys is None or inputs.key_rows is None:
+        raise RouteError("scheme needs the shards' routing keys (a store created by this Lethe)")
+    weights = np.zeros(len(inputs.centroids))  # (K,)
+    if len(inputs.keys) == 0:
+        return weights + 1.0 / len(weights)
+    similarity = inputs.keys @ inputs.query  # (N,)
+    n = min(config.neighbours, len(similarity))
+    top = np.argsort(-similarity, kind="stable")[:n]  # (n,)
+    np.add.at(weights, inputs.key_rows[top], _softmax(config.tau * similarity[top]))
+    return weights
 
 
 def apa(inputs: RouteInputs, config: RouteConfig) -> np.ndarray:
@@ -104,6 +131,7 @@ def major(inputs: RouteInputs, config: RouteConfig) -> np.ndarray:
     return np.eye(len(inputs.centroids))[np.argmin(neighbour_errors(inputs, config))]
 
 
+register_scheme("nearest", nearest, needs_keys=True)
 register_scheme("apa", apa, needs_losses=True)
 register_scheme("semantic", semantic)
 register_scheme("uniform", uniform)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import logging
 import shutil
@@ -48,7 +49,7 @@ from .losses import LossTable, LossTableError
 from .mixture import Mixture, MixtureCache
 from .partition import partition
 from .registry import CONFIG, WEIGHTS, AdapterRegistry, RegistryError, Version, weights_hash
-from .route import RouteConfig, RouteInputs, needs_losses, route
+from .route import RouteConfig, RouteInputs, needs_keys, needs_losses, route
 from .samples import Sample, read_samples, write_samples
 
 EmbedFn = Callable[[list[str]], np.ndarray]  # texts -> (N, d) unit vectors; passed in by callers
@@ -114,9 +115,9 @@ class ShardStore:
         self.train_config = TrainConfig.model_validate(self.info["train_config"])
         self.model_path = Path(self.info["base_model"]["path"])
         # Fixed when the store is created: read once, not per request.
-        self.centroids = self.lineage.centroids()  # (K, d)
         self.validation_embeddings = (np.load(self.root / "validation.npy")
                                       if self.info["validation_hash"] else None)  # (V, d)
+        self._router: RouterState | None = None  # of the versions last routed on
         self._mixture_lock = threading.Lock()  # one build per mixture; sweeps see every pin
         self._ranks: dict[str, int] = {}  # shard version id -> its LoRA rank
 
@@ -145,9 +146,9 @@ class ShardStore:
         root.mkdir(parents=True, exist_ok=True)
         embeddings = embed([sample_text(s) for s in samples])  # (N, d)
         groups = [s.owner for s in samples] if group_by_owner else None
-        assignment, centroids = partition(partitioner, embeddings, shards, seed, groups)
+        assignment = partition(partitioner, embeddings, shards, seed, groups)
         lineage = _lineage(root, database)
-        lineage.assign(samples, assignment, centroids)
+        lineage.assign(samples, assignment, embeddings, shards)
         validation_hash = None
         if validation:
             write_samples(validation, root / "validation.jsonl")
@@ -179,10 +180,15 @@ class ShardStore:
         if (root / "store.json").exists():
             raise LineageError(f"{root} already holds a shard store; use another LETHE_HOME")
         root.mkdir(parents=True, exist_ok=True)
+        live = source.lineage.live_keys()
+        if live is None:
+            raise LineageError(f"{source.root} is from before routing keys; it cannot be derived")
+        key_of = dict(zip(live[0], live[2]))
         kept = [(s, k) for k in source.lineage.shard_ids()
                 for s in source.lineage.shard_samples(k) if s.id not in without]
         lineage = _lineage(root, None)
-        lineage.assign([s for s, _ in kept], np.array([k for _, k in kept]), source.centroids)
+        lineage.assign([s for s, _ in kept], np.array([k for _, k in kept]),
+                       np.stack([key_of[s.id] for s, _ in kept]), len(source.lineage.shard_ids()))
         if source.info["validation_hash"]:
             for name in ("validation.jsonl", "validation.npy"):
                 shutil.copyfile(source.root / name, root / name)
@@ -324,7 +330,8 @@ class ShardStore:
         served before and after, their digests, the Merkle root of the keyed hashes the new
         version was trained on, and whether none of `ids` is among them; the base model's hash;
         whether their text is gone from every file of the lineage (False: a reader held up the
-        purge's checkpoint, which `finish_purges` completes later). The rest is the caller's:
+        purge's checkpoint, which `finish_purges` completes later); the digest of the router
+        state the request leaves (`router_state`). The rest is the caller's:
         the owner (named by its keyed hash), how many other texts were guarded, the requests
         coalesced with it, the worker, the guard's version before and after."""
         by_shard = {r.shard: r for r in results}
@@ -358,7 +365,8 @@ class ShardStore:
             shards=shards, base_model_sha256=self.info["base_model"].get("weights_sha256"),
             guard_before=guard[0], guard_after=guard[1],
             text_purged=not self.lineage.database.purge_pending(),
-            coalesced_with=list(coalesced_with), worker=worker, completed_at=time.time())
+            coalesced_with=list(coalesced_with), worker=worker, completed_at=time.time(),
+            router_digest=self.router_state().digest())
 
     # --- validation losses -------------------------------------------------------------------
 
@@ -399,26 +407,54 @@ class ShardStore:
     def _current_or_none(self, shard: int) -> Version | None:
         return next((v for v in self.current_versions() if v.shard == shard), None)
 
-    def effective_route(self, config: RouteConfig) -> RouteConfig:
-        """`config`, except that schemes that read the loss table fall back to `semantic` in a
-        store trained without a validation set."""
-        if needs_losses(config.scheme) and self.validation_embeddings is None:
-            return config.model_copy(update={"scheme": "semantic"})
+    def effective_route(self, config: RouteConfig, state: RouterState | None = None
+                        ) -> RouteConfig:
+        """`config`, except where the store lacks what its scheme reads: routing keys (a store
+        from before them) fall back to `apa`, the loss table (a store trained without a
+        validation set) to `semantic`. `state`: the router's (default: now)."""
+        state = state or self.router_state()
+        if needs_keys(config.scheme) and state.keys is None:
+            config = config.model_copy(update={"scheme": "apa"})
+        if needs_losses(config.scheme) and state.validation is None:
+            config = config.model_copy(update={"scheme": "semantic"})
         return config
+
+    def router_state(self, versions: list[Version] | None = None) -> RouterState:
+        """What routing reads at `versions` (default: the current ones), read again from the
+        lineage and the loss table when they change: a retrain publishes after its tombstones,
+        so once a forget request completes nothing here comes from its samples."""
+        versions = self.current_versions() if versions is None else versions
+        served = tuple((v.shard, v.id) for v in versions)
+        state = self._router
+        if state is None or state.versions != served:
+            shards = [k for k, _ in served]
+            live = self.lineage.live_keys()
+            if live is not None:  # the keys of served shards; row i of key_rows: shards[i]
+                _, key_shards, keys = live
+                mine = np.isin(key_shards, shards)  # (N,)
+                keys, key_rows = keys[mine], np.searchsorted(shards, key_shards[mine])
+            state = self._router = RouterState(
+                versions=served, centroids=self.lineage.centroids()[shards],
+                keys=None if live is None else keys,
+                key_rows=None if live is None else key_rows,
+                validation=self.validation_embeddings,
+                losses=None if self.validation_embeddings is None or not versions
+                else self.losses.matrix(versions))
+        return state
 
     def weights(self, query: np.ndarray, config: RouteConfig, excluded: set[int] = frozenset(),
                 avoid_held: bool = True) -> dict[int, float]:
         """Shard id -> weight for a request with embedding `query` (d,); {} when no shard
         serves (every sample forgotten): the base model alone answers. `avoid_held`: shards
         that a pending forget request holds (quarantine) get weight 0 too."""
-        config = self.effective_route(config)
         versions = self.current_versions()
         if not versions:
             return {}
+        state = self.router_state(versions)
+        config = self.effective_route(config, state)
         shards = [v.shard for v in versions]
-        inputs = RouteInputs(
-            query=query, centroids=self.centroids[shards], validation=self.validation_embeddings,
-            losses=None if self.validation_embeddings is None else self.losses.matrix(versions))
+        inputs = RouteInputs(query=query, centroids=state.centroids, validation=state.validation,
+                             losses=state.losses, keys=state.keys, key_rows=state.key_rows)
         # Read for every request, used or not: whether a request touches the lineage never
         # depends on `avoid_held` (a flagged prompt's), so an unreachable database fails every
         # request alike and tells no client which were flagged.
@@ -493,6 +529,27 @@ class ShardStore:
         if set(weights) - {v.shard for v in versions}:
             raise RegistryError("a weighted shard is no longer published")
         return versions
+
+
+@dataclass(frozen=True)
+class RouterState:
+    """Everything routing reads, for one set of served versions: a function of the live samples
+    (their keys, the shards' centroids from them) and of the versions (their loss-table rows);
+    the validation set is consented data that no forget request names. `digest` is what a
+    receipt records and an auditor compares with a store trained without the forgotten data."""
+
+    versions: tuple[tuple[int, str], ...]  # (shard, version id) served, by shard id
+    centroids: np.ndarray  # (K, d) float32, row i: the i-th served shard's
+    keys: np.ndarray | None  # (N, d) float32 the served shards' live keys; None: an old store
+    key_rows: np.ndarray | None  # (N,) the row (served shard) of each key
+    validation: np.ndarray | None  # (V, d)
+    losses: np.ndarray | None  # (K, V) rows of `versions`, in their order
+
+    def digest(self) -> str:
+        h = hashlib.sha256(json.dumps(self.versions).encode())
+        for array in (self.centroids, self.keys, self.key_rows, self.validation, self.losses):
+            h.update(b"-" if array is None else np.ascontiguousarray(array).tobytes())
+        return h.hexdigest()
 
 
 def _package_versions() -> dict[str, str]:

@@ -6,7 +6,7 @@ numpy; psycopg when a PostgreSQL URL is first opened), so `lethe receipt verify`
 (the device check imports torch only when it resolves a device).
 """
 
-from .database import (Database, DatabaseError, database_schemes, finish_purges, open_database,
+from .database import (Connection, Database, DatabaseError, database_schemes, finish_purges, open_database,
                        register_database)
 from .devices import DeviceError, device_name, resolve_device
 from .digests import MANIFEST, merkle_root, version_digest
@@ -24,7 +24,8 @@ from .versions import StagingArea, VersionedDir
 
 __all__ = [
     "FORMAT", "HASH_KEY", "MANIFEST", "PUBLIC_KEY", "SAMPLE_FIELDS", "SIGNING_KEY", "Check",
-    "Database", "DatabaseError", "DeviceError", "KeyRing", "KeyRingError", "LetheError", "Receipt",
+    "Connection", "Database", "DatabaseError", "DeviceError", "KeyRing", "KeyRingError",
+    "LetheError", "Receipt",
     "ReceiptError", "ReceiptInvalid", "Registry", "RequestEvidence", "ShardEvidence", "Signer",
     "StagingArea", "VersionedDir", "check_store", "check_texts", "database_schemes", "device_name",
     "file_lock", "finish_purges", "fsync_dir", "fsync_tree", "is_locked", "keyed_hash",

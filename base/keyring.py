@@ -115,8 +115,8 @@ class KeyRing:
 
     def open(self, items: Sequence[tuple[str, Sequence[str]]], db: Connection | None = None,
              shredded: Literal["raise", "none"] = "raise") -> list[list[str] | None]:
-        """The texts of each (name, sealed texts), as `seal` took them; KeyRingError if a text
-        does not open where it is. A name whose key is gone (shredded since its row was read):
+        """The texts of each (name, sealed texts), as `seal` took them (a text passed as None,
+        not asked for, comes back None); KeyRingError if a text does not open where it is. A name whose key is gone (shredded since its row was read):
         KeyRingError, or None in its place with `shredded="none"`. `db`: the caller's
         connection, when it is in a transaction (a second one from the pool could wait for one
         that the transactions queued behind it hold)."""
@@ -129,7 +129,7 @@ class KeyRing:
             raise KeyRingError(f"{self.ring}: no key for {gone[0]!r} (shredded)")
         try:
             return [None if name not in keys else
-                    [_open(keys[name], f"{name}#{i}", text).decode()
+                    [None if text is None else _open(keys[name], f"{name}#{i}", text).decode()
                      for i, text in enumerate(texts)] for name, texts in items]
         except InvalidTag as e:
             raise KeyRingError(f"{self.ring}: a sealed text does not open (altered, or moved "

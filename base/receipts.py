@@ -10,6 +10,10 @@ offline by anyone who holds its public key (`lethe receipt verify`; docs/receipt
     guard     the trained guard classifier's version before and after (pending requests'
               exemplars live in the server's memory only and are never part of it)
     the base model's digest, whether the text is purged, who completed it and when
+    router    the digest of everything routing reads once the request is exact (the live
+              samples' routing keys, the shards' centroids, the loss-table rows:
+              adapters.RouterState); a store trained without the forgotten samples has the
+              same (tests/adapters/test_store.py)
 
 The signature is Ed25519 over `payload()`: the receipt without its signature as JSON with sorted
 keys, no spaces and ASCII escapes (Python's json.dumps(sort_keys=True, separators=(",", ":"));
@@ -109,13 +113,16 @@ class Receipt(_Strict):
     coalesced_with: list[str]  # other requests made exact by the same retrain
     worker: str
     completed_at: float  # unix time
+    # None: a receipt from before the field (its signature covers no `router_digest`)
+    router_digest: Hex64 | None = None
     key_id: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")] | None = None
     signature: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{128}$")] | None = None
 
     def payload(self) -> bytes:
         """What the signature covers: every field but the signature, as canonical JSON."""
-        return json.dumps(self.model_dump(mode="json", exclude={"signature"}), sort_keys=True,
-                          separators=(",", ":")).encode()
+        older = {"router_digest"} if self.router_digest is None else set()
+        return json.dumps(self.model_dump(mode="json", exclude={"signature"} | older),
+                          sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
     def read(cls, text: str, source: str) -> Receipt:

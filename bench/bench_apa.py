@@ -197,8 +197,8 @@ def main() -> None:
     scores["uniform"] = scorer.p_yes(test)
 
     query = embed([s.prompt for s in test])  # (N, d)
-    inputs = dict(centroids=store.centroids, validation=store.validation_embeddings,
-                  losses=store.losses.matrix(versions))
+    state = store.router_state(versions)
+    inputs = dict(centroids=state.centroids, validation=state.validation, losses=state.losses)
     shards = [v.shard for v in versions]
     apa_cfg = RouteConfig(scheme="apa", tau=args.tau)
     major_cfg = RouteConfig(scheme="major")

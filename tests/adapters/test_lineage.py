@@ -8,12 +8,17 @@ from adapters import Lineage, LineageError, UnknownSampleError, synth_people
 from base import open_database
 
 
+# The routing keys of the six samples: unit vectors, sample i's with its largest part on axis i.
+KEYS = (np.eye(6, 8) + 0.1).astype(np.float32)
+KEYS /= np.linalg.norm(KEYS, axis=1, keepdims=True)
+
+
 @pytest.fixture
 def lineage(database_target, tmp_path):
     """A lineage in each backend (SQLite file, PostgreSQL); the same contract."""
     samples = synth_people(3, seed=0, facts_per_person=2)  # person-0000..0002, two facts each
     lineage = Lineage(open_database(database_target), tmp_path / "secret.key")
-    lineage.assign(samples, np.array([0, 0, 1, 1, 1, 0]), np.eye(2, 4))
+    lineage.assign(samples, np.array([0, 0, 1, 1, 1, 0]), KEYS, 2)
     return lineage
 
 
@@ -58,16 +63,36 @@ def test_purge_drops_text_of_forgotten_samples_only(lineage):
     assert rows[1][1] is not None
 
 
+def test_routing_keys_and_centroids_are_of_live_samples_only(lineage):
+    ids, shards, keys = lineage.live_keys()
+    assert ids == ["person-0000-fact0", "person-0000-fact1", "person-0002-fact1",
+                   "person-0001-fact0", "person-0001-fact1", "person-0002-fact0"]
+    assert shards.tolist() == [0, 0, 0, 1, 1, 1]
+    assert keys.tobytes() == KEYS[[0, 1, 5, 2, 3, 4]].tobytes()  # as assigned, bit for bit
+    before = lineage.centroids()
+    lineage.tombstone(["person-0000-fact0"])
+    assert lineage.live_keys()[0][0] == "person-0000-fact1"  # a tombstoned key is not read
+    lineage.purge_text(["person-0000-fact0"])
+    [(key,)] = lineage._query("SELECT route_key FROM samples WHERE id = 'person-0000-fact0'")
+    assert key is None
+    after = lineage.centroids()
+    # shard 0's centroid is now that of its two live keys; shard 1's is as it was
+    expected = KEYS[[1, 5]].astype(np.float64).sum(axis=0)
+    assert after[0] == pytest.approx(expected / np.linalg.norm(expected), abs=1e-6)
+    assert after[1].tobytes() == before[1].tobytes()
+    assert after[0].tobytes() != before[0].tobytes()
+
+
 def test_a_second_partition_is_refused(lineage):
     with pytest.raises(LineageError, match="already holds a partition"):
-        lineage.assign(synth_people(1), np.array([0]), np.eye(1, 4))
+        lineage.assign(synth_people(1), np.array([0]), KEYS[:1], 1)
 
 
 def test_a_purge_leaves_no_copy_of_the_text_in_any_file(tmp_path):
     victim = synth_people(3, seed=0, facts_per_person=2)[0]
     lineage = Lineage(open_database(tmp_path / "lineage.db"), tmp_path / "secret.key")
     lineage.assign(synth_people(3, seed=0, facts_per_person=2), np.array([0, 0, 1, 1, 1, 0]),
-                   np.eye(2, 4))
+                   KEYS, 2)
     other = sqlite3.connect(lineage.database.path)  # another process's connection, open throughout
     other.execute("SELECT COUNT(*) FROM samples").fetchall()
     lineage.tombstone([victim.id])
@@ -78,6 +103,7 @@ def test_a_purge_leaves_no_copy_of_the_text_in_any_file(tmp_path):
         data = path.read_bytes()
         for text in (victim.prompt, victim.response):
             assert text.encode() not in data, f"{text!r} survives in {path.name}"
+        assert KEYS[0].tobytes() not in data, f"the routing key survives in {path.name}"
     other.close()
 
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from adapters import RouteConfig, RouteError, register_scheme, route, scheme_names
-from adapters.route import RouteInputs, UnknownSchemeError, needs_losses
+from adapters.route import RouteInputs, UnknownSchemeError, needs_keys, needs_losses
 
 # Three shards; validation samples 0-1 lie near the query, 2-3 far from it.
 QUERY = np.array([1.0, 0.0])
@@ -37,6 +37,21 @@ def test_semantic_weights_favour_the_nearest_centroid():
     assert max(w, key=w.get) == 0
 
 
+def test_nearest_attends_over_the_nearest_training_prompts_of_each_shard():
+    # five training prompts: two of shard 2 near the query, the others far from it
+    keys = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-1.0, 0.0], [0.6, -0.8]])
+    inputs = RouteInputs(query=QUERY, centroids=INPUTS.centroids, keys=keys,
+                         key_rows=np.array([2, 2, 0, 1, 0]))
+    w = route(inputs, RouteConfig(scheme="nearest", neighbours=3, tau=2.0, quantum=0), SHARDS)
+    a = np.exp(2.0 * np.array([1.0, 0.8, 0.6]))  # the three nearest: shard 2, 2, 0
+    assert w[2] == pytest.approx((a[0] + a[1]) / a.sum(), abs=1e-6)
+    assert w[0] == pytest.approx(a[2] / a.sum(), abs=1e-6)
+    assert 1 not in w  # no training prompt of shard 1 among the nearest
+    with pytest.raises(RouteError, match="routing keys"):
+        route(INPUTS, RouteConfig(scheme="nearest"), SHARDS)
+    assert [s for s in scheme_names() if needs_keys(s)] == ["nearest"]
+
+
 def test_major_puts_all_weight_on_one_shard():
     assert weights(scheme="major", neighbours=2) == {1: 1.0}
 
@@ -67,6 +82,6 @@ def test_apa_without_a_loss_table_says_what_it_needs():
 def test_scheme_registry_refuses_duplicates_and_lists_names():
     with pytest.raises(ValueError, match="already registered"):
         register_scheme("apa", lambda i, c: None)
-    assert scheme_names() == ["apa", "major", "semantic", "uniform"]
+    assert scheme_names() == ["apa", "major", "nearest", "semantic", "uniform"]
     with pytest.raises(UnknownSchemeError, match="registered: apa, major"):
         route(INPUTS, RouteConfig.model_construct(scheme="nope", quantum=0), SHARDS)

@@ -72,10 +72,26 @@ def test_a_store_derived_without_samples_trains_to_the_exact_forget(store, tmp_p
                                   reuse_unchanged=reuse_unchanged)
     results = reference.train(reference.lineage.shard_ids())
     assert {r.shard: r.steps > 0 for r in results} == {0: False, 1: not reuse_unchanged, 2: True}
+    before = store.router_state()
     store.forget_samples(ids)
     assert [v.shard for v in reference.current_versions()] == [1, 2]
     assert ({v.shard: v.id for v in reference.current_versions()}
             == {v.shard: v.id for v in store.current_versions()})
+    # What routing reads (live keys, centroids, loss rows, validation) is, byte for byte, the
+    # router of a store that never held the samples; it was not before the forget.
+    after, never = store.router_state(), reference.router_state()
+    for field in ("centroids", "keys", "key_rows", "validation", "losses"):
+        assert getattr(after, field).tobytes() == getattr(never, field).tobytes(), field
+    assert after.versions == never.versions and after.digest() == never.digest()
+    assert before.digest() != after.digest() and len(before.keys) == len(after.keys) + len(ids)
+
+
+def test_nearest_sends_a_training_question_to_the_shard_that_learned_it(store):
+    for shard in store.lineage.shard_ids():
+        for sample in store.lineage.shard_samples(shard):
+            w = store.weights(hash_embed([sample.prompt])[0],
+                              RouteConfig(scheme="nearest", quantum=0))
+            assert max(w, key=w.get) == shard
 
 
 def test_a_derived_store_never_reuses_a_version_trained_on_a_tombstoned_sample(store, tmp_path):

@@ -47,7 +47,7 @@ def test_a_signed_receipt_verifies_and_any_change_breaks_it(tmp_path):
         {"request": signed.request.model_copy(update={"sample_hashes": HASHES[:1]})},
         {"shards": [signed.shards[0].model_copy(update={"forgotten_ids_absent": False})]},
         {"shards": [signed.shards[0].model_copy(update={"new_digest": "d2" * 32})]},
-        {"signature": None},
+        {"router_digest": "ee" * 32}, {"signature": None},
     ]
     for change in changes:
         with pytest.raises(ReceiptInvalid):
@@ -56,6 +56,17 @@ def test_a_signed_receipt_verifies_and_any_change_breaks_it(tmp_path):
         verify_signature(signed, Signer(tmp_path / "other.key").public_key)
     # The key file is the key: opened again, it signs with the same key.
     assert Signer(tmp_path / "receipt.key").public_key == signer.public_key
+
+
+def test_the_router_digest_is_signed_and_a_receipt_from_before_it_still_verifies(tmp_path):
+    signer = Signer(tmp_path / "receipt.key")
+    signed = signer.sign(receipt().model_copy(update={"router_digest": "cc" * 32}))
+    verify_signature(Receipt.read(signed.model_dump_json(), "r"), signer.public_key)
+    with pytest.raises(ReceiptInvalid):  # dropped
+        verify_signature(signed.model_copy(update={"router_digest": None}), signer.public_key)
+    older = json.loads(signer.sign(receipt()).model_dump_json())  # signed without the field
+    older.pop("router_digest")
+    verify_signature(Receipt.read(json.dumps(older), "r"), signer.public_key)
 
 
 def test_a_receipt_is_read_strictly_and_a_key_as_json_or_hex(tmp_path):
