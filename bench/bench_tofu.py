@@ -1,34 +1,25 @@
 """The TOFU run of `lethe eval tofu` (docs/benchmarks.md): every state of the product, scored
 as the field scores unlearning, next to open-unlearning's published figures.
 
-    .venv/bin/python bench/bench_tofu.py [--forget forget01] [--retain-authors 38] [--shards 4]
-                                         [--epochs 2] [--learning-rate 3e-3] [--eval-items 10]
-                                         [--variants] [--aggregation]
+    .venv/bin/python bench/bench_tofu.py [--forget forget10] [--retain-authors 10] [--shards 4]
+                                         [--eval-items 10] [--variants] [--aggregation]
+                                         [--epochs E] [--learning-rate LR] [--probe FILE]
 
-Trains SmolLM2-135M shard adapters on TOFU's forget authors plus the first N other authors,
-forgets the forget authors through the product's own path, and scores original, guarded, exact
-and reference (and APA's aggregation against one adapter, uniform weights and SISA's ensemble).
-Writes bench/results/tofu.json and bench/results/tofu.png. Needs TOFU in ../shared/data/tofu
-(or --data) and matplotlib (`make bench-setup`).
+Trains SmolLM2-135M shard adapters (the training defaults: 5 epochs at lr 1e-2, chosen so that
+an adapter recalls its training answers, bench/bench_tofu_lr.py) on TOFU's forget authors plus
+the first N other authors, forgets the forget authors through the product's own path, and
+scores original, guarded (also on forms of the forget questions the guard was not handed),
+quarantined, exact and reference, each with a membership-inference audit against TOFU's holdout
+questions. Writes bench/results/tofu.json and tofu.png (the log goes to stderr). Needs TOFU in
+../shared/data/tofu (or --data) and matplotlib (`make bench-setup`).
 
-Why these sizes: on this 2-vCPU machine one training step (8 TOFU samples) takes 6-10 s
-depending on the day's machine (AVX-512 or AVX2 only), ~0.8x that since batches group like
-lengths and the LM head runs at the response tokens (bench/bench_train.py), and scoring one
-forget question (probability, 6 truth-ratio answers, a greedy answer) 10-20 s, ~0.65x that since
-the question's prompt runs once for its answers and the subjects run the engine's LoRA
-(docs/benchmarks.md). The run trains the original (200 steps), then the worker's retrain and the
-reference's training of the shards that held a forget author (~50 steps each; the reference keeps
-the original's other shards, trained on the same samples with the same seed), and scores original,
-guarded (its unflagged questions are the original's computation, reused), the second tier's 6
-evaluations of 8 forget questions, exact, and the reference (the exact phase's computation,
-reused, when their versions are the same): docs/benchmarks.md, "The whole product on TOFU",
-and bench/results/tofu.json
-"seconds" say how long it took. The variants and the aggregation (a single adapter trained on
-everything; the ensemble scores every question once per shard) are opt-in. The learning rate
-is raised from the serving default (3e-4) so that 2 epochs teach the original model its
-training answers: one shard adapter on forget01's authors and 8 others (200 samples, 2 epochs)
-answers its forget questions with ROUGE-L 0.419 and probability 0.394 at 3e-3, 0.380 and 0.264
-at 1e-3 (measured on this machine, 2026-11-23, with the shuffled batches of then).
+Why these sizes: the run must finish in 90 minutes on the 2-vCPU development machine with
+forget10 whole (20 authors, 400 questions). Training costs ~0.45 s per sample and epoch there
+(the original: 600 samples x 5 epochs; the worker's retrain and the reference's training of
+every shard that held a forget author: 200 samples x 5 epochs each) and scoring ~1.2 s per
+question (probability, 6 truth-ratio answers, a greedy answer) for each state that serves it
+differently. So the retained authors are cut to 10 and the utility sets to 10 questions each;
+the aggregation (one adapter trained on everything, SISA's ensemble) is opt-in.
 """
 
 from __future__ import annotations
@@ -49,19 +40,21 @@ TOFU = Path(__file__).resolve().parents[2] / "shared" / "data" / "tofu"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=TOFU)
-    parser.add_argument("--forget", default="forget01")
-    parser.add_argument("--retain-authors", default="38")
+    parser.add_argument("--forget", default="forget10")
+    parser.add_argument("--retain-authors", default="10")
     parser.add_argument("--shards", default="4")
-    parser.add_argument("--epochs", default="2")
-    parser.add_argument("--learning-rate", default="3e-3")
+    parser.add_argument("--epochs", help="overrides train.epochs")
+    parser.add_argument("--learning-rate", help="overrides train.learning_rate")
     parser.add_argument("--eval-items", default="10")
+    parser.add_argument("--probe", action="append", default=[], help="as lethe eval tofu's")
     parser.add_argument("--variants", action="store_true",
                         help="also the guarded variants (~3 more minutes on 2026-12-02's machine)")
     parser.add_argument("--aggregation", action="store_true",
                         help="also APA vs one adapter, uniform, ensemble (~15 more minutes then)")
     args = parser.parse_args()
     require_extras("matplotlib")
-    os.environ["LETHE_TRAIN__LEARNING_RATE"] = args.learning_rate
+    if args.learning_rate:
+        os.environ["LETHE_TRAIN__LEARNING_RATE"] = args.learning_rate
 
     from serving.cli import main as lethe
 
@@ -69,7 +62,9 @@ def main() -> None:
     start = time.perf_counter()
     code = lethe(["eval", "tofu", "--data", str(args.data), "--forget", args.forget,
                   "--retain-authors", args.retain_authors, "--shards", args.shards,
-                  "--epochs", args.epochs, "--eval-items", args.eval_items,
+                  *(["--epochs", args.epochs] if args.epochs else []),
+                  "--eval-items", args.eval_items,
+                  *[flag for path in args.probe for flag in ("--probe", path)],
                   *(["--variants"] if args.variants else []),
                   *(["--aggregation"] if args.aggregation else []),
                   "--out", str(RESULTS / "tofu.json"), "--plot", str(RESULTS / "tofu.png")])

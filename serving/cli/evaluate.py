@@ -30,7 +30,8 @@ def cmd_tofu(args) -> None:
             raise UsageError(f"{flag} {path}: not a file in an existing folder")
     config = config_of(args, **{"shards.count": args.shards, "train.max_steps": args.max_steps,
                                 "train.epochs": args.epochs})
-    data = load_tofu(args.data, args.forget, args.retain_authors, args.eval_items)
+    data = load_tofu(args.data, args.forget, args.retain_authors, args.eval_items,
+                     probes=args.probe, tune_authors=args.tune_authors)
     if args.work and args.work.exists() and any(args.work.iterdir()):
         raise UsageError(f"--work {args.work} is not empty; the evaluation needs a new folder")
     work = args.work or Path(tempfile.mkdtemp(prefix="tofu-", dir=_mkdir(config.home_dir / "eval")))
@@ -44,6 +45,7 @@ def cmd_tofu(args) -> None:
     result["config"] = {
         "data": str(args.data), "forget": args.forget, "forget_authors": data.forget_owners,
         "retain_authors": args.retain_authors, "train_samples": len(data.train),
+        "probes": [str(p) for p in args.probe], "holdout": len(data.holdout),
         "eval_items": {name: len(items) for name, items in data.sets.items()},
         "shards": config.shards.count, "train": config.train.model_dump(mode="json"),
         "route": config.route.model_dump(mode="json"),
@@ -66,27 +68,51 @@ def _mkdir(path: Path) -> Path:
 
 
 def _table(result: dict, phases) -> list[str]:
-    lines = [f"{'phase':<10} {'forget quality':>14} {'model utility':>13} {'forget ROUGE-L':>14} "
-             f"{'flagged forget':>14} {'flagged retain':>14}"]
+    power = result["power"]
+    lines = [f"{'phase':<11} {'FQ forget':>9} {'FQ unseen':>9} {'MU':>6} {'ROUGE forget':>12} "
+             f"{'ROUGE unseen':>12} {'MIA AUC':>7} {'flagged forget/unseen/retain':>28}"]
     for name in phases:
         p = result["phases"][name]
-        lines.append(f"{name:<10} {p['forget_quality']:>14.3g} {p['model_utility']:>13.3f} "
-                     f"{p['forget']['rouge_l']:>14.3f} {p['flagged']['forget']:>14.2f} "
-                     f"{p['flagged']['retain']:>14.2f}")
+        unseen = p.get("unseen", {}).get("rouge_l")
+        flagged = "/".join(f"{p['flagged'][s]:.2f}" if s in p["flagged"] else "-"
+                           for s in ("forget", "unseen", "retain"))
+        lines.append(f"{name:<11} {p['forget_quality']:>9.3g} "
+                     f"{_maybe(p.get('forget_quality_unseen'), '.3g'):>9} "
+                     f"{p['model_utility']:>6.3f} {p['forget']['rouge_l']:>12.3f} "
+                     f"{_maybe(unseen, '.3f'):>12} {p['membership_auc']:>7.3f} {flagged:>28}")
+    lines.append(f"power: FQ(original vs reference) {power['fq_original_vs_reference']:.3g} "
+                 f"(<= {power['threshold']}): {power['meaning']}")
+    unseen = result["unseen"]
+    lines.append(f"unseen forms: {unseen['scored']} scored ({unseen['paraphrased_questions']} "
+                 f"paraphrased questions, {unseen['probes']} probes; left out: "
+                 f"{unseen['left_out_tuning_authors']} of the tuning authors "
+                 f"{', '.join(unseen['tuning_authors']) or '(none)'}, "
+                 f"{unseen['probes_not_forget_authors']} probes not of a forget author)")
     for name, v in (result["guarded_variants"] or {}).items():
         lines.append(f"guarded, {name}: forget quality {v['forget_quality']:.3g}, forget ROUGE-L "
                      f"{v['forget']['rouge_l']:.3f}")
     tier = result["second_tier"]
-    c = tier["corruption"]
-    lines.append(f"second tier: {c['name']} sigma {c['sigma']:.3g} k {c['k']}: " + ", ".join(
-        f"{m} {tier['score_after'][m]:.3f} (held-out {tier['target'][m]:.3f})"
-        for m in tier["scores"]) + f" on {tier['items']} forget questions")
+    if tier:
+        c = tier["corruption"]
+        lines.append(f"second tier: {c['name']} sigma {c['sigma']:.3g} k {c['k']}: " + ", ".join(
+            f"{m} {tier['score_after'][m]:.3f} (held-out {tier['target'][m]:.3f})"
+            for m in tier["scores"]) + f" on {tier['items']} of the tuning authors' questions")
     lines.append(f"exact state equals the reference (every shard's version): "
                  f"{result['exact_equals_reference']}")
     for name, record in (result["aggregation"] or {}).items():
         lines.append(f"aggregation {name:<9}: model utility {record['model_utility']:.3f}, "
                      f"retain ROUGE-L {record['retain_rouge_l']:.3f}")
+    for name, goal in result["goals"].items():
+        met = {True: "met", False: "MISSED", None: "not judged"}[goal["met"]]
+        lines.append(f"goal {name} {goal['goal']}: {_maybe(goal['value'], '.3g')} ({met})")
     return lines
+
+
+def _maybe(value, spec: str) -> str:
+    """A number as `spec`; None as "-"; a bool as JSON writes it."""
+    if value is None:
+        return "-"
+    return str(value).lower() if isinstance(value, bool) else format(value, spec)
 
 
 def _require_matplotlib() -> None:
@@ -126,9 +152,17 @@ def add_commands(sub) -> None:
     tofu = add_command(evaluations, "tofu", cmd_tofu,
                        "TOFU: original, guarded, exact and reference states side by side")
     tofu.add_argument("--data", type=Path, required=True, help="TOFU's folder (full.json, ...)")
-    tofu.add_argument("--forget", default="forget01", choices=["forget01", "forget05", "forget10"])
-    tofu.add_argument("--retain-authors", type=positive_int, default=38,
-                      help="other authors trained on besides the forget authors")
+    tofu.add_argument("--forget", default="forget10", choices=["forget01", "forget05", "forget10"])
+    tofu.add_argument("--retain-authors", type=positive_int, default=20,
+                      help="other authors trained on besides the forget authors (default 20)")
+    tofu.add_argument("--probe", type=Path, action="append", default=[],
+                      help="JSONL of other forms of forget questions the guarded phase is "
+                           "also scored on: question, answer, and author (TOFU's index, "
+                           "0-199) or original_question; rows of other authors are counted "
+                           "and ignored (repeatable)")
+    tofu.add_argument("--tune-authors", type=int, default=1,
+                      help="forget authors the second tier tunes the corruption on; their "
+                           "other forms are not scored (default 1; 0: no second tier)")
     tofu.add_argument("--shards", type=positive_int, help="overrides shards.count")
     tofu.add_argument("--max-steps", type=positive_int, help="overrides train.max_steps")
     tofu.add_argument("--epochs", type=positive_int, help="overrides train.epochs")
@@ -147,8 +181,8 @@ def add_commands(sub) -> None:
                            "routing around only, routing around with sigma 0.1)")
     # ~1 minute per evaluation of 8 questions on 2 vCPUs (a truth ratio and a greedy answer each)
     tofu.add_argument("--tune-items", type=positive_int, default=8,
-                      help="forget questions the second tier tunes the corruption on "
-                           "(default 8, spread over the forget set)")
+                      help="questions the second tier tunes the corruption on (default 8, "
+                           "spread over the tuning authors' questions)")
     tofu.add_argument("--tune-budget", type=positive_int, default=6,
                       help="the second tier's evaluations (nevergrad; default 6)")
     tofu.add_argument("--work", type=Path, help="keep the stores here (a new folder); "

@@ -4,13 +4,19 @@ scores unlearning (guard/metrics.py).
     original   K shard adapters (APA partition, one owner per author) on the forget authors
                and N retained authors, served through the pipeline
     guarded    each forget author forgotten by the code behind POST /v1/forget (ForgetService:
-               durable request, exemplars, quarantine by policy), scored before the worker runs
+               durable request, exemplars, quarantine by policy), scored before the worker runs,
+               on the forget questions (the guard's own exemplars) and on `unseen` forms of
+               them that the request never handed the guard (tofu.py)
+    quarantined  the same moment, served as S3T-style systems do: every request routed around
+               the shards the pending requests hold, no guard, no corruption. Exact from the
+               first second (the other shards never saw the forgotten data), at the cost of
+               those shards for everybody
     second tier  right after the requests are accepted, the corruption is tuned (nevergrad,
                guard/tune.py) against the mixture without the shards they hold: an exactly-
                unlearned model that exists the moment a request is accepted. Its result says
                which corruption makes a flagged prompt's answers look like that model's
-               (`second_tier`; it chose `guard.corruption.sigma`'s default: docs/benchmarks.md,
-               "The whole product on TOFU")
+               (`second_tier`), tuned on the tuning authors' questions (tofu.py): never on what
+               the guarded phase is scored on
     exact      after the forget worker's round (tombstones, retrain of the affected shards,
                publish) and the server's sync (exemplars retired)
     reference  the same partition without the forget authors, trained from scratch
@@ -23,12 +29,18 @@ scores unlearning (guard/metrics.py).
     aggregation  APA's Table 1 on TOFU, before any forget: APA's weights (= original), uniform
                weights, one adapter trained on everything, SISA's output ensemble
 
-Per phase: forget quality (KS test of its forget truth ratios against the reference's), model
-utility (harmonic mean of probability, ROUGE-L and truth ratio on retain, real authors and world
-facts), each set's scores, the share of each set's questions the guard flagged, and the share of
-its scorings an earlier phase had computed: no computation runs twice (subjects.ServedSubject),
+Per phase: forget quality (KS test of its forget truth ratios against the reference's; on the
+unseen forms, `forget_quality_unseen`), model utility (harmonic mean of probability, ROUGE-L and
+truth ratio on retain, real authors and world facts), each set's scores, a membership-inference
+audit (`membership_auc`: min-k% probability of the forget answers against never-trained
+holdout answers, as ROC AUC; 0.5 when the attack cannot tell them apart), the share of each
+set's questions the guard flagged, and the share of its scorings an earlier phase had computed: no computation runs twice (subjects.ServedSubject),
 so an unflagged question while requests are pending is the original's, and the reference, when
 its versions are the exact state's, is the exact phase's computation over again.
+
+`power`: the evaluation only shows forgetting if the original itself fails it; with forget
+quality(original vs reference) above POWER_FQ it has no power, and `goals` calls no phase's
+forgetting good (met: null).
 """
 
 from __future__ import annotations
@@ -58,7 +70,12 @@ from ..shards import create_store
 from .subjects import AdapterModel, EnsembleSubject, ServedSubject
 from .tofu import TofuData
 
-PHASES = ("original", "guarded", "exact", "reference")
+PHASES = ("original", "guarded", "quarantined", "exact", "reference")
+# Above this forget quality of the original against the reference, the forget set does not tell
+# a model that learned it from one that never saw it: a run without power.
+POWER_FQ = 0.01
+# min-k% probability (Shi et al. 2024): the mean of the lowest k of an answer's token log-probs
+MIN_K = 0.2
 # What else could act on a flagged prompt while its request is pending: the guarded phase's
 # forget set scored under each (docs/benchmarks.md, "The whole product on TOFU"), against the
 # configured policy.
@@ -97,31 +114,51 @@ class _ScoredOnce:
         return self.subject.answers(prompts)
 
 
+FORGET_SETS = ("forget", "unseen")  # about the forget authors: truth ratio "closer to 1"
+
+
 def score_set(subject, name: str, items: list[Item]) -> tuple[dict, np.ndarray]:
-    """({probability, rouge_l, truth_ratio}, (N,) truth ratios) of one set. real_authors and
+    """({probability, rouge_l, truth_ratio}, truth ratios) of one set. real_authors and
     world_facts are multiple choice: their probability is the answer's share among the options
-    (TOFU's normalised probability); the forget set's truth ratio is TOFU's "closer to 1"."""
+    (TOFU's normalised probability); the forget sets' truth ratio is TOFU's "closer to 1", over
+    their items that have options (a probe with no original question has none)."""
     subject = _ScoredOnce(subject)
     subject.logprobs([(i.prompt, a) for i in items  # every answer of a question in one pass
                       for a in (i.answer, i.paraphrased_answer, *i.perturbed_answers) if a])
     kind = "probability_options" if name in ("real_authors", "world_facts") else "probability"
-    ratios = metric("truth_ratio")(subject, items)
+    ratios = metric("truth_ratio")(subject, [i for i in items
+                                             if i.paraphrased_answer and i.perturbed_answers])
     scores = {"probability": float(metric(kind)(subject, items).mean()),
               "rouge_l": float(metric("rouge_l")(subject, items).mean()),
-              "truth_ratio": truth_ratio_closer_to_1(ratios) if name == "forget"
+              "truth_ratio": truth_ratio_closer_to_1(ratios) if name in FORGET_SETS
               else truth_ratio_true_better(ratios)}
     return scores, ratios
 
 
-def score_subject(subject, sets: dict[str, list[Item]], log) -> tuple[dict, np.ndarray | None]:
-    """(a phase's record, its forget truth ratios or None)."""
-    record, forget_ratios, reused = {}, None, {}
+def membership_auc(subject, members: list[Item], nonmembers: list[Item]) -> float:
+    """ROC AUC of the min-k% probability attack (MIN_K) telling `members`' answers (trained
+    on) from `nonmembers'` (never): the chance that a member scores above a non-member."""
+    from scipy.stats import rankdata
+
+    tokens = subject.token_logprobs([(i.prompt, i.answer) for i in members + nonmembers])
+    scores = np.array([np.sort(t.numpy())[:max(1, int(np.ceil(MIN_K * len(t))))].mean()
+                       for t in tokens])  # (M + N,)
+    ranks = rankdata(scores)  # ties share their mean rank (Mann-Whitney U)
+    m, n = len(members), len(nonmembers)
+    return float((ranks[:m].sum() - m * (m + 1) / 2) / (m * n))
+
+
+def score_subject(subject, sets: dict[str, list[Item]], log) -> tuple[dict, dict]:
+    """(a phase's record, the truth ratios of its forget sets by name)."""
+    record, forget_ratios, reused = {}, {}, {}
     served = isinstance(subject, ServedSubject)
     for name, items in sets.items():
+        if not items:  # e.g. no unseen form of a scored author
+            continue
         start, before = time.perf_counter(), Counter(subject.counts) if served else None
         record[name], ratios = score_set(subject, name, items)
-        if name == "forget":
-            forget_ratios = ratios
+        if name in FORGET_SETS:
+            forget_ratios[name] = ratios
         if served:
             done = subject.counts - before
             reused[name] = done["reused"] / (done["reused"] + done["computed"])
@@ -135,7 +172,7 @@ def score_subject(subject, sets: dict[str, list[Item]], log) -> tuple[dict, np.n
                                                            "truth_ratio")])
     if served:
         record["flagged"] = {name: subject.flagged_rate([i.prompt for i in items])
-                             for name, items in sets.items()}
+                             for name, items in sets.items() if items}
         record["reused"] = reused
     return record, forget_ratios
 
@@ -187,12 +224,18 @@ class Lifecycle:
                  + (f", {len(results) - len(trained)} already trained on their samples"
                     if len(trained) < len(results) else ""))
 
-    def score(self, name: str, subject, sets: dict[str, list[Item]]):
+    def score(self, name: str, subject, sets: dict[str, list[Item]],
+              holdout: list[Item] | None = None):
+        """score_subject; with `holdout`, also the membership audit of sets["forget"]."""
         self.log(f"{name}: scoring")
         start = time.perf_counter()
-        result = score_subject(subject, sets, self.log)
+        record, ratios = score_subject(subject, sets, self.log)
+        if holdout:
+            record["membership_auc"] = membership_auc(subject, sets["forget"], holdout)
+            self.log(f"  membership AUC {record['membership_auc']:.3f} ({len(sets['forget'])} "
+                     f"forget answers against {len(holdout)} holdout answers)")
         self.seconds[f"score_{name}"] = round(time.perf_counter() - start, 1)
-        return result
+        return record, ratios
 
 
 def run_tofu(config: Config, data: TofuData, work: Path, *, aggregation: bool = False,
@@ -211,7 +254,8 @@ def run_tofu(config: Config, data: TofuData, work: Path, *, aggregation: bool = 
 
     guard = life.guard()
     served = life.served(store, guard)
-    phases["original"], ratios["original"] = life.score("original", served, data.sets)
+    phases["original"], ratios["original"] = life.score("original", served, data.sets,
+                                                        data.holdout)
 
     aggregated = (_aggregation(life, store, data, phases["original"], progress)
                   if aggregation else None)
@@ -225,12 +269,17 @@ def run_tofu(config: Config, data: TofuData, work: Path, *, aggregation: bool = 
     life.seconds["forget_accepted"] = round(time.perf_counter() - started, 3)
     guard.settle()  # the window head covers the requests (seconds, in the server's background)
     life.seconds["forget_head_ready"] = round(time.perf_counter() - started, 3)
-    phases["guarded"], ratios["guarded"] = life.score("guarded", served, data.sets)
-    second_tier = _second_tier(life, store, guard, data.sets["forget"], tune_items, tune_budget)
+    phases["guarded"], ratios["guarded"] = life.score("guarded", served, data.sets, data.holdout)
+    uncorrupted = Corruption(life.corruption.name, 0.0, life.corruption.k)
+    phases["quarantined"], ratios["quarantined"] = life.score(
+        "quarantined", life.served(store, guard, corruption=uncorrupted, quarantine="all"),
+        data.sets, data.holdout)
+    second_tier = (_second_tier(life, store, guard, data.tune, tune_items, tune_budget)
+                   if data.tune else None)
     tried = {}
     for name, choice in VARIANTS.items() if variants else ():
         tried[name], ratios[name] = life.score(f"guarded, {name}", life.served(
-            store, guard, **choice), {"forget": data.sets["forget"]})
+            store, guard, **choice), {name: data.sets[name] for name in FORGET_SETS})
 
     worker = Worker.from_config(config, queue, store.root)
     started = time.perf_counter()
@@ -243,19 +292,25 @@ def run_tofu(config: Config, data: TofuData, work: Path, *, aggregation: bool = 
         raise EvaluationError(f"the forget worker did not complete every request: {states}")
     service.sync()
     served.sweep()
-    phases["exact"], ratios["exact"] = life.score("exact", served, data.sets)
+    phases["exact"], ratios["exact"] = life.score("exact", served, data.sets, data.holdout)
 
     life.train("reference", reference, progress)
     exact_versions = {v.shard: v.id for v in store.current_versions()}
     reference_versions = {v.shard: v.id for v in reference.current_versions()}
     identical = exact_versions == reference_versions
     phases["reference"], ratios["reference"] = life.score(
-        "reference", life.served(reference, life.guard()), data.sets)
+        "reference", life.served(reference, life.guard()), data.sets, data.holdout)
 
     for name, record in (*phases.items(), *tried.items()):
-        record["forget_quality"] = forget_quality(ratios[name], ratios["reference"])
+        for forms, key in (("forget", "forget_quality"), ("unseen", "forget_quality_unseen")):
+            if forms in ratios[name] and len(ratios[name][forms]):
+                record[key] = forget_quality(ratios[name][forms], ratios["reference"][forms])
     life.seconds["total"] = round(time.perf_counter() - start, 1)
     return {"phases": phases,
+            "power": _power(phases),
+            "goals": _goals(phases, identical, aggregated),
+            "unseen": {**data.unseen_counts, "scored": len(data.sets["unseen"]),
+                       "tuning_authors": data.tune_owners},
             "exact_equals_reference": identical,
             "versions": {"exact": exact_versions, "reference": reference_versions},
             "receipts": [queue.get(r.id).receipt for r in requests],
@@ -265,12 +320,71 @@ def run_tofu(config: Config, data: TofuData, work: Path, *, aggregation: bool = 
             "seconds": life.seconds}
 
 
+def _power(phases: dict) -> dict:
+    fq = phases["original"]["forget_quality"]
+    return {"fq_original_vs_reference": fq, "threshold": POWER_FQ, "has_power": fq <= POWER_FQ,
+            "meaning": "the original fails the forget test: a state that passes it forgot"
+            if fq <= POWER_FQ else "NO POWER: the original itself passes the forget test, so "
+            "no state's forget quality shows forgetting"}
+
+
+def _goals(phases: dict, identical: bool, aggregated: dict | None) -> dict:
+    """Issue 32's goals, each {"value", "goal", "met"}; met is None for a forgetting goal of a run
+    without power (`_power`) and for what was not measured."""
+    power = phases["original"]["forget_quality"] <= POWER_FQ
+    original, guarded, reference = (phases[p] for p in ("original", "guarded", "reference"))
+
+    def goal(value, target: str, met: bool | None, forgetting: bool = True) -> dict:
+        return {"value": value, "goal": target,
+                "met": None if value is None or (forgetting and not power) else bool(met)}
+
+    unseen_fq = guarded.get("forget_quality_unseen")
+    auc = {p: phases[p].get("membership_auc") for p in PHASES}
+    forms = "unseen" if "unseen" in guarded else "forget"  # what the guard was not handed
+    rouge_gap = abs(guarded[forms]["rouge_l"] - reference[forms]["rouge_l"])
+    goals = {
+        "power: FQ(original vs reference)": goal(
+            original["forget_quality"], f"<= {POWER_FQ}", power, forgetting=False),
+        "original: forget ROUGE-L": goal(original["forget"]["rouge_l"], ">= 0.8",
+                                         original["forget"]["rouge_l"] >= 0.8, forgetting=False),
+        "guarded: FQ on unseen forms": goal(unseen_fq, ">= 0.5",
+                                            unseen_fq is not None and unseen_fq >= 0.5),
+        f"guarded: {forms} ROUGE-L gap to the reference": goal(rouge_gap, "<= 0.05",
+                                                               rouge_gap <= 0.05),
+        "guarded: MU / original's": goal(
+            _ratio(guarded["model_utility"], original["model_utility"]), ">= 0.99",
+            guarded["model_utility"] >= 0.99 * original["model_utility"], forgetting=False),
+        "exact = reference": goal(identical, "true", identical, forgetting=False),
+        "quarantined: MU / original's": goal(
+            _ratio(phases["quarantined"]["model_utility"], original["model_utility"]), ">= 0.97",
+            phases["quarantined"]["model_utility"] >= 0.97 * original["model_utility"],
+            forgetting=False),
+        "membership AUC: original": goal(auc["original"], "well above 0.5 (> 0.6)",
+                                         auc["original"] > 0.6, forgetting=False),
+    }
+    for phase in ("guarded", "exact"):
+        gap = abs(auc[phase] - auc["reference"])
+        goals[f"membership AUC: {phase} - reference"] = goal(gap, "<= 0.05", gap <= 0.05)
+    single = (aggregated or {}).get("single")
+    ratio = single and _ratio(original["model_utility"], single["model_utility"])
+    goals["served mixture: MU / one adapter's"] = goal(ratio, ">= 0.97",
+                                                       ratio is not None and ratio >= 0.97,
+                                                       forgetting=False)
+    return goals
+
+
+def _ratio(a: float, b: float) -> float | None:
+    """a / b; None when b is 0 (a model with no utility: nothing to compare with)."""
+    return a / b if b > 0 else None
+
+
 def _second_tier(life: Lifecycle, store: ShardStore, guard: Guard, forget: list[Item],
                  items: int, budget: int) -> dict:
     """Tune the configured corruption's sigma (at its k) against the held-out mixture (every
-    flagged prompt routed around the held shards, uncorrupted) on `items` of the pending
-    requests' questions, spread over the forget set; scored as served (the configured
-    quarantine). Its sigma is comparable with the served one's, where the search starts."""
+    flagged prompt routed around the held shards, uncorrupted) on `items` of the tuning
+    authors' questions `forget` (none of them scored in the guarded phase's unseen forms);
+    scored as served (the configured quarantine). Its sigma is comparable with the served
+    one's, where the search starts."""
     start = time.perf_counter()
     chosen = forget[::max(1, len(forget) // items)][:items]
     name, k = life.corruption.name, life.corruption.k
@@ -293,21 +407,24 @@ def _second_tier(life: Lifecycle, store: ShardStore, guard: Guard, forget: list[
     return {**asdict(result), "scores": SECOND_TIER_SCORES, "items": len(chosen)}
 
 
-def _aggregation(life: Lifecycle, store: ShardStore, data: TofuData, apa: dict, progress
+def _aggregation(life: Lifecycle, store: ShardStore, data: TofuData, served: dict, progress
                  ) -> dict:
-    """APA's weights (the original phase, `apa`) against uniform weights, SISA's output
-    ensemble and one adapter trained on everything: model utility and retain ROUGE-L."""
+    """The served weights (the original phase, `served`) against APA's loss-based attention,
+    uniform weights, SISA's output ensemble and one adapter trained on everything: model utility
+    and retain ROUGE-L (the retain questions are training questions: how well each recalls)."""
     sets = {name: data.sets[name] for name in UTILITY_SETS}
-    uniform = life.served(store, life.guard(), life.config.route.model_copy(
-        update={"scheme": "uniform"}))
+    scheme = life.config.route.scheme
     single = create_store(life.config, life.work / "single", data.train, data.validation,
                           shards=1, embed=life.embed)
     life.train("single", single, progress)
-    records = {"apa": apa,
-               "uniform": life.score("uniform", uniform, sets)[0],
-               "ensemble": life.score("ensemble", EnsembleSubject(life.model, life.tokenizer,
-                                                                  store), sets)[0],
-               "single": life.score("single", life.served(single, life.guard()), sets)[0]}
+    records = {f"served ({scheme})": served}
+    for other in ("apa", "uniform"):
+        if other != scheme:
+            records[other] = life.score(other, life.served(store, life.guard(), (
+                life.config.route.model_copy(update={"scheme": other}))), sets)[0]
+    records["ensemble"] = life.score("ensemble", EnsembleSubject(life.model, life.tokenizer,
+                                                                 store), sets)[0]
+    records["single"] = life.score("single", life.served(single, life.guard()), sets)[0]
     # Trained on the forget authors, and no forget request will ever reach it: gone now.
     shutil.rmtree(single.root)
     return {name: {"model_utility": r["model_utility"], "retain_rouge_l": r["retain"]["rouge_l"]}

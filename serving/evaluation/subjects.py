@@ -112,6 +112,10 @@ class ServedSubject:
             self.model.lora.evict(name)
 
     def logprobs(self, pairs: list[tuple[str, str]]) -> np.ndarray:
+        return np.array([t.mean().item() for t in self.token_logprobs(pairs)])
+
+    def token_logprobs(self, pairs: list[tuple[str, str]]) -> list[torch.Tensor]:
+        """(Ta,) log-probability of each answer token of each (question, answer)."""
         questions, answers, where = by_question(pairs)
         scored: dict[int, list[torch.Tensor]] = {}
 
@@ -135,7 +139,7 @@ class ServedSubject:
                 if key is not None:
                     self.computed.update({("logprobs", key, a): t
                                           for a, t in zip(answers[r], group)})
-        return np.array([scored[g][j].mean().item() for g, j in where])
+        return [scored[g][j] for g, j in where]
 
     def answers(self, questions: list[str]) -> list[str]:
         out: dict[int, str] = {}
