@@ -93,7 +93,7 @@ def _key_array(text: str) -> np.ndarray:
     return np.frombuffer(base64.b64decode(text), dtype=np.float32)
 
 
-def _centroids(shards: np.ndarray, keys: np.ndarray, count: int) -> np.ndarray:
+def shard_centroids(shards: np.ndarray, keys: np.ndarray, count: int) -> np.ndarray:
     """(count, d) float32: per shard, the unit mean of its rows of `keys`, summed in their
     order (one function for every writer, so equal live keys give equal bytes); zero for a
     shard with none."""
@@ -165,7 +165,7 @@ class Lineage:
                  for s, k, texts in zip(samples, shards, sealed)],
             )
             order = sorted(range(len(samples)), key=lambda i: samples[i].id)  # as live_keys
-            centroids = _centroids(np.asarray(shards)[order], keys[order], count)
+            centroids = shard_centroids(np.asarray(shards)[order], keys[order], count)
             db.executemany("INSERT INTO shards (shard, centroid) VALUES (?, ?)",
                            [(k, c.tobytes()) for k, c in enumerate(centroids)])
 
@@ -291,7 +291,8 @@ class Lineage:
         if live is not None:
             count = len(db.execute("SELECT shard FROM shards").fetchall())
             db.executemany("UPDATE shards SET centroid = ? WHERE shard = ?",
-                           [(c.tobytes(), k) for k, c in enumerate(_centroids(*live[1:], count))])
+                           [(c.tobytes(), k)
+                            for k, c in enumerate(shard_centroids(*live[1:], count))])
 
     # --- publication --------------------------------------------------------------------------
 

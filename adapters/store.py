@@ -44,7 +44,7 @@ from base import (FORMAT, HASH_KEY, Database, Receipt, RequestEvidence, ShardEvi
                   merkle_root, open_database, resolve_device, version_digest, write_atomic)
 
 from .config import TrainConfig
-from .lineage import Lineage, LineageError, id_set_hash
+from .lineage import Lineage, LineageError, id_set_hash, shard_centroids
 from .losses import LossTable, LossTableError
 from .mixture import Mixture, MixtureCache
 from .partition import partition
@@ -429,12 +429,15 @@ class ShardStore:
         if state is None or state.versions != served:
             shards = [k for k, _ in served]
             live = self.lineage.live_keys()
-            if live is not None:  # the keys of served shards; row i of key_rows: shards[i]
+            if live is None:  # a store from before routing keys: the partition's centroids
+                centroids = self.lineage.centroids()
+            else:  # from the live keys themselves, whether or not a purge has run yet
                 _, key_shards, keys = live
-                mine = np.isin(key_shards, shards)  # (N,)
+                centroids = shard_centroids(key_shards, keys, len(self.lineage.shard_ids()))
+                mine = np.isin(key_shards, shards)  # (N,) the keys of served shards
                 keys, key_rows = keys[mine], np.searchsorted(shards, key_shards[mine])
             state = self._router = RouterState(
-                versions=served, centroids=self.lineage.centroids()[shards],
+                versions=served, centroids=centroids[shards],
                 keys=None if live is None else keys,
                 key_rows=None if live is None else key_rows,
                 validation=self.validation_embeddings,

@@ -8,8 +8,8 @@ TOFU").
 One adapter (the configured LoRA) per (learning rate, epochs) on TOFU forget01's two authors and
 the first N other authors (200 samples at N=8), then the forget questions (40, all trained on)
 answered by the base model with that adapter alone: mean ROUGE-L recall and per-token
-probability (guard/metrics.py). About 10 minutes per epoch of 200 samples on a 2-vCPU machine.
-Writes bench/results/tofu_lr.json.
+probability (guard/metrics.py). About 1.5 minutes per epoch of 100 samples (N=3) on a 2-vCPU
+machine, plus ~2 minutes of scoring per setting. Writes bench/results/tofu_lr.json (--out).
 """
 
 from __future__ import annotations

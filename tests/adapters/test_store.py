@@ -86,6 +86,17 @@ def test_a_store_derived_without_samples_trains_to_the_exact_forget(store, tmp_p
     assert before.digest() != after.digest() and len(before.keys) == len(after.keys) + len(ids)
 
 
+def test_a_router_read_between_publish_and_purge_holds_nothing_of_the_samples(store, tmp_path):
+    """A server may read the router state as soon as the retrain publishes, before the purge
+    recomputes the stored centroids: the state comes from the live keys themselves."""
+    ids = [store.lineage.shard_samples(2)[0].id]
+    reference = ShardStore.derive(tmp_path / "reference", store, set(ids), reuse_unchanged=True)
+    reference.train(reference.lineage.shard_ids())
+    store.lineage.tombstone(ids)
+    store.train([2])  # published; the text, key and stored centroid not purged yet
+    assert store.router_state().digest() == reference.router_state().digest()
+
+
 def test_nearest_sends_a_training_question_to_the_shard_that_learned_it(store):
     for shard in store.lineage.shard_ids():
         for sample in store.lineage.shard_samples(shard):
