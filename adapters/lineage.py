@@ -18,8 +18,11 @@ took and whether or not it still held its lock.
 
 Each sample also keeps its routing key (the unit embedding of its prompt, sealed with its text
 and purged with it): what the `nearest` weighting scheme attends over. A shard's centroid is the
-mean of its live samples' keys, recomputed when a purge drops some, so nothing routing reads is
-a function of a forgotten sample (`live_keys`, `centroids`).
+mean of its live samples' keys, computed when read (`live_keys`; store.py's RouterState) and never
+stored: a stored mean, rewritten at each purge, would leave its old values in the database's
+files, and the old mean less the live keys is the forgotten key. So nothing routing reads is a
+function of a forgotten sample. (A lineage from before routing keys keeps its partition's
+centroids, forgotten samples included: `centroids`.)
 
 Quarantine is a set of holds, one per (forget request, shard): a shard is quarantined while any
 request holds it, and each request releases only its own holds, so lifting one request's
@@ -56,7 +59,7 @@ CREATE INDEX IF NOT EXISTS samples_owner ON samples(owner);
 CREATE INDEX IF NOT EXISTS samples_shard ON samples(shard);
 CREATE TABLE IF NOT EXISTS shards (
     shard INTEGER PRIMARY KEY,
-    centroid {bytes} NOT NULL  -- float32 unit vector: mean embedding of the shard's samples
+    centroid {bytes} NOT NULL  -- float32: the partition's centroid (zeros since routing keys)
 );
 CREATE TABLE IF NOT EXISTS quarantine (
     request TEXT NOT NULL,     -- the forget request that holds the shard at weight 0
@@ -91,18 +94,6 @@ def _key_text(key: np.ndarray) -> str:
 
 def _key_array(text: str) -> np.ndarray:
     return np.frombuffer(base64.b64decode(text), dtype=np.float32)
-
-
-def shard_centroids(shards: np.ndarray, keys: np.ndarray, count: int) -> np.ndarray:
-    """(count, d) float32: per shard, the unit mean of its rows of `keys`, summed in their
-    order (one function for every writer, so equal live keys give equal bytes); zero for a
-    shard with none."""
-    out = np.zeros((count, keys.shape[1]), dtype=np.float32)
-    for k in range(count):
-        mean = keys[shards == k].astype(np.float64).sum(axis=0)
-        norm = np.linalg.norm(mean)
-        out[k] = mean / norm if norm > 0 else 0.0
-    return out
 
 
 def id_set_hash(ids: Iterable[str]) -> str:
@@ -164,37 +155,42 @@ class Lineage:
                 [(s.id, s.owner, int(k), self.content_hash(s), *texts)
                  for s, k, texts in zip(samples, shards, sealed)],
             )
-            order = sorted(range(len(samples)), key=lambda i: samples[i].id)  # as live_keys
-            centroids = shard_centroids(np.asarray(shards)[order], keys[order], count)
+            zero = np.zeros(keys.shape[1], dtype=np.float32).tobytes()  # its length: d
             db.executemany("INSERT INTO shards (shard, centroid) VALUES (?, ?)",
-                           [(k, c.tobytes()) for k, c in enumerate(centroids)])
+                           [(k, zero) for k in range(count)])
 
     def shard_ids(self) -> list[int]:
         return [k for (k,) in self._query("SELECT shard FROM shards ORDER BY shard")]
 
     def centroids(self) -> np.ndarray:
-        """(K, d) float32, row k for shard k: the mean of its live samples' keys (zero once
-        every sample is forgotten)."""
+        """(K, d) float32, row k for shard k, as stored: the partition's centroids in a lineage
+        from before routing keys, zeros since (the centroids are the live keys' means:
+        store.py's RouterState)."""
         rows = self._query("SELECT centroid FROM shards ORDER BY shard")
         return np.stack([np.frombuffer(blob, dtype=np.float32) for (blob,) in rows])
 
     def live_keys(self, db: Connection | None = None
                   ) -> tuple[list[str], np.ndarray, np.ndarray] | None:
         """(ids of the live samples, (N,) their shards, (N, d) float32 their routing keys),
-        sorted by shard then id; None for a lineage from before routing keys."""
+        sorted by shard then id (in Python: a database's collation may order ids otherwise);
+        None for a lineage from before routing keys."""
         if db is None:
             with self.database.read() as db:
                 return self.live_keys(db)
-        rows = db.execute("SELECT id, shard, route_key FROM samples WHERE forgotten_at IS NULL "
-                          "ORDER BY shard, id").fetchall()
+        rows = db.execute("SELECT id, shard, route_key FROM samples "
+                          "WHERE forgotten_at IS NULL").fetchall()
         if any(key is None for _, _, key in rows):
             return None
-        if not rows:  # every sample forgotten
+        # shredded="none": a sample tombstoned and purged since the rows were read has no key
+        # left, and is not live any more
+        opened = self.keys.open([(i, (None, None, key)) for i, _, key in rows], db,
+                                shredded="none")
+        live = sorted((k, i, texts[2]) for (i, k, _), texts in zip(rows, opened) if texts)
+        if not live:  # every sample forgotten
             [(centroid,)] = db.execute("SELECT centroid FROM shards LIMIT 1").fetchall()
             return [], np.zeros(0, dtype=np.int64), np.zeros((0, len(centroid) // 4), np.float32)
-        opened = self.keys.open([(i, (None, None, key)) for i, _, key in rows], db)
-        return ([i for i, _, _ in rows], np.array([k for _, k, _ in rows], dtype=np.int64),
-                np.stack([_key_array(texts[2]) for texts in opened]))
+        return ([i for _, i, _ in live], np.array([k for k, _, _ in live], dtype=np.int64),
+                np.stack([_key_array(key) for _, _, key in live]))
 
     def shard_samples(self, shard: int) -> list[Sample]:
         """The live samples of a shard, sorted by id: the training set of its next adapter."""
@@ -268,7 +264,7 @@ class Lineage:
         ring's epoch: no copy of the text left in any file of the database (a dead row version,
         a WAL segment, a page not yet overwritten, a backup) can be read any more. SQLite also
         zeroes it in its page (secure_delete) and checkpoints the WAL. Ids and keyed content
-        hashes remain; the shards' centroids become the means of their live keys."""
+        hashes remain."""
         ids = sorted(set(ids))
         with self.database.write() as db:
             gone = [i for (i,) in db.execute(
@@ -278,21 +274,10 @@ class Lineage:
                 "UPDATE samples SET prompt = NULL, response = NULL, route_key = NULL "
                 "WHERE id = ? AND prompt IS NOT NULL", [(i,) for i in gone])
             self.keys.forget(db, gone)
-            self._recentre(db)
         self.keys.rotate()  # also after a retry that found the text purged: a crash may have
         # come between the commit above and the end of the epoch
         self.database.purged("samples")
         return purged
-
-    def _recentre(self, db: Connection) -> None:
-        """Every shard's centroid from its live keys (a lineage from before routing keys keeps
-        the partition's)."""
-        live = self.live_keys(db)
-        if live is not None:
-            count = len(db.execute("SELECT shard FROM shards").fetchall())
-            db.executemany("UPDATE shards SET centroid = ? WHERE shard = ?",
-                           [(c.tobytes(), k)
-                            for k, c in enumerate(shard_centroids(*live[1:], count))])
 
     # --- publication --------------------------------------------------------------------------
 

@@ -44,7 +44,7 @@ from base import (FORMAT, HASH_KEY, Database, Receipt, RequestEvidence, ShardEvi
                   merkle_root, open_database, resolve_device, version_digest, write_atomic)
 
 from .config import TrainConfig
-from .lineage import Lineage, LineageError, id_set_hash, shard_centroids
+from .lineage import Lineage, LineageError, id_set_hash
 from .losses import LossTable, LossTableError
 from .mixture import Mixture, MixtureCache
 from .partition import partition
@@ -118,6 +118,7 @@ class ShardStore:
         self.validation_embeddings = (np.load(self.root / "validation.npy")
                                       if self.info["validation_hash"] else None)  # (V, d)
         self._router: RouterState | None = None  # of the versions last routed on
+        self._router_lock = threading.Lock()
         self._mixture_lock = threading.Lock()  # one build per mixture; sweeps see every pin
         self._ranks: dict[str, int] = {}  # shard version id -> its LoRA rank
 
@@ -187,8 +188,11 @@ class ShardStore:
         kept = [(s, k) for k in source.lineage.shard_ids()
                 for s in source.lineage.shard_samples(k) if s.id not in without]
         lineage = _lineage(root, None)
-        lineage.assign([s for s, _ in kept], np.array([k for _, k in kept]),
-                       np.stack([key_of[s.id] for s, _ in kept]), len(source.lineage.shard_ids()))
+        keys = np.zeros((len(kept), live[2].shape[1]), dtype=np.float32)  # (N, d)
+        for row, (s, _) in enumerate(kept):
+            keys[row] = key_of[s.id]
+        lineage.assign([s for s, _ in kept], np.array([k for _, k in kept], dtype=np.int64),
+                       keys, len(source.lineage.shard_ids()))
         if source.info["validation_hash"]:
             for name in ("validation.jsonl", "validation.npy"):
                 shutil.copyfile(source.root / name, root / name)
@@ -366,7 +370,13 @@ class ShardStore:
             guard_before=guard[0], guard_after=guard[1],
             text_purged=not self.lineage.database.purge_pending(),
             coalesced_with=list(coalesced_with), worker=worker, completed_at=time.time(),
-            router_digest=self.router_state().digest())
+            router_digest=self._router_digest())
+
+    def _router_digest(self) -> str | None:
+        """The router state's digest; None for a store from before routing keys, whose
+        partition centroids still hold every forgotten sample's share."""
+        state = self.router_state()
+        return None if state.keys is None else state.digest()
 
     # --- validation losses -------------------------------------------------------------------
 
@@ -425,25 +435,29 @@ class ShardStore:
         so once a forget request completes nothing here comes from its samples."""
         versions = self.current_versions() if versions is None else versions
         served = tuple((v.shard, v.id) for v in versions)
-        state = self._router
-        if state is None or state.versions != served:
-            shards = [k for k, _ in served]
-            live = self.lineage.live_keys()
-            if live is None:  # a store from before routing keys: the partition's centroids
-                centroids = self.lineage.centroids()
-            else:  # from the live keys themselves, whether or not a purge has run yet
-                _, key_shards, keys = live
-                centroids = shard_centroids(key_shards, keys, len(self.lineage.shard_ids()))
-                mine = np.isin(key_shards, shards)  # (N,) the keys of served shards
-                keys, key_rows = keys[mine], np.searchsorted(shards, key_shards[mine])
-            state = self._router = RouterState(
-                versions=served, centroids=centroids[shards],
-                keys=None if live is None else keys,
-                key_rows=None if live is None else key_rows,
-                validation=self.validation_embeddings,
-                losses=None if self.validation_embeddings is None or not versions
-                else self.losses.matrix(versions))
-        return state
+        with self._router_lock:  # one read per change of versions, whatever the threads
+            if self._router is None or self._router.versions != served:
+                self._router = self._read_router(versions)
+            return self._router
+
+    def _read_router(self, versions: list[Version]) -> RouterState:
+        shards = [v.shard for v in versions]
+        live, count = self.lineage.live_keys(), len(self.lineage.shard_ids())
+        keys = key_rows = None
+        if live is None:  # a store from before routing keys: the partition's centroids
+            centroids = self.lineage.centroids()
+        else:  # from the live keys themselves, whether or not a purge has run yet
+            _, key_shards, keys = live
+            centroids = shard_centroids(key_shards, keys, count)
+            row_of = np.full(count, -1)
+            row_of[shards] = np.arange(len(shards))
+            key_rows = row_of[key_shards]  # (N,) row of each key's shard; -1: not served
+            keys, key_rows = keys[key_rows >= 0], key_rows[key_rows >= 0]
+        return RouterState(
+            versions=tuple((v.shard, v.id) for v in versions), centroids=centroids[shards],
+            keys=keys, key_rows=key_rows, validation=self.validation_embeddings,
+            losses=None if self.validation_embeddings is None or not versions
+            else self.losses.matrix(versions))
 
     def weights(self, query: np.ndarray, config: RouteConfig, excluded: set[int] = frozenset(),
                 avoid_held: bool = True) -> dict[int, float]:
@@ -496,9 +510,12 @@ class ShardStore:
         """Delete the cached mixtures of superseded versions (except those pinned by requests
         in flight in this process). New requests never use them: their names hash the versions.
         Run by the process that serves (the server syncs every few seconds), so that a retrain
-        in another process never deletes a mixture an engine is about to read."""
+        in another process never deletes a mixture an engine is about to read. The router state
+        is read again too, so an idle server keeps nothing of a forgotten sample either."""
+        versions = self.current_versions()
+        self.router_state(versions)
         with self._mixture_lock:
-            return self.mixtures.sweep({v.shard: v.id for v in self.current_versions()})
+            return self.mixtures.sweep({v.shard: v.id for v in versions})
 
     def stack(self, weights: dict[int, float]) -> Mixture:
         """Every current shard adapter stacked (mixture.py; built once per set of versions),
@@ -534,6 +551,18 @@ class ShardStore:
         return versions
 
 
+def shard_centroids(shards: np.ndarray, keys: np.ndarray, count: int) -> np.ndarray:
+    """(count, d) float32: per shard, the unit mean of its rows of `keys`, summed in their
+    order (one function for every writer, so equal live keys give equal bytes); zero for a
+    shard with none."""
+    out = np.zeros((count, keys.shape[1]), dtype=np.float32)
+    for k in range(count):
+        mean = keys[shards == k].astype(np.float64).sum(axis=0)
+        norm = np.linalg.norm(mean)
+        out[k] = mean / norm if norm > 0 else 0.0
+    return out
+
+
 @dataclass(frozen=True)
 class RouterState:
     """Everything routing reads, for one set of served versions: a function of the live samples
@@ -549,9 +578,13 @@ class RouterState:
     losses: np.ndarray | None  # (K, V) rows of `versions`, in their order
 
     def digest(self) -> str:
+        """sha256 over the versions and each array's dtype, shape and bytes."""
         h = hashlib.sha256(json.dumps(self.versions).encode())
         for array in (self.centroids, self.keys, self.key_rows, self.validation, self.losses):
-            h.update(b"-" if array is None else np.ascontiguousarray(array).tobytes())
+            frame = None if array is None else [array.dtype.str, list(array.shape)]
+            h.update(json.dumps(frame).encode())
+            if array is not None:
+                h.update(np.ascontiguousarray(array).tobytes())
         return h.hexdigest()
 
 

@@ -6,8 +6,8 @@ numpy; psycopg when a PostgreSQL URL is first opened), so `lethe receipt verify`
 (the device check imports torch only when it resolves a device).
 """
 
-from .database import (Connection, Database, DatabaseError, database_schemes, finish_purges, open_database,
-                       register_database)
+from .database import (Connection, Database, DatabaseError, database_schemes, finish_purges,
+                       open_database, register_database)
 from .devices import DeviceError, device_name, resolve_device
 from .digests import MANIFEST, merkle_root, version_digest
 from .errors import LetheError

@@ -116,8 +116,9 @@ class KeyRing:
     def open(self, items: Sequence[tuple[str, Sequence[str]]], db: Connection | None = None,
              shredded: Literal["raise", "none"] = "raise") -> list[list[str] | None]:
         """The texts of each (name, sealed texts), as `seal` took them (a text passed as None,
-        not asked for, comes back None); KeyRingError if a text does not open where it is. A name whose key is gone (shredded since its row was read):
-        KeyRingError, or None in its place with `shredded="none"`. `db`: the caller's
+        not asked for, comes back None); KeyRingError if a text does not open where it is. A
+        name whose key is gone (shredded since its row was read): KeyRingError, or None in its
+        place with `shredded="none"`. `db`: the caller's
         connection, when it is in a transaction (a second one from the pool could wait for one
         that the transactions queued behind it hold)."""
         try:

@@ -113,7 +113,8 @@ class Receipt(_Strict):
     coalesced_with: list[str]  # other requests made exact by the same retrain
     worker: str
     completed_at: float  # unix time
-    # None: a receipt from before the field (its signature covers no `router_digest`)
+    # None: a receipt from before the field (its signature covers no `router_digest`), or a
+    # store from before routing keys (its partition centroids hold forgotten samples' share)
     router_digest: Hex64 | None = None
     key_id: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")] | None = None
     signature: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{128}$")] | None = None

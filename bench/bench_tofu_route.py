@@ -81,7 +81,9 @@ def key_routing(args) -> None:
                     for s in store.lineage.shard_samples(k)}
         # what the router of the trained store reads (no adapter: these schemes need none)
         _, key_shards, keys = store.lineage.live_keys()
-        centroids, shards = store.lineage.centroids(), store.lineage.shard_ids()
+        shards = store.lineage.shard_ids()
+        centroids = np.stack([keys[key_shards == k].mean(axis=0) for k in shards])
+        centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)  # (K, d)
 
         def weights(text_vectors, change):
             cfg = config.route.model_copy(update={"quantum": 0.0, **change})

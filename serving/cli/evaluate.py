@@ -79,7 +79,8 @@ def _table(result: dict, phases) -> list[str]:
         lines.append(f"{name:<11} {p['forget_quality']:>9.3g} "
                      f"{_maybe(p.get('forget_quality_unseen'), '.3g'):>9} "
                      f"{p['model_utility']:>6.3f} {p['forget']['rouge_l']:>12.3f} "
-                     f"{_maybe(unseen, '.3f'):>12} {p['membership_auc']:>7.3f} {flagged:>28}")
+                     f"{_maybe(unseen, '.3f'):>12} {_maybe(p.get('membership_auc'), '.3f'):>7} "
+                     f"{flagged:>28}")
     lines.append(f"power: FQ(original vs reference) {power['fq_original_vs_reference']:.3g} "
                  f"(<= {power['threshold']}): {power['meaning']}")
     unseen = result["unseen"]

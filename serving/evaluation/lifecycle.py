@@ -34,9 +34,10 @@ unseen forms, `forget_quality_unseen`), model utility (harmonic mean of probabil
 truth ratio on retain, real authors and world facts), each set's scores, a membership-inference
 audit (`membership_auc`: min-k% probability of the forget answers against never-trained
 holdout answers, as ROC AUC; 0.5 when the attack cannot tell them apart), the share of each
-set's questions the guard flagged, and the share of its scorings an earlier phase had computed: no computation runs twice (subjects.ServedSubject),
-so an unflagged question while requests are pending is the original's, and the reference, when
-its versions are the exact state's, is the exact phase's computation over again.
+set's questions the guard flagged, and the share of its scorings an earlier phase had
+computed: no computation runs twice (subjects.ServedSubject), so an unflagged question while
+requests are pending is the original's, and the reference, when its versions are the exact
+state's, is the exact phase's computation over again.
 
 `power`: the evaluation only shows forgetting if the original itself fails it; with forget
 quality(original vs reference) above POWER_FQ it has no power, and `goals` calls no phase's
@@ -128,10 +129,10 @@ def score_set(subject, name: str, items: list[Item]) -> tuple[dict, np.ndarray]:
     kind = "probability_options" if name in ("real_authors", "world_facts") else "probability"
     ratios = metric("truth_ratio")(subject, [i for i in items
                                              if i.paraphrased_answer and i.perturbed_answers])
+    summary = truth_ratio_closer_to_1 if name in FORGET_SETS else truth_ratio_true_better
     scores = {"probability": float(metric(kind)(subject, items).mean()),
               "rouge_l": float(metric("rouge_l")(subject, items).mean()),
-              "truth_ratio": truth_ratio_closer_to_1(ratios) if name in FORGET_SETS
-              else truth_ratio_true_better(ratios)}
+              "truth_ratio": summary(ratios) if len(ratios) else None}  # None: no item has options
     return scores, ratios
 
 
@@ -230,10 +231,11 @@ class Lifecycle:
         self.log(f"{name}: scoring")
         start = time.perf_counter()
         record, ratios = score_subject(subject, sets, self.log)
-        if holdout:
-            record["membership_auc"] = membership_auc(subject, sets["forget"], holdout)
-            self.log(f"  membership AUC {record['membership_auc']:.3f} ({len(sets['forget'])} "
-                     f"forget answers against {len(holdout)} holdout answers)")
+        for forms, key in (("forget", "membership_auc"), ("unseen", "membership_auc_unseen")):
+            if holdout and sets.get(forms):
+                record[key] = membership_auc(subject, sets[forms], holdout)
+                self.log(f"  membership AUC {record[key]:.3f} ({len(sets[forms])} {forms} "
+                         f"answers against {len(holdout)} holdout answers)")
         self.seconds[f"score_{name}"] = round(time.perf_counter() - start, 1)
         return record, ratios
 
@@ -270,10 +272,10 @@ def run_tofu(config: Config, data: TofuData, work: Path, *, aggregation: bool = 
     guard.settle()  # the window head covers the requests (seconds, in the server's background)
     life.seconds["forget_head_ready"] = round(time.perf_counter() - started, 3)
     phases["guarded"], ratios["guarded"] = life.score("guarded", served, data.sets, data.holdout)
-    uncorrupted = Corruption(life.corruption.name, 0.0, life.corruption.k)
+    # no guard (one with no request: it never flags), every request routed around the holds
     phases["quarantined"], ratios["quarantined"] = life.score(
-        "quarantined", life.served(store, guard, corruption=uncorrupted, quarantine="all"),
-        data.sets, data.holdout)
+        "quarantined", life.served(store, life.guard(), quarantine="all"), data.sets,
+        data.holdout)
     second_tier = (_second_tier(life, store, guard, data.tune, tune_items, tune_budget)
                    if data.tune else None)
     tried = {}
@@ -334,42 +336,42 @@ def _goals(phases: dict, identical: bool, aggregated: dict | None) -> dict:
     power = phases["original"]["forget_quality"] <= POWER_FQ
     original, guarded, reference = (phases[p] for p in ("original", "guarded", "reference"))
 
-    def goal(value, target: str, met: bool | None, forgetting: bool = True) -> dict:
-        return {"value": value, "goal": target,
-                "met": None if value is None or (forgetting and not power) else bool(met)}
+    def goal(value, target: str, met, forgetting: bool = True) -> dict:
+        """`met(value)`: whether it meets the goal, asked only when there is a value to judge."""
+        judged = value is not None and (power or not forgetting)
+        return {"value": value, "goal": target, "met": bool(met(value)) if judged else None}
 
-    unseen_fq = guarded.get("forget_quality_unseen")
-    auc = {p: phases[p].get("membership_auc") for p in PHASES}
+    at_least = lambda bound: lambda v: v >= bound  # noqa: E731
+    at_most = lambda bound: lambda v: v <= bound  # noqa: E731
     forms = "unseen" if "unseen" in guarded else "forget"  # what the guard was not handed
-    rouge_gap = abs(guarded[forms]["rouge_l"] - reference[forms]["rouge_l"])
+    auc = {p: phases[p].get("membership_auc") for p in PHASES}
+    single = (aggregated or {}).get("single")
     goals = {
         "power: FQ(original vs reference)": goal(
-            original["forget_quality"], f"<= {POWER_FQ}", power, forgetting=False),
+            original["forget_quality"], f"<= {POWER_FQ}", at_most(POWER_FQ), forgetting=False),
         "original: forget ROUGE-L": goal(original["forget"]["rouge_l"], ">= 0.8",
-                                         original["forget"]["rouge_l"] >= 0.8, forgetting=False),
-        "guarded: FQ on unseen forms": goal(unseen_fq, ">= 0.5",
-                                            unseen_fq is not None and unseen_fq >= 0.5),
-        f"guarded: {forms} ROUGE-L gap to the reference": goal(rouge_gap, "<= 0.05",
-                                                               rouge_gap <= 0.05),
+                                         at_least(0.8), forgetting=False),
+        "guarded: FQ on unseen forms": goal(guarded.get("forget_quality_unseen"), ">= 0.5",
+                                            at_least(0.5)),
+        f"guarded: {forms} ROUGE-L gap to the reference": goal(
+            abs(guarded[forms]["rouge_l"] - reference[forms]["rouge_l"]), "<= 0.05",
+            at_most(0.05)),
         "guarded: MU / original's": goal(
             _ratio(guarded["model_utility"], original["model_utility"]), ">= 0.99",
-            guarded["model_utility"] >= 0.99 * original["model_utility"], forgetting=False),
-        "exact = reference": goal(identical, "true", identical, forgetting=False),
+            at_least(0.99), forgetting=False),
+        "exact = reference": goal(identical, "true", bool, forgetting=False),
         "quarantined: MU / original's": goal(
-            _ratio(phases["quarantined"]["model_utility"], original["model_utility"]), ">= 0.97",
-            phases["quarantined"]["model_utility"] >= 0.97 * original["model_utility"],
-            forgetting=False),
+            _ratio(phases["quarantined"]["model_utility"], original["model_utility"]),
+            ">= 0.97", at_least(0.97), forgetting=False),
         "membership AUC: original": goal(auc["original"], "well above 0.5 (> 0.6)",
-                                         auc["original"] > 0.6, forgetting=False),
+                                         at_least(0.6), forgetting=False),
     }
     for phase in ("guarded", "exact"):
-        gap = abs(auc[phase] - auc["reference"])
-        goals[f"membership AUC: {phase} - reference"] = goal(gap, "<= 0.05", gap <= 0.05)
-    single = (aggregated or {}).get("single")
-    ratio = single and _ratio(original["model_utility"], single["model_utility"])
-    goals["served mixture: MU / one adapter's"] = goal(ratio, ">= 0.97",
-                                                       ratio is not None and ratio >= 0.97,
-                                                       forgetting=False)
+        gap = None if None in (auc[phase], auc["reference"]) else abs(auc[phase] - auc["reference"])
+        goals[f"membership AUC: {phase} - reference"] = goal(gap, "<= 0.05", at_most(0.05))
+    goals["served mixture: MU / one adapter's"] = goal(
+        single and _ratio(original["model_utility"], single["model_utility"]), ">= 0.97",
+        at_least(0.97), forgetting=False)
     return goals
 
 

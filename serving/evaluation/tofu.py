@@ -92,6 +92,9 @@ def _probe(record: object, where: str, author_of: dict[str, int], authors: int) 
                                or not 0 <= author < authors):
         raise TofuDataError(f"{where}: author must be an integer in 0..{authors - 1}, "
                             f"got {author!r}")
+    if question in author_of:
+        raise TofuDataError(f"{where}: question is a TOFU training question itself (a probe is "
+                            f"another form of one: original_question)")
     if original is not None:
         if not isinstance(original, str) or original not in author_of:
             raise TofuDataError(f"{where}: original_question is not a question of full.json")
@@ -147,15 +150,19 @@ def load_tofu(root: Path, split: str, retain_authors: int, eval_items: int | Non
     # other forms of the forget questions: (author, Item), the answers' options as the original
     # question's, so that every form has a truth ratio where its original has one
     as_forget = {i.prompt: i for i in forget}
-    forms = [(author_of[r["question"]], replace(as_forget[r["question"]],
-                                                prompt=r["paraphrased_question"]))
-             for r in _records(root / f"{split}_perturbed.json")
-             if isinstance(r.get("paraphrased_question"), str) and r["paraphrased_question"]]
+    forms = []
+    for r in _records(root / f"{split}_perturbed.json"):
+        if isinstance(r.get("paraphrased_question"), str) and r["paraphrased_question"]:
+            if r["question"] not in author_of:
+                raise TofuDataError(f"{split}_perturbed.json: {r['question']!r} is not in "
+                                    f"full.json")
+            forms.append((author_of[r["question"]], replace(as_forget[r["question"]],
+                                                            prompt=r["paraphrased_question"])))
     counts = {"paraphrased_questions": len(forms), "probes": 0, "probes_not_forget_authors": 0}
     for path in probes:
         try:
             records = _records(Path(path))
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, ValueError) as e:  # unreadable, not UTF-8, not JSON
             raise TofuDataError(f"--probe {path}: not a JSONL file of objects with "
                                 f"{PROBE_FIELDS} ({e})") from e
         for n, record in enumerate(records, 1):

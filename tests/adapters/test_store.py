@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 from adapters import RouteConfig, ShardStore, UnknownSampleError, synth_people
@@ -95,6 +96,36 @@ def test_a_router_read_between_publish_and_purge_holds_nothing_of_the_samples(st
     store.lineage.tombstone(ids)
     store.train([2])  # published; the text, key and stored centroid not purged yet
     assert store.router_state().digest() == reference.router_state().digest()
+
+
+def test_a_serving_process_drops_the_forgotten_keys_at_its_sync_without_a_request(store):
+    """The worker is another process: the server's store learns of the retrain at its sync."""
+    server = ShardStore(store.root)
+    before = server.router_state()
+    victim = store.lineage.shard_samples(1)[0]
+    store.forget_samples([victim.id])
+    assert server._router is before  # nothing routed meanwhile
+    server.sweep_mixtures()  # the server's sync
+    assert server._router is not before
+    assert server._router.digest() == store.router_state().digest()
+    assert len(server._router.keys) == len(before.keys) - 1
+
+
+def test_a_store_derived_without_every_sample_serves_nothing(store, tmp_path):
+    everyone = [s.id for k in store.lineage.shard_ids() for s in store.lineage.shard_samples(k)]
+    reference = ShardStore.derive(tmp_path / "reference", store, set(everyone))
+    assert [r.version for r in reference.train(reference.lineage.shard_ids())] == [None] * 3
+    assert reference.current_versions() == [] and len(reference.router_state().keys) == 0
+
+
+def test_keys_follow_their_shard_whatever_the_order_of_the_versions(store):
+    versions = store.current_versions()[::-1]  # shards 2, 1, 0
+    state = store.router_state(versions)
+    for row, version in enumerate(versions):
+        prompts = [s.prompt for s in store.lineage.shard_samples(version.shard)]
+        assert (state.key_rows == row).sum() == len(prompts)
+        assert np.allclose(np.sort(state.keys[state.key_rows == row], axis=0),
+                           np.sort(hash_embed(prompts), axis=0), atol=1e-6)
 
 
 def test_nearest_sends_a_training_question_to_the_shard_that_learned_it(store):

@@ -55,7 +55,7 @@ def test_every_phase_has_forget_quality_and_model_utility(run):
     for phase in record["phases"].values():
         assert 0 <= phase["forget_quality"] <= 1 and 0 <= phase["forget_quality_unseen"] <= 1
         assert math.isfinite(phase["model_utility"]) and phase["model_utility"] >= 0
-        assert 0 <= phase["membership_auc"] <= 1
+        assert 0 <= phase["membership_auc"] <= 1 and 0 <= phase["membership_auc_unseen"] <= 1
         for name in ("forget", "unseen", "retain", "real_authors", "world_facts"):
             assert set(phase[name]) == {"probability", "rouge_l", "truth_ratio"}
     assert record["phases"]["reference"]["forget_quality"] == 1.0  # itself
@@ -99,7 +99,7 @@ def test_the_exact_state_is_the_reference_trained_from_scratch(run):
 def test_the_guard_flags_forget_questions_only_while_the_request_is_pending(run):
     flagged = {name: phase["flagged"] for name, phase in run[0]["phases"].items()}
     assert flagged["guarded"]["forget"] == 1.0  # the exemplars are the questions themselves
-    for phase in ("original", "exact", "reference"):  # none / retired
+    for phase in ("original", "quarantined", "exact", "reference"):  # none / no guard / retired
         assert flagged[phase]["forget"] == flagged[phase]["unseen"] == 0.0
 
 
@@ -214,7 +214,9 @@ def test_a_probe_file_is_checked_row_by_row(tofu_dir, tmp_path):
                           "original_question"),
                          ({"question": "Q?", "answer": "A.", "author": 0,
                            "original_question": "Question 1: where does Author5 Ulk5 live and "
-                                                "work?"}, "did not write")]:
+                                                "work?"}, "did not write"),
+                         ({"question": "Question 1: where does Author5 Ulk5 live and work?",
+                           "answer": "A.", "author": 5}, "training question itself")]:
         bad.write_text(json.dumps({"question": "Fine?", "answer": "Yes.", "author": 5}) + "\n"
                        + json.dumps(row))
         with pytest.raises(TofuDataError, match=f"bad.jsonl:2: .*{problem}"):
