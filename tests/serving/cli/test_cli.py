@@ -51,7 +51,7 @@ def test_train_then_forget_then_retrain(lethe):
     assert all(s["forgotten"] == 0 and not s["quarantined"] for s in listed)
 
     routed = output(lethe("route", "Where does Venvos Midarra live?", "--json"))
-    assert routed["scheme"] == "apa" and routed["mixture"].startswith("mix-")
+    assert routed["scheme"] == "nearest" and routed["mixture"].startswith("mix-")
     assert routed["mixing"] == "in-engine"  # the stack of every shard, weights in the engine
     assert sum(routed["weights"].values()) == pytest.approx(1.0, abs=1e-5)
 
