@@ -20,8 +20,7 @@ PUBLISHED = {
 
 
 def cmd_tofu(args) -> None:
-    from ..evaluation import PHASES, load_tofu, run_tofu
-    from ..pipeline import served_corruption
+    from ..evaluation import load_tofu
 
     if args.plot:
         _require_matplotlib()
@@ -34,6 +33,9 @@ def cmd_tofu(args) -> None:
                      probes=args.probe, tune_authors=args.tune_authors)
     if args.work and args.work.exists() and any(args.work.iterdir()):
         raise UsageError(f"--work {args.work} is not empty; the evaluation needs a new folder")
+    from ..evaluation import PHASES, run_tofu  # the model libraries: after every check
+    from ..pipeline import served_corruption
+
     work = args.work or Path(tempfile.mkdtemp(prefix="tofu-", dir=_mkdir(config.home_dir / "eval")))
     try:
         result = run_tofu(config, data, work, aggregation=args.aggregation,
