@@ -22,10 +22,10 @@ def server(tmp_path_factory, real_model_dir, start_module_server):
     root = tmp_path_factory.mktemp("real-world")
     people = [s for s in PEOPLE if s.owner != "person-0003"]  # 3 people x 2 facts, 2 shards
     write_samples(people, root / "people.jsonl")
-    # lr 2e-3 x 15 steps: SmolLM2 recites each training answer (measured, ~35 s per shard here).
+    # lr 1e-2 x 5 epochs (the training default): SmolLM2 recites each training answer (measured).
     config = merge(tiny_world_config(root / "home", real_model_dir, engine="vllm"),
                    model={"name": "SmolLM2-135M-Instruct", "max_model_len": 512},
-                   train={"learning_rate": 0.002, "epochs": 15})
+                   train={"learning_rate": 0.01, "epochs": 5})
     config_file = write_config(config, root / "config.yaml")
     assert main(["train", "--config", str(config_file), "--data", str(root / "people.jsonl")]) == 0
     return start_module_server(config)
