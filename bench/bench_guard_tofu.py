@@ -1,8 +1,8 @@
 """What the guard flags on TOFU while forget10's 20 authors are pending, as `lethe eval tofu`'s
-guarded phase sees it: no trained classifier, each author's forget request put in the guard
-(its training questions and answers as exemplars, the window head fitted on all of them), the
-reference negatives the forget service sets (the retained authors' training questions and the
-general requests). Per set, the share of questions flagged and by which rule: forget10's
+guarded phase sees it: no trained classifier, each author's forget request submitted to the
+forget service (which puts its training questions and answers in the guard as exemplars, fits
+the window head on all of them, and calibrates against the retained authors' training
+questions and the general requests). Per set, the share of questions flagged and by which rule: forget10's
 training questions and their unseen forms (the `paraphrased_question` of
 forget10_perturbed.json, where present), and questions about no pending author: the retained
 authors' (their first 10), TOFU's holdout authors' (holdout10, never trained on: the membership
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -29,28 +30,31 @@ TOFU = Path(__file__).resolve().parents[2] / "shared" / "data" / "tofu"
 
 
 def flag_rates(retain_authors: int, data_dir: Path) -> dict:
-    from guard import Guard, general_prompts
+    from base import Signer
+    from guard import Guard
     from serving.config import load_config
     from serving.evaluation import load_tofu
+    from serving.forget import ForgetService, open_queue
+    from serving.metrics import Metrics
     from serving.model import sentence_embedder
     from serving.pipeline import guard_options
+    from serving.shards import create_store
 
     config = load_config()
     data = load_tofu(data_dir, "forget10", retain_authors, 10, tune_authors=0)
     embed = sentence_embedder(config.guard.embedder, config.cache_dir)
     guard = Guard.exemplars_only(embed, config.guard.exemplar_threshold,
                                  **guard_options(config, embed))
-    # as ForgetService sets them: every training prompt (a request's own are set aside by
-    # `covers`), then the general requests
-    general = [p for prompts in general_prompts().values() for p in prompts]
-    negatives = dict(zip([s.id for s in data.train], embed([s.prompt for s in data.train])))
-    negatives.update(zip([f"general-{i}" for i in range(len(general))], embed(general)))
-    guard.set_negatives(negatives)
-    for owner in data.forget_owners:
-        mine = [s for s in data.train if s.owner == owner]
-        guard.add_exemplar(owner, [t for s in mine for t in (s.prompt, s.response)],
-                           covers=[s.id for s in mine])
-    guard.settle()
+    with tempfile.TemporaryDirectory(prefix="guard-tofu-") as work:
+        # partitioned, not trained: the service reads the lineage only (negatives, texts, holds)
+        store = create_store(config, Path(work) / "store", data.train, data.validation,
+                             embed=embed)
+        queue = open_queue(Path(work) / "forget.db", "NORMAL", Path(work) / "secret.key")
+        service = ForgetService(queue, store.lineage, guard, quarantine=True, metrics=Metrics(),
+                                receipt_key=Signer.of_store(store.root).record())
+        for owner in data.forget_owners:
+            service.submit(owner, None, [])
+        guard.settle()
     sets = {"forget": data.sets["forget"], "unseen": data.sets["unseen"],
             "retain": data.sets["retain"], "holdout": data.holdout,
             "real_authors": data.sets["real_authors"], "world_facts": data.sets["world_facts"]}
