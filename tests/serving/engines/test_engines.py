@@ -15,6 +15,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+import vllm_mixtures
 from adapters import LORA_TARGET_MODULES, Version, combine
 from base import resolve_device
 from serving.engines import (GREEDY_BELOW, EngineError, EngineRequest, LoRA, Sampling, VLLMEngine,
@@ -287,6 +288,8 @@ def test_in_engine_mixtures_equal_the_materialised_mixtures_in_one_mixed_batch(
     mixing weight vectors, token prompts, corrupted prompt embeddings and a request without an
     adapter, each answer equals the materialised mixture's (greedy tokens; log-probabilities to
     fp32 rounding); scales of 0 give the base model."""
+    if isinstance(engine.engine, VLLMEngine):  # the plugin computes them in vLLM's process
+        assert engine.engine.plugin_active
     tokenizer, model = reference
     stack = materialise([(v, 1.0) for v in shards], tmp_path / "stack")
     mixtures = [materialise(list(zip(shards, w)), tmp_path / f"mix-{i}")
@@ -373,10 +376,14 @@ def assert_no_kv_reuse_across_weight_vectors(engine, reference, shards, tmp_path
 def test_vllm_refuses_to_serve_without_its_plugin_in_the_engine_process(
         tiny_model_dir, monkeypatch):
     # Without the plugin, vLLM would ignore the scales: every shard at weight 1, quarantined
-    # ones too. VLLM_PLUGINS without it keeps it out of vLLM's engine process.
+    # ones too. VLLM_PLUGINS without it keeps it out of vLLM's engine process: refused before
+    # vLLM starts. (That the started engine's own check sees the plugin missing:
+    # test_vllm_serves_materialised_mixtures_without_its_plugin.)
     monkeypatch.setenv("VLLM_PLUGINS", "lora_filesystem_resolver")
     with pytest.raises(EngineError, match="without Lethe's plugin"):
         Harness("vllm", tiny_model_dir)
+    monkeypatch.setenv("VLLM_PLUGINS", f"lora_filesystem_resolver,{vllm_mixtures.NAME}")
+    assert vllm_mixtures.loads_in_vllm()
 
 
 def test_vllm_serves_materialised_mixtures_without_its_plugin(
@@ -387,6 +394,7 @@ def test_vllm_serves_materialised_mixtures_without_its_plugin(
     monkeypatch.setenv("VLLM_PLUGINS", "lora_filesystem_resolver")
     harness = Harness("vllm", tiny_model_dir, rank_scales=False)
     try:
+        assert harness.engine.plugin_active is False  # what the engine's process reports
         tokenizer, model = reference
         ids = encode(tokenizer, PROMPTS[1])
         [[(tokens, _, _)]] = harness.generate(harness.request(ids, greedy(), lora=loras[0]))
