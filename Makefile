@@ -44,7 +44,7 @@ serve: setup
 # of its own (a server starting, a worker retraining), so on the 2-vCPU CI machine two at once
 # take ~1.5x less time than one. The tests that assert a time bound (`latency`) then run alone,
 # so that no neighbour's load decides them. --durations: the slowest, to watch the suite's time.
-XDIST := -n 2 --dist loadfile --no-loadscope-reorder
+XDIST := -n 2 --dist loadfile
 
 test: setup
 	$(BIN)/pytest -q $(XDIST) -m "not latency" --durations=25

@@ -3,7 +3,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: see DESIGN.md
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
-import collections  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -39,12 +38,6 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if _slow(item):
             item.add_marker(pytest.mark.slow)
-    # Modules with the most slow tests first, the unit tests last: `make test`'s two processes
-    # take modules in this order (--no-loadscope-reorder), so the short ones fill the end and
-    # neither process is left alone with a module of a minute (a module of one slow test went
-    # last in xdist's own order, by test count, and the other process idled for ~60 s).
-    slow = collections.Counter(i.path for i in items if i.get_closest_marker("slow"))
-    items.sort(key=lambda i: -slow[i.path])  # stable: a module's tests keep their order
 
 
 @pytest.fixture(scope="session")
