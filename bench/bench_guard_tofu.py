@@ -6,8 +6,11 @@ questions and the general requests). Per set, the share of questions flagged and
 training questions and their unseen forms (the `paraphrased_question` of
 forget10_perturbed.json, where present), and questions about no pending author: the retained
 authors' (their first 10), TOFU's holdout authors' (holdout10, never trained on: the membership
-audit's negatives), real authors, world facts. Run once per size of the retained pool, which
-is also the pool of negatives the guard is calibrated against.
+audit's negatives), real authors, world facts; and the unseen forms again with typos in ~15% of
+their longer words (issue 29's hostile form, names included). For the window head's flags, where
+they sit: the question's similarity to the nearest exemplar row, and its largest margin over an
+exemplar row's threshold (below 0: the exemplar rule let it through, the head flagged it). Run once per size of the
+retained pool, which is also the pool of negatives the guard is calibrated against.
 
     .venv/bin/python bench/bench_guard_tofu.py [--retain-authors 5 40]
 
@@ -25,6 +28,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
+
 RESULTS = Path(__file__).parent / "results"
 TOFU = Path(__file__).resolve().parents[2] / "shared" / "data" / "tofu"
 
@@ -32,6 +37,7 @@ TOFU = Path(__file__).resolve().parents[2] / "shared" / "data" / "tofu"
 def flag_rates(retain_authors: int, data_dir: Path) -> dict:
     from base import Signer
     from guard import Guard
+    from guard.augment import typos
     from serving.config import load_config
     from serving.evaluation import load_tofu
     from serving.forget import ForgetService, open_queue
@@ -55,17 +61,30 @@ def flag_rates(retain_authors: int, data_dir: Path) -> dict:
         for owner in data.forget_owners:
             service.submit(owner, None, [])
         guard.settle()
-    sets = {"forget": data.sets["forget"], "unseen": data.sets["unseen"],
-            "retain": data.sets["retain"], "holdout": data.holdout,
-            "real_authors": data.sets["real_authors"], "world_facts": data.sets["world_facts"]}
+    rng = np.random.default_rng(0)
+    sets = {name: [item.prompt for item in items] for name, items in (
+        ("forget", data.sets["forget"]), ("unseen", data.sets["unseen"]),
+        ("retain", data.sets["retain"]), ("holdout", data.holdout),
+        ("real_authors", data.sets["real_authors"]), ("world_facts", data.sets["world_facts"]))}
+    sets["unseen_typos"] = [typos(q, rng, rate=0.05) for q in sets["unseen"]]
     record = {}
-    for name, items in sets.items():
-        rules = Counter(guard.check([item.prompt]).rule for item in items)
-        flagged = len(items) - rules.pop(None, 0)
-        record[name] = {"questions": len(items), "flagged": round(flagged / len(items), 4),
+    for name, questions in sets.items():
+        verdicts = [guard.check([q]) for q in questions]
+        rules = Counter(v.rule for v in verdicts)
+        flagged = len(questions) - rules.pop(None, 0)
+        record[name] = {"questions": len(questions), "flagged": round(flagged / len(questions), 4),
                         "by_rule": dict(rules)}
-        print(f"  {name}: {flagged}/{len(items)} flagged {dict(rules)}", flush=True)
+        head = [q for q, v in zip(questions, verdicts) if v.rule == "head"]
+        if head:  # the question as a whole, against the exemplar rows
+            sims, margins, _ = guard.exemplars.nearest(embed(head))  # (H,) each
+            record[name]["head_flags"] = {
+                "similarity": _quantiles(sims), "margin": _quantiles(margins)}
+        print(f"  {name}: {flagged}/{len(questions)} flagged {dict(rules)}", flush=True)
     return record
+
+
+def _quantiles(x) -> dict:
+    return {f"q{int(100 * q)}": round(float(np.quantile(x, q)), 3) for q in (0, .1, .5, .9, 1)}
 
 
 def main() -> None:
