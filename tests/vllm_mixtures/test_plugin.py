@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from vllm_mixtures import UnsupportedVLLM, check_version, scale_rows, wrapper_for
+from vllm_mixtures import NAME, UnsupportedVLLM, check_version, scale_rows, wrapper_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,6 +48,11 @@ def test_pyprojects_vllm_pins_are_the_versions_the_plugin_supports():
         [pin] = extras[extra]
         assert pin.startswith(f"{package}=="), pin  # one exact pin per platform
         check_version(pin.split("==", 1)[1])
+
+
+def test_the_entry_point_is_the_name_the_engine_checks_vllm_plugins_for():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["entry-points"]["vllm.general_plugins"] == {NAME: "vllm_mixtures:register"}
 
 
 def test_the_entry_point_imports_nothing_of_lethe_and_is_inert_unless_asked():
