@@ -9,8 +9,9 @@ authors' (their first 10), TOFU's holdout authors' (holdout10, never trained on:
 audit's negatives), real authors, world facts; and the unseen forms again with typos in ~15% of
 their longer words (issue 29's hostile form, names included). For the window head's flags, where
 they sit: the question's similarity to the nearest exemplar row, and its largest margin over an
-exemplar row's threshold (below 0: the exemplar rule let it through, the head flagged it). Run once per size of the
-retained pool, which is also the pool of negatives the guard is calibrated against.
+exemplar row's threshold (below 0: the exemplar rule let it through, the head flagged it). Run
+once per size of the retained pool, which is also the pool of negatives the guard is calibrated
+against.
 
     .venv/bin/python bench/bench_guard_tofu.py [--retain-authors 5 40]
 

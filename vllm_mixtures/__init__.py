@@ -81,13 +81,14 @@ def scale_rows(scales: Sequence[Sequence[float] | None], tokens: Sequence[int], 
 
 def loads_in_vllm() -> bool:
     """Will vLLM's processes started from this environment run `register`? As vLLM decides
-    (vllm/plugins: the `vllm.general_plugins` entry points, filtered by VLLM_PLUGINS when set)."""
+    (vllm/plugins: its general plugins' entry points, filtered by VLLM_PLUGINS when set)."""
     from importlib.metadata import entry_points
 
     import vllm.envs as envs
+    from vllm.plugins import DEFAULT_PLUGINS_GROUP
 
     allowed = envs.VLLM_PLUGINS
-    return (any(p.name == NAME for p in entry_points(group="vllm.general_plugins"))
+    return (any(p.name == NAME for p in entry_points(group=DEFAULT_PLUGINS_GROUP))
             and (allowed is None or NAME in allowed))
 
 
