@@ -1,12 +1,13 @@
 """Can a client time the guard? ROC AUC of flagged vs unflagged prompts' TTFT through the server.
 
-    .venv/bin/python bench/bench_timing.py [--engine vllm hf] [--prefix-cache off on] [--n 200]
-                                           [--home DIR]
+    .venv/bin/python bench/bench_timing.py [--engine vllm hf] [--prefix-cache off on]
+                                           [--uniform-prompts on off] [--n 200] [--home DIR]
 
 Set up as bench_ttft.py: `lethe demo`'s config (6 fictitious people, 2 facts each, 2 shard
 adapters of SmolLM2-135M) trained once, then per arm `lethe serve` (the engine; on vLLM its
-prefix cache off, the default, or on, as the server ran before: engine.prefix_caching)
-with the forget worker off and one owner's forget request pending, so that questions about that
+prefix cache off, the default, or on, as the server ran before: engine.prefix_caching; every
+prompt served as embeddings, the default, or unflagged ones as token ids, as the server ran
+before: engine.uniform_prompts) with the forget worker off and one owner's forget request pending, so that questions about that
 owner are flagged. Two attacks, their trials shuffled together, one request at a time, streamed,
 greedy:
 
@@ -169,6 +170,8 @@ def main() -> None:
     parser.add_argument("--engine", nargs="+", choices=engine_names(), default=["vllm"])
     parser.add_argument("--prefix-cache", nargs="+", choices=["off", "on"], default=["off", "on"],
                         help="vLLM only: off is the server's default, on is how it ran before")
+    parser.add_argument("--uniform-prompts", nargs="+", choices=["on", "off"], default=["on"],
+                        help="on is the server's default, off is how it ran before")
     parser.add_argument("--n", type=int, default=200,
                         help="requests per class and attack (at n = 30 a server with no oracle "
                              "lands above 0.55 a quarter of the time)")
@@ -206,16 +209,19 @@ def main() -> None:
         raise SystemExit(f"no owner's question has the token count of {FORGOTTEN}'s")
     warm, plan, lengths = trials(tokenizer, {True: forgotten, False: question[kept_owner]},
                                  args.n, args.copies, args.seed)
-    arms = [(engine, cache) for engine in args.engine
-            for cache in (args.prefix_cache if engine == "vllm" else [None])]
+    arms = [(engine, cache, uniform) for engine in args.engine
+            for cache in (args.prefix_cache if engine == "vllm" else [None])
+            for uniform in args.uniform_prompts]
     out = RESULTS / "timing.json"
     runs = json.loads(out.read_text()) if out.exists() else {}
-    for engine, cache in arms:
-        name = engine if cache is None else f"{engine}, prefix cache {cache}"
+    for engine, cache, uniform in arms:
+        name = ", ".join([engine] + ([] if cache is None else [f"prefix cache {cache}"])
+                         + [f"uniform prompts {uniform}"])
         workdir = work / name.replace(", ", "-").replace(" ", "-")
         workdir.mkdir()
         started = time.perf_counter()
-        result = run_arm({**config, "engine": {"name": engine, "prefix_caching": cache == "on"}},
+        result = run_arm({**config, "engine": {"name": engine, "prefix_caching": cache == "on",
+                                               "uniform_prompts": uniform == "on"}},
                          workdir, warm, plan, args.max_tokens)
         runs[name] = {"n": args.n, "copies": args.copies, "prompt_tokens": lengths,
                       "max_tokens": args.max_tokens, "forgotten_owner": FORGOTTEN,

@@ -131,8 +131,9 @@ def base_model_record(path: Path) -> dict:
 
 
 def input_embeddings(path: Path):
-    """The model's input embedding matrix (V, D), read from its safetensors alone: the server
-    builds the (corrupted) prompt embeddings of flagged requests with it."""
+    """The model's input embedding matrix (V, D), read from its safetensors alone: with a guard,
+    the server builds every prompt's embeddings with it (serving/pipeline.py), corrupted where
+    flagged."""
     import torch
     from safetensors import safe_open
     from transformers import AutoConfig, AutoModelForCausalLM

@@ -11,7 +11,10 @@
       or always (`all`)
 
 Flagged prompts are routed like any other, so nothing in the response's form tells the client
-that the guard fired (policy `corrupt`); the server log and /metrics (admin key) do. The noise
+that the guard fired (policy `corrupt`); the server log and /metrics (admin key) do. Nor does its
+timing: with a guard, every prompt reaches the engine as embeddings and is corrupted, and a
+flagged one is served its corrupted embeddings, any other its own (`engine.uniform_prompts`). The
+noise
 is seeded by a keyed hash of the prompt under the server's secret, never by the client's `seed`
 (which would let a client draw many corruptions of one prompt and vote over the answers).
 """
@@ -58,8 +61,11 @@ class Prompt:
     """One engine request's input."""
 
     token_ids: list[int]
-    embeds: torch.Tensor | None  # (T, D) corrupted embeddings when the guard flagged the prompt
+    # (T, D) what the engine reads instead of the ids: the corrupted embeddings of a flagged
+    # prompt, or, with uniform prompts, an unflagged one's own; None: the ids
+    embeds: torch.Tensor | None
     lora: LoRA | None  # the request's shard mixture; None: the base model
+    flagged: bool = False  # the guard flagged it
 
 
 # guard.corruption.sigma when it is null. Where the quarantine routes flagged prompts around the
@@ -101,19 +107,22 @@ def build_pipeline(config: Config, tokenizer, embedding: torch.Tensor | None,
                               quarantine or config.forget.quarantine) if store else None)
     return Pipeline(tokenizer, embedding if guard else None, guard,
                     corruption or served_corruption(config), resolver, config.forget.on_flag,
-                    metrics, noise_key)
+                    metrics, noise_key, config.engine.uniform_prompts)
 
 
 class Pipeline:
     def __init__(self, tokenizer, embedding: torch.Tensor | None, guard: Guard | None,
                  corruption: Corruption, resolver: LoRAResolver | None,
-                 on_flag: Literal["corrupt", "refuse"], metrics: Metrics, noise_key: bytes):
+                 on_flag: Literal["corrupt", "refuse"], metrics: Metrics, noise_key: bytes,
+                 uniform: bool = True):
         self.tokenizer = tokenizer
         self.embedding = embedding  # (V, D) the model's input embeddings; needed with a guard
         self.guard, self.corruption, self.resolver = guard, corruption, resolver
         self.on_flag = on_flag
         self.metrics = metrics
         self.noise_key = noise_key  # the server's secret: seeds the corruption noise
+        # Every prompt as embeddings, every one corrupted (config.engine.uniform_prompts).
+        self.uniform = uniform
 
     def chat_tokens(self, messages: list[dict]) -> ChatTokens:
         """The chat prompt, tokenized once (template applied, assistant header added): what the
@@ -123,26 +132,20 @@ class Pipeline:
     def chat(self, messages: list[dict], tokens: ChatTokens) -> Prompt:
         """The chat prompt of `messages`, whose `chat_tokens` are `tokens`."""
         texts = [m["content"] for m in messages]  # every role: the model reads them all
-        verdict = self._check(texts)
-        if verdict is None or not verdict.flagged:
-            return Prompt(tokens.ids, None, self._lora(verdict))
         # Every token a client wrote, in any role, is corrupted (guard/tune.py tunes with the
         # same mask). Corrupting only the item's salient words (names) is not enough: an adapter
         # that holds the item still answers "Where does ... live?" with its fact (measured on
         # SmolLM2, tests/serving/forget/test_forget_real.py).
-        return self._flagged(tokens.ids, tokens.mask, "\n".join(texts), verdict)
+        return self._prompt(tokens.ids, tokens.mask, texts)
 
     def completion(self, token_ids: list[int], text: str | None = None) -> Prompt:
         """A raw completion prompt: all of it is the user's text (`text`, as the client sent
         it; None: the ids' decoding)."""
         if text is None:
             text = self.tokenizer.decode(token_ids)
-        verdict = self._check([text])
-        if verdict is None or not verdict.flagged:
-            return Prompt(token_ids, None, self._lora(verdict))
         special = set(self.tokenizer.all_special_ids)
-        mask = torch.tensor([t not in special for t in token_ids], dtype=torch.bool)
-        return self._flagged(token_ids, mask, text, verdict)
+        mask = torch.tensor([t not in special for t in token_ids], dtype=torch.bool)  # (T,)
+        return self._prompt(token_ids, mask, [text])
 
     # --- steps -------------------------------------------------------------------------------
 
@@ -156,13 +159,29 @@ class Pipeline:
                      verdict.rule, verdict.score, verdict.similarity)
         return verdict
 
-    def _flagged(self, ids: list[int], mask: torch.Tensor, text: str, verdict: Verdict
-                 ) -> Prompt:
-        if self.on_flag == "refuse":
+    def _prompt(self, ids: list[int], mask: torch.Tensor, texts: list[str]) -> Prompt:
+        """The engine's input for the prompt `ids` (T,), of which `mask` (T,) marks the tokens
+        a client wrote, and whose texts are `texts`.
+
+        Uniform (the default): every prompt goes the same way, so that timing cannot tell a
+        client whether the guard fired. Each is corrupted (the same work: ~1 ms for a
+        40-token question on 2 vCPU), and reaches the engine as embeddings, the corrupted ones
+        if flagged, its own rows otherwise (the same numbers the engine would look up). vLLM
+        reads embeddings a little slower than token ids (measured through the server, a
+        40-token question: ~5 ms more to the first token, ~2 ms more per token), which told
+        flagged prompts apart otherwise (bench/bench_timing.py, docs/guard.md)."""
+        verdict = self._check(texts)
+        if verdict is None:  # no guard: nothing to hide
+            return Prompt(ids, None, None)
+        if verdict.flagged and self.on_flag == "refuse":
             raise GuardRefusal("the request was refused by the content filter")
+        if not (self.uniform or verdict.flagged):
+            return Prompt(ids, None, self._lora(verdict))
         embeds = self.embedding[torch.tensor(ids)]  # (T, D)
-        corrupted = self.corruption(embeds, mask, request_seed(text, self.noise_key))  # (T, D)
-        return Prompt(ids, corrupted, self._lora(verdict))
+        seed = request_seed("\n".join(texts), self.noise_key)
+        corrupted = self.corruption(embeds, mask, seed)  # (T, D)
+        return Prompt(ids, corrupted if verdict.flagged else embeds, self._lora(verdict),
+                      verdict.flagged)
 
     def _lora(self, verdict: Verdict | None) -> LoRA | None:
         """The request's adapter, held until `release`."""

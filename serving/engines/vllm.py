@@ -10,13 +10,14 @@ content-addressed names), and each name keeps one integer id until `evict` drops
 
 Prefix caching is off. A flagged prompt reaches vLLM as prompt_embeds noised on every client
 token (seeded by the whole text), so none of its blocks can hit the cache, while an unflagged
-prompt reuses the blocks an earlier request left: with the cache on, time to first token tells a
-client whether the guard fired (bench/bench_timing.py, docs/guard.md). Keeping the cache would
-need both kinds of prompt to hit exactly the same blocks, i.e. flagged prompts' unmatched spans
-served uncorrupted, which the guard does not do (it corrupts every client token). With the cache
-off, vLLM 0.32 hashes no blocks (v1/engine/core.py: no block hasher without prefix caching or a KV
-connector) and holds a request's prompt_embeds for that request only: token and embedding prompts
-share no state across requests. `engine.prefix_caching: true` turns it on again, with the
+prompt (its own embeddings, which vLLM hashes by content, or its token ids) reuses the blocks an
+earlier request left: with the cache on, time to first token tells a client whether the guard
+fired (bench/bench_timing.py, docs/guard.md). Keeping the cache would need both kinds of
+prompt to hit exactly the same blocks, i.e. flagged prompts' unmatched spans served uncorrupted,
+which the guard does not do (it corrupts every client token). With the cache off, vLLM 0.32
+hashes no blocks (v1/engine/core.py: no block hasher without prefix caching or a KV connector)
+and holds a request's prompt_embeds for that request only: prompts share no state across
+requests. `engine.prefix_caching: true` turns it on again, with the
 per-weight-vector salt it then needs; only for measuring the oracle, or where flagging is visible
 anyway (`forget.on_flag: refuse`, or no guard). With it on, tenants also share one cache.
 """

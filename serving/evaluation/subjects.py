@@ -89,8 +89,8 @@ class ServedSubject:
             try:
                 todo = []
                 for r, prompt in enumerate(prompts, start=i):
-                    self.flagged[questions[r]] = prompt.embeds is not None
-                    key = None if prompt.embeds is not None else (
+                    self.flagged[questions[r]] = prompt.flagged
+                    key = None if prompt.flagged else (
                         tuple(prompt.token_ids),
                         None if prompt.lora is None else (prompt.lora.name, prompt.lora.scales))
                     fresh = needed(r, key)

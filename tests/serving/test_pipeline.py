@@ -31,14 +31,14 @@ def parts(tiny_world, tiny_model_dir, minilm):
     guard = Guard.exemplars_only(minilm, exemplar_threshold=0.8)
     guard.add_exemplar("request-1", [fact("person-0001")[0]])
 
-    def pipeline(on_flag: str = "corrupt", quarantine: str = "flagged") -> Pipeline:
+    def pipeline(on_flag: str = "corrupt", quarantine: str = "flagged", uniform: bool = True,
+                 corruption: Corruption = Corruption("rand_noise_first_n", 1.0)) -> Pipeline:
         metrics = Metrics()
         return Pipeline(AutoTokenizer.from_pretrained(tiny_model_dir),
-                        input_embeddings(tiny_model_dir), guard,
-                        Corruption("rand_noise_first_n", 1.0),
+                        input_embeddings(tiny_model_dir), guard, corruption,
                         ShardMixtures(store, RouteConfig(scheme="semantic", top_m=1),
                                       metrics, quarantine), on_flag, metrics,
-                        b"server secret")
+                        b"server secret", uniform)
 
     return pipeline, store
 
@@ -58,7 +58,10 @@ def test_a_flagged_prompt_gets_corrupted_embeddings_of_the_content_tokens_only(p
     p = pipeline()
     plain = served(p, chat(fact("person-0002")[0]))
     flagged = served(p, chat(fact("person-0001")[0]))
-    assert plain.embeds is None and plain.lora is not None
+    assert flagged.flagged and not plain.flagged
+    # uniform prompts: the unflagged one reaches the engine as its own embeddings
+    assert torch.equal(plain.embeds, p.embedding[torch.tensor(plain.token_ids)])
+    assert plain.lora is not None
     clean = p.embedding[torch.tensor(flagged.token_ids)]  # (T, D)
     changed = (flagged.embeds != clean).any(dim=1)  # (T,)
     content = [p.tokenizer.encode(text, add_special_tokens=False)
@@ -86,6 +89,47 @@ def test_flagged_and_unflagged_prompts_are_served_the_ids_the_length_check_count
     as_text, as_ids = p.completion(ids, question), p.completion(ids)  # the text, or decoded
     assert as_text.token_ids == as_ids.token_ids == ids
     assert torch.equal(as_text.embeds, as_ids.embeds)  # the same text seeds the same noise
+
+
+class CountingCorruption(Corruption):
+    """The served corruption, counting the tokens it is given to corrupt."""
+
+    def __call__(self, embeds, mask, seed):
+        object.__setattr__(self, "tokens", getattr(self, "tokens", 0) + int(mask.sum()))
+        return super().__call__(embeds, mask, seed)
+
+
+@pytest.mark.parametrize("kind", ["chat", "completion"])
+def test_flagged_and_unflagged_prompts_take_one_path_unless_told_otherwise(parts, kind):
+    """Timing must not tell a client whether the guard fired: with uniform prompts (the
+    default), a flagged and an unflagged prompt reach the engine in one form (embeddings) after
+    the same corruption work (every token the client wrote); without, an unflagged one is served
+    as its token ids and corrupts nothing."""
+    pipeline, _ = parts
+    for uniform in (True, False):
+        counting = CountingCorruption("rand_noise_first_n", 1.0)
+        p = pipeline(uniform=uniform, corruption=counting)
+
+        def prompt(question):
+            """The prompt as served, and how many of its tokens the client wrote."""
+            if kind == "chat":
+                messages = chat(question)
+                return served(p, messages), int(p.chat_tokens(messages).mask.sum())
+            ids = p.tokenizer.encode(question, add_special_tokens=False)
+            return p.completion(ids), len(ids)
+
+        flagged, written = prompt(fact("person-0001")[0])
+        assert flagged.flagged and counting.tokens == written > 0
+        assert not torch.equal(flagged.embeds, p.embedding[torch.tensor(flagged.token_ids)])
+        plain, written_plain = prompt(fact("person-0002")[0])
+        assert not plain.flagged
+        if uniform:
+            assert counting.tokens == written + written_plain  # corrupted too, then not served
+            assert plain.embeds.dtype == flagged.embeds.dtype
+            assert torch.equal(plain.embeds, p.embedding[torch.tensor(plain.token_ids)])
+        else:
+            assert counting.tokens == written and plain.embeds is None
+        p.release([flagged, plain])
 
 
 def test_policy_refuse_raises(parts):
