@@ -68,7 +68,7 @@ class EngineConfig(_Section):
     # With a guard, every prompt reaches the engine as embeddings after the same corruption work,
     # a flagged one's corrupted, any other's its own (serving/pipeline.py): vLLM reads embeddings
     # a little slower than token ids, which told a client timing its requests whether the guard
-    # fired (docs/guard.md, "Timing"). false: unflagged prompts as token ids, ~2% faster here.
+    # fired (docs/guard.md, "Timing"). false: unflagged prompts as token ids, 1-2% faster here.
     uniform_prompts: bool = True
 
     _known = ENGINES.validator("name")

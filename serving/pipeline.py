@@ -12,11 +12,10 @@
 
 Flagged prompts are routed like any other, so nothing in the response's form tells the client
 that the guard fired (policy `corrupt`); the server log and /metrics (admin key) do. Nor does its
-timing: with a guard, every prompt reaches the engine as embeddings and is corrupted, and a
-flagged one is served its corrupted embeddings, any other its own (`engine.uniform_prompts`). The
-noise
-is seeded by a keyed hash of the prompt under the server's secret, never by the client's `seed`
-(which would let a client draw many corruptions of one prompt and vote over the answers).
+timing: with a guard, every prompt is corrupted and reaches the engine as embeddings, a flagged
+one's corrupted, any other's its own (`engine.uniform_prompts`). The noise is seeded by a keyed
+hash of the prompt under the server's secret, never by the client's `seed` (which would let a
+client draw many corruptions of one prompt and vote over the answers).
 """
 
 from __future__ import annotations
