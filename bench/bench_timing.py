@@ -1,15 +1,16 @@
 """Can a client time the guard? ROC AUC of flagged vs unflagged prompts' TTFT through the server.
 
     .venv/bin/python bench/bench_timing.py [--engine vllm hf] [--prefix-cache off on]
-                                           [--uniform-prompts on off] [--n 200] [--home DIR]
+                                           [--uniform-prompts on off] [--parts ...] [--n 200]
+                                           [--home DIR]
 
 Set up as bench_ttft.py: `lethe demo`'s config (6 fictitious people, 2 facts each, 2 shard
 adapters of SmolLM2-135M) trained once, then per arm `lethe serve` (the engine; on vLLM its
 prefix cache off, the default, or on, as the server ran before: engine.prefix_caching; every
 prompt served as embeddings, the default, or unflagged ones as token ids, as the server ran
-before: engine.uniform_prompts) with the forget worker off and one owner's forget request pending, so that questions about that
-owner are flagged. Two attacks, their trials shuffled together, one request at a time, streamed,
-greedy:
+before: engine.uniform_prompts) with the forget worker off and one owner's forget request
+pending, so that questions about that owner are flagged. Two attacks (`--parts`), their trials
+shuffled together, one request at a time, streamed, greedy:
 
 - warm prefix: `--copies` system messages (24 copies of one, ~840 tokens with the question),
   warmed by an untimed unflagged request, then prefix + question: flagged (the forgotten
@@ -22,7 +23,8 @@ Per attack, for TTFT (to the first content chunk) and total time: the ROC AUC of
 telling flagged (positive) from unflagged, i.e. P(a flagged request is slower), with a 95%
 DeLong interval; 0.5 is no oracle, and an attacker reads either side of it. Each request's
 verdict is read from /metrics (`misjudged` counts those not as intended).
-Writes bench/results/timing.json (one entry per arm, kept across runs).
+Writes bench/results/timing.json (one entry per arm, kept across runs; per part its n, date and
+the run's seconds).
 """
 
 from __future__ import annotations
@@ -103,21 +105,21 @@ def chat(question: str, copies: int) -> list[dict]:
         {"role": "user", "content": question}]
 
 
-def trials(tokenizer, questions: dict[bool, str], n: int, copies: int, seed: int
-           ) -> tuple[list[Trial], list[Trial], dict[str, int]]:
+def trials(tokenizer, questions: dict[bool, str], parts: list[str], n: int, copies: int,
+           seed: int) -> tuple[list[Trial], list[Trial], dict[str, int]]:
     """(one warm-up per part and class, n trials per part and class shuffled, each part's
     prompt length in tokens). Every prompt of a part has the same length (SystemExit
     otherwise). The warm-ups load the adapters and warm the prefix, untimed."""
     warm, plan = [], []
     width = len(str(n - 1))  # numbers of one width: one length
     for flagged, question in questions.items():
-        warm += [Trial("warm_prefix", flagged, chat(f"{question} (warm-up)", copies)),
-                 Trial("plain_pair", flagged, chat(question, 0))]
+        warm += [t for t in (Trial("warm_prefix", flagged, chat(f"{question} (warm-up)", copies)),
+                             Trial("plain_pair", flagged, chat(question, 0))) if t.part in parts]
         plan += [Trial(part, flagged, chat(f"{question} (#{i:0{width}d})", copies)
                        if part == "warm_prefix" else chat(question, 0))
-                 for i in range(n) for part in PARTS]
+                 for i in range(n) for part in parts]
     lengths = {}
-    for part in PARTS:
+    for part in parts:
         counts = {prompt_tokens(tokenizer, t.messages) for t in plan if t.part == part}
         if len(counts) != 1:
             raise SystemExit(f"{part}: prompts differ in length ({sorted(counts)} tokens); "
@@ -138,7 +140,7 @@ def run_arm(config: dict, workdir: Path, warm: list[Trial], plan: list[Trial], m
     """One server: the forget request, the warm-ups, the trials; per part the AUCs."""
     server = ServerProcess(config, workdir, ready_timeout=600)
     times: dict[tuple[str, bool], list[tuple[float, float]]] = {}
-    misjudged = 0
+    misjudged = dict.fromkeys(PARTS, 0)
     try:
         with httpx.Client(base_url=server.url, timeout=600) as client:
             client.post("/v1/forget", json={"owner": FORGOTTEN}).raise_for_status()
@@ -148,13 +150,13 @@ def run_arm(config: dict, workdir: Path, warm: list[Trial], plan: list[Trial], m
                 before = flagged_total(server.url)
                 times.setdefault((trial.part, trial.flagged), []).append(
                     timed(client, trial.messages, max_tokens))
-                misjudged += (flagged_total(server.url) > before) != trial.flagged
+                misjudged[trial.part] += (flagged_total(server.url) > before) != trial.flagged
     finally:
         server.stop()
-    result: dict = {"misjudged": misjudged}
-    for part in PARTS:
+    result: dict = {}
+    for part in sorted({t.part for t in plan}, key=PARTS.index):
         flagged, unflagged = (np.array(times[(part, f)]) for f in (True, False))  # (n, 2)
-        record = {}
+        record = {"n": len(flagged), "misjudged": misjudged[part]}
         for column, measure in enumerate(("ttft", "total")):
             for name, values in (("flagged", flagged), ("unflagged", unflagged)):
                 record[f"{measure}_ms_p50_{name}"] = round(
@@ -172,6 +174,9 @@ def main() -> None:
                         help="vLLM only: off is the server's default, on is how it ran before")
     parser.add_argument("--uniform-prompts", nargs="+", choices=["on", "off"], default=["on"],
                         help="on is the server's default, off is how it ran before")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                        help="the attacks (a part run alone replaces that part of the arm's "
+                             "record and keeps the other)")
     parser.add_argument("--n", type=int, default=200,
                         help="requests per class and attack (at n = 30 a server with no oracle "
                              "lands above 0.55 a quarter of the time)")
@@ -208,7 +213,7 @@ def main() -> None:
     if kept_owner is None:
         raise SystemExit(f"no owner's question has the token count of {FORGOTTEN}'s")
     warm, plan, lengths = trials(tokenizer, {True: forgotten, False: question[kept_owner]},
-                                 args.n, args.copies, args.seed)
+                                 args.parts, args.n, args.copies, args.seed)
     arms = [(engine, cache, uniform) for engine in args.engine
             for cache in (args.prefix_cache if engine == "vllm" else [None])
             for uniform in args.uniform_prompts]
@@ -223,10 +228,12 @@ def main() -> None:
         result = run_arm({**config, "engine": {"name": engine, "prefix_caching": cache == "on",
                                                "uniform_prompts": uniform == "on"}},
                          workdir, warm, plan, args.max_tokens)
-        runs[name] = {"n": args.n, "copies": args.copies, "prompt_tokens": lengths,
-                      "max_tokens": args.max_tokens, "forgotten_owner": FORGOTTEN,
-                      "kept_owner": kept_owner, "seconds": round(time.perf_counter() - started),
-                      "date": date.today().isoformat(),
+        seconds = round(time.perf_counter() - started)
+        for part, record in result.items():  # a part run alone keeps the arm's other part
+            record.update(prompt_tokens=lengths[part], seconds=seconds,
+                          date=date.today().isoformat())
+        runs[name] = {**runs.get(name, {}), "copies": args.copies, "max_tokens": args.max_tokens,
+                      "forgotten_owner": FORGOTTEN, "kept_owner": kept_owner,
                       "machine": f"{os.cpu_count()} vCPU {platform.machine()}", **result}
         print(json.dumps({name: runs[name]}, indent=2), flush=True)
         RESULTS.mkdir(exist_ok=True)
