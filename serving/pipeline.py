@@ -167,7 +167,7 @@ class Pipeline:
         40-token question on 2 vCPU), and reaches the engine as embeddings, the corrupted ones
         if flagged, its own rows otherwise (the same numbers the engine would look up). vLLM
         reads embeddings a little slower than token ids (measured through the server, a
-        40-token question: ~5 ms more to the first token, ~2 ms more per token), which told
+        40-token question: ~5 ms more to the first token, ~2.5 ms more per token), which told
         flagged prompts apart otherwise (bench/bench_timing.py, docs/guard.md)."""
         verdict = self._check(texts)
         if verdict is None:  # no guard: nothing to hide
