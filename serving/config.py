@@ -259,9 +259,42 @@ def load_config(
         raise ConfigError(_describe(e)) from None  # its text would show the values of secrets
 
 
+class _DuplicateKey(yaml.YAMLError):
+    """A key given twice in one mapping."""
+
+    def __init__(self, key: Any, first: yaml.Mark, again: yaml.Mark):
+        super().__init__()
+        self.key, self.lines = key, (first.line + 1, again.line + 1)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping: PyYAML keeps the last one
+    silently (an edit made twice through configs/default.yaml's link once went in that way)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<:` overrides by design
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark)
+            except TypeError:  # unhashable: the safe constructor refuses it below
+                continue
+            if first is not key_node.start_mark:
+                raise _DuplicateKey(key, first, key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
 def _parse_yaml(text: str, where: str) -> Any:
     try:
-        parsed = yaml.safe_load(text)
+        parsed = yaml.load(text, Loader=_UniqueKeyLoader)
+    except _DuplicateKey as e:
+        # Named only if it is a config key's name: a mapping's keys can be anything a user
+        # pastes, a secret included.
+        name = f"key '{e.key}'" if e.key in _key_names(Config) else "a key"
+        raise ConfigError(f"{where}: {name} is given twice (lines {e.lines[0]} and "
+                          f"{e.lines[1]}); give it once") from None
     except yaml.YAMLError as e:
         # Neither str(e) nor e.problem: they quote the text around the error, and the problem
         # names an alias or a tag, either of which may be a key ("found undefined alias
@@ -303,6 +336,15 @@ def _describe(error: ValidationError) -> str:
         else:
             lines.append(f"config key '{key}': {err['msg']} (got {err.get('input')!r})")
     return "; ".join(lines)
+
+
+def _key_names(section: type[BaseModel]) -> set[str]:
+    """Every key name of the config, at any depth."""
+    names = set(section.model_fields)
+    for field in section.model_fields.values():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            names |= _key_names(field.annotation)
+    return names
 
 
 def _section_at(loc: tuple) -> type[BaseModel]:

@@ -50,6 +50,23 @@ def test_unknown_key_is_named_with_the_known_keys(tmp_path):
         load_config(path, environ={})
 
 
+def test_a_key_given_twice_is_refused_with_its_lines(tmp_path):
+    # YAML's own loaders keep the last of the two, silently.
+    path = tmp_path / "c.yaml"
+    path.write_text("engine:\n  name: hf\n  dtype: float32\n  name: vllm\n")
+    with pytest.raises(ConfigError, match=rf"{path}: key 'name' is given twice \(lines 2 and 4\)"):
+        load_config(path, environ={})
+    path.write_text("engine:\n  name: hf\nserver:\n  port: 8001\nengine:\n  dtype: float32\n")
+    with pytest.raises(ConfigError, match=r"key 'engine' is given twice \(lines 1 and 5\)"):
+        load_config(path, environ={})
+    # the same key in two mappings, and YAML's merge key overriding, are no duplicates
+    path.write_text("base: &b {port: 8001}\nserver:\n  <<: *b\n  port: 8002\n")
+    with pytest.raises(ConfigError, match="unknown config key 'base'"):
+        load_config(path, environ={})
+    with pytest.raises(ConfigError, match="a key is given twice"):  # not a key's name: unnamed
+        load_config(environ={"LETHE_SERVER__API_KEYS": f"{{{KEY_A}: 1, {KEY_A}: 2}}"})
+
+
 def test_bad_choice_names_the_key_and_the_allowed_values():
     with pytest.raises(ConfigError, match=r"engine.name.*unknown engine 'tgi'; registered: hf, vllm"):
         load_config(overrides={"engine.name": "tgi"}, environ={})
@@ -140,6 +157,7 @@ def test_an_empty_or_short_key_is_refused_naming_the_field_never_the_value(field
     {"LETHE_SERVER__API_KEYS": "[*key-0123456789-secret]"},  # an alias YAML names
     {"LETHE_SERVER__API_KEYS": "[!key-0123456789-secret x]"},  # a tag YAML names
     {"LETHE_STORE__URL": "[postgresql://u:key-0123456789-secret@db/lethe]"},
+    {"LETHE_SERVER__API_KEYS": "{key-0123456789-secret: 1, key-0123456789-secret: 2}"},
 ])
 def test_config_errors_never_print_secrets(env):
     with pytest.raises(ConfigError) as info:
