@@ -8,10 +8,6 @@ import subprocess
 import sys
 
 import pytest
-from transformers import AutoTokenizer
-
-from serving.engines import Sampling
-from tests.serving.engines.test_engines import Harness
 
 pytestmark = pytest.mark.slow
 
@@ -31,11 +27,16 @@ def test_model_prepare_is_done_once_with_a_provenance_record(real_model_dir, let
     assert json.loads(second.stdout) == record  # prepared once: the second call changes nothing
 
 
-@pytest.fixture(scope="module", params=["hf", "vllm"])
-def server(request, start_module_server, real_model_dir):
-    server = start_module_server({"engine": {"name": request.param}})
-    yield server
-    server.stop()
+@pytest.fixture(scope="module")
+def servers(start_module_server, real_model_dir) -> dict:
+    """`lethe serve` on each engine, both up for the module: the tests ask each, and one
+    compares them (an engine more would be a vLLM start more: ~45 s of CPU)."""
+    return {name: start_module_server({"engine": {"name": name}}) for name in ("hf", "vllm")}
+
+
+@pytest.fixture(params=["hf", "vllm"])
+def server(request, servers):
+    return servers[request.param]
 
 
 def test_lists_the_default_model(server):
@@ -54,20 +55,16 @@ def test_chat_answers_sensibly_streamed_and_not(server):
     assert text == plain.choices[0].message.content
 
 
-def test_engines_are_token_identical_under_greedy_fp32(real_model_dir):
-    tokenizer = AutoTokenizer.from_pretrained(real_model_dir)
+def test_engines_are_token_identical_under_greedy_fp32(servers):
+    """As a client gets them: the same greedy completion, token for token (the same text from
+    the same number of tokens), from vLLM and from transformers, both in float32."""
     prompts = [QUESTION, "Write a haiku about the sea.", "List three prime numbers."]
-    ids = [tokenizer.encode(tokenizer.apply_chat_template(
-        [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False),
-        add_special_tokens=False) for p in prompts]
     outputs = {}
-    for name in ("hf", "vllm"):
-        engine = Harness(name, real_model_dir, max_model_len=2048)
-        try:
-            results = engine.generate(*(engine.request(i, Sampling(max_tokens=32, temperature=0))
-                                        for i in ids))
-        finally:
-            engine.close()
-        outputs[name] = [r[0][0] for r in results]
-    assert all(len(tokens) > 4 for tokens in outputs["hf"])
+    for name, server in servers.items():
+        answers = [server.client().chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": p}], max_tokens=32, temperature=0)
+            for p in prompts]
+        outputs[name] = [(a.choices[0].message.content, a.usage.completion_tokens)
+                         for a in answers]
+    assert all(tokens > 4 for _, tokens in outputs["hf"])
     assert outputs["vllm"] == outputs["hf"]
