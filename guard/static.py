@@ -13,12 +13,14 @@ reduced to `DIMS` principal components, and each is weighted by SIF (`SIF / (SIF
 Zipf probability by vocabulary rank). The result is saved and loaded as a model2vec
 `StaticModel`, with the distillation's provenance beside it (`provenance.json`: the source
 weights' sha256, the recipe, library versions). Done once per model, at the first use, into the
-embedder's cache folder (~20 s on 2 vCPU), written elsewhere and renamed into place.
+embedder's cache folder (~20 s on 2 vCPU; about a minute on this machine's slow days), written
+elsewhere and renamed into place, under a lock that makes other processes wait for it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
@@ -26,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from base import StagingArea, fsync_dir
+from base import StagingArea, file_lock, fsync_dir
 
 from .errors import GuardError
 
@@ -34,6 +36,8 @@ DIMS = 256  # model2vec's default: PCA keeps what separates pieces, drops MiniLM
 SIF = 1e-4  # model2vec's default SIF coefficient: frequent pieces weigh little
 BATCH = 1024  # pieces per forward pass while distilling
 PROVENANCE = "provenance.json"
+
+log = logging.getLogger("lethe.guard")
 
 
 def distill(model_path: Path, out: Path, weights_digest: str) -> None:
@@ -93,16 +97,20 @@ class StaticEmbedder:
 
         folder = cache / f"{stem}.static"
         if not (folder / PROVENANCE).exists():
-            # Written in a locked staging folder (a killed distillation's is swept next time),
-            # then renamed into place; if another process renamed its own first, that one stays.
-            with StagingArea(cache / ".static-staging").folder() as staging:
-                distill(model_path, staging, weights_digest)
-                try:
-                    os.rename(staging, folder)
-                except OSError:
-                    if not (folder / PROVENANCE).exists():
-                        raise
-                fsync_dir(cache)
+            cache.mkdir(parents=True, exist_ok=True)
+            # One distillation per cache folder (~1 min of every core here): a process that finds
+            # another distilling waits for it and loads its model (on a cold cache a server, its
+            # worker and CLI commands may start together).
+            with file_lock(cache / f"{stem}.static.lock"):
+                if not (folder / PROVENANCE).exists():
+                    log.info("distilling the guard's static embedder from %s into %s (once)",
+                             model_path, folder)
+                    # Written in a locked staging folder (a killed distillation's is swept next
+                    # time), then renamed into place.
+                    with StagingArea(cache / ".static-staging").folder() as staging:
+                        distill(model_path, staging, weights_digest)
+                        os.rename(staging, folder)
+                    fsync_dir(cache)
         self.folder = folder
         self.provenance = json.loads((folder / PROVENANCE).read_text())
         self.model = StaticModel.from_pretrained(folder)

@@ -5,6 +5,9 @@ long prompt is still flagged."""
 from __future__ import annotations
 
 import json
+import logging
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -57,8 +60,20 @@ def _question(owner: str) -> str:
     return next(s.prompt for s in PEOPLE if s.owner == owner)
 
 
-def test_the_static_model_is_distilled_from_minilm_once_with_its_provenance(tmp_path, minilm):
+def test_the_static_model_is_distilled_from_minilm_once_with_its_provenance(tmp_path, minilm,
+                                                                          caplog):
+    # Two processes that need it at once on a cold cache: one distils, the other waits for it.
     digest = _weights_digest(minilm.model_path)
+    script = ("import logging, sys; from pathlib import Path; "
+              "from guard.static import StaticEmbedder; logging.basicConfig(level=logging.INFO); "
+              "StaticEmbedder(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4])")
+    runs = [subprocess.Popen([sys.executable, "-c", script, str(minilm.model_path), str(tmp_path),
+                              "minilm", digest], stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    logs = [run.communicate(timeout=900)[1] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], [log[-2000:] for log in logs]
+    assert sum("distilling the guard's static embedder" in log for log in logs) == 1, logs
+    caplog.set_level(logging.INFO, logger="lethe.guard")
     static = StaticEmbedder(minilm.model_path, tmp_path, "minilm", digest)
     provenance = json.loads((tmp_path / "minilm.static" / PROVENANCE).read_text())
     assert provenance["source_weights_sha256"] == digest
@@ -71,6 +86,7 @@ def test_the_static_model_is_distilled_from_minilm_once_with_its_provenance(tmp_
     assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2]  # it carries meaning
     again = StaticEmbedder(minilm.model_path, tmp_path, "minilm", digest)
     assert again.provenance == provenance  # loaded, not distilled again
+    assert "distilling" not in caplog.text
     assert not list((tmp_path / ".static-staging").iterdir())  # nothing left half-written
 
 
