@@ -37,7 +37,7 @@ TOFU = Path(__file__).resolve().parents[2] / "shared" / "data" / "tofu"
 
 def flag_rates(retain_authors: int, data_dir: Path) -> dict:
     from base import Signer
-    from guard import Guard
+    from guard import Guard, general_vectors
     from guard.augment import typos
     from serving.config import load_config
     from serving.evaluation import load_tofu
@@ -57,7 +57,8 @@ def flag_rates(retain_authors: int, data_dir: Path) -> dict:
         store = create_store(config, Path(work) / "store", data.train, data.validation,
                              embed=embed)
         queue = open_queue(Path(work) / "forget.db", "NORMAL", Path(work) / "secret.key")
-        service = ForgetService(queue, store.lineage, guard, quarantine=True, metrics=Metrics(),
+        service = ForgetService(queue, store.lineage, guard, general=general_vectors(embed),
+                                quarantine=True, metrics=Metrics(),
                                 receipt_key=Signer.of_store(store.root).record())
         for owner in data.forget_owners:
             service.submit(owner, None, [])

@@ -16,7 +16,7 @@ __getattr__, __dir__, __all__ = lazy_surface(__name__, {
     "embed": ["SentenceEmbedder", "embedder_names", "register_embedder"],
     "errors": ["GuardError", "GuardNameError"],
     "exemplars": ["ExemplarIndex"],
-    "general": ["general_prompts"],
+    "general": ["general_prompts", "general_vectors"],
     "guard": ["Guard", "Verdict"],
     "mask": ["chat_prompt", "token_mask"],
     "metrics": ["MetricError", "Subject", "forget_quality", "metric", "metric_names",

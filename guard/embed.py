@@ -84,14 +84,18 @@ class SentenceEmbedder:
             return np.zeros((0, self.dim), np.float32)
         return self._encode(texts).astype(np.float32)
 
+    def derived(self, name: str) -> Path:
+        """Where a file derived from this embedder's vectors is kept: in its cache folder, named
+        by the weights' digest and the backend (general.py: the general requests' vectors)."""
+        return self.cache / f"{_stem(self.model_path)}-{self.backend}-{name}"
+
     def static(self) -> StaticEmbedder:
         """The static embedder distilled from this MiniLM (static.py): the guard's first stage.
         Distilled at the first call if the cache folder does not hold it yet."""
         with self._static_lock:
             if self._static is None:
-                digest = _weights_digest(self.model_path)
-                self._static = StaticEmbedder(self.model_path, self.cache, f"minilm-{digest}",
-                                              digest)
+                self._static = StaticEmbedder(self.model_path, self.cache, _stem(self.model_path),
+                                              _weights_digest(self.model_path))
             return self._static
 
 
@@ -195,13 +199,19 @@ def _weights_digest(model_path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def _stem(model_path: Path) -> str:
+    """How the cache folder's files derived from these weights begin (graphs, static model,
+    general vectors): named by the weights, so homes and backends may share the folder."""
+    return f"minilm-{_weights_digest(model_path)}"
+
+
 def _onnx(model_path: Path, cache: Path, int8: bool = False) -> Encode:
     import onnxruntime
     import torch
     from transformers import AutoTokenizer
 
     max_length = _mean_pooled(model_path)
-    stem = cache / f"minilm-{_weights_digest(model_path)}"
+    stem = cache / _stem(model_path)
     graph = _written(stem.with_suffix(".onnx"), lambda path: _export(model_path, path))
     if int8:
         graph = _written(stem.with_suffix(".int8.onnx"), lambda path: _quantize(graph, path))

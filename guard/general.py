@@ -11,8 +11,21 @@ half what a benchmark measures it on.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import itertools
+import logging
 import random
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from base import write_atomic
+
+if TYPE_CHECKING:
+    from .embed import SentenceEmbedder
+
+log = logging.getLogger("lethe.guard")
 
 _TASKS = ["boil an egg", "change a flat tyre", "tie a bowline knot", "set up a Python virtual "
           "environment", "bake sourdough bread", "write a cover letter", "clean a cast iron pan",
@@ -99,3 +112,35 @@ def general_prompts(per_kind: int = 100, seed: int = 0, split: str = "train"
         half = pool[:len(pool) // 2] if split == "train" else pool[len(pool) // 2:]
         halves[kind] = rng.sample(half, min(per_kind, len(half)))
     return halves
+
+
+def general_vectors(embedder: SentenceEmbedder) -> dict[str, np.ndarray]:
+    """`general-<i>` -> (D,) vector of each general request of the `train` half: the reference
+    negatives that a server calibrates exemplars against, beside its live training prompts.
+
+    The texts are Lethe's own, never a client's or a forget request's, and the same at every
+    start, so their vectors are kept in the embedder's cache folder, named by the texts' digest
+    (467 texts: ~5 s of MiniLM here at every server start otherwise). Each read embeds the first
+    text again: a vector that differs from the kept one (another runtime, a damaged file) has
+    them all embedded and written again."""
+    texts = [p for prompts in general_prompts().values() for p in prompts]
+    digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16]
+    path = embedder.derived(f"general-{digest}.npy")
+    probe = embedder(texts[:1])  # (1, D)
+    try:
+        vectors = np.load(path, allow_pickle=False)  # (G, D)
+        kept = vectors.shape == (len(texts), probe.shape[1]) and np.allclose(
+            vectors[:1], probe, atol=1e-4)
+    except (OSError, ValueError, EOFError):  # missing, or not an array
+        kept = False
+    if not kept:
+        vectors = embedder(texts)  # (G, D)
+        buffer = io.BytesIO()
+        np.save(buffer, vectors, allow_pickle=False)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, buffer.getvalue())
+        except OSError as e:  # a read-only cache folder: served all the same, embedded next time
+            log.warning("the general requests' vectors could not be kept in %s: %s",
+                        path.parent, e)
+    return {f"general-{i}": v for i, v in enumerate(vectors)}

@@ -178,8 +178,9 @@ class StoreConfig(_Section):
 class Config(_Section):
     # Data directory: prepared models, adapters, queues. None: $LETHE_HOME or ~/.cache/lethe.
     home: Path | None = None
-    # Files derived from shipped weights (the embedder's ONNX graphs, its static distillation),
-    # named by the weights' sha256, so homes may share them. None: $LETHE_CACHE or <home>/models.
+    # Files derived from shipped weights (the embedder's ONNX graphs, its static distillation,
+    # the general requests' vectors), named by the weights' sha256, so homes may share them.
+    # None: $LETHE_CACHE or <home>/models.
     cache: Path | None = None
     model: ModelConfig = ModelConfig()
     engine: EngineConfig = EngineConfig()

@@ -16,7 +16,7 @@ from transformers import AutoConfig, AutoTokenizer
 
 from adapters import ShardStore
 from base import Signer, load_secret
-from guard import Guard, trained_version
+from guard import Guard, SentenceEmbedder, general_vectors, trained_version
 
 from .api import OpenAIServing, build_app
 from .config import Config
@@ -33,13 +33,8 @@ from .shards import open_store
 log = logging.getLogger("lethe.server")
 
 
-def load_guard(config: Config, store: ShardStore | None) -> Guard | None:
-    """The trained guard if there is one; else, with a shard store to forget from, a guard of
-    exemplars alone; else none (a plain server)."""
-    trained = trained_version(config.guard_dir) is not None
-    if not trained and store is None:
-        return None
-    embedder = sentence_embedder(config.guard.embedder, config.cache_dir)
+def load_guard(config: Config, embedder: SentenceEmbedder, trained: bool) -> Guard:
+    """The trained guard if there is one (`trained`), else a guard of exemplars alone."""
     # Shared by chats' guard checks and forget submissions, which go first (serving/embedder.py).
     embed = SharedEmbedder(embedder)
     options = guard_options(config, embedder)
@@ -85,13 +80,17 @@ def create_app(config: Config):
         raise UsageError(
             f"engine.max_lora_rank is {config.engine.max_lora_rank}, below the rank of the shard "
             f"adapters stacked ({store.stack_rank()}: K shards x r); set it to at least that")
-    guard = load_guard(config, store)
+    # A guard when there is a trained one or a shard store to forget from; else a plain server.
+    trained = trained_version(config.guard_dir) is not None
+    embedder = (sentence_embedder(config.guard.embedder, config.cache_dir)
+                if trained or store is not None else None)
+    guard = load_guard(config, embedder, trained) if embedder is not None else None
     config.home_dir.mkdir(parents=True, exist_ok=True)
     pipeline = build_pipeline(config, tokenizer, input_embeddings(model_path) if guard else None,
                               guard, store, metrics, load_secret(config.secret_file))
     forget = (ForgetService(open_queue(config.queue_target, config.forget.synchronous,
                                        config.secret_file),
-                            store.lineage, guard,
+                            store.lineage, guard, general=general_vectors(embedder),
                             quarantine=config.forget.quarantine != "none",
                             metrics=metrics,
                             receipt_key=Signer.of_store(store.root).record())

@@ -15,12 +15,13 @@ def _guard_dir(args, config) -> Path:
 
 
 def _load_guard(args, config):
-    from guard import Guard
+    from guard import Guard, load_model
 
     from ..model import sentence_embedder
 
+    model = load_model(_guard_dir(args, config))  # none there: refused before MiniLM loads (~10 s)
     embed = sentence_embedder(config.guard.embedder, config.cache_dir)
-    return Guard.load(_guard_dir(args, config), embed, static=embed.static())
+    return Guard(model, embed, static=embed.static())
 
 
 def cmd_train(args) -> None:

@@ -10,10 +10,12 @@ from .common import add_command, config_of, emit, positive_int, registered
 
 
 def cmd_serve(args) -> None:
+    # The config first: a bad one is refused in a second, before the server's ~10 s of imports.
+    config = config_of(args, **{"engine.name": args.engine, "server.host": args.host,
+                                "server.port": args.port})
     from ..server import run_server
 
-    run_server(config_of(args, **{"engine.name": args.engine, "server.host": args.host,
-                                  "server.port": args.port}))
+    run_server(config)
 
 
 def cmd_model_prepare(args) -> None:

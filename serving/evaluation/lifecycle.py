@@ -58,8 +58,8 @@ from transformers import AutoTokenizer
 
 from adapters import RouteConfig, ShardStore
 from base import Signer, load_secret, resolve_device
-from guard import (Corruption, Guard, Item, forget_quality, forget_scores, metric, model_utility,
-                   truth_ratio_closer_to_1, truth_ratio_true_better, tune)
+from guard import (Corruption, Guard, Item, forget_quality, forget_scores, general_vectors,
+                   metric, model_utility, truth_ratio_closer_to_1, truth_ratio_true_better, tune)
 
 from ..config import Config
 from ..errors import LetheError
@@ -263,7 +263,7 @@ def run_tofu(config: Config, data: TofuData, work: Path, *, aggregation: bool = 
                   if aggregation else None)
 
     queue = open_queue(life.work / "forget.db", "NORMAL", life.work / "secret.key")
-    service = ForgetService(queue, store.lineage, guard,
+    service = ForgetService(queue, store.lineage, guard, general=general_vectors(life.embed),
                             quarantine=config.forget.quarantine != "none", metrics=Metrics(),
                             receipt_key=Signer.of_store(store.root).record())
     started = time.perf_counter()

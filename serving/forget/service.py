@@ -23,8 +23,11 @@ from __future__ import annotations
 
 import logging
 import threading
+
+import numpy as np
+
 from adapters import Lineage
-from guard import Guard, GuardError, general_prompts
+from guard import Guard, GuardError
 
 from ..metrics import Metrics
 from .queue import ACTIVE, ForgetQueue, ForgetRequest
@@ -33,10 +36,12 @@ log = logging.getLogger("lethe.forget")
 
 
 class ForgetService:
-    def __init__(self, queue: ForgetQueue, lineage: Lineage, guard: Guard, *, quarantine: bool,
-                 metrics: Metrics, receipt_key: dict):
-        """`receipt_key`: the public key that receipts are signed with (base.public_key_record:
-        GET /v1/receipts/key)."""
+    def __init__(self, queue: ForgetQueue, lineage: Lineage, guard: Guard, *,
+                 general: dict[str, np.ndarray], quarantine: bool, metrics: Metrics,
+                 receipt_key: dict):
+        """`general`: the general requests' vectors (guard.general_vectors), reference negatives
+        beside the live training prompts. `receipt_key`: the public key that receipts are signed
+        with (base.public_key_record: GET /v1/receipts/key)."""
         self.queue, self.lineage, self.guard = queue, lineage, guard
         self.receipt_key = receipt_key
         self.quarantine = quarantine
@@ -45,17 +50,14 @@ class ForgetService:
         # guard fits its window head in a thread of its own.
         self._lock = threading.Lock()
         self._active: dict[str, list[str]] = {}  # requests guarded here, until exact -> ids
-        self._set_negatives()
+        self._set_negatives(general)
 
-    def _set_negatives(self) -> None:
+    def _set_negatives(self, general: dict[str, np.ndarray]) -> None:
         """What the guard calibrates each exemplar against: the training prompts that are not
         forgotten (the near misses: other owners asked the same way) and general requests."""
         live = [s for k in self.lineage.shard_ids() for s in self.lineage.shard_samples(k)]
-        general = [p for prompts in general_prompts().values() for p in prompts]
-        vectors = self.guard.embed([s.prompt for s in live] + general)  # (L + G, D)
-        self.guard.set_negatives(dict(zip([s.id for s in live] +
-                                          [f"general-{i}" for i in range(len(general))],
-                                          vectors)))
+        vectors = self.guard.embed([s.prompt for s in live])  # (L, D)
+        self.guard.set_negatives({**dict(zip([s.id for s in live], vectors)), **general})
 
     def submit(self, owner: str | None, sample_ids: list[str] | None, prompts: list[str]
                ) -> tuple[ForgetRequest, bool]:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from adapters import synth_people
-from guard import Guard, GuardError, general_prompts, save_model, train_guard
+from guard import Guard, GuardError, general_vectors, save_model, train_guard
 
 
 @pytest.fixture
@@ -69,10 +69,8 @@ def _window_guard(minilm) -> Guard:
     """A guard of exemplars alone, calibrated against the other people's questions and the
     general requests, as the forget service sets it up."""
     guard = Guard.exemplars_only(minilm, exemplar_threshold=0.8, static=minilm.static())
-    general = [p for prompts in general_prompts().values() for p in prompts]
-    guard.set_negatives(dict(zip([s.id for s in WINDOW] + [f"general-{i}" for i in
-                                                            range(len(general))],
-                                 minilm([s.prompt for s in WINDOW] + general))))
+    guard.set_negatives({**dict(zip([s.id for s in WINDOW], minilm([s.prompt for s in WINDOW]))),
+                         **general_vectors(minilm)})
     return guard
 
 
