@@ -320,3 +320,10 @@ class Lineage:
 
     def quarantined(self) -> set[int]:
         return {k for (k,) in self._query("SELECT DISTINCT shard FROM quarantine")}
+
+    def quarantine_holds(self) -> dict[str, set[int]]:
+        """Request -> the shards it holds."""
+        holds: dict[str, set[int]] = {}
+        for request, shard in self._query("SELECT request, shard FROM quarantine"):
+            holds.setdefault(request, set()).add(shard)
+        return holds

@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Collection
 
 import numpy as np
 
@@ -460,10 +460,12 @@ class ShardStore:
             else self.losses.matrix(versions))
 
     def weights(self, query: np.ndarray, config: RouteConfig, excluded: set[int] = frozenset(),
-                avoid_held: bool = True) -> dict[int, float]:
+                avoid_held: bool = True, held_by: Collection[str] | None = None
+                ) -> dict[int, float]:
         """Shard id -> weight for a request with embedding `query` (d,); {} when no shard
         serves (every sample forgotten): the base model alone answers. `avoid_held`: shards
-        that a pending forget request holds (quarantine) get weight 0 too."""
+        that a pending forget request holds (quarantine) get weight 0 too; `held_by`: only
+        those that these requests hold (None: any request)."""
         versions = self.current_versions()
         if not versions:
             return {}
@@ -475,26 +477,29 @@ class ShardStore:
         # Read for every request, used or not: whether a request touches the lineage never
         # depends on `avoid_held` (a flagged prompt's), so an unreachable database fails every
         # request alike and tells no client which were flagged.
-        held = self.lineage.quarantined()
-        return route(inputs, config, shards, set(excluded) | (held if avoid_held else set()))
+        holds = self.lineage.quarantine_holds()
+        held = {k for request, shards_held in holds.items()
+                if avoid_held and (held_by is None or request in held_by) for k in shards_held}
+        return route(inputs, config, shards, set(excluded) | held)
 
     def resolve(self, query: np.ndarray, config: RouteConfig, avoid_held: bool = True,
-                stacked: bool = False) -> Mixture | None:
+                held_by: Collection[str] | None = None, stacked: bool = False
+                ) -> Mixture | None:
         """The mixture adapter for a request with embedding `query` (d,), pinned until
         `release`: an engine reads its files when it schedules the request. None: no shard has
-        weight (the base model serves). `avoid_held`: as in `weights`. `stacked`: the stack of
-        the current versions with the request's weights as scales (`stack`), else the weighted
-        mixture materialised (`mixture`)."""
+        weight (the base model serves). `avoid_held`, `held_by`: as in `weights`. `stacked`:
+        the stack of the current versions with the request's weights as scales (`stack`), else
+        the weighted mixture materialised (`mixture`)."""
         try:
-            return self._resolve(query, config, avoid_held, stacked)
+            return self._resolve(query, config, avoid_held, held_by, stacked)
         except (RegistryError, LossTableError, FileNotFoundError):
             # A worker published a retrain between reading the versions and the files (the
             # old version, its loss row or a retired shard is gone): route again on the new.
-            return self._resolve(query, config, avoid_held, stacked)
+            return self._resolve(query, config, avoid_held, held_by, stacked)
 
-    def _resolve(self, query: np.ndarray, config: RouteConfig, avoid_held: bool, stacked: bool
-                 ) -> Mixture | None:
-        weights = self.weights(query, config, avoid_held=avoid_held)
+    def _resolve(self, query: np.ndarray, config: RouteConfig, avoid_held: bool,
+                 held_by: Collection[str] | None, stacked: bool) -> Mixture | None:
+        weights = self.weights(query, config, avoid_held=avoid_held, held_by=held_by)
         if not weights:
             return None
         with self._mixture_lock:

@@ -2,8 +2,11 @@
 guarded phase sees it: no trained classifier, each author's forget request submitted to the
 forget service (which puts its training questions and answers in the guard as exemplars, fits
 the window head on all of them, and calibrates against the retained authors' training
-questions and the general requests). Per set, the share of questions flagged and by which rule: forget10's
-training questions and their unseen forms (the `paraphrased_question` of
+questions and the general requests). Per set, the share of questions flagged and by which rule,
+and of those flagged, the attribution (`forget.quarantine: matched`): how often the author's
+request is among those named, how many are named, and how many held shards a flagged question
+avoids (matched, against every held shard under `flagged`). The sets: forget10's training
+questions and their unseen forms (the `paraphrased_question` of
 forget10_perturbed.json, where present), and questions about no pending author: the retained
 authors' (their first 10), TOFU's holdout authors' (holdout10, never trained on: the membership
 audit's negatives), real authors, world facts; and the unseen forms again with typos in ~15% of
@@ -60,29 +63,58 @@ def flag_rates(retain_authors: int, data_dir: Path) -> dict:
         service = ForgetService(queue, store.lineage, guard, general=general_vectors(embed),
                                 quarantine=True, metrics=Metrics(),
                                 receipt_key=Signer.of_store(store.root).record())
-        for owner in data.forget_owners:
-            service.submit(owner, None, [])
+        request_of = {owner: service.submit(owner, None, [])[0].id
+                      for owner in data.forget_owners}
         guard.settle()
+        holds = store.lineage.quarantine_holds()  # request -> the shards it holds
+    owner_of = {s.response: s.owner for s in data.train}  # a forget question's author
     rng = np.random.default_rng(0)
     sets = {name: [item.prompt for item in items] for name, items in (
         ("forget", data.sets["forget"]), ("unseen", data.sets["unseen"]),
         ("retain", data.sets["retain"]), ("holdout", data.holdout),
         ("real_authors", data.sets["real_authors"]), ("world_facts", data.sets["world_facts"]))}
     sets["unseen_typos"] = [typos(q, rng, rate=0.05) for q in sets["unseen"]]
+    authors = {name: [owner_of.get(item.answer) for item in data.sets[name]]
+               for name in ("forget", "unseen")}  # None: about no forget author
+    authors["unseen_typos"] = authors["unseen"]
     record = {}
     for name, questions in sets.items():
+        owners = authors.get(name, [None] * len(questions))
         verdicts = [guard.check([q]) for q in questions]
         rules = Counter(v.rule for v in verdicts)
         flagged = len(questions) - rules.pop(None, 0)
         record[name] = {"questions": len(questions), "flagged": round(flagged / len(questions), 4),
                         "by_rule": dict(rules)}
+        record[name]["attribution"] = _attribution(
+            [v for v in verdicts if v.flagged], [owners[i] for i, v in enumerate(verdicts)
+                                                 if v.flagged], request_of, holds)
         head = [q for q, v in zip(questions, verdicts) if v.rule == "head"]
         if head:  # the question as a whole, against the exemplar rows
             sims, margins, _ = guard.exemplars.nearest(embed(head))  # (H,) each
             record[name]["head_flags"] = {
                 "similarity": _quantiles(sims), "margin": _quantiles(margins)}
-        print(f"  {name}: {flagged}/{len(questions)} flagged {dict(rules)}", flush=True)
+        print(f"  {name}: {flagged}/{len(questions)} flagged {dict(rules)} "
+              f"{record[name]['attribution']}", flush=True)
     return record
+
+
+def _attribution(verdicts: list, owners: list[str | None], request_of: dict[str, str],
+                 holds: dict[str, set[int]]) -> dict:
+    """Of flagged questions: how often the guard names the request of the question's author
+    (`forget.quarantine: matched` avoids the shards of the requests named), how many it names,
+    and how many held shards a flagged question avoids under `matched` and under `flagged`
+    (every held shard)."""
+    if not verdicts:
+        return {}
+    held = set().union(*holds.values())
+    avoided = [set().union(*(holds.get(r, set()) for r in v.requests)) if v.requests else held
+               for v in verdicts]
+    about = [(v, request_of[o]) for v, o in zip(verdicts, owners) if o is not None]
+    return {"author_named": round(np.mean([r in v.requests for v, r in about]), 4)
+            if about else None,
+            "requests_named": _quantiles([len(v.requests) for v in verdicts]),
+            "shards_avoided_matched": round(float(np.mean([len(a) for a in avoided])), 3),
+            "shards_avoided_flagged": len(held)}
 
 
 def _quantiles(x) -> dict:

@@ -71,5 +71,24 @@ class ExemplarIndex:
         best = margins.argmax(axis=1)  # (N,)
         return (sims.max(axis=1), margins[np.arange(n), best], [owners[i] for i in best])
 
+    def passed(self, vectors: np.ndarray) -> frozenset[str]:
+        """The keys of every entry whose threshold one of (N, D) unit vectors passes (`nearest`
+        names only the one with the largest margin per vector)."""
+        rows, thresholds, owners = self._snapshot
+        if len(rows) == 0 or len(vectors) == 0:
+            return frozenset()
+        passed = (vectors @ rows.T > thresholds).any(axis=0)  # (N, M) -> (M,)
+        return frozenset(owners[i] for i in np.flatnonzero(passed))
+
+    def near(self, vectors: np.ndarray, within: float) -> frozenset[str]:
+        """The keys of the entries with a row within `within` of the similarity of the row most
+        similar to each of (N, D) unit vectors."""
+        rows, _, owners = self._snapshot
+        if len(rows) == 0 or len(vectors) == 0:
+            return frozenset()
+        sims = vectors @ rows.T  # (N, M)
+        near = (sims >= sims.max(axis=1, keepdims=True) - within).any(axis=0)  # (M,)
+        return frozenset(owners[i] for i in np.flatnonzero(near))
+
     def __len__(self) -> int:
         return len(self._entries)

@@ -66,6 +66,13 @@ HEAD_SUPPORT = FLOOR
 # a threshold from its fitted-on negatives alone, another owner's question of the same shape
 # (0.02 with the mlp) was flagged.
 HEAD_MIN_SCORE = 0.5
+# A flagged view is about every pending request with an exemplar row within this of its most
+# similar row (forget.quarantine: matched skips their shards). Not only the nearest: on TOFU
+# (forget10 pending, typo forms, bench/bench_guard_tofu.py) the author's own request was second,
+# 0.017-0.048 below another's, for 4 of the head's 31 flags. Not every request within
+# HEAD_SUPPORT: other owners' questions of the same shape reach it (synthetic people), so every
+# request would be named.
+NAMED_WITHIN = 0.1
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,10 @@ class Verdict:
     similarity: float  # highest similarity of a view to an exemplar (-1: no exemplars)
     exemplar: str | None  # the key of the exemplar entry that fired
     vectors: np.ndarray  # (N, D) embeddings of the N texts checked (not their views): routing
+    # The pending requests the prompt is about: every one whose exemplars a view passes, and for
+    # each view an exemplar or the head flags, those whose rows are nearly its nearest
+    # (NAMED_WITHIN). Empty where no pending request explains a flag (the trained classifier's).
+    requests: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -144,14 +155,17 @@ class Guard:
         rule, key = None, None
         if margins[best] > 0:
             rule, key = "exemplar", keys[best]
+        flagged = margins > 0  # (N + P,) the views an exemplar or the head flags
         if head is not None:
             flags, scores = head.model.flags(vectors)
             rule = rule or ("head" if flags.any() else None)
+            flagged |= flags
         if model is not None:
             flags, scores = model.flags(vectors)
             rule = rule or ("classifier" if flags.any() else None)
         return Verdict(rule is not None, rule, float(scores.max()), float(sims.max()), key,
-                       vectors[:len(texts)])
+                       vectors[:len(texts)], self.exemplars.passed(vectors)
+                       | self.exemplars.near(vectors[flagged], NAMED_WITHIN))
 
     # --- reference negatives -----------------------------------------------------------------
 

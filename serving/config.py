@@ -128,10 +128,13 @@ class ForgetConfig(_Section):
     # which tells the client that the guard fired.
     on_flag: Literal["corrupt", "refuse"] = "corrupt"
     # Who gets weight 0 on the shards of pending forget requests until they are retrained.
-    # flagged: prompts the guard flags, so their answers come from weights that never saw the
-    # forgotten data (like the exact model's: measured in docs/benchmarks.md); all: every prompt,
+    # matched: a prompt the guard flags, on the shards of the pending requests the guard finds it
+    # is about (guard.Verdict.requests; every held shard when it cannot tell, as for a trained
+    # classifier's flag), so its answer comes from weights that never saw that data and the
+    # other shards still answer (bench_guard_tofu.py: the author's request named for every
+    # flagged TOFU form); flagged: a flagged prompt, on every held shard; all: every prompt,
     # exact from the first second at a utility cost to everyone; none. (true/false: all/none.)
-    quarantine: Literal["flagged", "all", "none"] = "flagged"
+    quarantine: Literal["matched", "flagged", "all", "none"] = "matched"
 
     @field_validator("quarantine", mode="before")
     @classmethod

@@ -8,7 +8,7 @@ weight vector's mixture as an adapter of its own on disk (built once, cached).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Collection, Literal
 
 import numpy as np
 
@@ -20,15 +20,18 @@ from .metrics import Metrics
 
 class ShardMixtures:
     def __init__(self, store: ShardStore, route: RouteConfig, metrics: Metrics,
-                 quarantine: Literal["flagged", "all", "none"] = "flagged"):
+                 quarantine: Literal["matched", "flagged", "all", "none"] = "matched"):
         self.store = store
         self.route = store.effective_route(route)
         self.metrics = metrics
         self.quarantine = quarantine  # who avoids the shards of pending forget requests
 
-    def resolve(self, query: np.ndarray, flagged: bool) -> LoRA | None:
-        avoid = self.quarantine == "all" or (self.quarantine == "flagged" and flagged)
-        mixture = self.store.resolve(query, self.route, avoid_held=avoid,
+    def resolve(self, query: np.ndarray, flagged: bool, requests: Collection[str] = ()
+                ) -> LoRA | None:
+        avoid = self.quarantine == "all" or (self.quarantine != "none" and flagged)
+        # matched: only the shards of the requests the prompt is about, where the guard knows them
+        held_by = requests if self.quarantine == "matched" and requests else None
+        mixture = self.store.resolve(query, self.route, avoid_held=avoid, held_by=held_by,
                                      stacked=self.route.mixing == "in-engine")
         if mixture is None:
             return None

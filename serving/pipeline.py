@@ -7,8 +7,9 @@
       or a refusal
     adapter: the LoRA resolver's answer for the request's vector: today the weighted shard
       adapters (APA) as one cached mixture (serving/mixtures.py), without the shards that
-      pending forget requests hold when the prompt is flagged (`forget.quarantine: flagged`)
-      or always (`all`)
+      pending forget requests hold: when the prompt is flagged, those of the requests the guard
+      found it is about (`forget.quarantine: matched`) or every one (`flagged`); or always
+      (`all`)
 
 Flagged prompts are routed like any other, so nothing in the response's form tells the client
 that the guard fired (policy `corrupt`); the server log and /metrics (admin key) do. Nor does its
@@ -68,11 +69,11 @@ class Prompt:
 
 
 # guard.corruption.sigma when it is null. Where the quarantine routes flagged prompts around the
-# shards of pending forget requests (forget.quarantine: flagged or all), the weights that answer
-# never saw the forgotten data: the corruption tuned against them (`lethe eval tofu`'s second
-# tier, docs/benchmarks.md) is mild, and ECO's strength would only drag answers off the question,
-# which tells the client the guard fired. Without the quarantine (none) the weights hold the
-# data until the retrain and the corruption alone must hide it: ECO's strength.
+# shards of pending forget requests (forget.quarantine: matched, flagged, all), the weights that
+# answer never saw the forgotten data: the corruption tuned against them (`lethe eval tofu`'s
+# second tier, docs/benchmarks.md) is mild, and ECO's strength would only drag answers off the
+# question, which tells the client the guard fired. Without the quarantine (none) the weights
+# hold the data until the retrain and the corruption alone must hide it: ECO's strength.
 SIGMA_ROUTED, SIGMA_UNROUTED = 0.02, 1.0
 
 
@@ -187,7 +188,8 @@ class Pipeline:
         if self.resolver is None or verdict is None or len(verdict.vectors) == 0:
             return None
         query = verdict.vectors.mean(axis=0)  # (D,) the request's texts together
-        return self.resolver.resolve(query / np.linalg.norm(query), verdict.flagged)
+        return self.resolver.resolve(query / np.linalg.norm(query), verdict.flagged,
+                                     verdict.requests)
 
     def release(self, prompts: list[Prompt]) -> None:
         """The engine is done with these prompts' adapters."""

@@ -88,8 +88,31 @@ def test_the_window_head_covers_forms_the_exemplars_miss(minilm):
     verdict = guard.check([misspelt])
     assert verdict.flagged and verdict.rule == "head"  # the exemplars alone let it through
     assert verdict.similarity < guard.exemplars.threshold("request-1")
+    assert verdict.requests == {"request-1"}  # the request it is about
     for other in (s.prompt for s in WINDOW if s.owner != "person-0001"):
         assert not guard.check([other]).flagged, other  # "Where does Rami Thithimi live?" too
+
+
+def test_a_verdict_names_the_pending_requests_a_prompt_is_about(minilm):
+    """What a flagged prompt is about decides which held shards it avoids
+    (`forget.quarantine: matched`): each request the prompt asks about, and only those, though
+    every owner's questions share one shape."""
+    guard = _window_guard(minilm)
+    guard.add_exemplar("request-1", *_request("person-0001"))
+    guard.add_exemplar("request-2", *_request("person-0002"))
+    assert guard.settle(timeout=120)  # the head too: it must not name every request
+    asks = {owner: [s.prompt for s in WINDOW if s.owner == owner]
+            for owner in ("person-0001", "person-0002")}
+    for owner, request in (("person-0001", "request-1"), ("person-0002", "request-2")):
+        for question in asks[owner]:
+            verdict = guard.check([question])
+            assert verdict.flagged and verdict.requests == {request}, question
+    # one message about both, two messages, one of them behind filler
+    first, second = asks["person-0001"][0], asks["person-0002"][0]
+    for texts in ([f"{first} And {second}"], [first, second], [f"{'-' * 260} {first}", second]):
+        assert guard.check(texts).requests == {"request-1", "request-2"}, texts
+    unrelated = guard.check(["What is the capital of France?"])
+    assert not unrelated.flagged and unrelated.requests == frozenset()
 
 
 def test_a_completed_request_leaves_nothing_derived_from_it_in_the_guard(minilm):

@@ -129,7 +129,7 @@ def test_the_corruption_strength_follows_the_forget_policy_unless_set_or_tuned(t
 
     env = {"LETHE_HOME": str(tmp_path)}
     assert SIGMA_ROUTED < SIGMA_UNROUTED
-    for quarantine in ("flagged", "all"):
+    for quarantine in ("matched", "flagged", "all"):
         config = load_config(overrides={"forget.quarantine": quarantine}, environ=env)
         assert served_corruption(config).sigma == SIGMA_ROUTED
     unrouted = load_config(overrides={"forget.quarantine": "none"}, environ=env)

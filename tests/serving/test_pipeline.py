@@ -138,6 +138,32 @@ def test_policy_refuse_raises(parts):
         served(pipeline("refuse"), chat(fact("person-0001")[0]))
 
 
+def test_matched_quarantine_skips_only_the_shards_of_the_requests_a_prompt_is_about(parts):
+    """`matched`: a flagged prompt avoids the shards of the pending requests the guard found it
+    is about, so the other shards still answer it; about two, it avoids both; a flag the guard
+    cannot attribute avoids every held shard, as `flagged` does."""
+    pipeline, store = parts
+    [mine] = store.lineage.shards_of(store.lineage.owner_sample_ids("person-0001"))
+    theirs = 1 - mine  # the world has two shards
+    other = next(s.owner for s in store.lineage.shard_samples(theirs))
+    question = fact("person-0001")[0]
+    p = pipeline(quarantine="matched")
+    p.guard.add_exemplar("request-2", [fact(other)[0]])
+    store.lineage.hold_quarantine("request-1", [mine])
+    store.lineage.hold_quarantine("request-2", [theirs])
+    try:
+        about_one = served(p, chat(question))
+        assert about_one.flagged and shards_of(about_one) == {theirs}  # the other shard answers
+        both = served(p, chat(f"{question} {fact(other)[0]}"))
+        assert both.flagged and both.lora is None  # both held shards skipped: the base model
+        assert served(pipeline(quarantine="flagged"), chat(question)).lora is None
+        query = p.guard.check([question]).vectors[0]
+        assert p.resolver.resolve(query, flagged=True, requests=()) is None  # not attributed
+        p.release([about_one])
+    finally:
+        store.lineage.release_quarantine(["request-1", "request-2"])
+
+
 def test_a_mixture_in_flight_survives_a_retrain_until_released(parts):
     pipeline, store = parts
     p = pipeline()
