@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -39,10 +40,12 @@ from typing import Callable
 
 import numpy as np
 
-from base import Registry, fsync_dir
+from base import Registry, file_lock, fsync_dir
 
 from .errors import GuardError, GuardNameError
 from .static import StaticEmbedder
+
+log = logging.getLogger("lethe.guard")
 
 Encode = Callable[[list[str]], np.ndarray]  # texts -> (N, dim) float32 unit vectors
 EmbedderFactory = Callable[[Path, Path], Encode]  # (model folder, cache folder) -> encode
@@ -128,20 +131,25 @@ def _mean_pooled(model_path: Path) -> int:
 
 def _written(target: Path, write: Callable[[str], None]) -> Path:
     """`target`, written by `write(path)` elsewhere, fsynced and renamed into place if it is
-    missing: two processes preparing it at once, or a crash, never leave a partial file."""
+    missing: a crash never leaves a partial file, and of processes preparing it at once (a
+    server, its worker and CLI commands on a cold cache) one writes it while the others wait."""
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".onnx.tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-        fsync_dir(target.parent)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with file_lock(target.with_name(target.name + ".lock")):
+        if target.exists():
+            return target
+        log.info("writing %s (once)", target)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".onnx.tmp")
+        os.close(fd)
+        try:
+            write(tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+            fsync_dir(target.parent)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
     return target
 
 

@@ -98,13 +98,13 @@ class ForgetService:
                 self.metrics.forget_states.labels(state).set(count)
 
     def _activate(self, request: ForgetRequest) -> None:
+        if self.quarantine:  # first: a prompt flagged as about the request finds its holds
+            self.lineage.hold_quarantine(request.id, self.lineage.shards_of(request.sample_ids))
         texts = self.lineage.sample_texts(request.sample_ids) + (request.prompts or [])
         try:
             self.guard.add_exemplar(request.id, texts, covers=request.sample_ids)
         except GuardError:  # the text is purged already: the worker has published the retrain
             log.info("forget request %s has no text left to guard", request.id)
-        if self.quarantine:
-            self.lineage.hold_quarantine(request.id, self.lineage.shards_of(request.sample_ids))
         self.queue.mark_guarded(request.id)
         self._active[request.id] = request.sample_ids
         self.metrics.guard_exemplars.set(len(self.guard.exemplars))
