@@ -318,9 +318,6 @@ class Lineage:
     def quarantine_holders(self) -> set[str]:
         return {r for (r,) in self._query("SELECT DISTINCT request FROM quarantine")}
 
-    def quarantined(self) -> set[int]:
-        return {k for (k,) in self._query("SELECT DISTINCT shard FROM quarantine")}
-
     def quarantine_holds(self) -> dict[str, set[int]]:
         """Request -> the shards it holds."""
         holds: dict[str, set[int]] = {}

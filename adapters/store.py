@@ -460,12 +460,11 @@ class ShardStore:
             else self.losses.matrix(versions))
 
     def weights(self, query: np.ndarray, config: RouteConfig, excluded: set[int] = frozenset(),
-                avoid_held: bool = True, held_by: Collection[str] | None = None
-                ) -> dict[int, float]:
+                avoid_held: bool = True, spared: Collection[str] = ()) -> dict[int, float]:
         """Shard id -> weight for a request with embedding `query` (d,); {} when no shard
         serves (every sample forgotten): the base model alone answers. `avoid_held`: shards
-        that a pending forget request holds (quarantine) get weight 0 too; `held_by`: only
-        those that these requests hold (None: any request)."""
+        that a pending forget request holds (quarantine) get weight 0 too, unless only the
+        requests `spared` hold them (forget.quarantine: matched)."""
         versions = self.current_versions()
         if not versions:
             return {}
@@ -479,27 +478,26 @@ class ShardStore:
         # request alike and tells no client which were flagged.
         holds = self.lineage.quarantine_holds()
         held = {k for request, shards_held in holds.items()
-                if avoid_held and (held_by is None or request in held_by) for k in shards_held}
+                if avoid_held and request not in spared for k in shards_held}
         return route(inputs, config, shards, set(excluded) | held)
 
     def resolve(self, query: np.ndarray, config: RouteConfig, avoid_held: bool = True,
-                held_by: Collection[str] | None = None, stacked: bool = False
-                ) -> Mixture | None:
+                spared: Collection[str] = (), stacked: bool = False) -> Mixture | None:
         """The mixture adapter for a request with embedding `query` (d,), pinned until
         `release`: an engine reads its files when it schedules the request. None: no shard has
-        weight (the base model serves). `avoid_held`, `held_by`: as in `weights`. `stacked`:
+        weight (the base model serves). `avoid_held`, `spared`: as in `weights`. `stacked`:
         the stack of the current versions with the request's weights as scales (`stack`), else
         the weighted mixture materialised (`mixture`)."""
         try:
-            return self._resolve(query, config, avoid_held, held_by, stacked)
+            return self._resolve(query, config, avoid_held, spared, stacked)
         except (RegistryError, LossTableError, FileNotFoundError):
             # A worker published a retrain between reading the versions and the files (the
             # old version, its loss row or a retired shard is gone): route again on the new.
-            return self._resolve(query, config, avoid_held, held_by, stacked)
+            return self._resolve(query, config, avoid_held, spared, stacked)
 
     def _resolve(self, query: np.ndarray, config: RouteConfig, avoid_held: bool,
-                 held_by: Collection[str] | None, stacked: bool) -> Mixture | None:
-        weights = self.weights(query, config, avoid_held=avoid_held, held_by=held_by)
+                 spared: Collection[str], stacked: bool) -> Mixture | None:
+        weights = self.weights(query, config, avoid_held=avoid_held, spared=spared)
         if not weights:
             return None
         with self._mixture_lock:

@@ -3,9 +3,9 @@ guarded phase sees it: no trained classifier, each author's forget request submi
 forget service (which puts its training questions and answers in the guard as exemplars, fits
 the window head on all of them, and calibrates against the retained authors' training
 questions and the general requests). Per set, the share of questions flagged and by which rule,
-and of those flagged, the attribution (`forget.quarantine: matched`): how often the author's
-request is among those named, how many are named, and how many held shards a flagged question
-avoids (matched, against every held shard under `flagged`). The sets: forget10's training
+and of those flagged, the attribution (`forget.quarantine: matched`): the share the guard names
+no request for, how often the author's request is among those named, how many are named, and
+how many held shards a flagged question skips (matched, against every one under `flagged`). The sets: forget10's training
 questions and their unseen forms (the `paraphrased_question` of
 forget10_perturbed.json, where present), and questions about no pending author: the retained
 authors' (their first 10), TOFU's holdout authors' (holdout10, never trained on: the membership
@@ -90,9 +90,9 @@ def flag_rates(retain_authors: int, data_dir: Path) -> dict:
                                                  if v.flagged], request_of, holds)
         head = [q for q, v in zip(questions, verdicts) if v.rule == "head"]
         if head:  # the question as a whole, against the exemplar rows
-            sims, margins, _ = guard.exemplars.nearest(embed(head))  # (H,) each
+            near = guard.exemplars.nearest(embed(head))
             record[name]["head_flags"] = {
-                "similarity": _quantiles(sims), "margin": _quantiles(margins)}
+                "similarity": _quantiles(near.similarity), "margin": _quantiles(near.margin)}
         print(f"  {name}: {flagged}/{len(questions)} flagged {dict(rules)} "
               f"{record[name]['attribution']}", flush=True)
     return record
@@ -100,21 +100,25 @@ def flag_rates(retain_authors: int, data_dir: Path) -> dict:
 
 def _attribution(verdicts: list, owners: list[str | None], request_of: dict[str, str],
                  holds: dict[str, set[int]]) -> dict:
-    """Of flagged questions: how often the guard names the request of the question's author
-    (`forget.quarantine: matched` avoids the shards of the requests named), how many it names,
-    and how many held shards a flagged question avoids under `matched` and under `flagged`
-    (every held shard)."""
+    """Of flagged questions: the share the guard names no request for (`unattributed`: a view
+    only the window head flags; every held shard skipped), and of the others how often the
+    request of the question's author is among those named (`forget.quarantine: matched` skips
+    their shards) and how many are named; and how many held shards a flagged question skips
+    under `matched` and under `flagged` (every one)."""
     if not verdicts:
         return {}
     held = set().union(*holds.values())
-    avoided = [set().union(*(holds.get(r, set()) for r in v.requests)) if v.requests else held
+    skipped = [{k for r, shards in holds.items() if r not in v.unrelated for k in shards}
                for v in verdicts]
-    about = [(v, request_of[o]) for v, o in zip(verdicts, owners) if o is not None]
-    return {"author_named": round(np.mean([r in v.requests for v, r in about]), 4)
+    named = [v for v in verdicts if v.requests is not None]
+    about = [(v, request_of[o]) for v, o in zip(verdicts, owners)
+             if o is not None and v.requests is not None]
+    return {"unattributed": round(1 - len(named) / len(verdicts), 4),
+            "author_named": round(float(np.mean([r in v.requests for v, r in about])), 4)
             if about else None,
-            "requests_named": _quantiles([len(v.requests) for v in verdicts]),
-            "shards_avoided_matched": round(float(np.mean([len(a) for a in avoided])), 3),
-            "shards_avoided_flagged": len(held)}
+            "requests_named": _quantiles([len(v.requests) for v in named]) if named else None,
+            "shards_skipped_matched": round(float(np.mean([len(s) for s in skipped])), 3),
+            "shards_skipped_flagged": len(held)}
 
 
 def _quantiles(x) -> dict:

@@ -8,10 +8,22 @@ an immutable snapshot, so adding or removing an entry never blocks a check in fl
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import GuardError
+
+
+@dataclass(frozen=True)
+class Nearest:
+    """N vectors against one snapshot of the entries."""
+
+    similarity: np.ndarray  # (N,) cosine similarity to the nearest row (-1 when there is none)
+    margin: np.ndarray  # (N,) the largest margin over any row's threshold (> 0: flagged)
+    key: list[str | None]  # the entry with that margin, per vector
+    about: list[frozenset[str]]  # per vector: the entries it passes or nearly reaches (`within`)
+    keys: frozenset[str]  # every entry of the snapshot
 
 
 class ExemplarIndex:
@@ -58,37 +70,24 @@ class ExemplarIndex:
     def threshold(self, key: str) -> float:
         return self._entries[key][1]
 
-    def nearest(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
-        """For each of (N, D) unit vectors: (N,) cosine similarity to the nearest exemplar row
-        (-1 when there is none), (N,) its margin over that row's threshold (the largest margin
-        over any row: > 0 means flagged), and the key of the entry with that margin."""
+    def nearest(self, vectors: np.ndarray, within: float = 0.0) -> Nearest:
+        """(N, D) unit vectors against the entries as they are now: each one's nearest row, its
+        largest margin over a row's threshold, and the entries it is about: every one whose
+        threshold it passes, and every one with a row within `within` of its nearest row's
+        similarity."""
         rows, thresholds, owners = self._snapshot
         n = len(vectors)
         if len(rows) == 0:
-            return np.full(n, -1.0, np.float32), np.full(n, -np.inf), [None] * n
+            return Nearest(np.full(n, -1.0, np.float32), np.full(n, -np.inf), [None] * n,
+                           [frozenset()] * n, frozenset())
         sims = vectors @ rows.T  # (N, M)
         margins = sims - thresholds  # (N, M)
         best = margins.argmax(axis=1)  # (N,)
-        return (sims.max(axis=1), margins[np.arange(n), best], [owners[i] for i in best])
-
-    def passed(self, vectors: np.ndarray) -> frozenset[str]:
-        """The keys of every entry whose threshold one of (N, D) unit vectors passes (`nearest`
-        names only the one with the largest margin per vector)."""
-        rows, thresholds, owners = self._snapshot
-        if len(rows) == 0 or len(vectors) == 0:
-            return frozenset()
-        passed = (vectors @ rows.T > thresholds).any(axis=0)  # (N, M) -> (M,)
-        return frozenset(owners[i] for i in np.flatnonzero(passed))
-
-    def near(self, vectors: np.ndarray, within: float) -> frozenset[str]:
-        """The keys of the entries with a row within `within` of the similarity of the row most
-        similar to each of (N, D) unit vectors."""
-        rows, _, owners = self._snapshot
-        if len(rows) == 0 or len(vectors) == 0:
-            return frozenset()
-        sims = vectors @ rows.T  # (N, M)
-        near = (sims >= sims.max(axis=1, keepdims=True) - within).any(axis=0)  # (M,)
-        return frozenset(owners[i] for i in np.flatnonzero(near))
+        top = sims.max(axis=1)  # (N,)
+        about = (margins > 0) | (sims >= top[:, None] - within)  # (N, M)
+        return Nearest(top, margins[np.arange(n), best], [owners[i] for i in best],
+                       [frozenset(owners[j] for j in np.flatnonzero(row)) for row in about],
+                       frozenset(owners))
 
     def __len__(self) -> int:
         return len(self._entries)

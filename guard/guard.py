@@ -36,7 +36,7 @@ import numpy as np
 from .augment import exemplar_forms
 from .classifier import GuardModel, fit_guard, load_model, max_similarity
 from .errors import GuardError
-from .exemplars import ExemplarIndex
+from .exemplars import ExemplarIndex, Nearest
 from .normalize import normalize
 from .prompts import strip_markup
 from .screen import Screen
@@ -66,12 +66,13 @@ HEAD_SUPPORT = FLOOR
 # a threshold from its fitted-on negatives alone, another owner's question of the same shape
 # (0.02 with the mlp) was flagged.
 HEAD_MIN_SCORE = 0.5
-# A flagged view is about every pending request with an exemplar row within this of its most
-# similar row (forget.quarantine: matched skips their shards). Not only the nearest: on TOFU
-# (forget10 pending, typo forms, bench/bench_guard_tofu.py) the author's own request was second,
-# 0.017-0.048 below another's, for 4 of the head's 31 flags. Not every request within
-# HEAD_SUPPORT: other owners' questions of the same shape reach it (synthetic people), so every
-# request would be named.
+# A view an exemplar flags is about every pending request whose threshold it passes, and every
+# one with an exemplar row within this of its most similar row (forget.quarantine: matched skips
+# their shards). Not every request within HEAD_SUPPORT: other owners' questions of the same
+# shape reach it (synthetic people), so every request would be named. Nearness alone is not
+# enough either: on TOFU (forget10 pending, typo forms, bench/bench_guard_tofu.py) the nearest
+# request of a view only the head flagged was another author's for 4 of its 31 flags (the
+# author's own 0.017-0.048 below), so such a view names no request (every held shard skipped).
 NAMED_WITHIN = 0.1
 
 
@@ -83,10 +84,14 @@ class Verdict:
     similarity: float  # highest similarity of a view to an exemplar (-1: no exemplars)
     exemplar: str | None  # the key of the exemplar entry that fired
     vectors: np.ndarray  # (N, D) embeddings of the N texts checked (not their views): routing
-    # The pending requests the prompt is about: every one whose exemplars a view passes, and for
-    # each view an exemplar or the head flags, those whose rows are nearly its nearest
-    # (NAMED_WITHIN). Empty where no pending request explains a flag (the trained classifier's).
-    requests: frozenset[str] = frozenset()
+    # The pending requests the prompt is about (its views that an exemplar flags: NAMED_WITHIN);
+    # None when the guard cannot tell: a view that only the window head or the trained
+    # classifier flags.
+    requests: frozenset[str] | None = None
+    # The pending requests whose exemplars the guard held for this check and that the prompt is
+    # known not to be about: forget.quarantine matched lets their shards answer it. Empty when
+    # `requests` is None. A request the guard holds no exemplars of is never among them.
+    unrelated: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -149,23 +154,23 @@ class Guard:
             pieces = [p for p, read in zip(pieces, self.screen.read(pieces)) if read]
         vectors = self.embed(every[:len(texts)] + pieces)  # (N + P, D)
         model, head = self.model, self._head  # one of each for the whole check
-        sims, margins, keys = self.exemplars.nearest(vectors)
-        best = int(np.argmax(margins))
+        near = self.exemplars.nearest(vectors, NAMED_WITHIN)
+        best = int(np.argmax(near.margin))
         scores = np.zeros(1)
         rule, key = None, None
-        if margins[best] > 0:
-            rule, key = "exemplar", keys[best]
-        flagged = margins > 0  # (N + P,) the views an exemplar or the head flags
+        if near.margin[best] > 0:
+            rule, key = "exemplar", near.key[best]
+        unexplained = np.zeros(len(vectors), bool)  # (N + P,) flagged, not by an exemplar
         if head is not None:
             flags, scores = head.model.flags(vectors)
             rule = rule or ("head" if flags.any() else None)
-            flagged |= flags
+            unexplained |= flags & (near.margin <= 0)
         if model is not None:
             flags, scores = model.flags(vectors)
             rule = rule or ("classifier" if flags.any() else None)
-        return Verdict(rule is not None, rule, float(scores.max()), float(sims.max()), key,
-                       vectors[:len(texts)], self.exemplars.passed(vectors)
-                       | self.exemplars.near(vectors[flagged], NAMED_WITHIN))
+            unexplained |= flags & (near.margin <= 0)
+        return Verdict(rule is not None, rule, float(scores.max()), float(near.similarity.max()),
+                       key, vectors[:len(texts)], *_attribution(near, unexplained))
 
     # --- reference negatives -----------------------------------------------------------------
 
@@ -268,6 +273,16 @@ class Guard:
                     self._head = head  # never one fitted on a request retired meanwhile
                 self._fitted = wanted
                 self._changes.notify_all()
+
+
+def _attribution(near: Nearest, unexplained: np.ndarray
+                 ) -> tuple[frozenset[str] | None, frozenset[str]]:
+    """(the pending requests the views are about, those they are not about) as a Verdict holds
+    them; (None, {}) where a flagged view (`unexplained`, (N,)) names none."""
+    if unexplained.any():
+        return None, frozenset()
+    about = frozenset().union(*(a for a, m in zip(near.about, near.margin) if m > 0))
+    return about, near.keys - about
 
 
 def _screen(model: GuardModel | None, static: StaticEmbedder | None) -> Screen | None:

@@ -129,11 +129,11 @@ class ForgetConfig(_Section):
     on_flag: Literal["corrupt", "refuse"] = "corrupt"
     # Who gets weight 0 on the shards of pending forget requests until they are retrained.
     # matched: a prompt the guard flags, on the shards of the pending requests the guard finds it
-    # is about (guard.Verdict.requests; every held shard when it cannot tell, as for a trained
-    # classifier's flag), so its answer comes from weights that never saw that data and the
-    # other shards still answer (bench_guard_tofu.py: the author's request named for every
-    # flagged TOFU form); flagged: a flagged prompt, on every held shard; all: every prompt,
-    # exact from the first second at a utility cost to everyone; none. (true/false: all/none.)
+    # is about (guard.Verdict.requests; every held shard when it cannot tell), so its answer
+    # comes from weights that never saw that data and the other shards still answer
+    # (bench_guard_tofu.py: on TOFU the author's request is named whenever one is); flagged: a
+    # flagged prompt, on every held shard; all: every prompt, exact from the first second at a
+    # utility cost to everyone; none. (true/false: all/none.)
     quarantine: Literal["matched", "flagged", "all", "none"] = "matched"
 
     @field_validator("quarantine", mode="before")

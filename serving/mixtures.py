@@ -26,12 +26,12 @@ class ShardMixtures:
         self.metrics = metrics
         self.quarantine = quarantine  # who avoids the shards of pending forget requests
 
-    def resolve(self, query: np.ndarray, flagged: bool, requests: Collection[str] = ()
+    def resolve(self, query: np.ndarray, flagged: bool, unrelated: Collection[str] = ()
                 ) -> LoRA | None:
         avoid = self.quarantine == "all" or (self.quarantine != "none" and flagged)
-        # matched: only the shards of the requests the prompt is about, where the guard knows them
-        held_by = requests if self.quarantine == "matched" and requests else None
-        mixture = self.store.resolve(query, self.route, avoid_held=avoid, held_by=held_by,
+        # matched: the shards of requests the guard knows the prompt is not about still answer
+        spared = unrelated if self.quarantine == "matched" else ()
+        mixture = self.store.resolve(query, self.route, avoid_held=avoid, spared=spared,
                                      stacked=self.route.mixing == "in-engine")
         if mixture is None:
             return None

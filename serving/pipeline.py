@@ -189,7 +189,7 @@ class Pipeline:
             return None
         query = verdict.vectors.mean(axis=0)  # (D,) the request's texts together
         return self.resolver.resolve(query / np.linalg.norm(query), verdict.flagged,
-                                     verdict.requests)
+                                     verdict.unrelated)
 
     def release(self, prompts: list[Prompt]) -> None:
         """The engine is done with these prompts' adapters."""

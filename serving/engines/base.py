@@ -66,12 +66,12 @@ class LoRAResolver(Protocol):
     """What the pipeline asks for a request's adapter (serving/mixtures.py): the shard mixture,
     in the engine (a stacked adapter and per-request scales) or materialised on disk."""
 
-    def resolve(self, query: np.ndarray, flagged: bool, requests: Collection[str] = ()
+    def resolve(self, query: np.ndarray, flagged: bool, unrelated: Collection[str] = ()
                 ) -> LoRA | None:
         """The adapter for a request embedded as `query` (d,), held for the request until
         `release`; None: the base model serves it. `flagged`: the guard flagged the request
-        (it may be served without the shards that pending forget requests hold); `requests`:
-        the pending forget requests the guard found it is about (empty: not known)."""
+        (it may be served without the shards that pending forget requests hold); `unrelated`:
+        pending forget requests the guard found it is not about (their shards may serve it)."""
 
     def release(self, lora: LoRA) -> None:
         """The engine is done with a request that `resolve` gave `lora`."""

@@ -382,15 +382,17 @@ def _ratio(a: float, b: float) -> float | None:
 
 def _second_tier(life: Lifecycle, store: ShardStore, guard: Guard, forget: list[Item],
                  items: int, budget: int) -> dict:
-    """Tune the configured corruption's sigma (at its k) against the held-out mixture (every
-    flagged prompt routed around the held shards, uncorrupted) on `items` of the tuning
-    authors' questions `forget` (none of them scored in the guarded phase's unseen forms);
-    scored as served (the configured quarantine). Its sigma is comparable with the served
-    one's, where the search starts."""
+    """Tune the configured corruption's sigma (at its k) against the held-out mixture (a flagged
+    prompt routed around the shards of the requests it is about as the configured quarantine
+    routes it, every held shard without one; uncorrupted) on `items` of the tuning authors'
+    questions `forget` (none of them scored in the guarded phase's unseen forms); scored as
+    served. Its sigma is comparable with the served one's, where the search starts."""
     start = time.perf_counter()
     chosen = forget[::max(1, len(forget) // items)][:items]
     name, k = life.corruption.name, life.corruption.k
-    held_out = life.served(store, guard, corruption=Corruption(name, 0.0, k), quarantine="all")
+    quarantine = "flagged" if life.config.forget.quarantine == "none" else None
+    held_out = life.served(store, guard, corruption=Corruption(name, 0.0, k),
+                           quarantine=quarantine)
     target = forget_scores(SECOND_TIER_SCORES, held_out, chosen)
     lo, hi = life.config.guard.tune.sigma_min, life.config.guard.tune.sigma_max
 

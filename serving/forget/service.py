@@ -1,9 +1,10 @@
 """The server's half of a forget request: make it durable, then make the guard enforce it.
 
 submit():  resolve the owner or sample ids in the lineage (unknown ones change nothing) ->
-           commit to the queue (durable) -> guard exemplars of the samples' text and the
-           request's prompts, the affected shards held (unless `forget.quarantine: none`;
-           who skips held shards is the router's policy, serving/mixtures.py) -> `guarded`.
+           commit to the queue (durable) -> the affected shards held (unless
+           `forget.quarantine: none`; who skips held shards is the router's policy,
+           serving/mixtures.py) -> guard exemplars of the samples' text and the request's
+           prompts -> `guarded`.
            The API answers 202 only after all of this, so the guard is active before the
            client hears back.
 sync():    keep the guard in step with the queue, every `forget.poll_seconds` and whenever the

@@ -153,29 +153,28 @@ def test_quarantined_shards_get_no_weight_and_reopening_keeps_state(store):
     assert w == {0: 0.5, 2: 0.5}
 
 
-def test_a_prompt_may_avoid_only_the_shards_that_some_requests_hold(store):
-    """forget.quarantine: matched: a flagged prompt skips the holds of the requests it is about;
-    a shard another request also holds is skipped all the same."""
+def test_a_prompt_may_be_answered_by_the_shards_of_requests_it_is_not_about(store):
+    """forget.quarantine: matched: a flagged prompt skips every held shard but those that only
+    the requests it is known not to be about hold."""
     store.lineage.hold_quarantine("request-a", [1])
     store.lineage.hold_quarantine("request-b", [2])
     assert store.lineage.quarantine_holds() == {"request-a": {1}, "request-b": {2}}
     query, uniform = hash_embed(["What pet does anyone have?"])[0], RouteConfig(scheme="uniform")
-    assert store.weights(query, uniform, held_by={"request-a"}) == {0: 0.5, 2: 0.5}
-    assert store.weights(query, uniform, held_by={"request-b", "gone"}) == {0: 0.5, 1: 0.5}
-    assert store.weights(query, uniform) == {0: 1.0}  # None: every request's holds
-    assert set(store.weights(query, uniform, avoid_held=False, held_by={"request-a"})) == {
-        0, 1, 2}
-    store.lineage.hold_quarantine("request-b", [1])
-    assert store.weights(query, uniform, held_by={"request-b"}) == {0: 1.0}
+    assert store.weights(query, uniform, spared={"request-b"}) == {0: 0.5, 2: 0.5}
+    assert store.weights(query, uniform, spared={"request-a", "gone"}) == {0: 0.5, 1: 0.5}
+    assert store.weights(query, uniform) == {0: 1.0}  # none spared: every held shard skipped
+    assert set(store.weights(query, uniform, avoid_held=False)) == {0, 1, 2}
+    store.lineage.hold_quarantine("request-c", [2])  # a request the prompt may be about
+    assert store.weights(query, uniform, spared={"request-b"}) == {0: 1.0}
 
 
 def test_a_shard_leaves_quarantine_only_when_no_request_holds_it(store):
     store.lineage.hold_quarantine("request-a", [1])
     store.lineage.hold_quarantine("request-b", [1, 2])
     store.lineage.release_quarantine(["request-a"])
-    assert store.lineage.quarantined() == {1, 2}  # request-b still needs both
+    assert store.lineage.quarantine_holds() == {"request-b": {1, 2}}  # it still needs both
     store.lineage.release_quarantine(["request-b"])
-    assert store.lineage.quarantined() == set()
+    assert store.lineage.quarantine_holds() == {}
     assert store.lineage.quarantine_holders() == set()
 
 

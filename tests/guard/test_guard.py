@@ -88,7 +88,8 @@ def test_the_window_head_covers_forms_the_exemplars_miss(minilm):
     verdict = guard.check([misspelt])
     assert verdict.flagged and verdict.rule == "head"  # the exemplars alone let it through
     assert verdict.similarity < guard.exemplars.threshold("request-1")
-    assert verdict.requests == {"request-1"}  # the request it is about
+    # nearness alone names no request (a flagged prompt then skips every held shard)
+    assert verdict.requests is None and verdict.unrelated == frozenset()
     for other in (s.prompt for s in WINDOW if s.owner != "person-0001"):
         assert not guard.check([other]).flagged, other  # "Where does Rami Thithimi live?" too
 
@@ -103,16 +104,30 @@ def test_a_verdict_names_the_pending_requests_a_prompt_is_about(minilm):
     assert guard.settle(timeout=120)  # the head too: it must not name every request
     asks = {owner: [s.prompt for s in WINDOW if s.owner == owner]
             for owner in ("person-0001", "person-0002")}
-    for owner, request in (("person-0001", "request-1"), ("person-0002", "request-2")):
+    for owner, request, other in (("person-0001", "request-1", "request-2"),
+                                  ("person-0002", "request-2", "request-1")):
         for question in asks[owner]:
             verdict = guard.check([question])
             assert verdict.flagged and verdict.requests == {request}, question
+            assert verdict.unrelated == {other}
     # one message about both, two messages, one of them behind filler
     first, second = asks["person-0001"][0], asks["person-0002"][0]
     for texts in ([f"{first} And {second}"], [first, second], [f"{'-' * 260} {first}", second]):
         assert guard.check(texts).requests == {"request-1", "request-2"}, texts
     unrelated = guard.check(["What is the capital of France?"])
     assert not unrelated.flagged and unrelated.requests == frozenset()
+
+
+def test_a_flag_the_pending_requests_do_not_explain_names_none(guard, people_items):
+    """A view that the trained classifier flags (about data no pending request holds) makes the
+    whole prompt unattributed, even beside a view about a pending request."""
+    forget, _ = people_items
+    guard.add_exemplar("request-1", ["Where does Torvel Quimarra live?"])
+    pending = guard.check(["Where does Torvel Quimarra live?"])
+    assert pending.rule == "exemplar" and pending.requests == {"request-1"}
+    trained = next(item.prompt for item in forget if guard.check([item.prompt]).rule == "classifier")
+    both = guard.check(["Where does Torvel Quimarra live?", trained])
+    assert both.flagged and both.requests is None and both.unrelated == frozenset()
 
 
 def test_a_completed_request_leaves_nothing_derived_from_it_in_the_guard(minilm):

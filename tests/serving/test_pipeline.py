@@ -31,7 +31,7 @@ def parts(tiny_world, tiny_model_dir, minilm):
     guard = Guard.exemplars_only(minilm, exemplar_threshold=0.8)
     guard.add_exemplar("request-1", [fact("person-0001")[0]])
 
-    def pipeline(on_flag: str = "corrupt", quarantine: str = "flagged", uniform: bool = True,
+    def pipeline(on_flag: str = "corrupt", quarantine: str = "matched", uniform: bool = True,
                  corruption: Corruption = Corruption("rand_noise_first_n", 1.0)) -> Pipeline:
         metrics = Metrics()
         return Pipeline(AutoTokenizer.from_pretrained(tiny_model_dir),
@@ -140,8 +140,8 @@ def test_policy_refuse_raises(parts):
 
 def test_matched_quarantine_skips_only_the_shards_of_the_requests_a_prompt_is_about(parts):
     """`matched`: a flagged prompt avoids the shards of the pending requests the guard found it
-    is about, so the other shards still answer it; about two, it avoids both; a flag the guard
-    cannot attribute avoids every held shard, as `flagged` does."""
+    is about, so the other shards still answer it; about two, it avoids both; so it does where
+    the guard cannot tell, and the shards of a request the guard holds no exemplars of."""
     pipeline, store = parts
     [mine] = store.lineage.shards_of(store.lineage.owner_sample_ids("person-0001"))
     theirs = 1 - mine  # the world has two shards
@@ -158,10 +158,12 @@ def test_matched_quarantine_skips_only_the_shards_of_the_requests_a_prompt_is_ab
         assert both.flagged and both.lora is None  # both held shards skipped: the base model
         assert served(pipeline(quarantine="flagged"), chat(question)).lora is None
         query = p.guard.check([question]).vectors[0]
-        assert p.resolver.resolve(query, flagged=True, requests=()) is None  # not attributed
+        assert p.resolver.resolve(query, flagged=True, unrelated=()) is None  # cannot tell
+        store.lineage.hold_quarantine("request-3", [theirs])  # a replica yet to hear of it
+        assert served(p, chat(question)).lora is None
         p.release([about_one])
     finally:
-        store.lineage.release_quarantine(["request-1", "request-2"])
+        store.lineage.release_quarantine(["request-1", "request-2", "request-3"])
 
 
 def test_a_mixture_in_flight_survives_a_retrain_until_released(parts):

@@ -73,8 +73,8 @@ def test_the_second_tier_tunes_the_corruption_against_the_held_out_mixture(run):
     assert tier["scores"] == ["truth_ratio", "rouge_l"] and tier["items"] == 4
     assert run[0]["unseen"]["tuning_authors"] == ["author-004"]
     assert set(tier["target"]) == set(tier["score_after"]) == {"truth_ratio", "rouge_l"}
-    # Routed around the held shards (quarantine: flagged) and not corrupted, a flagged prompt
-    # is answered by the held-out mixture itself: nothing to match, objective 0.
+    # Routed around the shards it is about (the served quarantine) and not corrupted, a flagged
+    # prompt is answered by the held-out mixture itself: nothing to match, objective 0.
     assert tier["score_before"] == tier["target"] and tier["objective_before"] == 0.0
     assert len(tier["evaluations"]) == 2
     assert tier["objective_after"] == min(e["objective"] for e in tier["evaluations"])

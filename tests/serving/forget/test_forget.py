@@ -202,16 +202,16 @@ def test_quarantine_gives_pending_shards_weight_zero_until_retrained(tiny_world,
     config = merge(tiny_world("hf"), forget={"quarantine": True, "worker": False})
     server = start_server(config)
     home = Path(config["home"])
-    api(server, "POST", "/v1/forget", json={"owner": "person-0001"})
+    accepted = api(server, "POST", "/v1/forget", json={"owner": "person-0001"}).json()["id"]
     store = ShardStore(home / "apa")
     [shard] = store.lineage.shards_of(store.lineage.owner_sample_ids("person-0001"))
-    assert store.lineage.quarantined() == {shard}
+    assert store.lineage.quarantine_holds() == {accepted: {shard}}
     query = SentenceEmbedder()([fact("person-0001")[0]])[0]
     assert shard not in store.weights(query, RouteConfig(scheme="semantic", top_m=1))
 
     Worker(sqlite_queue(home / "forget.db"), home / "apa", lease_seconds=5, retry_after=0,
            retry_max=1, poll_seconds=0.1).run_once()
-    assert store.lineage.quarantined() == set()
+    assert store.lineage.quarantine_holds() == {}
     server.stop()
 
 
