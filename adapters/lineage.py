@@ -315,9 +315,6 @@ class Lineage:
         with self.database.write() as db:
             db.executemany("DELETE FROM quarantine WHERE request = ?", [(r,) for r in requests])
 
-    def quarantine_holders(self) -> set[str]:
-        return {r for (r,) in self._query("SELECT DISTINCT request FROM quarantine")}
-
     def quarantine_holds(self) -> dict[str, set[int]]:
         """Request -> the shards it holds."""
         holds: dict[str, set[int]] = {}

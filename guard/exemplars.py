@@ -22,7 +22,7 @@ class Nearest:
     similarity: np.ndarray  # (N,) cosine similarity to the nearest row (-1 when there is none)
     margin: np.ndarray  # (N,) the largest margin over any row's threshold (> 0: flagged)
     key: list[str | None]  # the entry with that margin, per vector
-    about: list[frozenset[str]]  # per vector: the entries it passes or nearly reaches (`within`)
+    about: frozenset[str]  # the entries that the vectors it flags pass or nearly reach (`within`)
     keys: frozenset[str]  # every entry of the snapshot
 
 
@@ -71,23 +71,24 @@ class ExemplarIndex:
         return self._entries[key][1]
 
     def nearest(self, vectors: np.ndarray, within: float = 0.0) -> Nearest:
-        """(N, D) unit vectors against the entries as they are now: each one's nearest row, its
-        largest margin over a row's threshold, and the entries it is about: every one whose
-        threshold it passes, and every one with a row within `within` of its nearest row's
-        similarity."""
+        """(N, D) unit vectors against the entries as they are now: each one's nearest row and its
+        largest margin over a row's threshold; and the entries that the vectors it flags are
+        about: every one whose threshold such a vector passes, and every one with a row within
+        `within` of its nearest row's similarity."""
         rows, thresholds, owners = self._snapshot
         n = len(vectors)
         if len(rows) == 0:
             return Nearest(np.full(n, -1.0, np.float32), np.full(n, -np.inf), [None] * n,
-                           [frozenset()] * n, frozenset())
+                           frozenset(), frozenset())
         sims = vectors @ rows.T  # (N, M)
         margins = sims - thresholds  # (N, M)
         best = margins.argmax(axis=1)  # (N,)
         top = sims.max(axis=1)  # (N,)
-        about = (margins > 0) | (sims >= top[:, None] - within)  # (N, M)
-        return Nearest(top, margins[np.arange(n), best], [owners[i] for i in best],
-                       [frozenset(owners[j] for j in np.flatnonzero(row)) for row in about],
-                       frozenset(owners))
+        margin = margins[np.arange(n), best]  # (N,)
+        near = (margins > 0) | (sims >= top[:, None] - within)  # (N, M)
+        about = near[margin > 0].any(axis=0)  # (M,) over the vectors it flags
+        return Nearest(top, margin, [owners[i] for i in best],
+                       frozenset(owners[j] for j in np.flatnonzero(about)), frozenset(owners))
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -281,8 +281,7 @@ def _attribution(near: Nearest, unexplained: np.ndarray
     them; (None, {}) where a flagged view (`unexplained`, (N,)) names none."""
     if unexplained.any():
         return None, frozenset()
-    about = frozenset().union(*(a for a, m in zip(near.about, near.margin) if m > 0))
-    return about, near.keys - about
+    return near.about, near.keys - near.about
 
 
 def _screen(model: GuardModel | None, static: StaticEmbedder | None) -> Screen | None:

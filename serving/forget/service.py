@@ -81,7 +81,7 @@ class ForgetService:
 
     def sync(self) -> None:
         with self._lock:
-            holders = self.lineage.quarantine_holders()  # before the queue: a hold taken
+            holders = set(self.lineage.quarantine_holds())  # before the queue: a hold taken
             active = {r.id: r for r in self.queue.list(ACTIVE)}  # meanwhile is for an active one
             for request in active.values():
                 if request.id not in self._active:
