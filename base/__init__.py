@@ -11,7 +11,7 @@ from .database import (Connection, Database, DatabaseError, database_schemes, fi
 from .devices import DeviceError, device_name, resolve_device
 from .digests import MANIFEST, merkle_root, version_digest
 from .errors import LetheError
-from .files import fsync_dir, fsync_tree, sha256_file, write_atomic
+from .files import fsync_dir, fsync_tree, made_once, sha256_file, write_atomic
 from .keyring import KeyRing, KeyRingError
 from .locks import file_lock, is_locked, poll, shared_lock
 from .receipts import (FORMAT, HASH_KEY, PUBLIC_KEY, SAMPLE_FIELDS, SIGNING_KEY, Check, Receipt,
@@ -29,7 +29,7 @@ __all__ = [
     "ReceiptError", "ReceiptInvalid", "Registry", "RequestEvidence", "ShardEvidence", "Signer",
     "StagingArea", "VersionedDir", "check_store", "check_texts", "database_schemes", "device_name",
     "file_lock", "finish_purges", "fsync_dir", "fsync_tree", "is_locked", "keyed_hash",
-    "load_secret", "merkle_root", "open_database", "owner_hash", "poll", "public_key_record",
-    "read_public_key", "register_database", "resolve_device", "sample_hash", "sha256_file",
-    "shared_lock", "verify_signature", "version_digest", "write_atomic",
+    "load_secret", "made_once", "merkle_root", "open_database", "owner_hash", "poll",
+    "public_key_record", "read_public_key", "register_database", "resolve_device", "sample_hash",
+    "sha256_file", "shared_lock", "verify_signature", "version_digest", "write_atomic",
 ]

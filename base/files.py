@@ -1,11 +1,19 @@
-"""Durable files: a write that is whole or absent after a crash, and content digests."""
+"""Durable files: a write that is whole or absent after a crash, a file or folder made once per
+place by whichever process comes first, and content digests."""
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import shutil
 import uuid
 from pathlib import Path
+from typing import Callable
+
+from .locks import file_lock
+
+log = logging.getLogger("lethe.files")
 
 
 def sha256_file(path: Path) -> str:
@@ -43,3 +51,40 @@ def write_atomic(path: Path, data: str | bytes) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+def made_once(target: Path, make: Callable[[Path], None]) -> Path:
+    """`target`, a file or a folder, made if it is missing by `make(path)` at a fresh path beside
+    it, flushed and renamed into place: whole or absent after a crash. Of processes that need it
+    at once (a server, its worker and CLI commands on a cold cache), one makes it while the
+    others wait on `<target>.lock` and then read it; what a killed maker left is swept by the
+    next one."""
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(target.with_name(target.name + ".lock")):
+        if target.exists():
+            return target
+        for stale in target.parent.glob(f".{target.name}.*"):  # no live maker: we hold the lock
+            _remove(stale)
+        log.info("making %s (once)", target)
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
+        try:
+            make(tmp)
+            if tmp.is_dir():
+                fsync_tree(tmp)
+            else:
+                with open(tmp, "rb") as f:
+                    os.fsync(f.fileno())
+            os.replace(tmp, target)
+            fsync_dir(target.parent)
+        finally:
+            _remove(tmp)
+    return target
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)

@@ -40,7 +40,7 @@ from typing import Callable
 
 import numpy as np
 
-from base import Registry, file_lock, fsync_dir
+from base import Registry, made_once
 
 from .errors import GuardError, GuardNameError
 from .static import StaticEmbedder
@@ -129,30 +129,6 @@ def _mean_pooled(model_path: Path) -> int:
     return json.loads((model_path / "sentence_bert_config.json").read_text())["max_seq_length"]
 
 
-def _written(target: Path, write: Callable[[str], None]) -> Path:
-    """`target`, written by `write(path)` elsewhere, fsynced and renamed into place if it is
-    missing: a crash never leaves a partial file, and of processes preparing it at once (a
-    server, its worker and CLI commands on a cold cache) one writes it while the others wait."""
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(target.with_name(target.name + ".lock")):
-        if target.exists():
-            return target
-        log.info("writing %s (once)", target)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".onnx.tmp")
-        os.close(fd)
-        try:
-            write(tmp)
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-            fsync_dir(target.parent)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-    return target
-
-
 def _export(model_path: Path, path: str) -> None:
     """Write the transformer with its mean pooling and normalisation as one ONNX graph."""
     import torch
@@ -220,9 +196,10 @@ def _onnx(model_path: Path, cache: Path, int8: bool = False) -> Encode:
 
     max_length = _mean_pooled(model_path)
     stem = cache / _stem(model_path)
-    graph = _written(stem.with_suffix(".onnx"), lambda path: _export(model_path, path))
+    # Written once per cache folder (~20 s for the export here); other processes wait for it.
+    graph = made_once(stem.with_suffix(".onnx"), lambda path: _export(model_path, path))
     if int8:
-        graph = _written(stem.with_suffix(".int8.onnx"), lambda path: _quantize(graph, path))
+        graph = made_once(stem.with_suffix(".int8.onnx"), lambda path: _quantize(graph, path))
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()  # what OMP_NUM_THREADS gives torch
     options.inter_op_num_threads = 1

@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
-from base import StagingArea, file_lock, fsync_dir
+from base import made_once
 
 from .errors import GuardError
 
@@ -42,6 +41,7 @@ log = logging.getLogger("lethe.guard")
 
 def distill(model_path: Path, out: Path, weights_digest: str) -> None:
     """Write the static model distilled from the sentence-transformers MiniLM at `model_path`."""
+    log.info("distilling the guard's static embedder from %s", model_path)
     import model2vec
     import tokenizers
     import torch
@@ -95,25 +95,12 @@ class StaticEmbedder:
     def __init__(self, model_path: Path, cache: Path, stem: str, weights_digest: str):
         from model2vec import StaticModel
 
-        folder = cache / f"{stem}.static"
-        if not (folder / PROVENANCE).exists():
-            cache.mkdir(parents=True, exist_ok=True)
-            # One distillation per cache folder (~1 min of every core here): a process that finds
-            # another distilling waits for it and loads its model (on a cold cache a server, its
-            # worker and CLI commands may start together).
-            with file_lock(cache / f"{stem}.static.lock"):
-                if not (folder / PROVENANCE).exists():
-                    log.info("distilling the guard's static embedder from %s into %s (once)",
-                             model_path, folder)
-                    # Written in a locked staging folder (a killed distillation's is swept next
-                    # time), then renamed into place.
-                    with StagingArea(cache / ".static-staging").folder() as staging:
-                        distill(model_path, staging, weights_digest)
-                        os.rename(staging, folder)
-                    fsync_dir(cache)
-        self.folder = folder
-        self.provenance = json.loads((folder / PROVENANCE).read_text())
-        self.model = StaticModel.from_pretrained(folder)
+        # One distillation per cache folder (~1 min of every core here), which other processes
+        # wait for and then load.
+        self.folder = made_once(cache / f"{stem}.static",
+                                lambda out: distill(model_path, out, weights_digest))
+        self.provenance = json.loads((self.folder / PROVENANCE).read_text())
+        self.model = StaticModel.from_pretrained(self.folder)
         self.dim = self.model.dim
         # The fast tokenizer refuses two threads at once ("Already borrowed").
         self._lock = threading.Lock()

