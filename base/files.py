@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -65,10 +66,12 @@ def made_once(target: Path, make: Callable[[Path], None]) -> Path:
     with file_lock(target.with_name(target.name + ".lock")):
         if target.exists():
             return target
-        for stale in target.parent.glob(f".{target.name}.*"):  # no live maker: we hold the lock
-            _remove(stale)
+        ours = re.compile(re.escape(f".{target.name}.") + r"[0-9a-f]{32}\.part")
+        for stale in target.parent.iterdir():  # a dead maker's: a live one would hold the lock
+            if ours.fullmatch(stale.name):
+                _remove(stale)
         log.info("making %s (once)", target)
-        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.part")
         try:
             make(tmp)
             if tmp.is_dir():

@@ -36,8 +36,9 @@ def test_a_folder_is_renamed_into_place_whole(tmp_path):
 
 def test_a_failed_make_leaves_nothing_and_what_a_killed_maker_left_is_swept(tmp_path):
     target = tmp_path / "model.onnx"
-    (tmp_path / ".model.onnx.0123abcd").write_bytes(b"half a graph")  # a maker killed mid-write
-    (tmp_path / ".model.onnx.static").mkdir()  # and a half-written folder
+    (tmp_path / f".model.onnx.{'0' * 32}.part").write_bytes(b"half")  # a maker killed mid-write
+    (tmp_path / f".model.onnx.{'1' * 32}.part").mkdir()  # and one of a folder
+    (tmp_path / f".model.onnx.int8.{'2' * 32}.part").write_bytes(b"")  # another target's: kept
 
     def fail(path):
         path.write_text("half")
@@ -45,7 +46,8 @@ def test_a_failed_make_leaves_nothing_and_what_a_killed_maker_left_is_swept(tmp_
 
     with pytest.raises(OSError, match="disk full"):
         made_once(target, fail)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx.lock"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".model.onnx.int8.{'2' * 32}.part",
+                                                          "model.onnx.lock"]
     made_once(target, lambda path: path.write_text("whole"))
     assert target.read_text() == "whole"
 
