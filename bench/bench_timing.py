@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_timing.py [--engine vllm hf] [--prefix-cache off on]
                                            [--uniform-prompts on off] [--parts ...] [--n 200]
-                                           [--home DIR]
+                                           [--pending on off] [--home DIR]
 
 Set up as bench_ttft.py: `lethe demo`'s config (6 fictitious people, 2 facts each, 2 shard
 adapters of SmolLM2-135M) trained once, then per arm `lethe serve` (the engine; on vLLM its
@@ -18,6 +18,10 @@ shuffled together, one request at a time, streamed, greedy:
   with its own number, so no prompt repeats: a repeated flagged prompt, noised the same way
   (the noise is seeded by the text), would hit its own earlier blocks.
 - plain pair: the two questions alone, of the same token count, repeated.
+
+`--pending off` runs an arm as a control: the same trials with no forget request, so nothing is
+flagged, and the AUC is what the two questions' own difference (their answers, their tokens)
+gives: what the guard adds to an arm's AUC is its distance from its control's.
 
 Per attack, for TTFT (to the first content chunk) and total time: the ROC AUC of the time for
 telling flagged (positive) from unflagged, i.e. P(a flagged request is slower), with a 95%
@@ -35,6 +39,7 @@ import math
 import os
 import platform
 import random
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -135,22 +140,35 @@ def prompt_tokens(tokenizer, messages: list[dict]) -> int:
     return len(tokenizer.encode(text, add_special_tokens=False))
 
 
-def run_arm(config: dict, workdir: Path, warm: list[Trial], plan: list[Trial], max_tokens: int
-            ) -> dict:
-    """One server: the forget request, the warm-ups, the trials; per part the AUCs."""
+def arm_home(home: Path, workdir: Path) -> Path:
+    """The trained home copied for one arm (its models folder linked, not copied): with the worker
+    off, an arm's forget request stays pending in the home it was posted to, and the next arm,
+    a control above all, must not find it there."""
+    copy = workdir / "home"
+    shutil.copytree(home, copy, ignore=shutil.ignore_patterns("models"))
+    (copy / "models").symlink_to(home / "models")
+    return copy
+
+
+def run_arm(config: dict, workdir: Path, warm: list[Trial], plan: list[Trial], max_tokens: int,
+            pending: bool = True) -> dict:
+    """One server: the forget request (unless not `pending`: the control, where no trial is
+    flagged), the warm-ups, the trials; per part the AUCs."""
     server = ServerProcess(config, workdir, ready_timeout=600)
     times: dict[tuple[str, bool], list[tuple[float, float]]] = {}
     misjudged = dict.fromkeys(PARTS, 0)
     try:
         with httpx.Client(base_url=server.url, timeout=600) as client:
-            client.post("/v1/forget", json={"owner": FORGOTTEN}).raise_for_status()
+            if pending:
+                client.post("/v1/forget", json={"owner": FORGOTTEN}).raise_for_status()
             for trial in warm:
                 timed(client, trial.messages, max_tokens)
             for trial in plan:
                 before = flagged_total(server.url)
                 times.setdefault((trial.part, trial.flagged), []).append(
                     timed(client, trial.messages, max_tokens))
-                misjudged[trial.part] += (flagged_total(server.url) > before) != trial.flagged
+                misjudged[trial.part] += ((flagged_total(server.url) > before)
+                                          != (trial.flagged and pending))
     finally:
         server.stop()
     result: dict = {}
@@ -182,9 +200,13 @@ def main() -> None:
                              "lands above 0.55 a quarter of the time)")
     parser.add_argument("--copies", type=int, default=24, help="system messages in the prefix")
     parser.add_argument("--max-tokens", type=int, default=8, help="per answer: total time")
+    parser.add_argument("--pending", nargs="+", choices=["on", "off"], default=["on"],
+                        help="off: the control, no forget request, so nothing is flagged: the "
+                             "AUC the two questions' own difference gives")
     parser.add_argument("--seed", type=int, default=0, help="the trials' order")
     parser.add_argument("--home", type=Path,
-                        help="the home an earlier run trained (it prints it): no training")
+                        help="the home an earlier run trained (it prints it): no training; each "
+                             "arm serves a copy of it")
     args = parser.parse_args()
     if args.n < 2:  # DeLong's variance needs two per class
         parser.error("--n must be at least 2")
@@ -214,20 +236,23 @@ def main() -> None:
         raise SystemExit(f"no owner's question has the token count of {FORGOTTEN}'s")
     warm, plan, lengths = trials(tokenizer, {True: forgotten, False: question[kept_owner]},
                                  args.parts, args.n, args.copies, args.seed)
-    arms = [(engine, cache, uniform) for engine in args.engine
+    arms = [(engine, cache, uniform, pending) for engine in args.engine
             for cache in (args.prefix_cache if engine == "vllm" else [None])
-            for uniform in args.uniform_prompts]
+            for uniform in args.uniform_prompts for pending in args.pending]
     out = RESULTS / "timing.json"
     runs = json.loads(out.read_text()) if out.exists() else {}
-    for engine, cache, uniform in arms:
+    for engine, cache, uniform, pending in arms:
         name = ", ".join([engine] + ([] if cache is None else [f"prefix cache {cache}"])
-                         + [f"uniform prompts {uniform}"])
+                         + [f"uniform prompts {uniform}"]
+                         + ([] if pending == "on" else ["no request pending (control)"]))
         workdir = work / name.replace(", ", "-").replace(" ", "-")
         workdir.mkdir()
         started = time.perf_counter()
-        result = run_arm({**config, "engine": {"name": engine, "prefix_caching": cache == "on",
-                                               "uniform_prompts": uniform == "on"}},
-                         workdir, warm, plan, args.max_tokens)
+        engine_config = {"name": engine, "prefix_caching": cache == "on",
+                         "uniform_prompts": uniform == "on"}
+        result = run_arm({**config, "home": str(arm_home(home, workdir)),
+                          "engine": engine_config},
+                         workdir, warm, plan, args.max_tokens, pending == "on")
         seconds = round(time.perf_counter() - started)
         for part, record in result.items():  # a part run alone keeps the arm's other part
             record.update(prompt_tokens=lengths[part], seconds=seconds,
