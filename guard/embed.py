@@ -29,7 +29,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import logging
 import os
 import shutil
 import tempfile
@@ -45,7 +44,6 @@ from base import Registry, made_once
 from .errors import GuardError, GuardNameError
 from .static import StaticEmbedder
 
-log = logging.getLogger("lethe.guard")
 
 Encode = Callable[[list[str]], np.ndarray]  # texts -> (N, dim) float32 unit vectors
 EmbedderFactory = Callable[[Path, Path], Encode]  # (model folder, cache folder) -> encode
