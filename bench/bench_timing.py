@@ -23,7 +23,8 @@ shuffled together, one request at a time, streamed, greedy:
 flagged, and the AUC is what the two questions' own difference (their answers, their tokens)
 gives: what the guard adds to an arm's AUC is its distance from its control's.
 
-Per attack, for TTFT (to the first content chunk) and total time: the ROC AUC of the time for
+Per attack, for TTFT (to the first content chunk), total time and the head (time to the first
+chunk, sent once the guard and the router are done: their own share): the ROC AUC of the time for
 telling flagged (positive) from unflagged, i.e. P(a flagged request is slower), with a 95%
 DeLong interval; 0.5 is no oracle, and an attacker reads either side of it. Each request's
 verdict is read from /metrics (`misjudged` counts those not as intended).
@@ -89,20 +90,24 @@ def roc_auc(positive: np.ndarray, negative: np.ndarray) -> tuple[float, float, f
     return auc, max(0.0, auc - Z95 * se), min(1.0, auc + Z95 * se)
 
 
-def timed(client: httpx.Client, messages: list[dict], max_tokens: int) -> tuple[float, float]:
-    """(time to the first content chunk, total time) of one streamed chat, in seconds."""
+def timed(client: httpx.Client, messages: list[dict], max_tokens: int
+          ) -> tuple[float, float, float]:
+    """(time to the first chunk, to the first content chunk, total time) of one streamed chat,
+    in seconds. The first chunk (the role's) leaves once the guard and the router are done, before
+    the engine runs: its time is theirs alone, without the engine's noise."""
     body = {"model": MODEL, "messages": messages, "max_tokens": max_tokens, "temperature": 0,
             "stream": True}
-    start, first = time.perf_counter(), None
+    start, head, first = time.perf_counter(), None, None
     with client.stream("POST", "/v1/chat/completions", json=body) as response:
         response.raise_for_status()
         for line in response.iter_lines():
             if first is None and line.startswith("data: {"):
+                head = head or time.perf_counter()
                 choices = json.loads(line[len("data: "):])["choices"]
                 if choices and choices[0]["delta"].get("content"):
                     first = time.perf_counter()
     end = time.perf_counter()
-    return (first or end) - start, end - start
+    return (head or end) - start, (first or end) - start, end - start
 
 
 def chat(question: str, copies: int) -> list[dict]:
@@ -155,7 +160,7 @@ def run_arm(config: dict, workdir: Path, warm: list[Trial], plan: list[Trial], m
     """One server: the forget request (unless not `pending`: the control, where no trial is
     flagged), the warm-ups, the trials; per part the AUCs."""
     server = ServerProcess(config, workdir, ready_timeout=600)
-    times: dict[tuple[str, bool], list[tuple[float, float]]] = {}
+    times: dict[tuple[str, bool], list[tuple[float, float, float]]] = {}
     misjudged = dict.fromkeys(PARTS, 0)
     try:
         with httpx.Client(base_url=server.url, timeout=600) as client:
@@ -173,9 +178,9 @@ def run_arm(config: dict, workdir: Path, warm: list[Trial], plan: list[Trial], m
         server.stop()
     result: dict = {}
     for part in sorted({t.part for t in plan}, key=PARTS.index):
-        flagged, unflagged = (np.array(times[(part, f)]) for f in (True, False))  # (n, 2)
+        flagged, unflagged = (np.array(times[(part, f)]) for f in (True, False))  # (n, 3)
         record = {"n": len(flagged), "misjudged": misjudged[part]}
-        for column, measure in enumerate(("ttft", "total")):
+        for column, measure in enumerate(("head", "ttft", "total")):
             for name, values in (("flagged", flagged), ("unflagged", unflagged)):
                 record[f"{measure}_ms_p50_{name}"] = round(
                     float(np.median(values[:, column])) * 1e3, 1)
