@@ -8,14 +8,16 @@ server with `forget.worker: false`), one owner forgotten so that its questions a
 
 1. body limit: a 4 MiB completions body, with Content-Length and chunked: time to the 413.
 2. oversized prompts: a 240 KiB chat message (within the body limit, past the context), flagged
-   (the forgotten owner's question first) and not: time to the 400, and the server's RSS growth.
+   (the forgotten owner's question first) and not, 40 of each in turn: time to the 400, and the
+   server's RSS growth.
 3. load: 4 clients sending oversized prompts and 4 sending maximal-length ones (distinct words
    filling the context to max_model_len - 1 tokens, max_tokens 1; half flagged), each keeping one
    request in flight (an oversized one's client pauses 50 ms between them rather than flood the
    CPUs); meanwhile /health is probed every 10 ms over one kept connection, and a forget request
    is submitted every 2 s. Goals: /health p99 <= 100 ms, forget <= 1 s.
 
-Writes bench/results/bounds.json and prints a Markdown table. Shared 2-vCPU machine: noisy.
+Writes bench/results/bounds.json (one entry per engine, kept across runs) and prints a Markdown
+table. Shared 2-vCPU machine: noisy.
 """
 
 from __future__ import annotations
@@ -103,21 +105,26 @@ def rss(pid: int) -> int:
                ) * 1024
 
 
-def oversized(url: str, headers: dict, pid: int, flagged_question: str) -> dict:
-    out = {}
+def oversized(url: str, headers: dict, pid: int, flagged_question: str, rounds: int = 40
+              ) -> dict:
+    """Time to the 400 of a flagged and an unflagged 240 KiB prompt, sent in turn (so that the
+    machine's drift falls on both alike), and the server's RSS growth over them."""
+    bodies = {name: chat_body(f"{question} {filler(240 * 1024 // 7, seed=7)}")
+              for name, question in (("unflagged", "Tell me a story."),
+                                     ("flagged", flagged_question))}
+    times: dict[str, list[float]] = {name: [] for name in bodies}
+    before = rss(pid)
     with httpx.Client(headers=headers, timeout=120) as client:
-        for name, question in (("unflagged", "Tell me a story."), ("flagged", flagged_question)):
-            body = chat_body(f"{question} {filler(240 * 1024 // 7, seed=7)}")
-            before = rss(pid)
-            times = []
-            for _ in range(10):
+        for _ in range(rounds):
+            for name, body in bodies.items():
                 seconds, response = timed(lambda: client.post(f"{url}/v1/chat/completions",
                                                               content=body))
                 assert response.json()["error"]["code"] == "context_length_exceeded"
-                times.append(seconds)
-            out[name] = {"median_ms": round(statistics.median(times) * 1000, 1),
-                         "rss_growth_mb": round((rss(pid) - before) / 2**20, 1)}
-    return out
+                times[name].append(seconds)
+    growth = round((rss(pid) - before) / 2**20, 1)
+    return {**{name: {"median_ms": round(statistics.median(t) * 1000, 2)}
+               for name, t in times.items()},
+            "rounds": rounds, "rss_growth_mb": growth}
 
 
 def load(url: str, headers: dict, admin: dict, bodies: list[bytes], pauses: list[float],
@@ -212,8 +219,10 @@ def main() -> None:
         result["load_average_after"] = os.getloadavg()
     finally:
         server.stop()
+    runs = json.loads(args.out.read_text()) if args.out.exists() else {}
+    runs[args.engine] = result  # one entry per engine, kept across runs
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    args.out.write_text(json.dumps(runs, indent=2) + "\n")
     report(result)
 
 
@@ -223,10 +232,9 @@ def report(r: dict) -> None:
     print(f"| 4 MiB body -> 413, declared / chunked (median, max) | "
           f"{limit['declared']['median_ms']}, {limit['declared']['max_ms']} / "
           f"{limit['chunked']['median_ms']}, {limit['chunked']['max_ms']} ms | <= 500 ms |")
-    print(f"| 240 KiB prompt -> 400, unflagged / flagged (median) | "
+    print(f"| 240 KiB prompt -> 400, unflagged / flagged (median of {big['rounds']} each) | "
           f"{big['unflagged']['median_ms']} / {big['flagged']['median_ms']} ms | within 10% |")
-    print(f"| RSS growth over 10 of them, unflagged / flagged | "
-          f"{big['unflagged']['rss_growth_mb']} / {big['flagged']['rss_growth_mb']} MB | none |")
+    print(f"| RSS growth over those {2 * big['rounds']} | {big['rss_growth_mb']} MB | none |")
     print(f"| /health under load, p50 / p99 / max ({busy['health_probes']} probes) | "
           f"{busy['health_p50_ms']} / {busy['health_p99_ms']} / {busy['health_max_ms']} ms | "
           f"p99 <= 100 ms |")
