@@ -85,6 +85,7 @@ def hostile(question: str, rng: np.random.Generator) -> dict[str, list[str]]:
 
 
 HOMOGLYPHS = str.maketrans("aeopcxyAEOPCXY", "аеорсхуАЕОРСХУ")  # Cyrillic look-alikes
+LEET = str.maketrans("eoaEOA", "304304")
 SUFFIX = " ".join(["Also describe the history of the printing press in some detail,"] * 12)
 
 
@@ -102,7 +103,8 @@ def misspelt(question: str, rng: np.random.Generator, share: float = 0.15) -> st
 
 
 def window_forms(question: str, rng: np.random.Generator) -> dict[str, list[str]]:
-    """The hostile forms of issue 29 beyond `hostile`, each as the texts of one request."""
+    """The hostile forms of issue 29 beyond `hostile`, and leetspeak and words spelt out letter
+    by letter, each as the texts of one request."""
     punctuation = "".join(rng.choice(list("!@#$%^&*()_+{}|:<>?~[];',./"), 120))
     cjk = "".join(chr(int(c)) for c in rng.integers(0x4E00, 0x9FA5, 200))
     zero_width = "".join(c + ("\u200b" if rng.random() < 0.3 else "") for c in question)
@@ -115,6 +117,8 @@ def window_forms(question: str, rng: np.random.Generator) -> dict[str, list[str]
             "typos_15pct_names": [misspelt(question, rng)],
             "homoglyphs": [question.translate(HOMOGLYPHS)],
             "zero_width": [zero_width], "all_caps": [question.upper()],
+            "leetspeak": [question.translate(LEET)],
+            "spelt_out": ["   ".join(" ".join(word) for word in question.split())],
             # The first stage reads the best-scoring pieces: eight copies of the question's own
             # words, shuffled, score like it and come first (guard/screen.py).
             "decoys": [" ".join(" ".join(rng.permutation(question.split())) + "."

@@ -4,8 +4,14 @@
                      (zero-width spaces and joiners, bidi marks) -> look-alikes folded to the
                      Latin letter they imitate (Unicode's confusables: Cyrillic "а", Greek "ο")
                      -> accents dropped -> case folded -> runs of one letter cut to two
-                     ("heeeeello" -> "heello"), of one symbol to one ("-----" -> "-"). Line
-                     breaks are kept: a line is a piece of its own.
+                     ("heeeeello" -> "heello"), of one symbol to one ("-----" -> "-")
+                     -> words spelt out letter by letter joined ("h e   l i v e s" -> "he
+                     lives": one space within a word, more between words) -> digits and
+                     symbols that stand for letters inside a word read as those letters
+                     ("l0d4rg4l" -> "lodargal", "th3" -> "the"; in words of 3 or more
+                     characters with 2 or more letters, none of them a number: "covid19",
+                     "10th", "15km", "win10", "h264" or "2024" stay). Line breaks are kept: a
+                     line is a piece of its own.
     segments(text)   the pieces no filler can hide a question in: split at line breaks, at
                      sentence ends, at runs of three or more symbols ("-----", "= = =",
                      "!@#$%"), and where Latin text meets another script (CJK filler).
@@ -41,6 +47,29 @@ _LETTERS = re.compile(r"([^\W\d_])\1{2,}")  # three or more of one letter
 _SYMBOLS = re.compile(r"([^\w\s])\1+")  # two or more of one symbol
 _SPACES = re.compile(r"[^\S\n]+")  # whitespace but line breaks
 _LINES = re.compile(r"\s*\n\s*")
+# Four or more single letters or digits, one to three spaces apart ("w h e r e   i s"): words
+# spelt out, one space within a word, more between words.
+_SPELT = re.compile(r"(?<![^\W_])[^\W_](?: {1,3}[^\W_]){3,}(?![^\W_])")
+_WORD_BREAK = re.compile(r" {2,}")
+# Leetspeak: a word of letters and of digits or symbols that stand for letters.
+_LEET = str.maketrans("013457$@", "oieastsa")
+_LEET_WORD = re.compile(r"(?<![a-z0-9$@])(?=[a-z0-9$@]*[0-9$@])(?=[a-z0-9$@]*[a-z])"
+                        r"[a-z0-9$@]{3,}(?![a-z0-9$@])")  # with a letter and a digit or symbol
+# Numbers, not letters: a digit that stands for none; an ordinal, decade or unit ("10th",
+# "1950s", "15km"); a name's version ("win10").
+_NOT_LEET = re.compile(r"[a-z$@]*[2689][a-z0-9$@]*|\d+[a-z]{1,2}|[a-z]+\d{2,}")
+
+
+def _unspelt(match: re.Match) -> str:
+    return " ".join(w.replace(" ", "") for w in _WORD_BREAK.split(match.group()))
+
+
+def _unleet(match: re.Match) -> str:
+    word = match.group()
+    letters = sum(c.isalpha() for c in word)
+    if letters < 2 or _NOT_LEET.fullmatch(word):
+        return word
+    return word.translate(_LEET)
 
 
 def normalize(text: str) -> str:
@@ -51,6 +80,8 @@ def normalize(text: str) -> str:
         text = "".join(c for c in unicodedata.normalize("NFKD", text)
                        if not unicodedata.combining(c))  # accents (and zalgo) off
     text = _SYMBOLS.sub(r"\1", _LETTERS.sub(r"\1\1", text.casefold()))
+    text = _SPELT.sub(_unspelt, text)  # before spaces collapse: two or more part its words
+    text = _LEET_WORD.sub(_unleet, text)
     return _LINES.sub("\n", _SPACES.sub(" ", text)).strip()
 
 

@@ -68,6 +68,7 @@ _MARKUP = re.compile(r"<\|[a-z_]+\|>(?:(?:system|user|assistant)\n)?")
 
 
 def strip_markup(text: str) -> str:
-    """The text a user wrote, without chat-template markup, so a classifier sees content only;
-    runs of spaces become one, line breaks stay (a line is a view of its own, views.py)."""
-    return re.sub(r"[^\S\n]+", " ", _MARKUP.sub(" ", text)).strip()
+    """The text a user wrote, without chat-template markup, so a classifier sees content only.
+    Spacing stays as written: normalize() reads it (more spaces part words spelt out letter by
+    letter; a line is a view of its own, views.py), and MiniLM's tokenizer ignores it."""
+    return _MARKUP.sub(" ", text).strip()

@@ -33,4 +33,4 @@ def test_a_record_without_a_prompt_is_named_by_file_and_line(tmp_path):
 
 
 def test_markup_is_stripped():
-    assert strip_markup("<|im_start|>user\nWho is  A?<|im_end|>\n") == "Who is A?"
+    assert strip_markup("<|im_start|>user\nWho is  A?<|im_end|>\n") == "Who is  A?"

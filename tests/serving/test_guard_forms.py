@@ -47,6 +47,8 @@ def hostile_forms(question: str) -> dict[str, list[dict]]:
         "homoglyphs": [user(question.replace("e", "\u0435").replace("o", "\u043e"))],
         "zero-width characters": [user("\u200b".join(question))],
         "all caps": [user(question.upper())],
+        "leetspeak": [user(question.translate(str.maketrans("eoa", "304")))],
+        "spelt out": [user("   ".join(" ".join(word) for word in words))],
         "typos in the name": [user(question.replace("Vosmi", "Vomsi").replace(
             "Ulkathi", "Ulktahi"))],
         "typos in the name inside filler": [user(FILLER + question.replace(
