@@ -8,10 +8,10 @@
                      -> words spelt out letter by letter joined ("h e   l i v e s" -> "he
                      lives": one space within a word, more between words) -> digits and
                      symbols that stand for letters inside a word read as those letters
-                     ("l0d4rg4l" -> "lodargal", "th3" -> "the"; in words of 3 or more
-                     characters with 2 or more letters, none of them a number: "covid19",
-                     "10th", "15km", "win10", "h264" or "2024" stay). Line breaks are kept: a
-                     line is a piece of its own.
+                     ("l0d4rg4l" -> "lodargal", "h3r" -> "her"; in words of 3 or more
+                     characters with 2 or more letters, none of them a number: "author3",
+                     "covid19", "10th", "15km", "h264" or "2024" stay, and so does "th3").
+                     Line breaks are kept: a line is a piece of its own.
     segments(text)   the pieces no filler can hide a question in: split at line breaks, at
                      sentence ends, at runs of three or more symbols ("-----", "= = =",
                      "!@#$%"), and where Latin text meets another script (CJK filler).
@@ -55,9 +55,9 @@ _WORD_BREAK = re.compile(r" {2,}")
 _LEET = str.maketrans("013457$@", "oieastsa")
 _LEET_WORD = re.compile(r"(?<![a-z0-9$@])(?=[a-z0-9$@]*[0-9$@])(?=[a-z0-9$@]*[a-z])"
                         r"[a-z0-9$@]{3,}(?![a-z0-9$@])")  # with a letter and a digit or symbol
-# Numbers, not letters: a digit that stands for none; an ordinal, decade or unit ("10th",
-# "1950s", "15km"); a name's version ("win10").
-_NOT_LEET = re.compile(r"[a-z$@]*[2689][a-z0-9$@]*|\d+[a-z]{1,2}|[a-z]+\d{2,}")
+# Numbers, not letters: a digit that stands for none; digits at one end only, a name's number
+# or an ordinal, decade or unit ("author3", "win10", "10th", "1950s", "15km").
+_NOT_LEET = re.compile(r"[a-z$@]*[2689][a-z0-9$@]*|[a-z]+\d+|\d+[a-z]+")
 
 
 def _unspelt(match: re.Match) -> str:

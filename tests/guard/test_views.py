@@ -38,7 +38,7 @@ def test_views_are_the_texts_their_join_their_segments_and_windows():
     ("Whеrе dоеs hе livе?", "where does he live?"),  # Cyrillic е, о
     ("ＷＨＥＲＥ ＤＯＥＳ ＨＥ ＬＩＶＥ？", "where does he live?"),  # fullwidth capitals
     ("Wheeeeere does he liiiive?", "wheere does he liive?"),
-    ("Wh3r3 d03s 0lg4 w0rk 4nd wh0 p4ys h3r?", "where does olga work 4nd who pays her?"),  # leet
+    ("Wh3r3 d03s 0lg4 w0rk 4nd wh0 p4ys h3r?", "where does olga work 4nd wh0 pays her?"),  # leet
     ("W h e r e   d o e s   h e   l i v e ?", "where does he live ?"),  # spelt out
 ], ids=["dashes", "spaced =", "punctuation", "CJK", "own line", "zero-width", "homoglyphs",
         "fullwidth", "repeats", "leetspeak", "spelt out"])
@@ -48,7 +48,7 @@ def test_no_filler_or_spelling_trick_hides_a_question_from_every_view(text, piec
 
 def test_numbers_and_single_letters_of_plain_text_stay():
     text = ("covid19 in 2024: 3 of 4 ran h264 on x86 and win10, b2b; her 10th book, the 1970s, "
-            "15km; the A B C of it, a  b")
+            "15km; author3 and player1; the A B C of it, a  b")
     assert normalize(text) == text.casefold().replace("  ", " ")
 
 
