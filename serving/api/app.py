@@ -4,6 +4,7 @@ errors (api/errors.py), metrics."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import logging
 import uuid
@@ -98,12 +99,12 @@ def build_app(serving: OpenAIServing, forget: ForgetService | None,
         return serving.models()
 
     @app.post("/v1/completions")
-    async def completions(body: CompletionRequest):
-        return _respond(await serving.completion(body))
+    async def completions(body: CompletionRequest, request: Request):
+        return _respond(await serving.completion(body, _tenant(request, api_keys)))
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatCompletionRequest):
-        return _respond(await serving.chat(body))
+    async def chat_completions(body: ChatCompletionRequest, request: Request):
+        return _respond(await serving.chat(body, _tenant(request, api_keys)))
 
     app.include_router(forget_router(forget))
     return app
@@ -113,6 +114,15 @@ def _respond(result):
     if isinstance(result, AsyncIterator):
         return StreamingResponse(result, media_type="text/event-stream")
     return result
+
+
+def _tenant(request: Request, api_keys: list[str]) -> str | None:
+    """Who sent an (authorized) request: a digest of its key, which goes no further than here;
+    None where /v1/ needs no key (every client is one tenant)."""
+    if not api_keys:
+        return None
+    _, _, key = request.headers.get("authorization", "").partition(" ")
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def _authorized(request: Request, api_keys: list[str]) -> bool:

@@ -88,7 +88,8 @@ class OpenAIServing:
 
     # --- endpoints ---------------------------------------------------------------------------
 
-    async def completion(self, req: CompletionRequest) -> CompletionResponse | AsyncIterator[str]:
+    async def completion(self, req: CompletionRequest, tenant: str | None = None
+                         ) -> CompletionResponse | AsyncIterator[str]:
         self._check_common(req)
         if req.echo:
             raise InvalidRequestError("echo is not supported", param="echo")
@@ -101,7 +102,7 @@ class OpenAIServing:
         texts = [p if isinstance(p, str) else None for p in prompts]
         run = await self._prepare_and_start(
             req, [functools.partial(self.pipeline.completion, ids, text)
-                  for ids, text in zip(tokenized, texts)], max_tokens)
+                  for ids, text in zip(tokenized, texts)], max_tokens, tenant)
         rid = new_id("cmpl")
         if req.stream:
             return self._stream_completion(rid, req, run)
@@ -116,7 +117,8 @@ class OpenAIServing:
             usage=run.usage(),
         )
 
-    async def chat(self, req: ChatCompletionRequest) -> ChatCompletionResponse | AsyncIterator[str]:
+    async def chat(self, req: ChatCompletionRequest, tenant: str | None = None
+                   ) -> ChatCompletionResponse | AsyncIterator[str]:
         self._check_common(req)
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                     for m in req.messages]
@@ -125,7 +127,7 @@ class OpenAIServing:
         tokens = await asyncio.to_thread(self.pipeline.chat_tokens, messages)
         max_tokens = self._budget(len(tokens.ids), requested, "messages")
         run = await self._prepare_and_start(
-            req, [functools.partial(self.pipeline.chat, messages, tokens)], max_tokens)
+            req, [functools.partial(self.pipeline.chat, messages, tokens)], max_tokens, tenant)
         rid = new_id("chatcmpl")
         if req.stream:
             return self._stream_chat(rid, req, run)
@@ -210,9 +212,10 @@ class OpenAIServing:
         return tokenized
 
     async def _prepare_and_start(self, req: SamplingFields, prepare: list[Callable[[], Prompt]],
-                                 max_tokens: int) -> "_Run":
-        """Each prompt through the pipeline (guard, corruption, route, mixture), then the run.
-        The prompts' mixtures stay pinned until the run ends (or fails to start)."""
+                                 max_tokens: int, tenant: str | None) -> "_Run":
+        """Each prompt through the pipeline (guard, corruption, route, mixture), then the run
+        (for `tenant`: the engine shares no state across tenants). The prompts' mixtures stay
+        pinned until the run ends (or fails to start)."""
         loop = asyncio.get_running_loop()
         prompts: list[Prompt] = []
         try:
@@ -229,7 +232,7 @@ class OpenAIServing:
             seed=req.seed,
             n=req.n,
         )
-        return _Run(self.engine, self.metrics, prompts, sampling, self.pipeline.release)
+        return _Run(self.engine, self.metrics, prompts, sampling, self.pipeline.release, tenant)
 
     # --- streaming ---------------------------------------------------------------------------
 
@@ -269,9 +272,10 @@ class _Run:
     """One API request in flight: an engine request per prompt, merged, with metrics."""
 
     def __init__(self, engine: Engine, metrics: Metrics, prompts: list[Prompt],
-                 sampling: Sampling, release: Callable[[list[Prompt]], None]):
+                 sampling: Sampling, release: Callable[[list[Prompt]], None],
+                 tenant: str | None):
         self.engine, self.metrics, self.release = engine, metrics, release
-        self.prompts, self.sampling = prompts, sampling
+        self.prompts, self.sampling, self.tenant = prompts, sampling, tenant
         self.n_choices = len(prompts) * sampling.n
         self.choices = [_Choice() for _ in range(self.n_choices)]
         self.error: ErrorResponse | None = None
@@ -298,7 +302,7 @@ class _Run:
 
         async def pump(p: int, prompt: Prompt) -> None:
             request = EngineRequest(f"{request_id}-{p}", prompt.token_ids, self.sampling,
-                                    prompt.embeds, prompt.lora)
+                                    prompt.embeds, prompt.lora, self.tenant)
             try:
                 async for deltas in self.engine.generate(request):
                     await merged.put((p, deltas))

@@ -89,6 +89,9 @@ class EngineRequest:
     # [T, hidden] float tensor; when set it replaces the embeddings of prompt_token_ids.
     prompt_embeds: torch.Tensor | None = None
     lora: LoRA | None = None
+    # Who sent it (a digest of its API key; None without keys): an engine that shares state
+    # across requests, such as a prefix cache, shares it within a tenant only.
+    tenant: str | None = None
 
 
 @dataclass(frozen=True)

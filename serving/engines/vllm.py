@@ -17,9 +17,10 @@ prompt to hit exactly the same blocks, i.e. flagged prompts' unmatched spans ser
 which the guard does not do (it corrupts every client token). With the cache off, vLLM 0.32
 hashes no blocks (v1/engine/core.py: no block hasher without prefix caching or a KV connector)
 and holds a request's prompt_embeds for that request only: prompts share no state across
-requests. `engine.prefix_caching: true` turns it on again, with the
-per-weight-vector salt it then needs; only for measuring the oracle, or where flagging is visible
-anyway (`forget.on_flag: refuse`, or no guard). With it on, tenants also share one cache.
+requests. `engine.prefix_caching: true` turns it on again, salted per tenant (the API key a
+request came with: one tenant never reads another's cache by timing) and per weight vector (a
+prompt's KV differs under other scales); only for measuring the oracle, or where flagging is
+visible anyway (`forget.on_flag: refuse`, or no guard).
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ class VLLMEngine(Engine):
             prompt = EmbedsPrompt(prompt_embeds=request.prompt_embeds)
         else:
             prompt = TokensPrompt(prompt_token_ids=request.prompt_token_ids)
-        salt = _cache_salt(request.lora) if self.prefix_caching else None
+        salt = _cache_salt(request) if self.prefix_caching else None
         if salt is not None:
             prompt["cache_salt"] = salt
         lora = None
@@ -176,9 +177,11 @@ class VLLMEngine(Engine):
             self._llm = None
 
 
-def _cache_salt(lora: LoRA | None) -> str | None:
-    """Prefix-cache salt of a request with scales: its KV differs from the same prompt's under
-    other scales of the same adapter."""
-    if lora is None or lora.scales is None:
+def _cache_salt(request: EngineRequest) -> str | None:
+    """Prefix-cache salt of a request: its tenant's (no tenant reuses, or times, another's
+    blocks) and its scales' (its KV differs from the same prompt's under other scales of the
+    same adapter). None, the cache shared, for a request with neither."""
+    scales = None if request.lora is None else request.lora.scales
+    if request.tenant is None and scales is None:
         return None
-    return hashlib.sha256(repr(lora.scales).encode()).hexdigest()[:16]
+    return hashlib.sha256(repr((request.tenant, scales)).encode()).hexdigest()[:16]

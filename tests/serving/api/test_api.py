@@ -10,6 +10,9 @@ import concurrent.futures
 import httpx
 import openai
 import pytest
+from starlette.requests import Request
+
+from serving.api.app import _tenant
 
 KEY, ADMIN = "test-key-0123456789", "test-admin-key-0123"  # >= 16 chars
 MODEL = "tiny"
@@ -204,3 +207,16 @@ def test_metrics_count_requests_tokens_and_latency(server, client):
     assert metrics["lethe:prompt_tokens_total"] >= 1
     assert metrics["lethe:time_to_first_token_seconds_count"] >= 1
     assert metrics["lethe:e2e_request_latency_seconds_count"] >= 1
+
+
+def test_each_api_key_is_a_tenant_and_goes_no_further():
+    # The engine salts its prefix cache with the tenant (serving/engines/vllm.py): one per key,
+    # the key itself never passed on; without api_keys every client is one tenant.
+    def request(key: str) -> Request:
+        return Request({"type": "http", "headers": [(b"authorization", f"Bearer {key}".encode())]})
+
+    keys = ["first-tenant-key-01", "second-tenant-key-2"]
+    first, second = (_tenant(request(k), keys) for k in keys)
+    assert first != second and first == _tenant(request(keys[0]), keys)
+    assert keys[0] not in first and keys[1] not in second
+    assert _tenant(request(keys[0]), []) is None

@@ -54,8 +54,8 @@ class Harness:
                     logprobs += d.logprobs
         return [(tokens[i], text[i], finish.get(i)) for i in range(request.sampling.n)]
 
-    def request(self, ids, sampling, embeds=None, lora=None) -> EngineRequest:
-        return EngineRequest(f"t{next(_ids)}", list(ids), sampling, embeds, lora)
+    def request(self, ids, sampling, embeds=None, lora=None, tenant=None) -> EngineRequest:
+        return EngineRequest(f"t{next(_ids)}", list(ids), sampling, embeds, lora, tenant)
 
     def generate(self, *requests: EngineRequest):
         """All requests concurrently; each result is [(token_ids, text, finish_reason)] per choice."""
@@ -349,8 +349,36 @@ def test_vllm_prefix_caching_is_off_and_salted_per_weight_vector_when_turned_on(
     try:
         assert cached.engine._llm.vllm_config.cache_config.enable_prefix_caching
         assert_no_kv_reuse_across_weight_vectors(cached, reference, shards, tmp_path)
+        assert_no_kv_reuse_across_tenants(cached, reference)
     finally:
         cached.close()
+
+
+def assert_no_kv_reuse_across_tenants(harness, reference):
+    """With the cache on, a tenant's repeated prompt hits its own blocks, and the same prompt from
+    another tenant (or from no tenant) hits none: one tenant cannot time another's prompts."""
+    tokenizer, _ = reference
+    ids = encode(tokenizer, " ".join(reversed(PROMPTS)) * 8)  # several KV blocks
+    cached_tokens: dict[str, int] = {}  # request id -> vLLM's count of prefix-cache hits
+    generate = harness.engine._llm.generate
+
+    async def spy(prompt, params, request_id, **kw):
+        async for output in generate(prompt, params, request_id, **kw):
+            cached_tokens[request_id] = output.num_cached_tokens or 0
+            yield output
+
+    harness.engine._llm.generate = spy
+    try:
+        order = ["a", "a", "b", None, None]
+        requests = [harness.request(ids, greedy(1), tenant=t) for t in order]
+        for r in requests:  # one at a time: each finds what the earlier ones left
+            harness.generate(r)
+    finally:
+        del harness.engine._llm.generate
+    hits = [cached_tokens[r.request_id] for r in requests]
+    assert hits[0] == 0 and hits[1] > 0  # the cache is on, and a tenant reuses its own blocks
+    assert hits[2] == 0 and hits[3] == 0  # another tenant, or none, reuses none of them
+    assert hits[4] > 0  # requests without a tenant share theirs (no keys: one tenant)
 
 
 def assert_no_kv_reuse_across_weight_vectors(engine, reference, shards, tmp_path):
