@@ -116,17 +116,22 @@ def _respond(result):
     return result
 
 
+def _bearer(request: Request) -> str | None:
+    """The key of an `Authorization: Bearer KEY` header; None without one."""
+    scheme, _, key = request.headers.get("authorization", "").partition(" ")
+    return key if scheme.lower() == "bearer" else None
+
+
 def _tenant(request: Request, api_keys: list[str]) -> str | None:
     """Who sent an (authorized) request: a digest of its key, which goes no further than here;
     None where /v1/ needs no key (every client is one tenant)."""
-    if not api_keys:
+    key = _bearer(request)
+    if not api_keys or key is None:
         return None
-    _, _, key = request.headers.get("authorization", "").partition(" ")
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def _authorized(request: Request, api_keys: list[str]) -> bool:
-    scheme, _, key = request.headers.get("authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and any(
-        hmac.compare_digest(key.encode(), k.encode()) for k in api_keys
-    )
+    key = _bearer(request)
+    return key is not None and any(hmac.compare_digest(key.encode(), k.encode())
+                                   for k in api_keys)

@@ -88,7 +88,7 @@ class OpenAIServing:
 
     # --- endpoints ---------------------------------------------------------------------------
 
-    async def completion(self, req: CompletionRequest, tenant: str | None = None
+    async def completion(self, req: CompletionRequest, tenant: str | None
                          ) -> CompletionResponse | AsyncIterator[str]:
         self._check_common(req)
         if req.echo:
@@ -117,7 +117,7 @@ class OpenAIServing:
             usage=run.usage(),
         )
 
-    async def chat(self, req: ChatCompletionRequest, tenant: str | None = None
+    async def chat(self, req: ChatCompletionRequest, tenant: str | None
                    ) -> ChatCompletionResponse | AsyncIterator[str]:
         self._check_common(req)
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
