@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from guard import GuardError, SentenceEmbedder, embedder_names
+from guard.embed import default_model_path, first_pieces
 
 TEXTS = [
     "hi",
@@ -61,6 +62,34 @@ def test_a_texts_vector_does_not_depend_on_what_it_is_embedded_with(backends):
         beside = embed([TEXTS[4], TEXTS[1], TEXTS[0]])[1]  # next to a long and a short text
         assert np.abs(alone - beside).max() < 1e-5, name  # the guard drops a negative equal to
         # an exemplar's own text (similarity >= 0.999): that must not depend on batching
+    for name in ("onnx", "onnx-int8"):  # alone a long text runs on every core, beside others on
+        embed = backends[name]  # one: bit for bit the same vectors, in the caller's order
+        together = embed(TEXTS)
+        assert np.array_equal(together, np.concatenate([embed([t]) for t in TEXTS])), name
+        assert np.array_equal(embed(TEXTS[::-1]), together[::-1]), name
+
+
+def test_a_long_texts_first_word_pieces_are_those_of_the_whole_text():
+    """onnx tokenizes only as much of a long prompt as MiniLM reads: the same pieces as the
+    whole text's, whatever its spacing (cut mid-word, runs without spaces, long words that
+    become [UNK], CJK, symbols)."""
+    import random
+
+    import tokenizers
+
+    tokenizer = tokenizers.Tokenizer.from_file(str(default_model_path() / "tokenizer.json"))
+    tokenizer.enable_truncation(256)
+    tokenizer.no_padding()
+    rng = random.Random(0)
+    words = ["where", "does", "fenlus", "lodargal", "live", "?", "--", "东京", "é", "x" * 150,
+             "supercalifragilistic" * 4, "a\tb\nc", "🙂"]
+    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 3000))) for _ in range(60)]
+    texts += ["-" * 9000 + " where does he live", "y" * 5000 + " where", "東" * 4000,
+              "ab " * 20 + "z" * 3000 + " q" * 300, ("word " * 300).strip()]
+    for text in texts:
+        head, whole = first_pieces(tokenizer, text, 256), tokenizer.encode(text)
+        assert (head.ids, head.attention_mask, head.type_ids) == (
+            whole.ids, whole.attention_mask, whole.type_ids), text[:80]
 
 
 def test_int8_stays_close_and_keeps_each_rewording_nearest_its_question(backends):
