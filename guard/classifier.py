@@ -106,24 +106,30 @@ class GuardModel:
                 "n_positives": len(positives), "n_negatives": len(negatives)}
 
 
+def fit_estimator(positives: np.ndarray, negatives: np.ndarray, *, kind: str, seed: int):
+    """The classifier `kind` fitted on (P, D) positives vs (N, D) negatives, classes weighted to
+    balance (forget sets are small)."""
+    from sklearn.utils.class_weight import compute_sample_weight
+
+    x = np.concatenate([positives, negatives])  # (P + N, D)
+    y = np.r_[np.ones(len(positives)), np.zeros(len(negatives))]
+    estimator = CLASSIFIERS.get(kind)(seed)
+    estimator.fit(x, y, sample_weight=compute_sample_weight("balanced", y))
+    return estimator
+
+
 def fit_guard(vectors: dict[str, np.ndarray], *, kind: str, target_fpr: float, seed: int,
               support_floor: float | None = None) -> GuardModel:
     """Fit on vectors['fit_pos'] vs ['fit_neg'], calibrate on ['cal_pos'] and ['cal_neg'].
 
-    All (N, D) unit vectors. Classes are weighted to balance (forget sets are small).
-    `support_floor`: the neighbourhood gate's similarity, when not calibrated on ['cal_pos'].
+    All (N, D) unit vectors (fit_estimator). `support_floor`: the neighbourhood gate's similarity, when not calibrated on ['cal_pos'].
     """
-    from sklearn.utils.class_weight import compute_sample_weight
-
-    factory = CLASSIFIERS.get(kind)
+    CLASSIFIERS.get(kind)  # an unknown name is named before the data is checked
     for name in ("fit_pos", "fit_neg", "cal_pos", "cal_neg"):
         if len(vectors.get(name, ())) == 0:
             raise GuardError(f"no {name.replace('_', ' ')} vectors: need forget and negative "
                              "prompts for both fitting and calibration")
-    x = np.concatenate([vectors["fit_pos"], vectors["fit_neg"]])  # (P + N, D)
-    y = np.r_[np.ones(len(vectors["fit_pos"])), np.zeros(len(vectors["fit_neg"]))]
-    estimator = factory(seed)
-    estimator.fit(x, y, sample_weight=compute_sample_weight("balanced", y))
+    estimator = fit_estimator(vectors["fit_pos"], vectors["fit_neg"], kind=kind, seed=seed)
     model = GuardModel(kind=kind, estimator=estimator, threshold=0.0, support_floor=0.0,
                        exemplar_threshold=0.0, target_fpr=target_fpr, seed=seed, vectors=vectors)
     model.threshold = threshold_at_fpr(model.scores(vectors["cal_neg"]), target_fpr)

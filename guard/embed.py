@@ -18,6 +18,11 @@ is framework overhead more than arithmetic.
   the embedder that serves them, so keep one embedder for training and serving.
 - `onnx`: the model with its mean pooling and normalisation exported once to ONNX and run by
   onnxruntime: torch's vectors to 1e-6.
+
+Both onnx backends run one text per run and, given several (a guard check's views), one thread
+per text with as many at once as there are cores; a lone long text gets every core. The same
+vectors bit for bit either way; a check 1.1-1.4x faster than one text after another on both
+cores (bench/bench_guard.py --part cascade, docs/benchmarks.md).
 - `torch`: sentence-transformers on torch, the reference.
 
 Exported graphs are kept in the cache folder (`<home>/models/minilm-<weights sha256>[.int8].onnx`),

@@ -46,8 +46,9 @@ import numpy as np
 from .static import StaticEmbedder
 
 
-# Pieces MiniLM reads: PIECES + SHARE of them, the best-scoring first. About 3 ms each (onnx-int8,
-# 2 vCPU): a 600-word prompt's ~170 pieces -> 10 read, an 8,000-token prompt's ~2,000 -> 28.
+# Pieces MiniLM reads: PIECES + SHARE of them, the best-scoring first. About 2 ms each on one core
+# (onnx-int8, two at a time on 2 vCPU): a 600-word prompt's ~170 pieces -> 10 read, an
+# 8,000-token prompt's ~2,000 -> 28.
 # Measured on TOFU (bench/bench_guard.py, the trained classifiers, a paraphrase inside 300 words
 # of unpunctuated filler a side, ~12 distinct pieces): with 4, 2-3 of 100 that MiniLM alone
 # flags were missed, with 6 none; 8 leaves a margin (chosen on the benchmark's own forms).
