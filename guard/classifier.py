@@ -122,7 +122,8 @@ def fit_guard(vectors: dict[str, np.ndarray], *, kind: str, target_fpr: float, s
               support_floor: float | None = None) -> GuardModel:
     """Fit on vectors['fit_pos'] vs ['fit_neg'], calibrate on ['cal_pos'] and ['cal_neg'].
 
-    All (N, D) unit vectors (fit_estimator). `support_floor`: the neighbourhood gate's similarity, when not calibrated on ['cal_pos'].
+    All (N, D) unit vectors (fit_estimator). `support_floor`: the neighbourhood gate's
+    similarity, when not calibrated on ['cal_pos'].
     """
     CLASSIFIERS.get(kind)  # an unknown name is named before the data is checked
     for name in ("fit_pos", "fit_neg", "cal_pos", "cal_neg"):

@@ -14,16 +14,17 @@ is framework overhead more than arithmetic.
 - `onnx-int8` (default): the ONNX graph below with int8 weights (one scale per output channel),
   activations quantized on the fly. Vectors within cosine 0.98 of torch's; the guard's TOFU
   rates are as good (bench/bench_guard.py: classifier TPR 0.99 and every FPR <= 0.01, exemplars
-  TPR 1.0 and FPR <= 0.005; with onnx, 0.985 and FPR up to 0.03, 1.0 and 0.005). A guard and a shard partition are fitted on the vectors of
-  the embedder that serves them, so keep one embedder for training and serving.
+  TPR 1.0 and FPR <= 0.005; with onnx, 0.985 and FPR up to 0.03, 1.0 and 0.005). A guard and
+  a shard partition are fitted on the vectors of the embedder that serves them, so keep one
+  embedder for training and serving.
 - `onnx`: the model with its mean pooling and normalisation exported once to ONNX and run by
   onnxruntime: torch's vectors to 1e-6.
+- `torch`: sentence-transformers on torch, the reference.
 
 Both onnx backends run one text per run and, given several (a guard check's views), one thread
 per text with as many at once as there are cores; a lone long text gets every core. The same
 vectors bit for bit either way; a check 1.1-1.4x faster than one text after another on both
 cores (bench/bench_guard.py --part cascade, docs/benchmarks.md).
-- `torch`: sentence-transformers on torch, the reference.
 
 Exported graphs are kept in the cache folder (`<home>/models/minilm-<weights sha256>[.int8].onnx`),
 written elsewhere and renamed into place.
@@ -73,6 +74,9 @@ BATCH = 8
 # ones run on one. Measured (onnx-int8, 2 vCPU, one thread vs two): 17 pieces 1.9 vs 2.6 ms,
 # 64 4.8 vs 5.8, 128 11.0 vs 11.1, 256 29 vs 25.
 WIDE = 128
+# onnx: threads for the lanes beyond a call's own (a check's views run in as many lanes as there
+# are cores): more than concurrent calls need, so that a check's lane never queues behind another
+# call's (a forget request's exemplars).
 LANE_HELPERS = 32
 
 
@@ -211,8 +215,6 @@ def _onnx(model_path: Path, cache: Path, int8: bool = False) -> Encode:
     threads = torch.get_num_threads()  # what OMP_NUM_THREADS gives torch
     narrow = _session(graph, 1)  # one thread per run: several texts at once, one per core
     wide = _session(graph, threads) if threads > 1 else narrow  # one long text on every core
-    # Helpers for the lanes beyond the caller's own: never fewer than concurrent checks need, so
-    # that a check's lane never waits for another call's (a forget request's exemplars).
     helpers = ThreadPoolExecutor(LANE_HELPERS, thread_name_prefix="minilm")
     # MiniLM's own word pieces, cut at its longest input; no padding (one text per run). Set
     # once: a tokenizer whose truncation is set per call raises "Already borrowed" when two

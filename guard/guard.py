@@ -320,15 +320,13 @@ def fit_head(positives: np.ndarray, negatives: np.ndarray, *, kind: str, target_
     model = fit_guard({"fit_pos": positives, "fit_neg": negatives, "cal_pos": positives,
                        "cal_neg": negatives[near] if len(near) else negatives},
                       kind=kind, target_fpr=target_fpr, seed=seed, support_floor=HEAD_SUPPORT)
-    held_out = [model.scores(positives[:1])]  # each near negative scored by the fit without
-    for fold in (near[i::HEAD_FOLDS] for i in range(HEAD_FOLDS)):  # its fold, (K,) in all
-        if len(fold):
-            rest = np.delete(negatives, fold, axis=0)
-            held_out.append(fit_estimator(positives, rest, kind=kind, seed=seed)
-                            .predict_proba(negatives[fold])[:, 1])
-    if not all(np.isfinite(scores).all() for scores in held_out):
+    held_out = np.concatenate([  # (K,) each near negative, scored by the fit without its fold
+        fit_estimator(positives, np.delete(negatives, fold, axis=0), kind=kind, seed=seed)
+        .predict_proba(negatives[fold])[:, 1]
+        for fold in (near[i::HEAD_FOLDS] for i in range(HEAD_FOLDS)) if len(fold)] or [[]])
+    if not (np.isfinite(model.scores(positives[:1])).all() and np.isfinite(held_out).all()):
         raise GuardError("the window head's scores are not finite")
-    if len(near):
-        model.threshold = threshold_at_fpr(np.concatenate(held_out[1:]), target_fpr)
+    if len(held_out):
+        model.threshold = threshold_at_fpr(held_out, target_fpr)
     model.threshold = max(model.threshold, HEAD_MIN_SCORE)
     return model
