@@ -166,16 +166,9 @@ def compare(guards: dict[str, Guard], positives: list[str],
     return out
 
 
-STAGES = ("cascade", "minilm")
-
-
-def staged(stage: str, guard: Guard) -> Guard:
-    """The two guards compared: "cascade" has MiniLM read the pieces the first stage picks (the
-    server's), "minilm" every piece, the guard otherwise the same (its anchors then rank nothing
-    but still gate the window head)."""
-    if stage == "minilm" and guard.screen is not None:
-        guard.screen.read = lambda pieces: np.ones(len(pieces), bool)
-    return guard
+def stages(embed: SentenceEmbedder) -> dict:
+    """The two guards compared: the first stage on (the server's), and MiniLM on every view."""
+    return {"cascade": embed.static(), "minilm": None}
 
 
 def guard_part(work: Path, embed: SentenceEmbedder) -> dict:
@@ -201,9 +194,8 @@ def guard_part(work: Path, embed: SentenceEmbedder) -> dict:
                                     static=embed.static())
         fit_seconds = time.perf_counter() - start
         save_model(model, work / f"guard-{kind}")
-        guards = {stage: staged(stage, Guard.load(work / f"guard-{kind}", embed,
-                                                  static=embed.static()))
-                  for stage in STAGES}
+        guards = {stage: Guard.load(work / f"guard-{kind}", embed, static=static)
+                  for stage, static in stages(embed).items()}
         _, cal, test = split_items(retain, 0.2, np.random.default_rng(0), "retain")
         rates = compare(guards, positives, hostile_sets,
                         {"retain": [i.prompt for i in test], **extra})
@@ -216,9 +208,8 @@ def guard_part(work: Path, embed: SentenceEmbedder) -> dict:
     references = [i.prompt for i in retain] + general_train
     vectors = embed(references)
     guards = {}
-    for stage in STAGES:
-        guards[stage] = staged(stage, Guard.exemplars_only(embed, exemplar_threshold=0.8,
-                                                           static=embed.static()))
+    for stage, static in stages(embed).items():
+        guards[stage] = Guard.exemplars_only(embed, exemplar_threshold=0.8, static=static)
         guards[stage].set_negatives(dict(zip(map(str, range(len(references))), vectors)))
         add_author_exemplars(guards[stage], forget)
     thresholds = [guards["cascade"].exemplars.threshold(k)
@@ -257,10 +248,10 @@ def window_part(embed: SentenceEmbedder) -> dict:
     vectors = embed(references)
     out: dict = {}
     flags = {}
-    for stage in STAGES:
-        guard = staged(stage, Guard.exemplars_only(
-            embed, exemplar_threshold=config.exemplar_threshold, static=embed.static(),
-            kind=config.head, target_fpr=config.target_fpr, seed=config.seed))
+    for stage, static in stages(embed).items():
+        guard = Guard.exemplars_only(embed, exemplar_threshold=config.exemplar_threshold,
+                                     static=static, kind=config.head,
+                                     target_fpr=config.target_fpr, seed=config.seed)
         guard.set_negatives(dict(zip(map(str, range(len(references))), vectors)))
         start = time.perf_counter()
         add_author_exemplars(guard, forget)
@@ -336,9 +327,8 @@ def cascade_part(work: Path) -> dict:
     pieces.no_truncation()  # MiniLM's word pieces, uncut and unpadded
     pieces.no_padding()
     guards = {}
-    for stage in STAGES:
-        guards[stage] = staged(stage, Guard.load(work / "guard-mlp", embed,
-                                                 static=embed.static()))
+    for stage, static in stages(embed).items():
+        guards[stage] = Guard.load(work / "guard-mlp", embed, static=static)
         add_author_exemplars(guards[stage], forget)
     rng = np.random.default_rng(3)
     forms = {"short": (300, lambda q: [q]),

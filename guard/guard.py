@@ -67,14 +67,6 @@ HEAD_SUPPORT = FLOOR
 # a threshold from its fitted-on negatives alone, another owner's question of the same shape
 # (0.02 with the mlp) was flagged.
 HEAD_MIN_SCORE = 0.5
-# ... and only when the view's uncommon words (a name, a misspelling) share this much of their
-# character 3-grams (cosine) with a pending request's texts or misspelt copies (screen.py): the
-# head is fitted on a few people's questions against other people's, and flags questions about
-# anyone asked in the same templates. Measured on TOFU (bench/bench_guard_tofu.py, forget10
-# pending, no trained classifier): the head's false flags on holdout authors' questions reach
-# 0.47 and sit below 0.35 for 75-92% of them; its true flags on typo forms of the forget
-# questions (names misspelt) are at 0.42 and above. Chosen on those benches, not held out.
-HEAD_GRAMS = 0.35
 # Folds of the near negatives for the head's threshold. Measured on TOFU (bench/bench_guard.py
 # --part window, forget10 pending, 400 retain paraphrases): calibrated on the negatives it was
 # fitted on, the head flagged 3 the exemplar rule did not (FPR 0.0125 in all); held out, 2
@@ -166,8 +158,7 @@ class Guard:
         pieces = every[len(texts):]
         if self.screen is not None:  # MiniLM reads the pieces that the first stage picks
             pieces = [p for p, read in zip(pieces, self.screen.read(pieces)) if read]
-        read = every[:len(texts)] + pieces
-        vectors = self.embed(read)  # (N + P, D)
+        vectors = self.embed(every[:len(texts)] + pieces)  # (N + P, D)
         model, head = self.model, self._head  # one of each for the whole check
         near = self.exemplars.nearest(vectors, NAMED_WITHIN)
         best = int(np.argmax(near.margin))
@@ -178,8 +169,6 @@ class Guard:
         unexplained = np.zeros(len(vectors), bool)  # (N + P,) flagged, not by an exemplar
         if head is not None:
             flags, scores = head.model.flags(vectors)
-            if self.screen is not None:  # computed for every view: the same work, flag or not
-                flags &= self.screen.shared_grams(read) >= HEAD_GRAMS
             rule = rule or ("head" if flags.any() else None)
             unexplained |= flags & (near.margin <= 0)
         if model is not None:

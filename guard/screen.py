@@ -117,14 +117,6 @@ class Anchors:
         return best
 
 
-    def shared_grams(self, grams) -> np.ndarray:
-        """(P,) each piece's highest cosine to a pending request's row in character 3-grams
-        (`grams`: (P, 2^18) from char_grams); 0 where none is pending."""
-        if self.grams is None:
-            return np.zeros(grams.shape[0], np.float32)
-        return (grams @ self.grams).max(axis=1).toarray().ravel()  # (P, G) -> (P,)
-
-
 def read_count(pieces: int) -> int:
     """How many of a request's `pieces` MiniLM reads: a function of their number alone."""
     return min(pieces, PIECES + math.ceil(SHARE * pieces))
@@ -186,13 +178,6 @@ class Screen:
         entries = self._entries.values()
         return Anchors.stack(self._trained + [(s, t) for s, _, t in entries],
                              [(g, t) for _, g, t in entries], self.dim)
-
-    def shared_grams(self, texts: list[str]) -> np.ndarray:
-        """(N,) each text's highest cosine, in the character 3-grams of its uncommon words, to a
-        pending request's texts and their misspelt copies (0 with none pending): a question
-        about a pending person shares most of the 3-grams of the person's name, misspelt or
-        not; one about somebody else asked the same way shares few."""
-        return self._anchors.shared_grams(char_grams(texts, self.common))
 
     def read(self, pieces: list[str]) -> np.ndarray:
         """(P,) bool: the `read_count(P)` pieces MiniLM must read."""
