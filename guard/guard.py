@@ -318,15 +318,15 @@ def fit_head(positives: np.ndarray, negatives: np.ndarray, *, kind: str, target_
     Deterministic: the same rows give the same bytes."""
     near = np.flatnonzero(max_similarity(negatives, positives) >= HEAD_SUPPORT)  # (K,)
     model = fit_guard({"fit_pos": positives, "fit_neg": negatives, "cal_pos": positives,
-                       "cal_neg": negatives[near] if len(near) else negatives},
+                       "cal_neg": negatives},
                       kind=kind, target_fpr=target_fpr, seed=seed, support_floor=HEAD_SUPPORT)
-    held_out = np.concatenate([  # (K,) each near negative, scored by the fit without its fold
+    folds = [near[i::HEAD_FOLDS] for i in range(min(HEAD_FOLDS, len(near)))]
+    held_out = [  # each near negative, scored by the fit without its fold
         fit_estimator(positives, np.delete(negatives, fold, axis=0), kind=kind, seed=seed)
-        .predict_proba(negatives[fold])[:, 1]
-        for fold in (near[i::HEAD_FOLDS] for i in range(HEAD_FOLDS)) if len(fold)] or [[]])
-    if not (np.isfinite(model.scores(positives[:1])).all() and np.isfinite(held_out).all()):
+        .predict_proba(negatives[fold])[:, 1] for fold in folds]
+    if not all(np.isfinite(s).all() for s in [model.scores(positives[:1]), *held_out]):
         raise GuardError("the window head's scores are not finite")
-    if len(held_out):
-        model.threshold = threshold_at_fpr(held_out, target_fpr)
+    if held_out:  # else none is near enough to be flagged: fit_guard's, on all of them
+        model.threshold = threshold_at_fpr(np.concatenate(held_out), target_fpr)
     model.threshold = max(model.threshold, HEAD_MIN_SCORE)
     return model
