@@ -8,7 +8,8 @@ is flagged when one of those
   - is near a pending forget request's exemplar (instant: exemplars.py), or
   - is flagged by the window head: a classifier fitted, in the background, on the exemplars of
     the pending requests against the reference negatives (it catches forms the exemplar rule
-    misses, such as heavy typos; ready seconds after a request is added), or
+    misses, such as heavy typos; ready seconds after a request is added), where the view names
+    someone a pending request names (screen.py, `named`), or
   - is flagged by the trained classifier (`lethe guard train`, classifier.py), if there is one.
 
 Exemplars hold a request's texts and generated hostile forms (augment.py: typos) as vectors,
@@ -158,7 +159,8 @@ class Guard:
         pieces = every[len(texts):]
         if self.screen is not None:  # MiniLM reads the pieces that the first stage picks
             pieces = [p for p, read in zip(pieces, self.screen.read(pieces)) if read]
-        vectors = self.embed(every[:len(texts)] + pieces)  # (N + P, D)
+        read = every[:len(texts)] + pieces
+        vectors = self.embed(read)  # (N + P, D)
         model, head = self.model, self._head  # one of each for the whole check
         near = self.exemplars.nearest(vectors, NAMED_WITHIN)
         best = int(np.argmax(near.margin))
@@ -169,6 +171,8 @@ class Guard:
         unexplained = np.zeros(len(vectors), bool)  # (N + P,) flagged, not by an exemplar
         if head is not None:
             flags, scores = head.model.flags(vectors)
+            if self.screen is not None:  # fitted on a few people, it takes anyone for them
+                flags &= self.screen.named(read)
             rule = rule or ("head" if flags.any() else None)
             unexplained |= flags & (near.margin <= 0)
         if model is not None:
@@ -213,13 +217,14 @@ class Guard:
         with self._changes:  # first: a request with no text left still forgets its samples
             self._covers[key] = list(covers)
             self._rebuild_negatives()
-        texts = [t for t in (normalize(strip_markup(t)) for t in texts) if t]
+        raw = [t for t in (strip_markup(t) for t in texts) if t]
+        texts = [t for t in (normalize(t) for t in raw) if t]
         if not texts:
             raise GuardError(f"forget item {key!r} has no text to guard")
         forms = [exemplar_forms([t]) for t in texts]  # text i and its misspelt copies
         vectors = self.embed(list(dict.fromkeys(f for group in forms for f in group)))  # (n, D)
         if self.screen is not None:  # first: a piece near the request is read from now on
-            self.screen.add(key, forms)
+            self.screen.add(key, forms, raw)
         self.exemplars.add(key, vectors, self.exemplar_threshold_for(vectors))
         self._changed()
 

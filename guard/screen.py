@@ -29,7 +29,19 @@ with typos in 15% of the words, score >= 0.60 against that author's questions an
 What the count cannot do: a prompt holding more than `read_count` pieces that out-rank its
 question on this score, yet are not flagged by MiniLM, hides the question
 (bench/bench_guard.py measures the decoy form: the question's own words, shuffled, as filler).
-Anchors of a pending request are kept in memory only, and dropped with its exemplars.
+The screen also tells the window head (guard.py) whether a view names someone a pending request
+names (`named`): the head is fitted on a few people's questions against other people's, and
+scores anyone asked the same way high. A request's names are the words its texts capitalise
+inside a sentence and never write in lower case (a person, a place; no stop word), and their
+uncommon words (a name in lower case). A view names one where one of its uncommon words is a
+name, or a letter dropped from or added to one, or, in words of `SWAP_FROM` letters or more, a
+letter swapped or replaced (typos; "ulkatthi" for "ulkathi"), word by word, so that misspelt
+common words beside a name do not hide it. Measured on TOFU (bench/bench_guard_tofu.py,
+forget10 pending, 5 / 40 / 180 retained authors): holdout authors' questions flagged by the
+guard 0.25 / 0.058 / 0.03 -> 0.075 / 0.0175 / 0.0075, typo forms 0.995 / 0.975 / 0.975 either way;
+other gates tried are in docs/benchmarks.md. A view without an uncommon word (a name of common
+words, spelt right: nothing to tell it by) is not gated. Anchors of a pending request, its names
+included, are kept in memory only, and dropped with its exemplars.
 """
 
 from __future__ import annotations
@@ -43,6 +55,7 @@ from typing import Any
 
 import numpy as np
 
+from .normalize import normalize
 from .static import StaticEmbedder
 
 
@@ -55,6 +68,9 @@ from .static import StaticEmbedder
 PIECES = 8
 SHARE = 0.01
 QUANTILE = 0.005  # share of an anchor set's own forms allowed under its threshold
+# A word this long is near a name one letter swapped or replaced; a shorter one only by a letter
+# dropped or added: two short names one letter apart are often two names ("aisha", "aysha").
+SWAP_FROM = 6
 FLOOR, CEILING = 0.3, 0.6
 
 
@@ -68,14 +84,41 @@ def _char_grams():
 
 
 _WORD = re.compile(r"\w+")
+_SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
+_CAPITALISED = re.compile(r"\b[^\W\d_][\w'’-]*")  # a word starting with a letter
+
+
+def uncommon(text: str, common: frozenset[str]) -> list[str]:
+    """The words of `text` not in `common` (a name, a misspelling), in order."""
+    return [w for w in _WORD.findall(text) if w not in common]
+
+
+def names(texts: list[str], common: frozenset[str]) -> list[str]:
+    """The names of `texts` (raw, before normalize()): the words they capitalise after a
+    sentence's first word and never write in lower case (a title's words are also written in
+    lower case elsewhere), normalised, and the uncommon words of their normalised forms; stop
+    words and words under three letters left out."""
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    lower = {w for t in texts for w in _CAPITALISED.findall(t) if w[0].islower()}
+    capitalised = [w for t in texts for sentence in _SENTENCE.split(t)
+                   for w in _CAPITALISED.findall(sentence)[1:]
+                   if w[0].isupper() and w.lower() not in lower]
+    words = _WORD.findall(normalize(" ".join(capitalised)))
+    words += [w for t in texts for w in uncommon(normalize(t), common)]
+    return list(dict.fromkeys(w for w in words if len(w) >= 3 and w not in ENGLISH_STOP_WORDS))
+
+
+def drops(word: str) -> set[str]:
+    """`word` less one of its letters, every way."""
+    return {word[:i] + word[i + 1:] for i in range(len(word))}
 
 
 def char_grams(texts: list[str], common: frozenset[str]):
-    """(N, 2^18) sparse unit vectors of the character 3-grams of the texts' uncommon words:
-    those not in `common` (a name, a misspelling). Common words share their 3-grams with half of
-    any text, which only made every piece near every anchor (and the product dense)."""
-    rare = [" ".join(w for w in _WORD.findall(t) if w not in common) for t in texts]
-    return _char_grams().transform(rare)
+    """(N, 2^18) sparse unit vectors of the character 3-grams of the texts' uncommon words.
+    Common words share their 3-grams with half of any text, which only made every piece near
+    every anchor (and the product dense)."""
+    return _char_grams().transform([" ".join(uncommon(t, common)) for t in texts])
 
 
 @dataclass(frozen=True)
@@ -87,11 +130,19 @@ class Anchors:
     static_threshold: np.ndarray  # (M,)
     grams: Any  # (F, G) sparse, transposed for the product: column j is row j's 3-grams
     grams_threshold: np.ndarray  # (G,)
+    # The pending requests' names, each less one letter (all of them; of the names of at least
+    # SWAP_FROM letters). `unnamed`: a pending request has no name.
+    names: frozenset[str] = frozenset()
+    name_drops: frozenset[str] = frozenset()
+    long_drops: frozenset[str] = frozenset()
+    unnamed: bool = False
 
     @classmethod
     def stack(cls, static: list[tuple[np.ndarray, float]], grams: list[tuple[Any, float]],
-              dim: int) -> Anchors:
+              dim: int, names: list[list[str]] = ()) -> Anchors:
         import scipy.sparse
+
+        every = {n for ns in names for n in ns}
 
         def thresholds(parts):
             return np.concatenate([np.full(r.shape[0], t, np.float32) for r, t in parts]
@@ -100,7 +151,17 @@ class Anchors:
         return cls(np.concatenate([r for r, _ in static] or [np.zeros((0, dim), np.float32)]),
                    thresholds(static),
                    scipy.sparse.vstack([r for r, _ in grams]).T.tocsr() if grams else None,
-                   thresholds(grams))
+                   thresholds(grams), frozenset(every),
+                   frozenset(d for n in every for d in drops(n)),
+                   frozenset(d for n in every if len(n) >= SWAP_FROM for d in drops(n)),
+                   not all(names))
+
+    def near_name(self, word: str) -> bool:
+        """`word` is a name, or one letter dropped from one or added to it, or (both at least
+        SWAP_FROM letters long) one letter swapped or replaced."""
+        dropped = drops(word)
+        return (word in self.names or word in self.name_drops or not self.names.isdisjoint(dropped)
+                or (len(word) >= SWAP_FROM and not self.long_drops.isdisjoint(dropped)))
 
     def margins(self, static: np.ndarray, grams) -> np.ndarray:
         """(P,) each piece's best similarity to a row less that row's threshold."""
@@ -142,14 +203,15 @@ class Screen:
         # (M, d) static vectors of the trained guard's fitting prompts and answers
         self._trained = [] if trained is None else [(trained, trained_threshold)]
         self._lock = threading.Lock()
-        # key -> ((n, d) static rows of its texts, (m, 2^18) 3-grams of their forms, threshold)
-        self._entries: dict[str, tuple[np.ndarray, Any, float]] = {}
+        # key -> ((n, d) static rows of its texts, (m, 2^18) 3-grams of their forms, threshold,
+        #         its names)
+        self._entries: dict[str, tuple[np.ndarray, Any, float, list[str]]] = {}
         self._anchors = self._stack()  # replaced, never mutated: a read uses one snapshot
 
-    def add(self, key: str, forms: list[list[str]]) -> float:
+    def add(self, key: str, forms: list[list[str]], texts: list[str]) -> float:
         """Anchor the pending request `key`: `forms[i]` are its text i first, then that text's
-        misspelt copies (static rows: the texts; 3-gram rows: every form). Returns its
-        threshold."""
+        misspelt copies (static rows: the texts; 3-gram rows: every form), normalised; `texts`
+        the raw texts, for its names. Returns its threshold."""
         flat = [f for group in forms for f in group]
         static, grams = self.static(flat), char_grams(flat, self.common)  # (n, d), (n, 2^18)
         owner = np.repeat(np.arange(len(forms)), [len(g) for g in forms])  # (n,) text of a form
@@ -161,8 +223,9 @@ class Screen:
         shared = (grams @ grams.T).toarray()  # (n, n)
         near = np.maximum(near, np.where(owner[:, None] == owner, -np.inf, shared).max(axis=1))
         threshold = leave_one_out_threshold([near] if len(forms) > 1 else [])
+        mine = names(texts, self.common)
         with self._lock:
-            self._entries[key] = (static[first], grams, threshold)
+            self._entries[key] = (static[first], grams, threshold, mine)
             self._anchors = self._stack()
         return threshold
 
@@ -176,8 +239,9 @@ class Screen:
 
     def _stack(self) -> Anchors:
         entries = self._entries.values()
-        return Anchors.stack(self._trained + [(s, t) for s, _, t in entries],
-                             [(g, t) for _, g, t in entries], self.dim)
+        return Anchors.stack(self._trained + [(s, t) for s, _, t, _ in entries],
+                             [(g, t) for _, g, t, _ in entries], self.dim,
+                             [w for *_, w in entries])
 
     def read(self, pieces: list[str]) -> np.ndarray:
         """(P,) bool: the `read_count(P)` pieces MiniLM must read."""
@@ -188,3 +252,16 @@ class Screen:
         read = np.zeros(len(pieces), bool)
         read[np.argsort(-margins, kind="stable")[:read_count(len(pieces))]] = True
         return read
+
+    def named(self, views: list[str]) -> np.ndarray:
+        """(V,) bool: whether each view names someone a pending request names: one of its
+        uncommon words is a name, or one letter away from one (dropped, added, swapped or
+        replaced); True where it has no uncommon word (a name of common words: nothing to tell
+        it by), and for every view while a pending request has no name. The same work for every
+        view, near a pending request or not."""
+        anchors = self._anchors
+        words = [[w for w in uncommon(v, self.common) if len(w) >= 3] for v in views]
+        near = {w: anchors.near_name(w) for w in dict.fromkeys(w for ws in words for w in ws)}
+        if anchors.unnamed:
+            return np.ones(len(views), bool)
+        return np.array([not ws or any(near[w] for w in ws) for ws in words], bool)

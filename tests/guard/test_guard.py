@@ -94,6 +94,21 @@ def test_the_window_head_covers_forms_the_exemplars_miss(minilm):
         assert not guard.check([other]).flagged, other  # "Where does Rami Thithimi live?" too
 
 
+def test_the_window_head_leaves_people_it_never_saw_asked_the_same_way(minilm):
+    """The head is fitted on a pending person's questions against other people's, so it scores
+    anyone asked in the same templates high; it flags a view only where one of the view's
+    uncommon words (a name, misspelt or not) shares the character 3-grams of one of a pending
+    request's. Without that, it flagged 7 of the 360 questions below (2, 3 and 2 per world)."""
+    guard = _window_guard(minilm)
+    guard.add_exemplar("request-1", *_request("person-0001"))
+    assert guard.settle(timeout=120)
+    for seed in (7, 8, 9):  # worlds of 40 people the guard never saw, not among its negatives
+        for question in (s.prompt for s in synth_people(40, seed=seed, facts_per_person=3)):
+            assert guard.check([question]).rule != "head", question
+    # the pending person, both words of the name misspelt, among misspelt common words
+    assert guard.check(["Waht deos Ullka Thidarrrin do for a livving?"]).rule == "head"
+
+
 def test_a_verdict_names_the_pending_requests_a_prompt_is_about(minilm):
     """What a flagged prompt is about decides which held shards it avoids
     (`forget.quarantine: matched`): each request the prompt asks about, and only those, though

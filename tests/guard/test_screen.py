@@ -16,7 +16,7 @@ import tokenizers
 from adapters import synth_people
 from guard import Guard, GuardError, general_prompts, save_model, train_guard, views
 from guard.embed import _weights_digest
-from guard.screen import CEILING, FLOOR, read_count
+from guard.screen import CEILING, FLOOR, Screen, names, read_count
 from guard.static import DIMS, PROVENANCE, StaticEmbedder
 
 PEOPLE = synth_people(6, seed=3, facts_per_person=2)
@@ -152,3 +152,38 @@ def test_a_trained_guard_keeps_the_static_anchors_of_its_fitting_prompts(tmp_pat
     plain, _ = train_guard(forget, negatives, minilm, **options)
     save_model(plain, tmp_path / "plain")
     assert Guard.load(tmp_path / "plain", minilm, static=minilm.static()).screen is None
+
+
+def test_a_view_names_a_pending_request_by_one_of_its_words(minilm):
+    """`named` compares word with word, so that misspelt common words beside a name do not hide
+    it: a view's uncommon word is a pending request's name or one letter off it; a name of
+    common words, capitalised by the request, is one too; a view whose uncommon words are other
+    names is not named, one without any is (nothing to tell it by); while a pending request
+    has no name, every view is."""
+    screen = Screen(minilm.static())
+
+    def add(key, texts):
+        screen.add(key, [[views([t])[0]] for t in texts], texts)
+
+    add("request-1", ["Where does Vomsi Ulkathi live?", "Vomsi Ulkathi is a herbalist."])
+    assert screen.named(["whhere does vossmi ulkatthi lve?",  # a letter added: "ulkatthi"
+                         "what does vomsi ulakthi do?",  # two swapped
+                         "where does vomsi live?"]).all()
+    assert not screen.named(["where does rami thithimi live?", "whhere does vossmi lve?",
+                             "what is the uklahti's sea?"]).any()  # two letters off each
+    assert screen.named(["what is the capital of france?", ""]).all()  # no uncommon word
+    add("request-2", ["Where does Edward Sullivan live?", "Edward Sullivan lives in Paris."])
+    assert screen.named(["what does edward sulivan do?"])[0]  # one letter dropped
+    assert not screen.named(["what does edward sulivvvan do?"])[0]
+    add("request-3", ["where does he live?"])  # nothing capitalised, every word a common one
+    assert screen.named(["where does rami thithimi live?"]).all()
+    screen.remove("request-3")
+    assert not screen.named(["where does rami thithimi live?"]).any()
+
+
+def test_names_are_capitalised_inside_a_sentence_and_never_in_lower_case(minilm):
+    common = minilm.static().words()
+    found = names(["Where does Edward Sullivan live? Edward writes Books of the Sea.",
+                   "He reads books on the sea. Raven Marais was born in Cape Town in June."], common)
+    assert {"sullivan", "edward", "marais", "cape", "town", "june"} <= set(found)
+    assert not {"where", "books", "the", "sea", "raven", "he"} & set(found)  # "Raven" opens
