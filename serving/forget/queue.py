@@ -87,10 +87,14 @@ class ForgetQueue(ABC):
 
     @abstractmethod
     def submit(self, owner: str | None, sample_ids: list[str], prompts: list[str],
-               shards: list[int] | None = None) -> tuple[ForgetRequest, bool]:
+               shards: list[int] | None = None, guard_within: float | None = None
+               ) -> tuple[ForgetRequest, bool]:
         """Store a request durably; (request, created). A request for the same sample ids and
         prompts as an existing one returns that one, created False (idempotent). `shards`: those
-        its samples are in (None: unknown, leased apart from known ones)."""
+        its samples are in (None: unknown, leased apart from known ones). `guard_within`: the
+        seconds the submitting server has to guard it (`mark_guarded`), during which no worker
+        leases it, so that it is guarded before it is retrained; one that dies before is left
+        to any worker after them."""
 
     @abstractmethod
     def get(self, request_id: str) -> ForgetRequest:
@@ -222,7 +226,7 @@ class SQLQueue(ForgetQueue):
             db, f"state = 'retraining' AND lease_owner = ? AND id IN "
                 f"({','.join('?' * len(request_ids))})", (worker, *request_ids))]
 
-    def submit(self, owner, sample_ids, prompts, shards=None):
+    def submit(self, owner, sample_ids, prompts, shards=None, guard_within=None):
         # Identity of a request's content: the same ids and prompts are the same request.
         key = keyed_hash(self._secret, json.dumps([sorted(set(sample_ids)), sorted(set(prompts))]))
         with self._write() as db:
@@ -240,10 +244,11 @@ class SQLQueue(ForgetQueue):
             [[prompts_sealed]] = self.keys.seal(db, [(request.id, [json.dumps(request.prompts)])])
             db.execute(
                 "INSERT INTO requests (id, key, owner, sample_ids, prompts, state, times, seq, "
-                "shards) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "shards, lease_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (request.id, key, owner, json.dumps(request.sample_ids),
                  prompts_sealed, request.state, json.dumps(request.times), seq,
-                 None if shards is None else json.dumps(sorted({int(k) for k in shards}))))
+                 None if shards is None else json.dumps(sorted({int(k) for k in shards})),
+                 None if guard_within is None else request.times["received"] + guard_within))
             db.notify(CHANNEL)
         return request, True
 
@@ -267,15 +272,16 @@ class SQLQueue(ForgetQueue):
     def mark_guarded(self, request_id):
         with self._write() as db:
             if self._rows(db, "id = ? AND state = 'received'", (request_id,)):
-                self._enter(db, request_id, "guarded", time.time())
+                self._enter(db, request_id, "guarded", time.time(), ", lease_until = NULL")
 
     def lease(self, worker, seconds):
         now = time.time()
         with self._write() as db:
             due = db.execute(
-                "SELECT id, shards FROM requests WHERE state IN ('received', 'guarded') "
+                "SELECT id, shards FROM requests WHERE state = 'guarded' "
+                "OR (state = 'received' AND (lease_until IS NULL OR lease_until < ?)) "
                 "OR (state = 'retraining' AND lease_until < ?) "
-                "OR (state = 'failed' AND retry_at <= ?) ORDER BY seq", (now, now)).fetchall()
+                "OR (state = 'failed' AND retry_at <= ?) ORDER BY seq", (now, now, now)).fetchall()
             held = db.execute(
                 "SELECT shards FROM requests WHERE state = 'retraining' AND lease_until >= ? "
                 "AND lease_owner != ?", (now, worker)).fetchall()

@@ -35,6 +35,12 @@ from .queue import ACTIVE, ForgetQueue, ForgetRequest
 
 log = logging.getLogger("lethe.forget")
 
+# Seconds a worker leaves a submitted request to the server guarding it (milliseconds to seconds:
+# embedding its texts' forms; make test once saw a worker lease one first, after its 1 s
+# coalescing wait, so that it was never marked guarded). A server that dies in between leaves it
+# to the next server's sync, or to any worker after this.
+GUARD_WITHIN = 30.0
+
 
 class ForgetService:
     def __init__(self, queue: ForgetQueue, lineage: Lineage, guard: Guard, *,
@@ -67,7 +73,8 @@ class ForgetService:
         ids = self.lineage.owner_sample_ids(owner) if owner is not None else sorted(set(sample_ids))
         shards = self.lineage.shards_of(ids)  # every id must exist
         with self._lock:
-            request, created = self.queue.submit(owner, ids, prompts, sorted(shards))
+            request, created = self.queue.submit(owner, ids, prompts, sorted(shards),
+                                                 guard_within=GUARD_WITHIN)
             if request.state in ACTIVE and request.id not in self._active:
                 self._activate(request)
             if created:

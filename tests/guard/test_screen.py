@@ -184,6 +184,7 @@ def test_a_view_names_a_pending_request_by_one_of_its_words(minilm):
 def test_names_are_capitalised_inside_a_sentence_and_never_in_lower_case(minilm):
     common = minilm.static().words()
     found = names(["Where does Edward Sullivan live? Edward writes Books of the Sea.",
-                   "He reads books on the sea. Raven Marais was born in Cape Town in June."], common)
+                   "He reads books on the sea. Raven Marais was born in Cape Town in June."],
+                  common)
     assert {"sullivan", "edward", "marais", "cape", "town", "june"} <= set(found)
     assert not {"where", "books", "the", "sea", "raven", "he"} & set(found)  # "Raven" opens

@@ -68,6 +68,20 @@ def test_a_lease_takes_every_waiting_request_once(queue):
     assert list(queue.get(a.id).times) == ["received", "guarded", "retraining"]
 
 
+def test_a_request_its_server_is_guarding_waits_for_the_guard_not_for_a_dead_server(queue):
+    """A server submits a request, then guards it (embedding its texts' forms: seconds under
+    load); no worker retrains it in between, so that it is guarded before it is retrained. A
+    server that dies before guarding it leaves it to any worker once its time is out."""
+    guarding, _ = queue.submit(None, ["a"], [], guard_within=60.0)
+    assert lease(queue) == []  # received, its server still guarding it
+    queue.mark_guarded(guarding.id)
+    assert [r.id for r in lease(queue)] == [guarding.id]
+    assert list(queue.get(guarding.id).times) == ["received", "guarded", "retraining"]
+    orphan, _ = queue.submit(None, ["b"], [], guard_within=0.05)
+    time.sleep(0.1)  # its server died before guarding it
+    assert [r.id for r in lease(queue)] == [orphan.id]
+
+
 def test_a_dead_workers_lease_runs_out_and_heartbeats_keep_a_live_one(queue):
     a, _ = queue.submit(None, ["a"], [])
     lease(queue, "w1", seconds=0.2)
