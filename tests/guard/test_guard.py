@@ -97,8 +97,9 @@ def test_the_window_head_covers_forms_the_exemplars_miss(minilm):
 def test_the_window_head_leaves_people_it_never_saw_asked_the_same_way(minilm):
     """The head is fitted on a pending person's questions against other people's, so it scores
     anyone asked in the same templates high; it flags a view only where one of the view's
-    uncommon words (a name, misspelt or not) shares the character 3-grams of one of a pending
-    request's. Without that, it flagged 7 of the 360 questions below (2, 3 and 2 per world)."""
+    uncommon words is one of a pending request's names or a letter off it (a name, misspelt or
+    not; screen.py `named`). Without that, it flagged 7 of the 360 questions below (2, 3 and 2
+    per world)."""
     guard = _window_guard(minilm)
     guard.add_exemplar("request-1", *_request("person-0001"))
     assert guard.settle(timeout=120)
