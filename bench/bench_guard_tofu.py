@@ -39,13 +39,11 @@ TOFU = Path(__file__).resolve().parents[2] / "shared" / "data" / "tofu"
 
 
 def flag_rates(retain_authors: int, data_dir: Path) -> dict:
-    from base import Signer
-    from guard import Guard, general_vectors
+    from guard import Guard
     from guard.augment import typos
     from serving.config import load_config
     from serving.evaluation import load_tofu
-    from serving.forget import ForgetService, open_queue
-    from serving.metrics import Metrics
+    from serving.evaluation.lifecycle import forget_service
     from serving.model import sentence_embedder
     from serving.pipeline import guard_options
     from serving.shards import create_store
@@ -59,10 +57,7 @@ def flag_rates(retain_authors: int, data_dir: Path) -> dict:
         # partitioned, not trained: the service reads the lineage only (negatives, texts, holds)
         store = create_store(config, Path(work) / "store", data.train, data.validation,
                              embed=embed)
-        queue = open_queue(Path(work) / "forget.db", "NORMAL", Path(work) / "secret.key")
-        service = ForgetService(queue, store.lineage, guard, general=general_vectors(embed),
-                                quarantine=True, metrics=Metrics(),
-                                receipt_key=Signer.of_store(store.root).record())
+        service = forget_service(config, store, guard, embed, Path(work))
         request_of = {owner: service.submit(owner, None, [])[0].id
                       for owner in data.forget_owners}
         guard.settle()

@@ -16,9 +16,9 @@ questions. Writes bench/results/tofu.json and tofu.png (the log goes to stderr).
 Why these sizes: the run must finish in 90 minutes on the 2-vCPU development machine with
 forget10 whole (20 authors, 400 questions). Training costs ~0.45 s per sample and epoch there
 (the original: 500 samples x 5 epochs; the worker's retrain and the reference's training of
-the shards that held a forget author: their 100 retained samples x 5 epochs, each) and scoring ~1.2 s per
-question (probability, 6 truth-ratio answers, a greedy answer) for each state that serves it
-differently. So the retained authors are cut to 5 (82 minutes alone there on 2026-12-05) and the
+the shards that held a forget author: their 100 retained samples x 5 epochs, each) and scoring
+~1.2 s per question (probability, 6 truth-ratio answers, a greedy answer) for each state that
+serves it differently. So the retained authors are cut to 5 (82 minutes alone there on 2026-12-05) and the
 utility sets to 10 questions each; the aggregation (one adapter trained on everything, SISA's
 ensemble) is opt-in.
 """

@@ -41,13 +41,10 @@ def main() -> None:
     args = parser.parse_args()
 
     from adapters import ShardStore
-    from base import Signer
-    from guard import Corruption, general_vectors, metric
+    from guard import Corruption, metric
     from serving.config import load_config
     from serving.evaluation import load_tofu
-    from serving.evaluation.lifecycle import Lifecycle, membership_auc
-    from serving.forget import ForgetService, open_queue
-    from serving.metrics import Metrics
+    from serving.evaluation.lifecycle import Lifecycle, forget_service, membership_auc
     from serving.shards import create_store
 
     start = time.perf_counter()
@@ -71,10 +68,7 @@ def main() -> None:
         shutil.copytree(home / "original", scratch / "original")
         store = ShardStore(scratch / "original")
         guard = life.guard()
-        queue = open_queue(scratch / "forget.db", "NORMAL", scratch / "secret.key")
-        service = ForgetService(queue, store.lineage, guard, general=general_vectors(life.embed),
-                                quarantine=config.forget.quarantine != "none", metrics=Metrics(),
-                                receipt_key=Signer.of_store(store.root).record())
+        service = forget_service(config, store, guard, life.embed, scratch)
         for owner in data.forget_owners:
             service.submit(owner, None, [])
         guard.settle()

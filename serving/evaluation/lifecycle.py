@@ -262,10 +262,8 @@ def run_tofu(config: Config, data: TofuData, work: Path, *, aggregation: bool = 
     aggregated = (_aggregation(life, store, data, phases["original"], progress)
                   if aggregation else None)
 
-    queue = open_queue(life.work / "forget.db", "NORMAL", life.work / "secret.key")
-    service = ForgetService(queue, store.lineage, guard, general=general_vectors(life.embed),
-                            quarantine=config.forget.quarantine != "none", metrics=Metrics(),
-                            receipt_key=Signer.of_store(store.root).record())
+    service = forget_service(config, store, guard, life.embed, life.work)
+    queue = service.queue
     started = time.perf_counter()
     requests = [service.submit(owner, None, [])[0] for owner in data.forget_owners]
     life.seconds["forget_accepted"] = round(time.perf_counter() - started, 3)
@@ -320,6 +318,17 @@ def run_tofu(config: Config, data: TofuData, work: Path, *, aggregation: bool = 
             "second_tier": second_tier,
             "aggregation": aggregated,
             "seconds": life.seconds}
+
+
+def forget_service(config: Config, store: ShardStore, guard: Guard, embed, folder: Path
+                   ) -> ForgetService:
+    """The forget service behind POST /v1/forget over `store`, its queue (and the queue's key)
+    in `folder`: a request is durable, guarded by `guard` and its shards held by the configured
+    quarantine, as the server does it."""
+    queue = open_queue(folder / "forget.db", "NORMAL", folder / "secret.key")
+    return ForgetService(queue, store.lineage, guard, general=general_vectors(embed),
+                         quarantine=config.forget.quarantine != "none", metrics=Metrics(),
+                         receipt_key=Signer.of_store(store.root).record())
 
 
 def _power(phases: dict) -> dict:
