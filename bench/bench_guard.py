@@ -86,6 +86,7 @@ def hostile(question: str, rng: np.random.Generator) -> dict[str, list[str]]:
 
 HOMOGLYPHS = str.maketrans("aeopcxyAEOPCXY", "аеорсхуАЕОРСХУ")  # Cyrillic look-alikes
 LEET = str.maketrans("eoaEOA", "304304")
+INTERLEAVED = "apple river stone cloud paper green window music table garden".split()
 SUFFIX = " ".join(["Also describe the history of the printing press in some detail,"] * 12)
 
 
@@ -103,8 +104,8 @@ def misspelt(question: str, rng: np.random.Generator, share: float = 0.15) -> st
 
 
 def window_forms(question: str, rng: np.random.Generator) -> dict[str, list[str]]:
-    """The hostile forms of issue 29 beyond `hostile`, and leetspeak and words spelt out letter
-    by letter, each as the texts of one request."""
+    """The hostile forms of issue 29 beyond `hostile`, and other spelling tricks (leetspeak,
+    words spelt out, dotted, doubled, run together, in tags), each as the texts of one request."""
     punctuation = "".join(rng.choice(list("!@#$%^&*()_+{}|:<>?~[];',./"), 120))
     cjk = "".join(chr(int(c)) for c in rng.integers(0x4E00, 0x9FA5, 200))
     zero_width = "".join(c + ("\u200b" if rng.random() < 0.3 else "") for c in question)
@@ -123,7 +124,17 @@ def window_forms(question: str, rng: np.random.Generator) -> dict[str, list[str]
             # words, shuffled, score like it and come first (guard/screen.py).
             "decoys": [" ".join(" ".join(rng.permutation(question.split())) + "."
                                 for _ in range(8)) + f" {FILLER}{question} {FILLER}"],
-            "general_6500_words": [long_prompt(question, 6500, rng)]}
+            "general_6500_words": [long_prompt(question, 6500, rng)],
+            "letters_dotted": [" ".join(".".join(word) for word in question.split())],
+            "camel_case": ["".join(w[0].upper() + w[1:] for w in question.split())],
+            "run_together": ["".join(question.split())],  # its own capitals, no others
+            "run_together_lower": ["".join(question.split()).lower()],
+            "letters_doubled": [" ".join("".join(c * 2 for c in w) for w in question.split())],
+            "html_tags": [" ".join(f"<b>{w}</b>" for w in question.split())],
+            "underscores": ["_".join(question.split())],
+            # A common word after each of its words: no view holds the question without them.
+            "interleaved": [" ".join(f"{w} {INTERLEAVED[i % len(INTERLEAVED)]}"
+                                     for i, w in enumerate(question.split()))]}
 
 
 def long_prompt(question: str, words: int, rng: np.random.Generator) -> str:

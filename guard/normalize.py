@@ -1,16 +1,25 @@
 """Text as the guard reads it: one canonical form whatever the spelling tricks.
 
-    normalize(text)  NFKC (fullwidth, ligatures, math letters) -> format characters removed
-                     (zero-width spaces and joiners, bidi marks) -> look-alikes folded to the
-                     Latin letter they imitate (Unicode's confusables: Cyrillic "а", Greek "ο")
-                     -> accents dropped -> case folded -> runs of one letter cut to two
-                     ("heeeeello" -> "heello"), of one symbol to one ("-----" -> "-")
-                     -> words spelt out letter by letter joined ("h e   l i v e s" -> "he
-                     lives": one space within a word, more between words) -> digits and
+    normalize(text)  HTML character references read ("&#70;" -> "F") -> NFKC (fullwidth,
+                     ligatures, math letters) -> format characters removed (zero-width spaces
+                     and joiners, bidi marks) -> look-alikes folded to the Latin letter they
+                     imitate (Unicode's confusables: Cyrillic "а", Greek "ο") -> accents
+                     dropped -> HTML tags read as spaces ("<b>where</b>") -> words run together
+                     in camel case parted ("WhereDoesHeLive" -> "where does he live"; with two
+                     capitals inside a word or more: "iPhone", "McDonald" stay) -> case folded
+                     -> words with every letter doubled undoubled ("wwhheerree" -> "where")
+                     -> runs of one letter cut to two ("heeeeello" -> "heello"), of one symbol
+                     to one ("-----" -> "-") -> words spelt out letter by letter joined
+                     ("h e   l i v e s" -> "he lives": one space within a word, more between
+                     words) -> letters with one symbol between them joined ("w.h.e.r.e",
+                     "w-h-e-r-e": three or more)
+                     -> underscores read as spaces ("where_does_he_live") -> digits and
                      symbols that stand for letters inside a word read as those letters
                      ("l0d4rg4l" -> "lodargal", "h3r" -> "her"; in words of 3 or more
                      characters with 2 or more letters, none of them a number: "author3",
-                     "covid19", "10th", "15km", "h264" or "2024" stay, and so does "th3").
+                     "covid19", "10th", "15km", "h264" or "2024" stay, and so does "th3")
+                     -> words run together cut apart ("wheredoesolgalive" -> "where does olga
+                     live": `_cut`).
                      Line breaks are kept: a line is a piece of its own.
     segments(text)   the pieces no filler can hide a question in: split at line breaks, at
                      sentence ends, at runs of three or more symbols ("-----", "= = =",
@@ -23,7 +32,9 @@ classifier nothing on plain text; it only takes away what a client adds to hide.
 from __future__ import annotations
 
 import functools
+import html
 import json
+import math
 import re
 import unicodedata
 from importlib import resources
@@ -51,6 +62,14 @@ _LINES = re.compile(r"\s*\n\s*")
 # spelt out, one space within a word, more between words.
 _SPELT = re.compile(r"(?<![^\W_])[^\W_](?: {1,3}[^\W_]){3,}(?![^\W_])")
 _WORD_BREAK = re.compile(r" {2,}")
+# Three or more letters, one symbol between them, the same each time ("w.h.e.r.e", "w-h-e-r-e").
+_DOTTED = re.compile(r"(?<![^\W_])[^\W\d_]([-.*/|+~:_])[^\W\d_](?:\1[^\W\d_])+(?![^\W_])")
+_DOUBLED = re.compile(r"\b(?:([^\W\d_])\1){2,}\b")  # every letter twice: "wwhheerree"
+_TAG = re.compile(r"</?[a-z][a-z0-9-]*(?:\s[^<>]*)?/?>|<!--.*?-->", re.IGNORECASE | re.DOTALL)
+# Camel case: a word of two humps or more ("WhereDoesHe"); one is a name ("McDonald") or a
+# typo that moved a capital ("iHna" for "Hina").
+_CAMEL = re.compile(r"\b[A-Za-z]*[a-z][A-Z][A-Za-z]*[a-z][A-Z][A-Za-z]*")
+_HUMP = re.compile(r"(?<=[a-z])(?=[A-Z])")
 # Leetspeak: a word of letters and of digits or symbols that stand for letters.
 _LEET = str.maketrans("013457$@", "oieastsa")
 _LEET_WORD = re.compile(r"(?<![a-z0-9$@])(?=[a-z0-9$@]*[0-9$@])(?=[a-z0-9$@]*[a-z])"
@@ -58,6 +77,72 @@ _LEET_WORD = re.compile(r"(?<![a-z0-9$@])(?=[a-z0-9$@]*[0-9$@])(?=[a-z0-9$@]*[a-
 # Numbers, not letters: a digit that stands for none; digits at one end only, a name's number
 # or an ordinal, decade or unit ("author3", "win10", "10th", "1950s", "15km").
 _NOT_LEET = re.compile(r"[a-z$@]*[2689][a-z0-9$@]*|[a-z]+\d+|\d+[a-z]+")
+
+
+# Words run together: a run of RUN_FROM to RUN_UP_TO letters that is no word is cut into the
+# parts of the likeliest cut (`_cut`) where RUN_WORDS of them or more are words of two letters
+# or more: "wheredoesfenluslive" -> "where does fenlus live" (a name is no word: its letters
+# stay together). Fewer cut the words MiniLM lacks: in TOFU's 8,434 questions and answers, three
+# cut 41 words of 8 to 18 letters ("instilling" -> "in still ing", "herbalist" -> "herbal ist",
+# which moved a general question past an exemplar's threshold), four none; a question run
+# together keeps 303 of its 345 cut runs (TOFU paraphrases, their runs between punctuation). A
+# longer run is no sentence a person wrote (space-less filler, which windows read: views.py).
+RUN_FROM, RUN_UP_TO = 8, 200
+RUN_WORDS = 4
+# What a cut costs: a word WORD_COST more than its -log likelihood (fewer, longer words win), a
+# letter of no word UNKNOWN_COST (a rare word's 3 letters cost about as much as it does).
+WORD_COST, UNKNOWN_COST = 5.0, 4.0
+_RUN = re.compile(rf"(?<![a-z])[a-z]{{{RUN_FROM},{RUN_UP_TO}}}(?![a-z])")
+
+
+@functools.cache
+def _words() -> tuple[dict[str, float], frozenset[str]]:
+    """(word -> -log of its likelihood in English text, every prefix of a word) for the words of
+    MiniLM's vocabulary (BERT's, in about the order of frequency: Zipf's law gives the rest);
+    single letters but "a" and "i" left out (a cut into letters is no cut)."""
+    from .embed import default_model_path
+
+    tokens = (default_model_path() / "vocab.txt").read_text(encoding="utf-8").split()
+    words = [t for t in tokens if t.isascii() and t.isalpha() and (len(t) > 1 or t in "ai")]
+    costs = {w: math.log((rank + 1) * math.log(len(words))) for rank, w in enumerate(words)}
+    return costs, frozenset(w[:i] for w in costs for i in range(1, len(w) + 1))
+
+
+def _cut(match: re.Match) -> str:
+    run = match.group()
+    costs, prefixes = _words()
+    if run in costs:
+        return run
+    # The cheapest cut of run[:i] as (cost, i where its last part starts, whether the part
+    # before that is a word), per kind of its last part: [0] a word, [1] letters of no word,
+    # which cost WORD_COST once, as a word does, and UNKNOWN_COST a letter. The words from j are
+    # found by walking their prefixes: a few letters each (an 8,000-token prompt of runs:
+    # ~30-50 ms on this machine, 3 ms before runs were cut; docs/benchmarks.md).
+    inf = (math.inf, 0, True)
+    best = [[(0.0, 0, True), inf]] + [[inf, inf] for _ in run]
+    for j in range(len(run)):
+        here = min(best[j][0][0], best[j][1][0])
+        after_word = best[j][0][0] <= best[j][1][0]
+        letters = min(best[j][1][0] + UNKNOWN_COST, here + WORD_COST + UNKNOWN_COST)
+        if letters < best[j + 1][1][0]:  # go on with the letters, or start them here
+            extend = best[j][1][0] + UNKNOWN_COST <= here + WORD_COST + UNKNOWN_COST
+            best[j + 1][1] = ((letters, best[j][1][1], best[j][1][2]) if extend
+                              else (letters, j, after_word))
+        k = j + 1
+        while k <= len(run) and run[j:k] in prefixes:
+            cost = costs.get(run[j:k])
+            if cost is not None and here + WORD_COST + cost < best[k][0][0]:
+                best[k][0] = (here + WORD_COST + cost, j, after_word)
+            k += 1
+    parts, i = [], len(run)  # (part, is a word), back from the end
+    word = best[i][0][0] <= best[i][1][0]
+    while i > 0:
+        _, j, before = best[i][0 if word else 1]
+        parts.append((run[j:i], word))
+        i, word = j, before
+    if sum(w and len(p) > 1 for p, w in parts) < RUN_WORDS:
+        return run
+    return " ".join(part for part, _ in reversed(parts))
 
 
 def _unspelt(match: re.Match) -> str:
@@ -73,15 +158,23 @@ def _unleet(match: re.Match) -> str:
 
 
 def normalize(text: str) -> str:
+    if "&" in text:
+        text = html.unescape(text)
     if not text.isascii():  # ASCII has no compatibility forms, format characters or accents
         text = unicodedata.normalize("NFKC", text)
         text = "".join(c for c in text if unicodedata.category(c) != "Cf")  # zero-width, bidi
         text = text.translate(_confusables())
         text = "".join(c for c in unicodedata.normalize("NFKD", text)
                        if not unicodedata.combining(c))  # accents (and zalgo) off
-    text = _SYMBOLS.sub(r"\1", _LETTERS.sub(r"\1\1", text.casefold()))
+    if "<" in text:
+        text = _TAG.sub(" ", text)
+    text = _CAMEL.sub(lambda m: _HUMP.sub(" ", m.group()), text)
+    # Undoubled before runs of a letter are cut to two: "wwiilllliiaammss"
+    text = _DOUBLED.sub(lambda m: m.group()[::2], text.casefold())
+    text = _SYMBOLS.sub(r"\1", _LETTERS.sub(r"\1\1", text))
     text = _SPELT.sub(_unspelt, text)  # before spaces collapse: two or more part its words
-    text = _LEET_WORD.sub(_unleet, text)
+    text = _DOTTED.sub(lambda m: m.group().replace(m.group(1), ""), text).replace("_", " ")
+    text = _RUN.sub(_cut, _LEET_WORD.sub(_unleet, text))
     return _LINES.sub("\n", _SPACES.sub(" ", text)).strip()
 
 

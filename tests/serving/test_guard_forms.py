@@ -49,6 +49,11 @@ def hostile_forms(question: str) -> dict[str, list[dict]]:
         "all caps": [user(question.upper())],
         "leetspeak": [user(question.translate(str.maketrans("eoa", "304")))],
         "spelt out": [user("   ".join(" ".join(word) for word in words))],
+        "letters dotted": [user(" ".join(".".join(word) for word in words))],
+        "camel case without spaces": [user("".join(w[0].upper() + w[1:] for w in words))],
+        "every letter doubled": [user(" ".join("".join(c * 2 for c in w) for w in words))],
+        "HTML tags": [user(" ".join(f"<b>{w}</b>" for w in words))],
+        "underscores": [user("_".join(words))],
         "typos in the name": [user(question.replace("Vosmi", "Vomsi").replace(
             "Ulkathi", "Ulktahi"))],
         "typos in the name inside filler": [user(FILLER + question.replace(
