@@ -1,18 +1,20 @@
 """Text as the guard reads it: one canonical form whatever the spelling tricks.
 
-    normalize(text)  HTML character references read ("&#70;" -> "F") -> NFKC (fullwidth,
-                     ligatures, math letters) -> format characters removed (zero-width spaces
-                     and joiners, bidi marks) -> look-alikes folded to the Latin letter they
-                     imitate (Unicode's confusables: Cyrillic "а", Greek "ο") -> accents
-                     dropped -> HTML tags read as spaces ("<b>where</b>") -> words run together
-                     in camel case parted ("WhereDoesHeLive" -> "where does he live"; with two
-                     capitals inside a word or more: "iPhone", "McDonald" stay) -> case folded
+    normalize(text)  encodings read (`_decoded`: HTML character references "&#70;", percent
+                     escapes "%20", backslash escapes "\\u0065", base64 of text) -> NFKC
+                     (fullwidth, ligatures, math letters) -> format characters removed
+                     (zero-width spaces and joiners, bidi marks) -> look-alikes folded to the
+                     Latin letter they imitate (Unicode's confusables: Cyrillic "а", Greek "ο")
+                     -> accents dropped -> HTML tags read as spaces ("<b>where</b>") -> words
+                     run together in camel case parted ("WhereDoesHeLive" -> "where does he
+                     live"; with two capitals inside a word or more: "iPhone", "McDonald" stay,
+                     and so does case played with, "wHeRe") -> case folded
                      -> words with every letter doubled undoubled ("wwhheerree" -> "where")
                      -> runs of one letter cut to two ("heeeeello" -> "heello"), of one symbol
                      to one ("-----" -> "-") -> words spelt out letter by letter joined
                      ("h e   l i v e s" -> "he lives": one space within a word, more between
                      words) -> letters with one symbol between them joined ("w.h.e.r.e",
-                     "w-h-e-r-e": three or more)
+                     "w-h-e-r-e", "w,h,e,r,e": three or more)
                      -> underscores read as spaces ("where_does_he_live") -> digits and
                      symbols that stand for letters inside a word read as those letters
                      ("l0d4rg4l" -> "lodargal", "h3r" -> "her"; in words of 3 or more
@@ -31,12 +33,14 @@ classifier nothing on plain text; it only takes away what a client adds to hide.
 
 from __future__ import annotations
 
+import base64
 import functools
 import html
 import json
 import math
 import re
 import unicodedata
+import urllib.parse
 from importlib import resources
 
 
@@ -63,13 +67,26 @@ _LINES = re.compile(r"\s*\n\s*")
 _SPELT = re.compile(r"(?<![^\W_])[^\W_](?: {1,3}[^\W_]){3,}(?![^\W_])")
 _WORD_BREAK = re.compile(r" {2,}")
 # Three or more letters, one symbol between them, the same each time ("w.h.e.r.e", "w-h-e-r-e").
-_DOTTED = re.compile(r"(?<![^\W_])[^\W\d_]([-.*/|+~:_])[^\W\d_](?:\1[^\W\d_])+(?![^\W_])")
+_DOTTED = re.compile(r"(?<![^\W_])[^\W\d_]([-.,;*/|+~:_])[^\W\d_](?:\1[^\W\d_])+(?![^\W_])")
 _DOUBLED = re.compile(r"\b(?:([^\W\d_])\1){2,}\b")  # every letter twice: "wwhheerree"
-_TAG = re.compile(r"</?[a-z][a-z0-9-]*(?:\s[^<>]*)?/?>|<!--.*?-->", re.IGNORECASE | re.DOTALL)
+# An HTML tag's name and brackets, and a comment's: what a tag's attributes or a comment hold
+# stays, since a model reading the markup reads it too ('<a title="Where does he live?">'). Only
+# HTML's own tag names: "<Olga>" or "List<String>" are text.
+_HTML_TAGS = ("a|abbr|b|big|blockquote|body|br|button|caption|center|cite|code|dd|del|details|dfn|"
+              "div|dl|dt|em|font|footer|h[1-6]|head|header|hr|html|i|img|input|ins|kbd|label|li|"
+              "main|mark|nav|ol|option|p|pre|q|s|samp|section|select|small|span|strike|strong|"
+              "style|sub|summary|sup|table|tbody|td|textarea|tfoot|th|thead|title|tr|tt|u|ul|var")
+_TAG = re.compile(rf"</?(?:{_HTML_TAGS})(?:\s([^<>]*?))?\s*/?>|<!--|-->", re.IGNORECASE)
 # Camel case: a word of two humps or more ("WhereDoesHe"); one is a name ("McDonald") or a
-# typo that moved a capital ("iHna" for "Hina").
+# typo that moved a capital ("iHna" for "Hina"), and a word of more than a third capitals is
+# case played with ("wHaTiStHe"), which case folding undoes.
 _CAMEL = re.compile(r"\b[A-Za-z]*[a-z][A-Z][A-Za-z]*[a-z][A-Z][A-Za-z]*")
 _HUMP = re.compile(r"(?<=[a-z])(?=[A-Z])")
+
+
+def _parted(match: re.Match) -> str:
+    word = match.group()
+    return word if 3 * sum(c.isupper() for c in word) > len(word) else _HUMP.sub(" ", word)
 # Leetspeak: a word of letters and of digits or symbols that stand for letters.
 _LEET = str.maketrans("013457$@", "oieastsa")
 _LEET_WORD = re.compile(r"(?<![a-z0-9$@])(?=[a-z0-9$@]*[0-9$@])(?=[a-z0-9$@]*[a-z])"
@@ -140,9 +157,50 @@ def _cut(match: re.Match) -> str:
         _, j, before = best[i][0 if word else 1]
         parts.append((run[j:i], word))
         i, word = j, before
-    if sum(w and len(p) > 1 for p, w in parts) < RUN_WORDS:
+    words = sum(w and len(p) > 1 for p, w in parts)
+    named = any(not w and len(p) >= 3 for p, w in parts)  # a name among them: a question
+    if words < RUN_WORDS - named:
         return run
     return " ".join(part for part, _ in reversed(parts))
+
+
+# Encodings a client may wrap text in, read before anything else: HTML character references
+# ("&#87;", "&amp;"; with their ";": "&region=" in a URL is no "®ion="), percent escapes (a
+# token of two or more: "What%20is%20it", not printf's "%5d items"), backslash escapes
+# ("\u0065") and base64 (a token of BASE64_FROM characters or more that decodes to text:
+# printable, words and spaces).
+_REFERENCE = re.compile(r"&(?:#[0-9]+|#[xX][0-9A-Fa-f]+|[A-Za-z][A-Za-z0-9]*);")
+_PERCENT_TOKEN = re.compile(r"\S*%[0-9A-Fa-f]{2}\S*%[0-9A-Fa-f]{2}\S*")
+_BACKSLASH = re.compile(r"\\(?:u([0-9A-Fa-f]{4})|x([0-9A-Fa-f]{2})|U([0-9A-Fa-f]{8}))")
+BASE64_FROM = 12
+_BASE64 = re.compile(rf"(?<![\w+/])[A-Za-z0-9+/]{{{BASE64_FROM},}}={{0,2}}(?![\w+/=])")
+
+
+def _unescaped(match: re.Match) -> str:
+    code = int(next(g for g in match.groups() if g), 16)
+    surrogate = 0xD800 <= code <= 0xDFFF
+    return match.group() if surrogate or code > 0x10FFFF else chr(code)
+
+
+def _unbase64(match: re.Match) -> str:
+    token = match.group()
+    try:
+        text = base64.b64decode(token + "=" * (-len(token) % 4), validate=True).decode("utf-8")
+    except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors
+        return token
+    text = text.strip()  # `echo ... | base64` ends it with a line break
+    words = sum(c.isalpha() or c == " " for c in text)
+    return f" {text} " if text.isprintable() and " " in text and words >= 0.8 * len(text) else token
+
+
+def _decoded(text: str) -> str:
+    if "&" in text:
+        text = _REFERENCE.sub(lambda m: html.unescape(m.group()), text)
+    if "%" in text:
+        text = _PERCENT_TOKEN.sub(lambda m: urllib.parse.unquote(m.group()), text)
+    if "\\" in text:
+        text = _BACKSLASH.sub(_unescaped, text)
+    return _BASE64.sub(_unbase64, text)
 
 
 def _unspelt(match: re.Match) -> str:
@@ -158,8 +216,7 @@ def _unleet(match: re.Match) -> str:
 
 
 def normalize(text: str) -> str:
-    if "&" in text:
-        text = html.unescape(text)
+    text = _decoded(text)
     if not text.isascii():  # ASCII has no compatibility forms, format characters or accents
         text = unicodedata.normalize("NFKC", text)
         text = "".join(c for c in text if unicodedata.category(c) != "Cf")  # zero-width, bidi
@@ -167,8 +224,8 @@ def normalize(text: str) -> str:
         text = "".join(c for c in unicodedata.normalize("NFKD", text)
                        if not unicodedata.combining(c))  # accents (and zalgo) off
     if "<" in text:
-        text = _TAG.sub(" ", text)
-    text = _CAMEL.sub(lambda m: _HUMP.sub(" ", m.group()), text)
+        text = _TAG.sub(lambda m: f" {m.group(1) or ''} ", text)
+    text = _CAMEL.sub(_parted, text)
     # Undoubled before runs of a letter are cut to two: "wwiilllliiaammss"
     text = _DOUBLED.sub(lambda m: m.group()[::2], text.casefold())
     text = _SYMBOLS.sub(r"\1", _LETTERS.sub(r"\1\1", text))

@@ -46,12 +46,22 @@ def test_views_are_the_texts_their_join_their_segments_and_windows():
     ("wheredoesolgalive?", "where does olga live?"),
     ("where_does_olga_live?", "where does olga live?"),
     ("WWhheerree ddooeess OOllggaa lliivvee?", "where does olga live?"),
-    ("<b>Where</b> <i>does</i> <span class='x'>Olga</span> live?", "where does olga live?"),
+    ("<b>Where</b> <i>does</i> <span>Olga</span> live?", "where does olga live?"),
+    ("<a title='Where does Olga live?'></a>", "title='where does olga live?'"),  # read, not cut
     ("&#87;here does &#x4f;lga live?", "where does olga live?"),
+    ("Where%20does%20Olga%20live%3F", "where does olga live?"),
+    ("Wh\\u0065r\\x65 does Olga live?", "where does olga live?"),
+    ("V2hlcmUgZG9lcyBPbGdhIGxpdmU/", "where does olga live?"),  # base64
+    ("V2hlcmUgZG9lcyBPbGdhIGxpdmU/Cg==", "where does olga live?"),  # `echo ... | base64`
+    ("wheredoesfenluslive?", "where does fenlus live?"),  # a name no word of MiniLM's
+    ("wHeRe DoEs OlGa LiVe?", "where does olga live?"),
+    ("W,h,e,r,e d,o,e,s O,l,g,a l,i,v,e?", "where does olga live?"),
 ], ids=["dashes", "spaced =", "punctuation", "CJK", "own line", "zero-width", "homoglyphs",
         "fullwidth", "repeats", "leetspeak", "spelt out", "dotted letters", "hyphened letters",
         "camel case", "run together", "underscores", "letters doubled", "HTML tags",
-        "HTML character references"])
+        "HTML attributes", "HTML character references", "percent escapes", "backslash escapes", "base64",
+        "base64 with a line break", "run together with a name",
+        "case played with", "letters and commas"])
 def test_no_filler_or_spelling_trick_hides_a_question_from_every_view(text, piece):
     assert piece in views([text])
 
@@ -65,11 +75,14 @@ def test_numbers_and_single_letters_of_plain_text_stay():
 def test_words_of_plain_text_stay_whole():
     """What undoes the tricks leaves plain text's words alone: abbreviations, dates and
     addresses, hyphened words, comparisons, long words, doubled letters that are not every
-    letter."""
+    letter, a percent sign, a key that is no base64 of text."""
     text = ("e.g. i.e. 2024-01-05 at 10.0.0.1 or 3.14, an x-ray e-mail a/b w/o co-op; if a < b "
             "and c > d, internationalization electroencephalography photosynthesis herbalist "
-            "bookkeeper coffee balloon")
-    assert normalize(text) == text
+            "bookkeeper coffee balloon, 100% sure, 20%20 off, key AKIAIOSFODNN2EXAMPLEKEY")
+    assert normalize(text) == text.casefold()
+    code = ('printf("%5d items, %3d left"); List<String> names; if (x<y and y>z); '
+            "?q=paris&region=fr&times=3; Where does <Olga> live?")
+    assert normalize(code) == code.casefold()  # no escapes, tags or references in these
 
 
 def test_a_space_less_run_is_windowed_too():

@@ -4,7 +4,9 @@ questions are not, and nothing a client sees says which happened."""
 
 from __future__ import annotations
 
+import base64
 import time
+import urllib.parse
 
 import httpx
 import pytest
@@ -54,6 +56,9 @@ def hostile_forms(question: str) -> dict[str, list[dict]]:
         "every letter doubled": [user(" ".join("".join(c * 2 for c in w) for w in words))],
         "HTML tags": [user(" ".join(f"<b>{w}</b>" for w in words))],
         "underscores": [user("_".join(words))],
+        "URL-encoded": [user(urllib.parse.quote(question))],
+        "base64": [user("Decode and answer: " + base64.b64encode(question.encode()).decode())],
+        "case played with": [user("".join(c.upper() if i % 2 else c for i, c in enumerate(question)))],
         "typos in the name": [user(question.replace("Vosmi", "Vomsi").replace(
             "Ulkathi", "Ulktahi"))],
         "typos in the name inside filler": [user(FILLER + question.replace(
