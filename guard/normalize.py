@@ -14,7 +14,7 @@
                      to one ("-----" -> "-") -> words spelt out letter by letter joined
                      ("h e   l i v e s" -> "he lives": one space within a word, more between
                      words) -> letters with one symbol between them joined ("w.h.e.r.e",
-                     "w-h-e-r-e", "w,h,e,r,e": three or more)
+                     "w-h-e-r-e", "w,h,e,r,e": three or more; not initials, "j.r.r.")
                      -> underscores read as spaces ("where_does_he_live") -> digits and
                      symbols that stand for letters inside a word read as those letters
                      ("l0d4rg4l" -> "lodargal", "h3r" -> "her"; in words of 3 or more
@@ -66,8 +66,16 @@ _LINES = re.compile(r"\s*\n\s*")
 # spelt out, one space within a word, more between words.
 _SPELT = re.compile(r"(?<![^\W_])[^\W_](?: {1,3}[^\W_]){3,}(?![^\W_])")
 _WORD_BREAK = re.compile(r" {2,}")
-# Three or more letters, one symbol between them, the same each time ("w.h.e.r.e", "w-h-e-r-e").
-_DOTTED = re.compile(r"(?<![^\W_])[^\W\d_]([-.,;*/|+~:_])[^\W\d_](?:\1[^\W\d_])+(?![^\W_])")
+# Three or more letters, one symbol between them, the same each time ("w.h.e.r.e", "w-h-e-r-e");
+# not initials, three letters or fewer each with its dot ("J.R.R. Tolkien", "U.S.A.").
+_DOTTED = re.compile(r"(?<![^\W_])[^\W\d_]([-.,;*/|+~:_])[^\W\d_](?:\1[^\W\d_])+(?![^\W_])(\.?)")
+
+
+def _joined(match: re.Match) -> str:
+    letters, symbol, initials = match.group(), match.group(1), match.group(2)
+    if initials and symbol == "." and len(letters) <= 6:  # "j.r.r."
+        return letters
+    return letters.replace(symbol, "")
 _DOUBLED = re.compile(r"\b(?:([^\W\d_])\1){2,}\b")  # every letter twice: "wwhheerree"
 # An HTML tag's name and brackets, and a comment's: what a tag's attributes or a comment hold
 # stays, since a model reading the markup reads it too ('<a title="Where does he live?">'). Only
@@ -219,7 +227,8 @@ def normalize(text: str) -> str:
     text = _decoded(text)
     if not text.isascii():  # ASCII has no compatibility forms, format characters or accents
         text = unicodedata.normalize("NFKC", text)
-        text = "".join(c for c in text if unicodedata.category(c) != "Cf")  # zero-width, bidi
+        # zero-width, bidi; and lone surrogates, which MiniLM's tokenizer refuses
+        text = "".join(c for c in text if unicodedata.category(c) not in ("Cf", "Cs"))
         text = text.translate(_confusables())
         text = "".join(c for c in unicodedata.normalize("NFKD", text)
                        if not unicodedata.combining(c))  # accents (and zalgo) off
@@ -230,7 +239,7 @@ def normalize(text: str) -> str:
     text = _DOUBLED.sub(lambda m: m.group()[::2], text.casefold())
     text = _SYMBOLS.sub(r"\1", _LETTERS.sub(r"\1\1", text))
     text = _SPELT.sub(_unspelt, text)  # before spaces collapse: two or more part its words
-    text = _DOTTED.sub(lambda m: m.group().replace(m.group(1), ""), text).replace("_", " ")
+    text = _DOTTED.sub(_joined, text).replace("_", " ")
     text = _RUN.sub(_cut, _LEET_WORD.sub(_unleet, text))
     return _LINES.sub("\n", _SPACES.sub(" ", text)).strip()
 

@@ -81,8 +81,9 @@ def test_words_of_plain_text_stay_whole():
             "bookkeeper coffee balloon, 100% sure, 20%20 off, key AKIAIOSFODNN2EXAMPLEKEY")
     assert normalize(text) == text.casefold()
     code = ('printf("%5d items, %3d left"); List<String> names; if (x<y and y>z); '
-            "?q=paris&region=fr&times=3; Where does <Olga> live?")
-    assert normalize(code) == code.casefold()  # no escapes, tags or references in these
+            "?q=paris&region=fr&times=3; Where does <Olga> live? J.R.R. Tolkien, U.S.A.")
+    assert normalize(code) == code.casefold()  # no escapes, tags, references or spelling
+    assert normalize("a\udfffb") == "ab"  # a lone surrogate, which MiniLM's tokenizer refuses
 
 
 def test_a_space_less_run_is_windowed_too():
