@@ -76,7 +76,8 @@ def _joined(match: re.Match) -> str:
     if initials and symbol == "." and len(letters) <= 6:  # "j.r.r."
         return letters
     return letters.replace(symbol, "")
-_DOUBLED = re.compile(r"\b(?:([^\W\d_])\1){2,}\b")  # every letter twice: "wwhheerree"
+# Every letter twice, three letters or more ("wwhheerree"); two are an acronym ("WWII").
+_DOUBLED = re.compile(r"\b(?:([^\W\d_])\1){3,}\b")
 # An HTML tag's name and brackets, and a comment's: what a tag's attributes or a comment hold
 # stays, since a model reading the markup reads it too ('<a title="Where does he live?">'). Only
 # HTML's own tag names: "<Olga>" or "List<String>" are text.

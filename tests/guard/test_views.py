@@ -81,7 +81,7 @@ def test_words_of_plain_text_stay_whole():
             "bookkeeper coffee balloon, 100% sure, 20%20 off, key AKIAIOSFODNN2EXAMPLEKEY")
     assert normalize(text) == text.casefold()
     code = ('printf("%5d items, %3d left"); List<String> names; if (x<y and y>z); '
-            "?q=paris&region=fr&times=3; Where does <Olga> live? J.R.R. Tolkien, U.S.A.")
+            "?q=paris&region=fr&times=3; Where does <Olga> live? J.R.R. Tolkien, U.S.A., WWII")
     assert normalize(code) == code.casefold()  # no escapes, tags, references or spelling
     assert normalize("a\udfffb") == "ab"  # a lone surrogate, which MiniLM's tokenizer refuses
 
