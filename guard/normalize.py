@@ -107,12 +107,13 @@ _NOT_LEET = re.compile(r"[a-z$@]*[2689][a-z0-9$@]*|[a-z]+\d+|\d+[a-z]+")
 
 # Words run together: a run of RUN_FROM to RUN_UP_TO letters that is no word is cut into the
 # parts of the likeliest cut (`_cut`) where RUN_WORDS of them or more are words of two letters
-# or more: "wheredoesfenluslive" -> "where does fenlus live" (a name is no word: its letters
-# stay together). Fewer cut the words MiniLM lacks: in TOFU's 8,434 questions and answers, three
-# cut 41 words of 8 to 18 letters ("instilling" -> "in still ing", "herbalist" -> "herbal ist",
-# which moved a general question past an exemplar's threshold), four none; a question run
-# together keeps 303 of its 345 cut runs (TOFU paraphrases, their runs between punctuation). A
-# longer run is no sentence a person wrote (space-less filler, which windows read: views.py).
+# or more, or one fewer beside a name (three letters or more of no word): "wheredoesfenluslive"
+# -> "where does fenlus live" (a name's letters stay together). Fewer cut the words MiniLM
+# lacks: in TOFU's 8,434 questions and answers, three words cut 41 of 8 to 18 letters
+# ("instilling" -> "in still ing"; "herbalist" -> "herbal ist" moved a general question past an
+# exemplar's threshold), these rules none. Of TOFU's 200 paraphrases run together, 323 of the
+# 403 runs between punctuation are cut. A longer run is no sentence a person wrote (space-less
+# filler, which windows read: views.py).
 RUN_FROM, RUN_UP_TO = 8, 200
 RUN_WORDS = 4
 # What a cut costs: a word WORD_COST more than its -log likelihood (fewer, longer words win), a
