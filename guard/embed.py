@@ -7,9 +7,9 @@ timing oracle for what others asked) and would keep forgotten text in memory aft
 completes.
 
 Backends, chosen by name (`guard.embedder`; add one with `register_embedder`). Measured side by
-side (bench/bench_guard.py --part latency, 2 vCPU): one guard check of a short question takes
-5.4 ms p50 on onnx-int8, 8.9 on onnx, 24.5 on torch; at ~20 word pieces MiniLM's cost on torch
-is framework overhead more than arithmetic.
+side (bench/bench_guard.py --part latency, 2 vCPU, 2026-12-05): one guard check of a short
+question takes 3.6 ms p50 on onnx-int8, 7.4 on onnx, 14.2 on torch; at ~20 word pieces MiniLM's
+cost on torch is framework overhead more than arithmetic.
 
 - `onnx-int8` (default): the ONNX graph below with int8 weights (one scale per output channel),
   activations quantized on the fly. Vectors within cosine 0.98 of torch's; the guard's TOFU
