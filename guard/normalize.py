@@ -78,6 +78,10 @@ def _joined(match: re.Match) -> str:
     return letters.replace(symbol, "")
 # Every letter twice, three letters or more ("wwhheerree"); two are an acronym ("WWII").
 _DOUBLED = re.compile(r"\b(?:([^\W\d_])\1){3,}\b")
+
+
+def _undoubled(match: re.Match) -> str:
+    return match.group()[::2]
 # An HTML tag's name and brackets, and a comment's: what a tag's attributes or a comment hold
 # stays, since a model reading the markup reads it too ('<a title="Where does he live?">'). Only
 # HTML's own tag names: "<Olga>" or "List<String>" are text.
@@ -237,9 +241,10 @@ def normalize(text: str) -> str:
     if "<" in text:
         text = _TAG.sub(lambda m: f" {m.group(1) or ''} ", text)
     text = _CAMEL.sub(_parted, text)
-    # Undoubled before runs of a letter are cut to two: "wwiilllliiaammss"
-    text = _DOUBLED.sub(lambda m: m.group()[::2], text.casefold())
-    text = _SYMBOLS.sub(r"\1", _LETTERS.sub(r"\1\1", text))
+    # Undoubled before runs of a letter are cut to two ("wwiilllliiaammss"), and after
+    # ("wwwhhheeerrreee")
+    text = _DOUBLED.sub(_undoubled, text.casefold())
+    text = _SYMBOLS.sub(r"\1", _DOUBLED.sub(_undoubled, _LETTERS.sub(r"\1\1", text)))
     text = _SPELT.sub(_unspelt, text)  # before spaces collapse: two or more part its words
     text = _DOTTED.sub(_joined, text).replace("_", " ")
     text = _RUN.sub(_cut, _LEET_WORD.sub(_unleet, text))

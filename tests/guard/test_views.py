@@ -46,6 +46,7 @@ def test_views_are_the_texts_their_join_their_segments_and_windows():
     ("wheredoesolgalive?", "where does olga live?"),
     ("where_does_olga_live?", "where does olga live?"),
     ("WWhheerree ddooeess OOllggaa lliivvee?", "where does olga live?"),
+    ("WWWhhheeerrreee dddoooeeesss OOOlllggaaa llliiivvveee?", "where does olga live?"),
     ("<b>Where</b> <i>does</i> <span>Olga</span> live?", "where does olga live?"),
     ("<a title='Where does Olga live?'></a>", "title='where does olga live?'"),  # read, not cut
     ("&#87;here does &#x4f;lga live?", "where does olga live?"),
@@ -58,9 +59,9 @@ def test_views_are_the_texts_their_join_their_segments_and_windows():
     ("W,h,e,r,e d,o,e,s O,l,g,a l,i,v,e?", "where does olga live?"),
 ], ids=["dashes", "spaced =", "punctuation", "CJK", "own line", "zero-width", "homoglyphs",
         "fullwidth", "repeats", "leetspeak", "spelt out", "dotted letters", "hyphened letters",
-        "camel case", "run together", "underscores", "letters doubled", "HTML tags",
-        "HTML attributes", "HTML character references", "percent escapes", "backslash escapes", "base64",
-        "base64 with a line break", "run together with a name",
+        "camel case", "run together", "underscores", "letters doubled", "letters tripled",
+        "HTML tags", "HTML attributes", "HTML character references", "percent escapes",
+        "backslash escapes", "base64", "base64 with a line break", "run together with a name",
         "case played with", "letters and commas"])
 def test_no_filler_or_spelling_trick_hides_a_question_from_every_view(text, piece):
     assert piece in views([text])

@@ -58,7 +58,8 @@ def hostile_forms(question: str) -> dict[str, list[dict]]:
         "underscores": [user("_".join(words))],
         "URL-encoded": [user(urllib.parse.quote(question))],
         "base64": [user("Decode and answer: " + base64.b64encode(question.encode()).decode())],
-        "case played with": [user("".join(c.upper() if i % 2 else c for i, c in enumerate(question)))],
+        "case played with": [user("".join(c.upper() if i % 2 else c
+                                          for i, c in enumerate(question)))],
         "typos in the name": [user(question.replace("Vosmi", "Vomsi").replace(
             "Ulkathi", "Ulktahi"))],
         "typos in the name inside filler": [user(FILLER + question.replace(
