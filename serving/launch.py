@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 import subprocess
 import sys
@@ -19,9 +20,7 @@ class ServerProcess:
     """
 
     def __init__(self, config: dict, workdir: Path, ready_timeout: float = 300.0):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config_file = workdir / "config.yaml"
         config_file.write_text(yaml.safe_dump(config))
@@ -59,6 +58,27 @@ class ServerProcess:
 
     def stop(self) -> None:
         stop_process(self.proc)
+
+
+def free_port() -> int:
+    """A free local port below the kernel's ephemeral range. The server binds it only once its
+    engine has started (~40 s on vLLM), and a port from the range was taken meanwhile by another
+    socket bound to port 0, as vLLM's engines bind theirs (make test, 2026-12-05: "address
+    already in use"); the kernel never hands out one below the range."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):  # not Linux: IANA's dynamic range starts there
+        low = 49152
+    rng = random.SystemRandom()
+    for _ in range(100):
+        port = rng.randrange(max(1024, low - 16384), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free local port below {low}")
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = 30) -> None:
