@@ -76,12 +76,16 @@ def _joined(match: re.Match) -> str:
     if initials and symbol == "." and len(letters) <= 6:  # "j.r.r."
         return letters
     return letters.replace(symbol, "")
+
+
 # Every letter twice, three letters or more ("wwhheerree"); two are an acronym ("WWII").
 _DOUBLED = re.compile(r"\b(?:([^\W\d_])\1){3,}\b")
 
 
 def _undoubled(match: re.Match) -> str:
     return match.group()[::2]
+
+
 # An HTML tag's name and brackets, and a comment's: what a tag's attributes or a comment hold
 # stays, since a model reading the markup reads it too ('<a title="Where does he live?">'). Only
 # HTML's own tag names: "<Olga>" or "List<String>" are text.
@@ -100,6 +104,8 @@ _HUMP = re.compile(r"(?<=[a-z])(?=[A-Z])")
 def _parted(match: re.Match) -> str:
     word = match.group()
     return word if 3 * sum(c.isupper() for c in word) > len(word) else _HUMP.sub(" ", word)
+
+
 # Leetspeak: a word of letters and of digits or symbols that stand for letters.
 _LEET = str.maketrans("013457$@", "oieastsa")
 _LEET_WORD = re.compile(r"(?<![a-z0-9$@])(?=[a-z0-9$@]*[0-9$@])(?=[a-z0-9$@]*[a-z])"
@@ -154,11 +160,11 @@ def _cut(match: re.Match) -> str:
     for j in range(len(run)):
         here = min(best[j][0][0], best[j][1][0])
         after_word = best[j][0][0] <= best[j][1][0]
-        letters = min(best[j][1][0] + UNKNOWN_COST, here + WORD_COST + UNKNOWN_COST)
-        if letters < best[j + 1][1][0]:  # go on with the letters, or start them here
-            extend = best[j][1][0] + UNKNOWN_COST <= here + WORD_COST + UNKNOWN_COST
-            best[j + 1][1] = ((letters, best[j][1][1], best[j][1][2]) if extend
-                              else (letters, j, after_word))
+        go_on = best[j][1][0] + UNKNOWN_COST  # the letters before j, one more
+        start = here + WORD_COST + UNKNOWN_COST  # letters from j
+        if min(go_on, start) < best[j + 1][1][0]:
+            best[j + 1][1] = ((go_on, *best[j][1][1:]) if go_on <= start
+                              else (start, j, after_word))
         k = j + 1
         while k <= len(run) and run[j:k] in prefixes:
             cost = costs.get(run[j:k])
@@ -244,7 +250,8 @@ def normalize(text: str) -> str:
     # Undoubled before runs of a letter are cut to two ("wwiilllliiaammss"), and after
     # ("wwwhhheeerrreee")
     text = _DOUBLED.sub(_undoubled, text.casefold())
-    text = _SYMBOLS.sub(r"\1", _DOUBLED.sub(_undoubled, _LETTERS.sub(r"\1\1", text)))
+    text = _DOUBLED.sub(_undoubled, _LETTERS.sub(r"\1\1", text))
+    text = _SYMBOLS.sub(r"\1", text)
     text = _SPELT.sub(_unspelt, text)  # before spaces collapse: two or more part its words
     text = _DOTTED.sub(_joined, text).replace("_", " ")
     text = _RUN.sub(_cut, _LEET_WORD.sub(_unleet, text))
