@@ -39,6 +39,7 @@ from .classifier import (GuardModel, fit_estimator, fit_guard, load_model, max_s
                          threshold_at_fpr)
 from .errors import GuardError
 from .exemplars import ExemplarIndex, Nearest
+from .normalize import load as load_normalize
 from .normalize import normalize
 from .prompts import strip_markup
 from .screen import Screen
@@ -115,6 +116,7 @@ class Guard:
         """`static`: the static embedder (static.py) of the first stage (screen.py); None, or a
         trained classifier saved without static anchors: MiniLM reads every piece."""
         dim = embed(["dimension probe"]).shape[1]
+        load_normalize()
         if model is not None and dim != model.support.shape[1]:
             raise GuardError(f"the embedder gives {dim}-dim vectors; this guard was trained on "
                              f"{model.support.shape[1]}-dim ones ({model.manifest.get('embedder')})")

@@ -1,10 +1,11 @@
 """Text as the guard reads it: one canonical form whatever the spelling tricks.
 
     normalize(text)  encodings read (`_decoded`: HTML character references "&#70;", percent
-                     escapes "%20", backslash escapes "\\u0065", base64 of text) -> NFKC
+                     escapes "%20", backslash escapes "\\u0065", hex and base64 of text) -> NFKC
                      (fullwidth, ligatures, math letters) -> format characters removed
                      (zero-width spaces and joiners, bidi marks) -> look-alikes folded to the
-                     Latin letter they imitate (Unicode's confusables: Cyrillic "а", Greek "ο")
+                     Latin letter they imitate (Unicode's confusables: Cyrillic "а", Greek "ο";
+                     else the letter a Latin letter's name says: small capitals "ᴡ", "ø")
                      -> accents dropped -> HTML tags read as spaces ("<b>where</b>") -> words
                      run together in camel case parted ("WhereDoesHeLive" -> "where does he
                      live"; with two capitals inside a word or more: "iPhone", "McDonald" stay,
@@ -12,16 +13,20 @@
                      -> words with every letter doubled undoubled ("wwhheerree" -> "where")
                      -> runs of one letter cut to two ("heeeeello" -> "heello"), of one symbol
                      to one ("-----" -> "-") -> words spelt out letter by letter joined
-                     ("h e   l i v e s" -> "he lives": one space within a word, more between
-                     words) -> letters with one symbol between them joined ("w.h.e.r.e",
-                     "w-h-e-r-e", "w,h,e,r,e": three or more; not initials, "j.r.r.")
-                     -> underscores read as spaces ("where_does_he_live") -> digits and
-                     symbols that stand for letters inside a word read as those letters
+                     ("h e   l i v e s" -> "he lives": one space or line break within a word,
+                     more between words) -> letters with one symbol between them joined
+                     ("w.h.e.r.e", "w-h-e-r-e", "w,h,e,r,e": three or more; not initials,
+                     "j.r.r.") -> underscores, and slashes and bars between words, read as
+                     spaces ("where_does_he_live", "where/does") -> digits and symbols that
+                     stand for letters inside a word read as those letters
                      ("l0d4rg4l" -> "lodargal", "h3r" -> "her"; in words of 3 or more
                      characters with 2 or more letters, none of them a number: "author3",
                      "covid19", "10th", "15km", "h264" or "2024" stay, and so does "th3")
+                     -> words written backwards or in ROT13 turned back, sentence by sentence
+                     ("?evil agLo seod erehW" -> "?live olga does where": `_turned`)
                      -> words run together cut apart ("wheredoesolgalive" -> "where does olga
-                     live": `_cut`).
+                     live": `_cut`) -> words split apart joined ("wh ere d oes" -> "where does":
+                     `_joined_words`).
                      Line breaks are kept: a line is a piece of its own.
     segments(text)   the pieces no filler can hide a question in: split at line breaks, at
                      sentence ends, at runs of three or more symbols ("-----", "= = =",
@@ -34,6 +39,7 @@ classifier nothing on plain text; it only takes away what a client adds to hide.
 from __future__ import annotations
 
 import base64
+import codecs
 import functools
 import html
 import json
@@ -42,12 +48,22 @@ import re
 import unicodedata
 import urllib.parse
 from importlib import resources
+from typing import Callable
+
+
+# A letter that Unicode names as a Latin one, drawn otherwise: "LATIN LETTER SMALL CAPITAL W"
+# ("ᴡ", which NFKC keeps), "LATIN SMALL LETTER TURNED E" ("ǝ"), "LATIN SMALL
+# LETTER O WITH STROKE" ("ø", which has no accent to drop), "REGIONAL INDICATOR SYMBOL LETTER W".
+_LETTER_NAME = re.compile(r"(?:LATIN|REGIONAL INDICATOR SYMBOL|MODIFIER)\b.*?\bLETTER (?:(?:SMALL "
+                          r"CAPITAL|TURNED|INVERTED|REVERSED|SCRIPT|DOTLESS|CLOSED|OPEN|SIDEWAYS|"
+                          r"BARRED|LONG|SMALL|CAPITAL) )*([A-Z])(?: WITH .+)?")
 
 
 @functools.cache
 def _confusables() -> dict[int, str]:
     """Look-alike code point -> the ASCII letter or digit it imitates (Unicode TR39 data, as
-    shipped by `confusable-homoglyphs`)."""
+    shipped by `confusable-homoglyphs`), else the Latin letter its name says it is (in capitals
+    only where its name says so)."""
     data = json.loads(resources.files("confusable_homoglyphs").joinpath("confusables.json")
                       .read_text(encoding="utf-8"))
     table: dict[int, str] = {}
@@ -55,6 +71,11 @@ def _confusables() -> dict[int, str]:
         for glyph in data.get(ascii_char, ()):
             if len(glyph["c"]) == 1 and not glyph["c"].isascii():
                 table.setdefault(ord(glyph["c"]), ascii_char)
+    for code in range(0x80, 0x110000):
+        named = _LETTER_NAME.fullmatch(unicodedata.name(chr(code), ""))
+        if named:
+            letter = named.group(1)
+            table.setdefault(code, letter if "CAPITAL LETTER" in named.group() else letter.lower())
     return table
 
 
@@ -63,12 +84,19 @@ _SYMBOLS = re.compile(r"([^\w\s])\1+")  # two or more of one symbol
 _SPACES = re.compile(r"[^\S\n]+")  # whitespace but line breaks
 _LINES = re.compile(r"\s*\n\s*")
 # Four or more single letters or digits, one to three spaces apart ("w h e r e   i s"): words
-# spelt out, one space within a word, more between words.
-_SPELT = re.compile(r"(?<![^\W_])[^\W_](?: {1,3}[^\W_]){3,}(?![^\W_])")
-_WORD_BREAK = re.compile(r" {2,}")
+# spelt out, one space within a word, more between words. Also across line breaks (a letter a
+# line), where half the words so read or more are MiniLM's: a list ("a\nb\nc\nd", "5\n3\n8\n1")
+# or a grid of letters stays as it is.
+_SPELT = re.compile(r"(?<![^\W_])[^\W_](?:\s{1,3}[^\W_]){3,}(?![^\W_])")
+_SPELT_LINE = re.compile(r"(?<![^\W_])[^\W_](?: {1,3}[^\W_]){3,}(?![^\W_])")
+_WORD_BREAK = re.compile(r"\s{2,}")
 # Three or more letters, one symbol between them, the same each time ("w.h.e.r.e", "w-h-e-r-e");
 # not initials, three letters or fewer each with its dot ("J.R.R. Tolkien", "U.S.A.").
 _DOTTED = re.compile(r"(?<![^\W_])[^\W\d_]([-.,;*/|+~:_])[^\W\d_](?:\1[^\W\d_])+(?![^\W_])(\.?)")
+
+
+# A slash or bar between words ("where/does/he/live", "and/or") read as a space.
+_BETWEEN_WORDS = re.compile(r"(?<=[^\W\d_]{2})[/|](?=[^\W\d_]{2})")
 
 
 def _joined(match: re.Match) -> str:
@@ -184,6 +212,103 @@ def _cut(match: re.Match) -> str:
     return " ".join(part for part, _ in reversed(parts))
 
 
+# Words split apart ("ge ology writ er wi th"): a run of words one space apart is read as the
+# cheapest grouping of its words, each group joined into one where that is a word (a group of up
+# to JOIN_UP_TO), at `_cut`'s costs plus JOIN_COST a space taken out. So a join must save more
+# than that: "wi th" (33.3 as two words) -> "with" (9.9 + 11), "d oes" (26.0) -> "does"
+# (13.4 + 11); "some one" (22.4) against "someone" (13.6 + 11), "to day", "in to" stay two
+# words. In TOFU's 44,827 texts two joins: "wild life", "health care" (13: none, and "d oes",
+# "wh at" stay).
+JOIN_COST = 11.0
+JOIN_UP_TO = 4
+# ... and only a run that is split: JOINS_FROM joins or more, of JOINED_SHARE of its words or
+# more. One join is more often two words that happen to make one ("who is sue" -> "who issue",
+# "a man aged 80", "direct or via", "just ice"; in package docs, "per form", "main stream").
+JOINS_FROM = 2
+JOINED_SHARE = 1 / 3
+# Words of letters alone, between spaces, brackets, quotes or a word's end ("s" in "he's" and
+# "j" in "j.k." are none)
+_SPACED = re.compile(r"(?<![^\s(\[\"'])(?<!\w')[a-z]+(?: [a-z]+)+(?=[\s?!,;:)\]\"]|[.'](?!\w)|$)")
+
+
+def _joined_words(match: re.Match) -> str:
+    costs, prefixes = _words()
+    parts = match.group().split(" ")
+
+    def alone(group: list[str]) -> float:
+        return sum(WORD_COST + costs.get(p, UNKNOWN_COST * len(p)) for p in group)
+
+    # The joins that cost less than their parts apart (most runs have none): (start, end, cost)
+    joins = []
+    for i in range(len(parts) - 1):
+        joined = parts[i]
+        for k in range(i + 1, min(i + JOIN_UP_TO, len(parts))):
+            joined += parts[k]
+            if joined not in prefixes:
+                break
+            cost = costs.get(joined)
+            if cost is not None and WORD_COST + cost + JOIN_COST * (k - i) < alone(parts[i:k + 1]):
+                joins.append((i, k + 1, WORD_COST + cost + JOIN_COST * (k - i)))
+    if len(joins) < JOINS_FROM:
+        return match.group()
+    # best[k]: the cheapest reading of parts[:k] as (cost, where its last group starts)
+    best = [(0.0, 0)] + [(math.inf, 0)] * len(parts)
+    ending = {}
+    for i, k, cost in joins:
+        ending.setdefault(k, []).append((i, cost))
+    for k in range(1, len(parts) + 1):
+        best[k] = min([(best[k - 1][0] + alone(parts[k - 1:k]), k - 1)]
+                      + [(best[i][0] + cost, i) for i, cost in ending.get(k, ())])
+    groups, k = [], len(parts)
+    while k > 0:
+        groups.append(parts[best[k][1]:k])
+        k = best[k][1]
+    joined = [g for g in groups if len(g) > 1]
+    if len(joined) < JOINS_FROM or JOINED_SHARE * len(parts) > sum(map(len, joined)):
+        return match.group()  # a word or two that happen to make one
+    return " ".join("".join(g) for g in reversed(groups))
+
+
+# Words written backwards or in ROT13 ("?evil sulnef seod erehw", "jurer qbrf"): a sentence
+# whose words (distinct, two letters or more, spaces or punctuation around them: not the parts
+# of a URL, a file name or code, "main.py", "url(") are half or more no word of MiniLM's, and
+# TURNED_FROM or more of them, and a third or more, turned read as its words (those that are
+# none, and words of three letters or more that turned read as a commoner one: "evil" ->
+# "live"), is turned back: its words that are none (names too: "sulnef" -> "fenlus"), and those
+# that turned are commoner ("si" -> "is"); numbers with the letters when backwards.
+# Text with a few abbreviations ("svg to png": "fit to cat" in ROT13; "pid": "dip" backwards) has
+# most of its words readable as written.
+TURNED_FROM = 2
+_TURNS = (lambda w: w[::-1], lambda w: codecs.encode(w, "rot13"))
+# A sentence: up to a line break, or a . ! ? ; or : before a space ("?evil" starts one)
+_SENTENCE = re.compile(r"(?:[^\n.!?;:]|[.!?;:](?!\s|$))+")
+_PLAIN_WORD = re.compile(r"\b[a-z]{2,}\b")
+_SPACED_WORD = re.compile(r"(?<![\w.:/@#$%&=~`-])[a-z]{2,}(?![\w.:/@#$%&=~`(\[-])")
+_TOKEN = re.compile(r"\b[a-z0-9]{2,}\b")
+
+
+def _turned(match: re.Match) -> str:
+    costs, _ = _words()
+    sentence = match.group()
+    words = set(_SPACED_WORD.findall(sentence))
+    unknown = [w for w in words if w not in costs]
+    if 2 * len(unknown) < len(words) or len(unknown) < TURNED_FROM:
+        return sentence
+    for turn in _TURNS:
+        def better(word: str, turn=turn) -> bool:  # turned, a word, and a commoner one
+            return costs.get(turn(word), math.inf) < costs.get(word, math.inf)
+
+        # evidence: words that are none but turned, and longer ones that turned are commoner
+        read = sum(better(w) and (w not in costs or len(w) >= 3) for w in words)
+        if read >= TURNED_FROM and 3 * read >= len(words):
+            def back(token: re.Match, turn=turn, better=better) -> str:
+                word = token.group()
+                return turn(word) if word not in costs or better(word) else word
+
+            return _TOKEN.sub(back, sentence)
+    return sentence
+
+
 # Encodings a client may wrap text in, read before anything else: HTML character references
 # ("&#87;", "&amp;"; with their ";": "&region=" in a URL is no "®ion="), percent escapes (a
 # token of two or more: "What%20is%20it", not printf's "%5d items"), backslash escapes
@@ -194,6 +319,11 @@ _PERCENT_TOKEN = re.compile(r"\S*%[0-9A-Fa-f]{2}\S*%[0-9A-Fa-f]{2}\S*")
 _BACKSLASH = re.compile(r"\\(?:u([0-9A-Fa-f]{4})|x([0-9A-Fa-f]{2})|U([0-9A-Fa-f]{8}))")
 BASE64_FROM = 12
 _BASE64 = re.compile(rf"(?<![\w+/])[A-Za-z0-9+/]{{{BASE64_FROM},}}={{0,2}}(?![\w+/=])")
+# Hex of text: eight bytes or more, as one token or a byte a token ("57 68 65 72 65 ...",
+# "57:68:65", "0x57, 0x68").
+_HEX = re.compile(r"(?<!\w)(?:0x)?[0-9A-Fa-f]{2}(?:(, ?|[ :-]|)(?:0x)?[0-9A-Fa-f]{2})"
+                  r"(?:\1(?:0x)?[0-9A-Fa-f]{2}){6,}(?!\w)")
+_NOT_HEX = re.compile(r"0x|[^0-9A-Fa-f]")
 
 
 def _unescaped(match: re.Match) -> str:
@@ -202,15 +332,28 @@ def _unescaped(match: re.Match) -> str:
     return match.group() if surrogate or code > 0x10FFFF else chr(code)
 
 
-def _unbase64(match: re.Match) -> str:
-    token = match.group()
-    try:
-        text = base64.b64decode(token + "=" * (-len(token) % 4), validate=True).decode("utf-8")
-    except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors
-        return token
-    text = text.strip()  # `echo ... | base64` ends it with a line break
-    words = sum(c.isalpha() or c == " " for c in text)
-    return f" {text} " if text.isprintable() and " " in text and words >= 0.8 * len(text) else token
+def _text_of(decode) -> Callable[[re.Match], str]:
+    """A replacement for an encoded token: what `decode` (token -> bytes) reads in it, where that
+    is text (printable, with spaces, >= 80% letters and spaces, half its words or more MiniLM's:
+    a row of numbers can decode to letters), else the token."""
+    def replace(match: re.Match) -> str:
+        token = match.group()
+        try:
+            text = decode(token).decode("utf-8")
+        except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors
+            return token
+        text = text.strip()  # `echo ... | base64` ends it with a line break
+        letters = sum(c.isalpha() or c == " " for c in text)
+        words = _PLAIN_WORD.findall(text.lower())
+        readable = (text.isprintable() and " " in text and letters >= 0.8 * len(text)
+                    and 2 * sum(w in _words()[0] for w in words) >= len(words))
+        return f" {text} " if readable else token
+
+    return replace
+
+
+_unbase64 = _text_of(lambda t: base64.b64decode(t + "=" * (-len(t) % 4), validate=True))
+_unhex = _text_of(lambda t: bytes.fromhex(_NOT_HEX.sub("", t)))
 
 
 def _decoded(text: str) -> str:
@@ -220,11 +363,15 @@ def _decoded(text: str) -> str:
         text = _PERCENT_TOKEN.sub(lambda m: urllib.parse.unquote(m.group()), text)
     if "\\" in text:
         text = _BACKSLASH.sub(_unescaped, text)
-    return _BASE64.sub(_unbase64, text)
+    return _BASE64.sub(_unbase64, _HEX.sub(_unhex, text))
 
 
 def _unspelt(match: re.Match) -> str:
-    return " ".join(w.replace(" ", "") for w in _WORD_BREAK.split(match.group()))
+    spelt = match.group()
+    words = ["".join(w.split()) for w in _WORD_BREAK.split(spelt)]
+    if "\n" in spelt and 2 * sum(w in _words()[0] for w in words) < len(words):
+        return _SPELT_LINE.sub(_unspelt, spelt)  # line by line
+    return " ".join(words)
 
 
 def _unleet(match: re.Match) -> str:
@@ -235,8 +382,14 @@ def _unleet(match: re.Match) -> str:
     return word.translate(_LEET)
 
 
+def load() -> None:
+    """Read the tables normalize() uses (~0.4 s), so that no request waits for them."""
+    _confusables()
+    _words()
+
+
 def normalize(text: str) -> str:
-    text = _decoded(text)
+    text = _decoded(text.replace("\r\n", "\n"))
     if not text.isascii():  # ASCII has no compatibility forms, format characters or accents
         text = unicodedata.normalize("NFKC", text)
         # zero-width, bidi; and lone surrogates, which MiniLM's tokenizer refuses
@@ -253,8 +406,9 @@ def normalize(text: str) -> str:
     text = _DOUBLED.sub(_undoubled, _LETTERS.sub(r"\1\1", text))
     text = _SYMBOLS.sub(r"\1", text)
     text = _SPELT.sub(_unspelt, text)  # before spaces collapse: two or more part its words
-    text = _DOTTED.sub(_joined, text).replace("_", " ")
-    text = _RUN.sub(_cut, _LEET_WORD.sub(_unleet, text))
+    text = _BETWEEN_WORDS.sub(" ", _DOTTED.sub(_joined, text)).replace("_", " ")
+    text = _SENTENCE.sub(_turned, _LEET_WORD.sub(_unleet, text))
+    text = _SPACED.sub(_joined_words, _RUN.sub(_cut, text))
     return _LINES.sub("\n", _SPACES.sub(" ", text)).strip()
 
 

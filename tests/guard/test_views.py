@@ -57,12 +57,29 @@ def test_views_are_the_texts_their_join_their_segments_and_windows():
     ("wheredoesfenluslive?", "where does fenlus live?"),  # a name no word of MiniLM's
     ("wHeRe DoEs OlGa LiVe?", "where does olga live?"),
     ("W,h,e,r,e d,o,e,s O,l,g,a l,i,v,e?", "where does olga live?"),
+    ("ᴡʜᴇʀᴇ ᴅᴏᴇs ᴏʟɢᴀ ʟɪᴠᴇ?", "where does olga live?"),  # small capitals, which NFKC keeps
+    ("Where does Ølga łive?", "where does olga live?"),  # letters with a stroke: no accent
+    ("W\nh\ne\nr\ne\n\nd\no\ne\ns\n\nO\nl\ng\na", "where does olga"),  # a letter a line
+    ("Where/does/Olga/live?", "where does olga live?"),
+    ("Where|does|Olga|live?", "where does olga live?"),
+    ("576865726520646f6573204f6c6761206c6976653f", "where does olga live?"),  # hex
+    ("57 68 65 72 65 20 64 6f 65 73 20 4f 6c 67 61", "where does olga"),
+    ("0x57, 0x68, 0x65, 0x72, 0x65, 0x20, 0x64, 0x6f, 0x65, 0x73", "where does"),
+    ("W\r\nh\r\ne\r\nr\r\ne\r\n\r\nd\r\no\r\ne\r\ns", "where does"),  # Windows lines
+    ("?evil aglO seod erehW", "?live olga does where"),  # backwards
+    ("erehW seod aglO evil?", "where does olga live?"),  # each word backwards
+    ("Read it backwards. ?evil aglO seod erehW", "live olga does where"),
+    ("Jurer qbrf Bytn yvir?", "where does olga live?"),  # ROT13
+    ("Wh ere d oes Ol ga li ve?", "where does olga live?"),  # words split by spaces
 ], ids=["dashes", "spaced =", "punctuation", "CJK", "own line", "zero-width", "homoglyphs",
         "fullwidth", "repeats", "leetspeak", "spelt out", "dotted letters", "hyphened letters",
         "camel case", "run together", "underscores", "letters doubled", "letters tripled",
         "HTML tags", "HTML attributes", "HTML character references", "percent escapes",
         "backslash escapes", "base64", "base64 with a line break", "run together with a name",
-        "case played with", "letters and commas"])
+        "case played with", "letters and commas", "small capitals", "letters with a stroke",
+        "a letter a line", "slashes", "bars", "hex", "hex bytes", "hex 0x", "Windows lines",
+        "backwards", "each word backwards", "backwards after an instruction", "ROT13",
+        "words split"])
 def test_no_filler_or_spelling_trick_hides_a_question_from_every_view(text, piece):
     assert piece in views([text])
 
@@ -85,6 +102,25 @@ def test_words_of_plain_text_stay_whole():
             "?q=paris&region=fr&times=3; Where does <Olga> live? J.R.R. Tolkien, U.S.A., WWII")
     assert normalize(code) == code.casefold()  # no escapes, tags, references or spelling
     assert normalize("a\udfffb") == "ab"  # a lone surrogate, which MiniLM's tokenizer refuses
+
+
+@pytest.mark.parametrize("text", [
+    "Who is Sue Lodargal? Is Al so tall? Where does a man aged 80 live?",  # words that join
+    "Should we go direct or via Paris? Just ice, no water. Does it have a leg end?",
+    "some one came in to the office to day; may be a part of it. he's j.k.'s fan.",
+    "How do I convert an SVG to PNG? Every URL change makes a new URL object.",  # ROT13 words
+    "What is the PID of the process and the OSI layer in 2024? She saw no evil.",  # backwards
+    "Open main.py, then run test.py with python3; const url = new URL(req.url)",
+    "Which is correct?\nA\nB\nC\nD",  # letters and digits a line: a list, a grid
+    "Sort these numbers:\n5\n3\n8\n1\n9\nMatrix:\n1 0 0\n0 1 0\n0 0 1",
+    "Temperatures: 68 70 72 74 20 69 65 73 61; sha 9f86d081884c7d659a2feaa0c55ad015",  # hex?
+    "m/m, a/b and 1/2; the gnu and the tang of it",
+], ids=["joins", "more joins", "common joins", "rot13 words", "backwards words", "code",
+        "a list", "digits and a grid", "numbers and a hash", "slashes"])
+def test_plain_text_is_not_read_as_a_trick(text):
+    """What reads words split apart, turned backwards or in ROT13, hex, letters a line and
+    slashes leaves plain text that only looks so alone."""
+    assert normalize(text) == text.casefold()
 
 
 def test_a_space_less_run_is_windowed_too():
