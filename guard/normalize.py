@@ -52,8 +52,8 @@ from typing import Callable
 
 
 # A letter that Unicode names as a Latin one, drawn otherwise: "LATIN LETTER SMALL CAPITAL W"
-# ("ᴡ", which NFKC keeps), "LATIN SMALL LETTER TURNED E" ("ǝ"), "LATIN SMALL
-# LETTER O WITH STROKE" ("ø", which has no accent to drop), "REGIONAL INDICATOR SYMBOL LETTER W".
+# ("ᴡ", which NFKC keeps), "LATIN SMALL LETTER TURNED E" ("ǝ"), "LATIN SMALL LETTER O WITH
+# STROKE" ("ø", which has no accent to drop), "REGIONAL INDICATOR SYMBOL LETTER W".
 _LETTER_NAME = re.compile(r"(?:LATIN|REGIONAL INDICATOR SYMBOL|MODIFIER)\b.*?\bLETTER (?:(?:SMALL "
                           r"CAPITAL|TURNED|INVERTED|REVERSED|SCRIPT|DOTLESS|CLOSED|OPEN|SIDEWAYS|"
                           r"BARRED|LONG|SMALL|CAPITAL) )*([A-Z])(?: WITH .+)?")
