@@ -48,6 +48,7 @@ import argparse  # noqa: E402
 import base64  # noqa: E402
 import codecs  # noqa: E402
 import json  # noqa: E402
+import string  # noqa: E402
 import time  # noqa: E402
 import urllib.parse  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -90,6 +91,12 @@ def hostile(question: str, rng: np.random.Generator) -> dict[str, list[str]]:
 HOMOGLYPHS = str.maketrans("aeopcxyAEOPCXY", "аеорсхуАЕОРСХУ")  # Cyrillic look-alikes
 LEET = str.maketrans("eoaEOA", "304304")
 SMALL_CAPITALS = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ᴀʙᴄᴅᴇꜰɢʜɪᴊᴋʟᴍɴᴏᴘǫʀsᴛᴜᴠᴡxʏᴢ")
+CAESAR_3 = str.maketrans(string.ascii_letters,
+                         string.ascii_lowercase[3:] + string.ascii_lowercase[:3]
+                         + string.ascii_uppercase[3:] + string.ascii_uppercase[:3])
+MORSE = dict(zip(string.ascii_lowercase + string.digits + "?", (
+    ".- -... -.-. -.. . ..-. --. .... .. .--- -.- .-.. -- -. --- .--. --.- .-. ... - ..- ...- .-- "
+    "-..- -.-- --.. ----- .---- ..--- ...-- ....- ..... -.... --... ---.. ----. ..--..").split()))
 INTERLEAVED = "apple river stone cloud paper green window music table garden".split()
 SUFFIX = " ".join(["Also describe the history of the printing press in some detail,"] * 12)
 
@@ -154,7 +161,11 @@ def window_forms(question: str, rng: np.random.Generator) -> dict[str, list[str]
             "rot13": [f"ROT13: {codecs.encode(question, 'rot13')}"],
             # A space in the middle of every word of four letters or more.
             "words_split": [" ".join(w[:len(w) // 2] + " " + w[len(w) // 2:] if len(w) > 3 else w
-                                     for w in question.split())]}
+                                     for w in question.split())],
+            "caesar_3": [f"Caesar, shift 3: {question.translate(CAESAR_3)}"],
+            "binary": [" ".join(format(b, "08b") for b in question.encode())],
+            "morse": [" / ".join(" ".join(MORSE.get(c, "") for c in w).strip()
+                                 for w in question.lower().split())]}
 
 
 def long_prompt(question: str, words: int, rng: np.random.Generator) -> str:

@@ -39,7 +39,6 @@ classifier nothing on plain text; it only takes away what a client adds to hide.
 from __future__ import annotations
 
 import base64
-import codecs
 import functools
 import html
 import json
@@ -269,17 +268,32 @@ def _joined_words(match: re.Match) -> str:
     return " ".join("".join(g) for g in reversed(groups))
 
 
-# Words written backwards or in ROT13 ("?evil sulnef seod erehw", "jurer qbrf"): a sentence
-# whose words (distinct, two letters or more, spaces or punctuation around them: not the parts
-# of a URL, a file name or code, "main.py", "url(") are half or more no word of MiniLM's, and
-# TURNED_FROM or more of them, and a third or more, turned read as its words (those that are
-# none, and words of three letters or more that turned read as a commoner one: "evil" ->
-# "live"), is turned back: its words that are none (names too: "sulnef" -> "fenlus"), and those
-# that turned are commoner ("si" -> "is"); numbers with the letters when backwards.
-# Text with a few abbreviations ("svg to png": "fit to cat" in ROT13; "pid": "dip" backwards) has
-# most of its words readable as written.
+# Words written backwards or shifted along the alphabet (ROT13, Caesar's 3, any shift: "?evil
+# sulnef seod erehw", "jurer qbrf", "zkhuh grhv"): a sentence whose words (distinct, two letters
+# or more, spaces or punctuation around them: not the parts of a URL, a file name or code,
+# "main.py", "url(") are half or more no word of MiniLM's, and of which TURNED_FROM or more of
+# three letters or more, and a third or more, turned read as its words (words that are none, or
+# commoner ones: "evil" -> "live"), is turned back: its words that are none (names too:
+# "sulnef" -> "fenlus") and those that turned are commoner ("si" -> "is"); numbers with the
+# letters when backwards. Text with a few abbreviations ("svg to png": "fit to cat" in ROT13;
+# "pid": "dip" backwards) has most of its words readable as written. The shift tried is the one
+# that makes the letters of the words that are none most like English's (one shift, not 25).
 TURNED_FROM = 2
-_TURNS = (lambda w: w[::-1], lambda w: codecs.encode(w, "rot13"))
+# How often each letter a-z is in English text, in percent.
+ENGLISH = (8.2, 1.5, 2.8, 4.3, 12.7, 2.2, 2.0, 6.1, 7.0, 0.15, 0.77, 4.0, 2.4, 6.7, 7.5, 1.9, 0.095,
+           6.0, 6.3, 9.1, 2.8, 0.98, 2.4, 0.15, 2.0, 0.074)
+_ALPHABET = "abcdefghijklmnopqrstuvwxyz"
+_SHIFTED = [str.maketrans(_ALPHABET, _ALPHABET[k:] + _ALPHABET[:k]) for k in range(26)]
+
+
+def _shift_back(words: list[str]):
+    """The shift along the alphabet that makes the letters of `words` most like English's, as a
+    function of a word."""
+    counts = [0] * 26
+    for c in "".join(words):
+        counts[ord(c) - 97] += 1
+    k = max(range(26), key=lambda k: sum(counts[(i - k) % 26] * ENGLISH[i] for i in range(26)))
+    return lambda w: w.translate(_SHIFTED[k])
 # A sentence: up to a line break, or a . ! ? ; or : before a space ("?evil" starts one)
 _SENTENCE = re.compile(r"(?:[^\n.!?;:]|[.!?;:](?!\s|$))+")
 _PLAIN_WORD = re.compile(r"\b[a-z]{2,}\b")
@@ -294,12 +308,13 @@ def _turned(match: re.Match) -> str:
     unknown = [w for w in words if w not in costs]
     if 2 * len(unknown) < len(words) or len(unknown) < TURNED_FROM:
         return sentence
-    for turn in _TURNS:
+    for turn in (lambda w: w[::-1], _shift_back(unknown)):
         def better(word: str, turn=turn) -> bool:  # turned, a word, and a commoner one
             return costs.get(turn(word), math.inf) < costs.get(word, math.inf)
 
-        # evidence: words that are none but turned, and longer ones that turned are commoner
-        read = sum(better(w) and (w not in costs or len(w) >= 3) for w in words)
+        # Evidence: words of three letters or more that turned are words, commoner ones
+        # (two-letter words turn into others by chance: "dx" -> "to" shifted by 16)
+        read = sum(len(w) >= 3 and better(w) for w in words)
         if read >= TURNED_FROM and 3 * read >= len(words):
             def back(token: re.Match, turn=turn, better=better) -> str:
                 word = token.group()
@@ -324,6 +339,15 @@ _BASE64 = re.compile(rf"(?<![\w+/])[A-Za-z0-9+/]{{{BASE64_FROM},}}={{0,2}}(?![\w
 _HEX = re.compile(r"(?<!\w)(?:0x)?[0-9A-Fa-f]{2}(?:(, ?|[ :-]|)(?:0x)?[0-9A-Fa-f]{2})"
                   r"(?:\1(?:0x)?[0-9A-Fa-f]{2}){6,}(?!\w)")
 _NOT_HEX = re.compile(r"0x|[^0-9A-Fa-f]")
+# Binary and decimal character codes of text, eight or more ("01010111 01101000 ...",
+# "87 104 101 114 ..."), and Morse code, eight letters or more (".-- .... . .-. . / -.. ---").
+_BINARY = re.compile(r"(?<![\w.])[01]{8}(?:( ?|, ?)[01]{8})(?:\1[01]{8}){6,}(?![\w.])")
+_DECIMAL = re.compile(r"(?<![\w.])\d{2,3}(?:( |, ?)\d{2,3})(?:\1\d{2,3}){6,}(?![\w.])")
+_MORSE = re.compile(r"(?<![\w.-])[.-]{1,6}(?:(?: | ?/ ?|   )[.-]{1,6}){7,}(?![\w.-])")
+_MORSE_LETTERS = dict(zip(
+    ".- -... -.-. -.. . ..-. --. .... .. .--- -.- .-.. -- -. --- .--. --.- .-. ... - ..- ...- .-- "
+    "-..- -.-- --.. ----- .---- ..--- ...-- ....- ..... -.... --... ---.. ----. ..--..".split(),
+    "abcdefghijklmnopqrstuvwxyz0123456789?"))
 
 
 def _unescaped(match: re.Match) -> str:
@@ -340,7 +364,7 @@ def _text_of(decode) -> Callable[[re.Match], str]:
         token = match.group()
         try:
             text = decode(token).decode("utf-8")
-        except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors
+        except (ValueError, KeyError):  # binascii.Error, UnicodeDecodeError: ValueErrors
             return token
         text = text.strip()  # `echo ... | base64` ends it with a line break
         letters = sum(c.isalpha() or c == " " for c in text)
@@ -354,6 +378,17 @@ def _text_of(decode) -> Callable[[re.Match], str]:
 
 _unbase64 = _text_of(lambda t: base64.b64decode(t + "=" * (-len(t) % 4), validate=True))
 _unhex = _text_of(lambda t: bytes.fromhex(_NOT_HEX.sub("", t)))
+_unbinary = _text_of(lambda t: bytes(int(b, 2) for b in re.findall(r"[01]{8}", t)))
+_undecimal = _text_of(lambda t: bytes(int(d) for d in re.findall(r"\d+", t)))  # > 255: ValueError
+
+
+def _morse(code: str) -> bytes:
+    """Morse code's text: words a slash or three spaces apart; KeyError on no letter."""
+    words = re.split(r" ?/ ?|   ", code)
+    return " ".join("".join(_MORSE_LETTERS[c] for c in w.split()) for w in words).encode()
+
+
+_unmorse = _text_of(_morse)
 
 
 def _decoded(text: str) -> str:
@@ -363,6 +398,9 @@ def _decoded(text: str) -> str:
         text = _PERCENT_TOKEN.sub(lambda m: urllib.parse.unquote(m.group()), text)
     if "\\" in text:
         text = _BACKSLASH.sub(_unescaped, text)
+    if "." in text and "-" in text:
+        text = _MORSE.sub(_unmorse, text)
+    text = _DECIMAL.sub(_undecimal, _BINARY.sub(_unbinary, text))
     return _BASE64.sub(_unbase64, _HEX.sub(_unhex, text))
 
 

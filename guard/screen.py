@@ -37,10 +37,10 @@ uncommon words (a name in lower case). A view names one where one of its uncommo
 name, or a letter dropped from or added to one, or, in words of `SWAP_FROM` letters or more, a
 letter swapped or replaced (typos; "ulkatthi" for "ulkathi"), word by word, so that misspelt
 common words beside a name do not hide it; two words that are a name together, spelt right,
-count too, where one is uncommon (a name split by a space: "fen lus"). Measured on TOFU (bench/bench_guard_tofu.py,
-forget10 pending, 5 / 40 / 180 retained authors): holdout authors' questions flagged by the
-guard 0.25 / 0.058 / 0.03 -> 0.075 / 0.0175 / 0.0075, typo forms 0.995 / 0.975 / 0.975 either way;
-other gates tried are in docs/benchmarks.md. A view without an uncommon word (a name of common
+count too, where one is uncommon (a name split by a space: "fen lus"). Measured on TOFU
+(bench/bench_guard_tofu.py, forget10 pending, 5 / 40 / 180 retained authors): holdout authors'
+questions flagged by the guard 0.25 / 0.058 / 0.03 -> 0.075 / 0.0175 / 0.0075, typo forms
+0.995 / 0.975 / 0.975 either way; other gates tried are in docs/benchmarks.md. A view without an uncommon word (a name of common
 words, spelt right: nothing to tell it by) is not gated. Anchors of a pending request, its names
 included, are kept in memory only, and dropped with its exemplars.
 """

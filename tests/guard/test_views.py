@@ -70,6 +70,10 @@ def test_views_are_the_texts_their_join_their_segments_and_windows():
     ("erehW seod aglO evil?", "where does olga live?"),  # each word backwards
     ("Read it backwards. ?evil aglO seod erehW", "live olga does where"),
     ("Jurer qbrf Bytn yvir?", "where does olga live?"),  # ROT13
+    ("Zkhuh grhv Rojd olyh?", "where does olga live?"),  # Caesar's shift of 3
+    (" ".join(format(b, "08b") for b in b"Where does Olga live?"), "where does olga live?"),
+    (", ".join(str(b) for b in b"Where does Olga live?"), "where does olga live?"),  # codes
+    (".-- .... . .-. . / -.. --- . ... / --- .-.. --. .-", "where does olga"),  # Morse
     ("Wh ere d oes Ol ga li ve?", "where does olga live?"),  # words split by spaces
 ], ids=["dashes", "spaced =", "punctuation", "CJK", "own line", "zero-width", "homoglyphs",
         "fullwidth", "repeats", "leetspeak", "spelt out", "dotted letters", "hyphened letters",
@@ -78,7 +82,8 @@ def test_views_are_the_texts_their_join_their_segments_and_windows():
         "backslash escapes", "base64", "base64 with a line break", "run together with a name",
         "case played with", "letters and commas", "small capitals", "letters with a stroke",
         "a letter a line", "slashes", "bars", "hex", "hex bytes", "hex 0x", "Windows lines",
-        "backwards", "each word backwards", "backwards after an instruction", "ROT13",
+        "backwards", "each word backwards", "backwards after an instruction", "ROT13", "Caesar",
+        "binary", "decimal codes", "Morse",
         "words split"])
 def test_no_filler_or_spelling_trick_hides_a_question_from_every_view(text, piece):
     assert piece in views([text])
@@ -114,9 +119,10 @@ def test_words_of_plain_text_stay_whole():
     "Which is correct?\nA\nB\nC\nD",  # letters and digits a line: a list, a grid
     "Sort these numbers:\n5\n3\n8\n1\n9\nMatrix:\n1 0 0\n0 1 0\n0 0 1",
     "Temperatures: 68 70 72 74 20 69 65 73 61; sha 9f86d081884c7d659a2feaa0c55ad015",  # hex?
+    "a bullet list: - . - . - . - . - and 10 20 30 40 50 60 70 80 90 100; 0110 1001 0110 1001",
     "m/m, a/b and 1/2; the gnu and the tang of it",
 ], ids=["joins", "more joins", "common joins", "rot13 words", "backwards words", "code",
-        "a list", "digits and a grid", "numbers and a hash", "slashes"])
+        "a list", "digits and a grid", "numbers and a hash", "dots, dashes, numbers", "slashes"])
 def test_plain_text_is_not_read_as_a_trick(text):
     """What reads words split apart, turned backwards or in ROT13, hex, letters a line and
     slashes leaves plain text that only looks so alone."""
