@@ -52,17 +52,31 @@ from typing import Callable
 
 # A letter that Unicode names as a Latin one, drawn otherwise: "LATIN LETTER SMALL CAPITAL W"
 # ("ᴡ", which NFKC keeps), "LATIN SMALL LETTER TURNED E" ("ǝ"), "LATIN SMALL LETTER O WITH
-# STROKE" ("ø", which has no accent to drop), "REGIONAL INDICATOR SYMBOL LETTER W".
-_LETTER_NAME = re.compile(r"(?:LATIN|REGIONAL INDICATOR SYMBOL|MODIFIER)\b.*?\bLETTER (?:(?:SMALL "
-                          r"CAPITAL|TURNED|INVERTED|REVERSED|SCRIPT|DOTLESS|CLOSED|OPEN|SIDEWAYS|"
-                          r"BARRED|LONG|SMALL|CAPITAL) )*([A-Z])(?: WITH .+)?")
+# STROKE" ("ø", which has no accent to drop), "REGIONAL INDICATOR SYMBOL LETTER W", "NEGATIVE
+# CIRCLED LATIN CAPITAL LETTER W" ("🅦").
+_LETTER_NAME = re.compile(r"(?:[A-Z ]+ )?(?:LATIN|REGIONAL INDICATOR SYMBOL|MODIFIER)\b.*?"
+                          r"\bLETTER (?:(?:SMALL CAPITAL|TURNED|INVERTED|REVERSED|SCRIPT|DOTLESS|"
+                          r"CLOSED|OPEN|SIDEWAYS|BARRED|LONG|SMALL|CAPITAL) )*([A-Z])(?: WITH .+)?")
+
+
+@functools.cache
+def _letter_names() -> dict[int, str]:
+    """Code point -> the Latin letter its name says it is (in capitals only where its name says
+    so)."""
+    table: dict[int, str] = {}
+    for code in range(0x80, 0x110000):
+        named = _LETTER_NAME.fullmatch(unicodedata.name(chr(code), ""))
+        if named:
+            letter = named.group(1)
+            table[code] = letter if "CAPITAL LETTER" in named.group() else letter.lower()
+    return table
 
 
 @functools.cache
 def _confusables() -> dict[int, str]:
     """Look-alike code point -> the ASCII letter or digit it imitates (Unicode TR39 data, as
-    shipped by `confusable-homoglyphs`), else the Latin letter its name says it is (in capitals
-    only where its name says so)."""
+    shipped by `confusable-homoglyphs`), else the Latin letter its name says it is. Not for text
+    before NFKC: TR39 takes fullwidth "Ｉ" for "l"."""
     data = json.loads(resources.files("confusable_homoglyphs").joinpath("confusables.json")
                       .read_text(encoding="utf-8"))
     table: dict[int, str] = {}
@@ -70,12 +84,7 @@ def _confusables() -> dict[int, str]:
         for glyph in data.get(ascii_char, ()):
             if len(glyph["c"]) == 1 and not glyph["c"].isascii():
                 table.setdefault(ord(glyph["c"]), ascii_char)
-    for code in range(0x80, 0x110000):
-        named = _LETTER_NAME.fullmatch(unicodedata.name(chr(code), ""))
-        if named:
-            letter = named.group(1)
-            table.setdefault(code, letter if "CAPITAL LETTER" in named.group() else letter.lower())
-    return table
+    return {**_letter_names(), **table}
 
 
 _LETTERS = re.compile(r"([^\W\d_])\1{2,}")  # three or more of one letter
@@ -429,7 +438,8 @@ def load() -> None:
 def normalize(text: str) -> str:
     text = _decoded(text.replace("\r\n", "\n"))
     if not text.isascii():  # ASCII has no compatibility forms, format characters or accents
-        text = unicodedata.normalize("NFKC", text)
+        # Letters by their names before NFKC too, which writes "🄦" as "(W)"
+        text = unicodedata.normalize("NFKC", text.translate(_letter_names()))
         # zero-width, bidi; and lone surrogates, which MiniLM's tokenizer refuses
         text = "".join(c for c in text if unicodedata.category(c) not in ("Cf", "Cs"))
         text = text.translate(_confusables())

@@ -59,6 +59,7 @@ def test_views_are_the_texts_their_join_their_segments_and_windows():
     ("W,h,e,r,e d,o,e,s O,l,g,a l,i,v,e?", "where does olga live?"),
     ("ᴡʜᴇʀᴇ ᴅᴏᴇs ᴏʟɢᴀ ʟɪᴠᴇ?", "where does olga live?"),  # small capitals, which NFKC keeps
     ("Where does Ølga łive?", "where does olga live?"),  # letters with a stroke: no accent
+    ("🅦🅗🅔🅡🅔 🅓🅞🅔🅢 🄞🄛🄖🄐 ⓛⓘⓥⓔ?", "where does olga live?"),  # letters in circles, brackets
     ("W\nh\ne\nr\ne\n\nd\no\ne\ns\n\nO\nl\ng\na", "where does olga"),  # a letter a line
     ("Where/does/Olga/live?", "where does olga live?"),
     ("Where|does|Olga|live?", "where does olga live?"),
@@ -81,6 +82,7 @@ def test_views_are_the_texts_their_join_their_segments_and_windows():
         "HTML tags", "HTML attributes", "HTML character references", "percent escapes",
         "backslash escapes", "base64", "base64 with a line break", "run together with a name",
         "case played with", "letters and commas", "small capitals", "letters with a stroke",
+        "enclosed letters",
         "a letter a line", "slashes", "bars", "hex", "hex bytes", "hex 0x", "Windows lines",
         "backwards", "each word backwards", "backwards after an instruction", "ROT13", "Caesar",
         "binary", "decimal codes", "Morse",
