@@ -49,6 +49,8 @@ import urllib.parse
 from importlib import resources
 from typing import Callable
 
+import numpy as np
+
 
 # A letter that Unicode names as a Latin one, drawn otherwise: "LATIN LETTER SMALL CAPITAL W"
 # ("ᴡ", which NFKC keeps), "LATIN SMALL LETTER TURNED E" ("ǝ"), "LATIN SMALL LETTER O WITH
@@ -65,6 +67,8 @@ def _letter_names() -> dict[int, str]:
     so)."""
     table: dict[int, str] = {}
     for code in range(0x80, 0x110000):
+        if unicodedata.category(chr(code))[0] not in "LS":  # not tags, not combining marks
+            continue
         named = _LETTER_NAME.fullmatch(unicodedata.name(chr(code), ""))
         if named:
             letter = named.group(1)
@@ -85,6 +89,14 @@ def _confusables() -> dict[int, str]:
             if len(glyph["c"]) == 1 and not glyph["c"].isascii():
                 table.setdefault(ord(glyph["c"]), ascii_char)
     return {**_letter_names(), **table}
+
+
+@functools.cache
+def _named_only() -> dict[int, str]:
+    """The letters `_letter_names` reads that TR39 has no look-alike for: what is read before
+    NFKC (TR39 reads "ɯ" as "w", its name as "m")."""
+    data = _confusables()
+    return {c: v for c, v in _letter_names().items() if data[c] == v}
 
 
 _LETTERS = re.compile(r"([^\W\d_])\1{2,}")  # three or more of one letter
@@ -282,7 +294,9 @@ def _joined_words(match: re.Match) -> str:
 # or more, spaces or punctuation around them: not the parts of a URL, a file name or code,
 # "main.py", "url(") are half or more no word of MiniLM's, and of which TURNED_FROM or more of
 # three letters or more, and a third or more, turned read as its words (words that are none, or
-# commoner ones: "evil" -> "live"), is turned back: its words that are none (names too:
+# commoner ones: "evil" -> "live"), is read turned back too, on a line of its own after it (the
+# sentence as written stays: decoys such as "eht rof dah" after a plain question, or German's
+# "der", "nur", "mit", would otherwise turn its names): its words that are none (names too:
 # "sulnef" -> "fenlus") and those that turned are commoner ("si" -> "is"); numbers with the
 # letters when backwards. Text with a few abbreviations ("svg to png": "fit to cat" in ROT13;
 # "pid": "dip" backwards) has most of its words readable as written. The shift tried is the one
@@ -295,13 +309,16 @@ _ALPHABET = "abcdefghijklmnopqrstuvwxyz"
 _SHIFTED = [str.maketrans(_ALPHABET, _ALPHABET[k:] + _ALPHABET[:k]) for k in range(26)]
 
 
+# (26, 26): row k, column j: how often English has the letter j + k (which a shift by k reads
+# letter j as)
+_SHIFTED_ENGLISH = np.stack([np.roll(np.array(ENGLISH), -k) for k in range(26)])
+
+
 def _shift_back(words: list[str]):
     """The shift along the alphabet that makes the letters of `words` most like English's, as a
     function of a word."""
-    counts = [0] * 26
-    for c in "".join(words):
-        counts[ord(c) - 97] += 1
-    k = max(range(26), key=lambda k: sum(counts[(i - k) % 26] * ENGLISH[i] for i in range(26)))
+    counts = np.bincount(np.frombuffer("".join(words).encode(), np.uint8) - 97, minlength=26)
+    k = int(np.argmax(_SHIFTED_ENGLISH @ counts))  # (26,) each shift's likeness
     return lambda w: w.translate(_SHIFTED[k])
 # A sentence: up to a line break, or a . ! ? ; or : before a space ("?evil" starts one)
 _SENTENCE = re.compile(r"(?:[^\n.!?;:]|[.!?;:](?!\s|$))+")
@@ -315,7 +332,7 @@ def _turned(match: re.Match) -> str:
     sentence = match.group()
     words = set(_SPACED_WORD.findall(sentence))
     unknown = [w for w in words if w not in costs]
-    if 2 * len(unknown) < len(words) or len(unknown) < TURNED_FROM:
+    if 2 * len(unknown) < len(words) or sum(len(w) >= 3 for w in unknown) < TURNED_FROM:
         return sentence
     for turn in (lambda w: w[::-1], _shift_back(unknown)):
         def better(word: str, turn=turn) -> bool:  # turned, a word, and a commoner one
@@ -329,7 +346,7 @@ def _turned(match: re.Match) -> str:
                 word = token.group()
                 return turn(word) if word not in costs or better(word) else word
 
-            return _TOKEN.sub(back, sentence)
+            return f"{sentence}\n{_TOKEN.sub(back, sentence)}"  # both: a line each
     return sentence
 
 
@@ -365,10 +382,11 @@ def _unescaped(match: re.Match) -> str:
     return match.group() if surrogate or code > 0x10FFFF else chr(code)
 
 
-def _text_of(decode) -> Callable[[re.Match], str]:
+def _text_of(decode, words: bool = True) -> Callable[[re.Match], str]:
     """A replacement for an encoded token: what `decode` (token -> bytes) reads in it, where that
-    is text (printable, with spaces, >= 80% letters and spaces, half its words or more MiniLM's:
-    a row of numbers can decode to letters), else the token."""
+    is text (printable, with spaces, >= 80% letters and spaces, and where `words`, half its words
+    or more MiniLM's: a row of numbers can decode to letters; base64 of a name alone is text
+    too), else the token."""
     def replace(match: re.Match) -> str:
         token = match.group()
         try:
@@ -377,15 +395,16 @@ def _text_of(decode) -> Callable[[re.Match], str]:
             return token
         text = text.strip()  # `echo ... | base64` ends it with a line break
         letters = sum(c.isalpha() or c == " " for c in text)
-        words = _PLAIN_WORD.findall(text.lower())
+        found = _PLAIN_WORD.findall(text.lower())
         readable = (text.isprintable() and " " in text and letters >= 0.8 * len(text)
-                    and 2 * sum(w in _words()[0] for w in words) >= len(words))
+                    and (not words or 2 * sum(w in _words()[0] for w in found) >= len(found)))
         return f" {text} " if readable else token
 
     return replace
 
 
-_unbase64 = _text_of(lambda t: base64.b64decode(t + "=" * (-len(t) % 4), validate=True))
+_unbase64 = _text_of(lambda t: base64.b64decode(t + "=" * (-len(t) % 4), validate=True),
+                     words=False)
 _unhex = _text_of(lambda t: bytes.fromhex(_NOT_HEX.sub("", t)))
 _unbinary = _text_of(lambda t: bytes(int(b, 2) for b in re.findall(r"[01]{8}", t)))
 _undecimal = _text_of(lambda t: bytes(int(d) for d in re.findall(r"\d+", t)))  # > 255: ValueError
@@ -431,7 +450,7 @@ def _unleet(match: re.Match) -> str:
 
 def load() -> None:
     """Read the tables normalize() uses (~0.4 s), so that no request waits for them."""
-    _confusables()
+    _named_only()
     _words()
 
 
@@ -439,7 +458,7 @@ def normalize(text: str) -> str:
     text = _decoded(text.replace("\r\n", "\n"))
     if not text.isascii():  # ASCII has no compatibility forms, format characters or accents
         # Letters by their names before NFKC too, which writes "🄦" as "(W)"
-        text = unicodedata.normalize("NFKC", text.translate(_letter_names()))
+        text = unicodedata.normalize("NFKC", text.translate(_named_only()))
         # zero-width, bidi; and lone surrogates, which MiniLM's tokenizer refuses
         text = "".join(c for c in text if unicodedata.category(c) not in ("Cf", "Cs"))
         text = text.translate(_confusables())

@@ -67,7 +67,7 @@ def test_views_are_the_texts_their_join_their_segments_and_windows():
     ("57 68 65 72 65 20 64 6f 65 73 20 4f 6c 67 61", "where does olga"),
     ("0x57, 0x68, 0x65, 0x72, 0x65, 0x20, 0x64, 0x6f, 0x65, 0x73", "where does"),
     ("W\r\nh\r\ne\r\nr\r\ne\r\n\r\nd\r\no\r\ne\r\ns", "where does"),  # Windows lines
-    ("?evil aglO seod erehW", "?live olga does where"),  # backwards
+    ("?evil aglO seod erehW", "live olga does where"),  # backwards: a line after it
     ("erehW seod aglO evil?", "where does olga live?"),  # each word backwards
     ("Read it backwards. ?evil aglO seod erehW", "live olga does where"),
     ("Jurer qbrf Bytn yvir?", "where does olga live?"),  # ROT13
