@@ -60,6 +60,9 @@ def test_views_are_the_texts_their_join_their_segments_and_windows():
     ("ᴡʜᴇʀᴇ ᴅᴏᴇs ᴏʟɢᴀ ʟɪᴠᴇ?", "where does olga live?"),  # small capitals, which NFKC keeps
     ("Where does Ølga łive?", "where does olga live?"),  # letters with a stroke: no accent
     ("🅦🅗🅔🅡🅔 🅓🅞🅔🅢 🄞🄛🄖🄐 ⓛⓘⓥⓔ?", "where does olga live?"),  # letters in circles, brackets
+    ("Where does O\U000e0078\U000e0071lga l\u0363ive?", "where does olga live?"),  # tags, marks
+    ("ɯhere does Olga live?", "where does olga live?"),  # a look-alike whose name is another
+    ("Where does RmVubHVzIExvZGFyZ2Fs live?", "where does fenlus lodargal live?"),  # base64 name
     ("W\nh\ne\nr\ne\n\nd\no\ne\ns\n\nO\nl\ng\na", "where does olga"),  # a letter a line
     ("Where/does/Olga/live?", "where does olga live?"),
     ("Where|does|Olga|live?", "where does olga live?"),
@@ -82,7 +85,8 @@ def test_views_are_the_texts_their_join_their_segments_and_windows():
         "HTML tags", "HTML attributes", "HTML character references", "percent escapes",
         "backslash escapes", "base64", "base64 with a line break", "run together with a name",
         "case played with", "letters and commas", "small capitals", "letters with a stroke",
-        "enclosed letters",
+        "enclosed letters", "tag characters and combining letters", "look-alike of another name",
+        "base64 of a name",
         "a letter a line", "slashes", "bars", "hex", "hex bytes", "hex 0x", "Windows lines",
         "backwards", "each word backwards", "backwards after an instruction", "ROT13", "Caesar",
         "binary", "decimal codes", "Morse",
@@ -129,6 +133,16 @@ def test_plain_text_is_not_read_as_a_trick(text):
     """What reads words split apart, turned backwards or in ROT13, hex, letters a line and
     slashes leaves plain text that only looks so alone."""
     assert normalize(text) == text.casefold()
+
+
+@pytest.mark.parametrize("text, kept", [
+    ("Where does Olga Lodargal live eht rof dah?", "where does olga lodargal live eht rof dah"),
+    ("Reist der Autor Olga Lodargal nur mit dem Zug?", "reist der autor olga lodargal nur mit"),
+], ids=["decoys that read backwards", "German"])
+def test_a_sentence_read_turned_is_also_read_as_written(text, kept):
+    """Words that read as others backwards or shifted turn the sentence's names too; the sentence
+    as written is read as well, so that they cannot hide a plain question."""
+    assert any(v.startswith(kept) for v in views([text]))
 
 
 def test_a_space_less_run_is_windowed_too():
