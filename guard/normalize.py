@@ -307,8 +307,6 @@ ENGLISH = (8.2, 1.5, 2.8, 4.3, 12.7, 2.2, 2.0, 6.1, 7.0, 0.15, 0.77, 4.0, 2.4, 6
            6.0, 6.3, 9.1, 2.8, 0.98, 2.4, 0.15, 2.0, 0.074)
 _ALPHABET = "abcdefghijklmnopqrstuvwxyz"
 _SHIFTED = [str.maketrans(_ALPHABET, _ALPHABET[k:] + _ALPHABET[:k]) for k in range(26)]
-
-
 # (26, 26): row k, column j: how often English has the letter j + k (which a shift by k reads
 # letter j as)
 _SHIFTED_ENGLISH = np.stack([np.roll(np.array(ENGLISH), -k) for k in range(26)])
@@ -320,9 +318,10 @@ def _shift_back(words: list[str]):
     counts = np.bincount(np.frombuffer("".join(words).encode(), np.uint8) - 97, minlength=26)
     k = int(np.argmax(_SHIFTED_ENGLISH @ counts))  # (26,) each shift's likeness
     return lambda w: w.translate(_SHIFTED[k])
+
+
 # A sentence: up to a line break, or a . ! ? ; or : before a space ("?evil" starts one)
 _SENTENCE = re.compile(r"(?:[^\n.!?;:]|[.!?;:](?!\s|$))+")
-_PLAIN_WORD = re.compile(r"\b[a-z]{2,}\b")
 _SPACED_WORD = re.compile(r"(?<![\w.:/@#$%&=~`-])[a-z]{2,}(?![\w.:/@#$%&=~`(\[-])")
 _TOKEN = re.compile(r"\b[a-z0-9]{2,}\b")
 
@@ -353,8 +352,8 @@ def _turned(match: re.Match) -> str:
 # Encodings a client may wrap text in, read before anything else: HTML character references
 # ("&#87;", "&amp;"; with their ";": "&region=" in a URL is no "®ion="), percent escapes (a
 # token of two or more: "What%20is%20it", not printf's "%5d items"), backslash escapes
-# ("\u0065") and base64 (a token of BASE64_FROM characters or more that decodes to text:
-# printable, words and spaces).
+# ("\u0065"), Morse, binary, decimal and hex codes of text (below), and base64 (a token of
+# BASE64_FROM characters or more that decodes to text: printable, words and spaces).
 _REFERENCE = re.compile(r"&(?:#[0-9]+|#[xX][0-9A-Fa-f]+|[A-Za-z][A-Za-z0-9]*);")
 _PERCENT_TOKEN = re.compile(r"\S*%[0-9A-Fa-f]{2}\S*%[0-9A-Fa-f]{2}\S*")
 _BACKSLASH = re.compile(r"\\(?:u([0-9A-Fa-f]{4})|x([0-9A-Fa-f]{2})|U([0-9A-Fa-f]{8}))")
@@ -365,6 +364,7 @@ _BASE64 = re.compile(rf"(?<![\w+/])[A-Za-z0-9+/]{{{BASE64_FROM},}}={{0,2}}(?![\w
 _HEX = re.compile(r"(?<!\w)(?:0x)?[0-9A-Fa-f]{2}(?:(, ?|[ :-]|)(?:0x)?[0-9A-Fa-f]{2})"
                   r"(?:\1(?:0x)?[0-9A-Fa-f]{2}){6,}(?!\w)")
 _NOT_HEX = re.compile(r"0x|[^0-9A-Fa-f]")
+_PLAIN_WORD = re.compile(r"\b[a-z]{2,}\b")
 # Binary and decimal character codes of text, eight or more ("01010111 01101000 ...",
 # "87 104 101 114 ..."), and Morse code, eight letters or more (".-- .... . .-. . / -.. ---").
 _BINARY = re.compile(r"(?<![\w.])[01]{8}(?:( ?|, ?)[01]{8})(?:\1[01]{8}){6,}(?![\w.])")
