@@ -193,6 +193,12 @@ def _words() -> tuple[dict[str, float], frozenset[str]]:
     return costs, frozenset(w[:i] for w in costs for i in range(1, len(w) + 1))
 
 
+def _half_words(words: list[str]) -> bool:
+    """Half of `words` or more are MiniLM's (none: True)."""
+    costs, _ = _words()
+    return 2 * sum(w in costs for w in words) >= len(words)
+
+
 def _cut(match: re.Match) -> str:
     run = match.group()
     costs, prefixes = _words()
@@ -397,7 +403,7 @@ def _text_of(decode, words: bool = True) -> Callable[[re.Match], str]:
         letters = sum(c.isalpha() or c == " " for c in text)
         found = _PLAIN_WORD.findall(text.lower())
         readable = (text.isprintable() and " " in text and letters >= 0.8 * len(text)
-                    and (not words or 2 * sum(w in _words()[0] for w in found) >= len(found)))
+                    and (not words or _half_words(found)))
         return f" {text} " if readable else token
 
     return replace
@@ -435,7 +441,7 @@ def _decoded(text: str) -> str:
 def _unspelt(match: re.Match) -> str:
     spelt = match.group()
     words = ["".join(w.split()) for w in _WORD_BREAK.split(spelt)]
-    if "\n" in spelt and 2 * sum(w in _words()[0] for w in words) < len(words):
+    if "\n" in spelt and not _half_words(words):
         return _SPELT_LINE.sub(_unspelt, spelt)  # line by line
     return " ".join(words)
 
