@@ -40,9 +40,10 @@ common words beside a name do not hide it; two words that are a name together, s
 count too, where one is uncommon (a name split by a space: "fen lus"). Measured on TOFU
 (bench/bench_guard_tofu.py, forget10 pending, 5 / 40 / 180 retained authors): holdout authors'
 questions flagged by the guard 0.25 / 0.058 / 0.03 -> 0.075 / 0.0175 / 0.0075, typo forms
-0.995 / 0.975 / 0.975 either way; other gates tried are in docs/benchmarks.md. A view without an uncommon word (a name of common
-words, spelt right: nothing to tell it by) is not gated. Anchors of a pending request, its names
-included, are kept in memory only, and dropped with its exemplars.
+0.995 / 0.975 / 0.975 either way; other gates tried are in docs/benchmarks.md. A view without
+an uncommon word (a name of common words, spelt right: nothing to tell it by) is not gated.
+Anchors of a pending request, its names included, are kept in memory only, and dropped with its
+exemplars.
 """
 
 from __future__ import annotations
@@ -261,10 +262,11 @@ class Screen:
         it by), and for every view while a pending request has no name. The same work for every
         view, near a pending request or not."""
         anchors = self._anchors
-        words = [[w for w in uncommon(v, self.common) if len(w) >= 3] for v in views]
+        tokens = [_WORD.findall(v) for v in views]  # each view's words, read once
+        words = [[w for w in ts if w not in self.common and len(w) >= 3] for ts in tokens]
         # Two words together, one of them uncommon, that are a name: split in two ("fen lus")
-        joined = [[a + b for a, b in zip(ws, ws[1:]) if a not in self.common or b not in
-                   self.common] for ws in map(_WORD.findall, views)]
+        joined = [[a + b for a, b in zip(ts, ts[1:]) if a not in self.common or b not in
+                   self.common] for ts in tokens]
         near = {w: anchors.near_name(w) for w in dict.fromkeys(w for ws in words for w in ws)}
         if anchors.unnamed:
             return np.ones(len(views), bool)
